@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ccxdp: judge DNS queries at the NIC against a list of C&C names.
+ *
+ * Ethernet -> VLAN tags -> IPv4/IPv6 -> UDP to a DNS port -> DNS header -> QNAME, then the
+ * hash of every suffix of the name is looked up and the most specific entry decides. Anything
+ * that is not a judged query passes unchanged; one exit counts exactly one outcome per frame.
+ */
+#include <uapi/linux/bpf.h>
+
+#include "ccxdp_shared.h"
+#include "maps.h"
+#include "parse.h"
+#include "dns.h"
+
+static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash)
+{
+	return ccxdp_names_v1.lookup(&suffix_hash);
+}
+
+static __always_inline void count_stat(__u32 index)
+{
+	__u64 *counter = ccxdp_stats_v1.lookup(&index);
+
+	if (counter)
+		*counter += 1; /* per-CPU: softirq, no atomics needed */
+}
+
+static __always_inline int record_verdict(int outcome, int malformed, int action)
+{
+	count_stat(outcome);
+	if (outcome == CCXDP_OUT_MALFORMED)
+		count_stat(CCXDP_STAT_MALFORMED_BASE + malformed);
+	return action;
+}
+
+/* One entry per (source, category) is shared by all CPUs, so hits are added atomically. */
+static __always_inline void count_source(struct ccxdp_source_key *key)
+{
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct ccxdp_source_hits *hits = ccxdp_srcs_v1.lookup(key);
+
+	if (!hits) {
+		struct ccxdp_source_hits first = { .hits = 1, .first_seen_ns = now,
+						   .last_seen_ns = now };
+
+		if (ccxdp_srcs_v1.insert(key, &first) == 0)
+			return;
+		/* Another CPU created it between our lookup and insert: add to theirs. */
+		hits = ccxdp_srcs_v1.lookup(key);
+		if (!hits)
+			return;
+	}
+	__sync_fetch_and_add(&hits->hits, 1);
+	hits->last_seen_ns = now;
+}
+
+int ccxdp_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct ccxdp_source_key source = {};
+	int outcome = CCXDP_OUT_NOT_DNS, malformed = 0, action = XDP_PASS;
+	struct ccxdp_scratch *s;
+	struct ccxdp_hash_key *key;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct ipv6hdr *ip6;
+	struct udphdr *udp;
+	struct dnshdr *dns;
+	void *payload_end;
+	__u64 avail, copy;
+	__u32 zero = 0, port;
+	__u16 udp_len, flags;
+	__u8 *judge_port;
+	__be16 proto;
+	int nexthdr;
+
+	if (!(eth = parse_ethhdr(&c)) || !(proto = parse_vlans(&c, eth->h_proto)))
+		goto out;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		if (!(ip = parse_iphdr(&c)))
+			goto out;
+		if (ip->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET)) {
+			outcome = CCXDP_OUT_FRAGMENT;
+			goto out;
+		}
+		if (ip->protocol != IPPROTO_UDP)
+			goto out;
+		source.addr[10] = 0xff;
+		source.addr[11] = 0xff;
+		__builtin_memcpy(&source.addr[12], &ip->saddr, 4);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		if (!(ip6 = parse_ipv6hdr(&c)))
+			goto out;
+		nexthdr = skip_ipv6_ext(&c, ip6->nexthdr);
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			outcome = CCXDP_OUT_FRAGMENT;
+			goto out;
+		}
+		if (nexthdr != IPPROTO_UDP)
+			goto out;
+		__builtin_memcpy(source.addr, &ip6->saddr, 16);
+	} else {
+		goto out;
+	}
+
+	if (!(udp = parse_udphdr(&c)))
+		goto out;
+	port = bpf_ntohs(udp->dest);
+	judge_port = ccxdp_ports_v1.lookup(&port);
+	if (!judge_port || !*judge_port)
+		goto out;
+
+	/* A query to a DNS port: from here on, what does not parse is malformed. */
+	outcome = CCXDP_OUT_MALFORMED;
+	malformed = CCXDP_MAL_HEADER;
+	udp_len = bpf_ntohs(udp->len);
+	if (udp_len < sizeof(*udp) + sizeof(*dns) || !(dns = parse_dnshdr(&c)))
+		goto out;
+	/* The UDP length, not the frame, ends the payload: frames may carry padding. */
+	payload_end = (void *)udp + udp_len;
+	if (payload_end > data_end) {
+		malformed = CCXDP_MAL_TRUNCATED;
+		goto out;
+	}
+
+	flags = bpf_ntohs(dns->flags);
+	if ((flags & DNS_FLAG_QR) || (flags & DNS_OPCODE_MASK) != DNS_OPCODE_QUERY ||
+	    dns->qdcount != bpf_htons(1)) {
+		outcome = CCXDP_OUT_NOT_QUERY;
+		goto out;
+	}
+
+	malformed = CCXDP_MAL_TRUNCATED;
+	avail = payload_end - c.pos;
+	if (avail == 0 || avail > 0xffff)
+		goto out;
+	copy = avail > DNS_MAX_NAME_LEN ? DNS_MAX_NAME_LEN : avail;
+	s = ccxdp_scratch.lookup(&zero);
+	if (!s || bpf_xdp_load_bytes(ctx, c.pos - data, s->name, copy))
+		goto out;
+	malformed = dns_find_labels(s, copy, avail > DNS_MAX_NAME_LEN);
+	if (malformed != CCXDP_CONTINUE)
+		goto out;
+	/* QTYPE and QCLASS must follow the name. */
+	malformed = CCXDP_MAL_TRUNCATED;
+	if (s->name_len + 4 > avail)
+		goto out;
+
+	key = ccxdp_hkey_v1.lookup(&zero);
+	if (!key)
+		goto out;
+	dns_match_suffixes(s, key);
+	if (!s->matched) {
+		outcome = CCXDP_OUT_PASSED;
+		goto out;
+	}
+
+	outcome = CCXDP_OUT_BLOCKED;
+	source.category = s->match.category;
+	count_source(&source);
+	action = XDP_DROP;
+out:
+	return record_verdict(outcome, malformed, action);
+}

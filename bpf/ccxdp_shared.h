@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Used by kernel and user space: the only header ccxdp's Python reads.
+ *
+ * Every struct here crosses the C/Python boundary through a BPF map, so fields are
+ * fixed-width, padding is explicit, and there are no bitfields and no enum-typed fields.
+ * Python mirrors these in ccxdp/layout.py; tests/test_layout.py checks sizes, offsets and
+ * enum values against the bcc-compiled types and this file.
+ */
+#ifndef CCXDP_SHARED_H
+#define CCXDP_SHARED_H
+
+/* DNS limits (RFC 1035 2.3.4): a name is at most 255 bytes in wire form, a label 63. */
+#define DNS_MAX_NAME_LEN 255
+#define DNS_MAX_LABEL_LEN 63
+/* 255 bytes hold at most 127 one-byte labels plus the root's zero byte. */
+#define DNS_MAX_LABELS 127
+
+/* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
+ * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
+#define CCXDP_MAP_STATS "ccxdp_stats_v1"
+#define CCXDP_MAP_NAMES "ccxdp_names_v1"
+#define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
+#define CCXDP_MAP_PORTS "ccxdp_ports_v1"
+#define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v1"
+#define CCXDP_MAP_SCRATCH "ccxdp_scratch"
+
+/* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */
+#define CCXDP_CONTINUE (-1)
+
+/* What happened to one frame. Exactly one outcome is counted per frame. */
+enum ccxdp_outcome {
+	CCXDP_OUT_NOT_DNS = 0,   /* not IP/UDP to a configured DNS port: passed untouched */
+	CCXDP_OUT_FRAGMENT = 1,  /* an IP fragment: cannot be judged, passed untouched */
+	CCXDP_OUT_NOT_QUERY = 2, /* DNS but not a judged query (response, opcode, qdcount) */
+	CCXDP_OUT_MALFORMED = 3, /* a DNS query that does not parse: passed to the resolver */
+	CCXDP_OUT_PASSED = 4,    /* judged, no block entry matched: passed */
+	CCXDP_OUT_BLOCKED = 5,   /* judged, a block entry matched: action applied */
+	CCXDP_OUT_MAX = 6,
+};
+
+/* Why a query counted as malformed; counted beside the outcomes at CCXDP_STAT_MALFORMED_BASE. */
+enum ccxdp_malformed {
+	CCXDP_MAL_HEADER = 0,      /* DNS header or UDP length shorter than the headers need */
+	CCXDP_MAL_TRUNCATED = 1,   /* the question ends before its name, type and class */
+	CCXDP_MAL_LABEL_TYPE = 2,  /* compression pointer or reserved label type in the QNAME */
+	CCXDP_MAL_NAME_LEN = 3,    /* QNAME longer than 255 bytes */
+	CCXDP_MAL_MAX = 4,
+};
+
+/* Layout of the per-CPU stats array: the outcomes, then the malformed reasons. */
+#define CCXDP_STAT_MALFORMED_BASE CCXDP_OUT_MAX
+#define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX)
+
+/* What to do with a query whose most specific entry is a block entry. */
+enum ccxdp_action {
+	CCXDP_ACTION_DROP = 1, /* silent drop */
+};
+
+/* ccxdp_names entry flags. */
+#define CCXDP_ENTRY_SUBTREE 0x01 /* matches the name and every name below it */
+
+/* Value of ccxdp_names, keyed by the keyed 64-bit hash of a name in wire form. */
+struct ccxdp_entry {
+	__u8 action;     /* enum ccxdp_action */
+	__u8 flags;      /* CCXDP_ENTRY_* */
+	__u16 category;  /* small id of a malware family or feed; 0 = none */
+};
+
+/* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
+ * both families. Hits are kept per category so records can name the families a line touched. */
+struct ccxdp_source_key {
+	__u8 addr[16];  /* network byte order */
+	__u16 category;
+	__u8 pad[2];
+};
+
+struct ccxdp_source_hits {
+	__u64 hits;
+	__u64 first_seen_ns; /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME */
+	__u64 last_seen_ns;
+};
+
+/* Key of the keyed name hash; random per installation, written once by the control plane. */
+struct ccxdp_hash_key {
+	__u64 k0;
+	__u64 k1;
+};
+
+#endif /* CCXDP_SHARED_H */

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Prepare a fresh Debian 12/13 machine (as root) to build, run and test ccxdp.
+# Idempotent: every step checks before it acts, so running it twice is safe and fast.
+#
+#   scripts/setup.sh            # packages, venv in .venv, bpffs, kernel headers for bcc
+#
+# Environment: CCXDP_VENV overrides the venv path (default: <repo>/.venv).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${CCXDP_VENV:-$repo/.venv}
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "setup.sh must run as root (it installs packages and mounts bpffs)" >&2
+	exit 1
+fi
+
+# python3-bpfcc is bcc's Python binding for the system python (the PyPI "bcc" is unrelated);
+# unbound, dig, kdig are the real resolver and clients of the end-to-end tests.
+packages=(python3-bpfcc python3-venv python3-pip iproute2 unbound bind9-dnsutils
+	knot-dnsutils bpftool kmod procps shellcheck)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+		missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	say "installing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# The tests start their own unbound inside namespaces; keep the package's service off.
+	policy=/usr/sbin/policy-rc.d
+	made_policy=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+	fi
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	[ "$made_policy" = 1 ] && rm -f "$policy"
+fi
+
+# bcc compiles against kernel headers. Use the running kernel's when the machine has them;
+# otherwise merge Debian's generic header trees (…-common and …-<arch>) into one folder.
+if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+	arch=$(dpkg --print-architecture)
+	if ! dpkg-query -W -f='${Status}' "linux-headers-$arch" 2>/dev/null | grep -q 'install ok installed'; then
+		say "no headers for kernel $(uname -r); installing linux-headers-$arch as a fallback"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			"linux-headers-$arch" >/dev/null
+	fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+	say "creating venv $venv (system site packages, so bcc is importable)"
+	/usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+stamp="$venv/.ccxdp-installed"
+if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+	say "installing ccxdp and its test extras into the venv"
+	"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+	touch "$stamp"
+fi
+
+# Merge the fallback header tree (no-op when the kernel's own headers exist).
+"$venv/bin/python" -m ccxdp.headers prepare
+
+if ! mountpoint -q /sys/fs/bpf; then
+	say "mounting bpffs on /sys/fs/bpf"
+	mount -t bpf bpf /sys/fs/bpf
+fi
+
+"$venv/bin/python" -c 'import bcc' || {
+	echo "bcc is not importable from $venv" >&2
+	exit 1
+}
+say "ready: $venv/bin/ccxdp"
