@@ -19,7 +19,7 @@ fi
 
 # python3-bpfcc is bcc's Python binding for the system python (the PyPI "bcc" is unrelated);
 # unbound, dig, kdig are the real resolver and clients of the end-to-end tests.
-packages=(python3-bpfcc python3-venv python3-pip iproute2 unbound bind9-dnsutils
+packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
 	knot-dnsutils bpftool kmod procps shellcheck)
 missing=()
 for p in "${packages[@]}"; do

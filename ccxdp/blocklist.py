@@ -1,0 +1,115 @@
+"""Block entries: catalog and kernel map changed together, or not at all."""
+
+from __future__ import annotations
+
+import ctypes as ct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import layout
+from .catalog import Catalog, CatalogEntry
+from .datapath import Datapath
+from .errors import CcxdpError
+from .hashing import name_hash
+from .names import normalize
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    status: str  # "added", "updated", "unchanged", "removed", "not listed"
+    subtree: bool | None = None
+
+
+def _kernel_value(entry: CatalogEntry) -> layout.Entry:
+    flags = layout.ENTRY_SUBTREE if entry.subtree else 0
+    return layout.Entry(layout.Action[entry.action.upper()], flags, entry.category)
+
+
+def _value_tuple(entry: CatalogEntry) -> tuple[int, int, int]:
+    v = _kernel_value(entry)
+    return (v.action, v.flags, v.category)
+
+
+def add(dp: Datapath, catalog: Catalog, names: Sequence[str], subtree: bool) -> list[Change]:
+    normalized = list(dict.fromkeys(normalize(n) for n in names))
+    key = dp.hash_key()
+    changes, wanted = [], []
+    for name in normalized:
+        entry = CatalogEntry(name, name_hash(name, key), subtree)
+        old = catalog.get(name)
+        if old is None:
+            changes.append(Change(name, "added", subtree))
+        elif old.subtree != subtree:
+            changes.append(Change(name, "updated", subtree))
+        else:
+            changes.append(Change(name, "unchanged", subtree))
+        wanted.append(entry)
+    with catalog.transaction():
+        catalog.upsert(wanted)
+        if dp.is_loaded():
+            _push(dp, wanted)
+    return changes
+
+
+def _push(dp: Datapath, entries: Sequence[CatalogEntry]) -> None:
+    """Write entries to the kernel map; if the kernel refuses part of them (map full), put
+    back what was there before, so the map is never left half-changed."""
+    keys = [ct.c_uint64(e.hash) for e in entries]
+    with dp.open_map(layout.MAP_NAMES) as m:
+        before = [m.lookup(k) for k in keys]
+        try:
+            m.update_batch(keys, [_kernel_value(e) for e in entries])
+        except OSError as e:
+            for k, old in zip(keys, before, strict=True):
+                if old is None:
+                    m.delete(k)
+                else:
+                    m.update(k, old)
+            raise CcxdpError(
+                f"cannot write {len(entries)} entries to the kernel map {layout.MAP_NAMES}: "
+                f"{e.strerror or e} (map full? it holds at most {m.info.max_entries}); "
+                "nothing was changed"
+            ) from e
+
+
+def remove(dp: Datapath, catalog: Catalog, names: Sequence[str]) -> list[Change]:
+    normalized = list(dict.fromkeys(normalize(n) for n in names))
+    changes, gone = [], []
+    for name in normalized:
+        old = catalog.get(name)
+        if old is None:
+            changes.append(Change(name, "not listed"))
+        else:
+            changes.append(Change(name, "removed", old.subtree))
+            gone.append(old)
+    with catalog.transaction():
+        catalog.remove(e.name for e in gone)
+        if dp.is_loaded() and gone:
+            with dp.open_map(layout.MAP_NAMES) as m:
+                for e in gone:
+                    m.delete(ct.c_uint64(e.hash))
+    return changes
+
+
+def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
+    """Make the kernel map hold exactly the catalog's entries; returns (written, deleted).
+    Used when a program is loaded afresh, e.g. after its pins were purged."""
+    key = dp.hash_key()
+    entries = []
+    for e in catalog.entries():
+        h = name_hash(e.name, key)  # the key may have been adopted from older pins
+        entries.append(e if h == e.hash else CatalogEntry(e.name, h, e.subtree, e.action,
+                                                          e.category, e.added_at))
+    with catalog.transaction():
+        catalog.upsert(entries)
+    with dp.open_map(layout.MAP_NAMES) as m:
+        present = {k.value: (v.action, v.flags, v.category) for k, v in m.lookup_batch()}
+        wanted = {e.hash: e for e in entries}
+        stale = [h for h in present if h not in wanted]
+        missing = [e for h, e in wanted.items() if present.get(h) != _value_tuple(e)]
+        for h in stale:
+            m.delete(ct.c_uint64(h))
+    if missing:
+        _push(dp, missing)
+    return len(missing), len(stale)

@@ -1,0 +1,97 @@
+"""The ``ccxdp`` command: a thin click layer over the library modules.
+
+Commands live one group per module. The group's context object builds the datapath and the
+catalog only when a command asks for them, so ``--help`` and commands that never touch the
+kernel never start clang.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..bpfsys import BpfError
+from ..catalog import Catalog
+from ..datapath import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Datapath
+from ..errors import CcxdpError
+
+
+@dataclass
+class App:
+    pin_dir: Path
+    state_dir: Path
+    _datapath: Datapath | None = field(default=None, repr=False)
+    _catalog: Catalog | None = field(default=None, repr=False)
+
+    def datapath(self) -> Datapath:
+        """The datapath, locked until the command ends."""
+        if self._datapath is None:
+            ctx = click.get_current_context()
+            self._datapath = ctx.with_resource(Datapath(self.pin_dir, self.state_dir))
+        return self._datapath
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            ctx = click.get_current_context()
+            self._catalog = ctx.with_resource(Catalog(self.datapath().catalog_path))
+        return self._catalog
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+class CcxdpGroup(click.Group):
+    """Turns domain errors into one clear line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (CcxdpError, BpfError) as e:
+            raise click.ClickException(str(e)) from e
+        except PermissionError as e:
+            raise click.ClickException(f"{e.strerror}: {e.filename} (run ccxdp as root)") from e
+
+
+@click.group(cls=CcxdpGroup, context_settings={"auto_envvar_prefix": "CCXDP"})
+@click.option(
+    "--pin-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_PIN_DIR,
+    show_default=True,
+    help="bpffs folder holding the pinned program and maps.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Folder of the catalog, the hash key and the attachment list.",
+)
+@click.version_option(package_name="ccxdp")
+@click.pass_context
+def cli(ctx: click.Context, pin_dir: Path, state_dir: Path) -> None:
+    """Block DNS queries for malware C&C domains at the resolver's NIC, with XDP.
+
+    \b
+    Examples:
+      ccxdp attach eth0                 # load and attach the filter
+      ccxdp block add evil.example --subtree
+      ccxdp stats
+    """
+    ctx.obj = App(pin_dir, state_dir)
+
+
+def _register() -> None:
+    from . import attach, block, debug, stats
+
+    for module in (attach, block, stats, debug):
+        module.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="ccxdp")

@@ -1,0 +1,153 @@
+"""attach, detach, status: where the filter runs."""
+
+from __future__ import annotations
+
+import click
+
+from .. import layout
+from ..datapath import Attachment, Limits, Mode
+from ..render import render_attachments
+from . import pass_app
+from .output import console, emit, json_option
+from .types import INTERFACE
+
+
+def _attachment_json(a: Attachment) -> dict:
+    return {
+        "interface": a.ifname,
+        "netns": a.netns,
+        "mode": str(a.mode) if a.mode else None,
+        "prog_id": a.prog_id,
+        "attached": a.prog_id is not None,
+    }
+
+
+@click.command()
+@click.argument("iface", type=INTERFACE)
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in Mode]),
+    default="auto",
+    show_default=True,
+    help="native (driver), generic (skb), or auto: native, else generic.",
+)
+@click.option("--netns", help="Network namespace of IFACE (as in 'ip netns list').")
+@click.option(
+    "--dns-port",
+    "dns_ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    help="UDP port whose queries are judged; repeat for several. Default: keep, or 53.",
+)
+@click.option(
+    "--max-names",
+    type=click.IntRange(1),
+    default=Limits.max_names,
+    show_default=True,
+    help="Size of the name map (used when the maps are first made).",
+)
+@click.option(
+    "--max-sources",
+    type=click.IntRange(1),
+    default=Limits.max_sources,
+    show_default=True,
+    help="Size of the per-source map (used when the maps are first made).",
+)
+@json_option
+@pass_app
+def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, as_json):
+    """Load the filter (if needed) and attach it to IFACE.
+
+    The maps are pinned, so the filter keeps working after this command exits and a second
+    interface shares them. Attaching where ccxdp already runs changes nothing.
+
+    \b
+    Examples:
+      ccxdp attach eth0
+      ccxdp attach veth1 --netns resolver --mode generic
+      ccxdp attach eth0 --dns-port 53 --dns-port 5353
+    """
+    dp = app.datapath()
+    a = dp.attach(
+        iface,
+        Mode(mode),
+        netns=netns,
+        limits=Limits(max_names, max_sources),
+        dns_ports=dns_ports or None,
+    )
+    emit(
+        as_json,
+        _attachment_json(a),
+        lambda: f"attached to {iface}{' in ' + netns if netns else ''}: "
+        f"{a.mode} mode, program id {a.prog_id}",
+    )
+
+
+@click.command()
+@click.argument("iface", type=INTERFACE, required=False)
+@click.option("--netns", help="Network namespace of IFACE.")
+@click.option(
+    "--purge", is_flag=True, help="Also remove the pinned program and maps (all counters)."
+)
+@json_option
+@pass_app
+def detach(app, iface, netns, purge, as_json):
+    """Detach the filter from IFACE; with --purge, also remove its pinned state.
+
+    \b
+    Examples:
+      ccxdp detach eth0
+      ccxdp detach veth1 --netns resolver --purge
+      ccxdp detach --purge            # only the pins, once detached everywhere
+    """
+    if iface is None and not purge:
+        raise click.UsageError("give an interface, or --purge to remove the pinned state")
+    dp = app.datapath()
+    out = {"detached": None, "purged": []}
+    if iface is not None:
+        out["detached"] = _attachment_json(dp.detach(iface, netns))
+    if purge:
+        out["purged"] = dp.purge()
+    lines = []
+    if iface is not None:
+        lines.append(f"detached from {iface}{' in ' + netns if netns else ''}")
+    if purge:
+        lines.append(f"removed {len(out['purged'])} pins from {dp.pin_dir}")
+    emit(as_json, out, lambda: "\n".join(lines))
+
+
+@click.command()
+@json_option
+@pass_app
+def status(app, as_json):
+    """Show whether the filter is loaded and where it is attached.
+
+    \b
+    Example:
+      ccxdp status --json
+    """
+    dp = app.datapath()
+    loaded = dp.is_loaded()
+    attachments = dp.attachments()
+    names = 0
+    ports: list[int] = []
+    if loaded:
+        with dp.open_map(layout.MAP_NAMES) as m:
+            names = sum(1 for _ in m.lookup_batch())
+        ports = sorted(dp.dns_ports())
+    data = {
+        "loaded": loaded,
+        "pin_dir": str(dp.pin_dir),
+        "names": names,
+        "dns_ports": ports,
+        "attachments": [_attachment_json(a) for a in attachments],
+    }
+    emit(as_json, data, lambda: render_attachments(attachments, loaded, names))
+
+
+def register(group: click.Group) -> None:
+    for cmd in (attach, detach, status):
+        group.add_command(cmd)
+
+
+__all__ = ["register", "console"]

@@ -1,0 +1,29 @@
+"""stats: the kernel's counters, exactly."""
+
+from __future__ import annotations
+
+import click
+
+from ..render import render_stats
+from ..stats import read_stats
+from . import pass_app
+from .output import emit, json_option
+
+
+@click.command()
+@json_option
+@pass_app
+def stats(app, as_json):
+    """Show frames per outcome, malformed reasons and blocked queries per source.
+
+    \b
+    Examples:
+      ccxdp stats
+      ccxdp stats --json | jq .outcomes.blocked
+    """
+    snap = read_stats(app.datapath())
+    emit(as_json, snap.to_json(), lambda: render_stats(snap))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(stats)

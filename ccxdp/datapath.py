@@ -1,0 +1,423 @@
+"""The XDP program's lifecycle: compile with bcc, pin, attach, verify, detach, purge.
+
+State that must outlive a process lives under the pin folder (the program and its maps), so
+the filter keeps working after this process exits and any later call reaches it. Changes to
+that state happen under a file lock in the state folder, and every step may run twice.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+import fcntl
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bpfsys, layout
+from .errors import DatapathError, EnvironmentProblem, NotLoadedError
+from .hashing import HashKey
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/ccxdp")
+DEFAULT_STATE_DIR = Path("/var/lib/ccxdp")
+DEFAULT_DNS_PORTS = (53,)
+
+# IFLA_XDP_FLAGS (linux/if_link.h)
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+
+class Mode(enum.StrEnum):
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
+
+
+_MODE_FLAGS = {Mode.NATIVE: XDP_FLAGS_DRV_MODE, Mode.GENERIC: XDP_FLAGS_SKB_MODE}
+# What the kernel reports in IFLA_XDP_ATTACHED, as pyroute2 names it.
+_ATTACHED_MODE = {"xdp": Mode.NATIVE, "xdpgeneric": Mode.GENERIC}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Compile-time sizes, passed to the C as -D flags (each has its #ifndef default there)."""
+
+    max_names: int = 1 << 20
+    max_sources: int = 1 << 20
+
+    def cflags(self) -> list[str]:
+        return [f"-DCCXDP_MAX_NAMES={self.max_names}", f"-DCCXDP_MAX_SOURCES={self.max_sources}"]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    ifname: str
+    netns: str | None
+    mode: Mode | None  # None: ccxdp is not attached there (any more)
+    prog_id: int | None
+
+
+def bpf_dir() -> Path:
+    """The C sources: bpf/ in a checkout, ccxdp/bpf inside an installed package."""
+    checkout = Path(__file__).resolve().parent.parent / "bpf"
+    if (checkout / "ccxdp.bpf.c").is_file():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("ccxdp") / "bpf"))
+
+
+def check_environment(pin_dir: Path) -> None:
+    """Refuse early, with the fix, when root or bpffs is missing."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("ccxdp needs root (CAP_BPF and CAP_NET_ADMIN): run it as root")
+    if not _on_bpffs(pin_dir):
+        raise EnvironmentProblem(
+            f"{pin_dir.parent} is not on a bpf filesystem: mount it with "
+            f"'mount -t bpf bpf {pin_dir.parent}' (scripts/setup.sh does this)"
+        )
+
+
+def _on_bpffs(path: Path) -> bool:
+    best, fstype = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            mnt = fields[1]
+            inside = str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= len(best):
+                best, fstype = mnt, fields[2]
+    return fstype == "bpf"
+
+
+class Datapath:
+    """Owns the pinned program and maps under one pin folder. Use as a context manager: it
+    holds the state folder's lock while open."""
+
+    def __init__(self, pin_dir: Path = DEFAULT_PIN_DIR, state_dir: Path = DEFAULT_STATE_DIR):
+        self.pin_dir = Path(pin_dir)
+        self.state_dir = Path(state_dir)
+        self._lock_fd: int | None = None
+
+    # -- locking ---------------------------------------------------------------------------
+    def __enter__(self) -> Datapath:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    # -- paths and maps --------------------------------------------------------------------
+    @property
+    def prog_pin(self) -> Path:
+        return self.pin_dir / layout.PROG_PIN
+
+    @property
+    def key_file(self) -> Path:
+        return self.state_dir / "hash.key"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.state_dir / "catalog.db"
+
+    def is_loaded(self) -> bool:
+        return self.prog_pin.exists()
+
+    def open_map(self, name: str) -> bpfsys.Map:
+        """Open one pinned map with the layout layout.py gives it (checked against the pin)."""
+        key_type, value_type = layout.PINNED_MAPS[name]
+        path = self.pin_dir / name
+        if not path.exists():
+            raise NotLoadedError(
+                f"ccxdp is not loaded: no pinned map {path} (run 'ccxdp attach IFACE' first)"
+            )
+        if name == layout.MAP_STATS:
+            return bpfsys.PerCpuMap.open_pinned(path, key_type, value_type)
+        return bpfsys.Map.open_pinned(path, key_type, value_type)
+
+    def hash_key(self) -> HashKey:
+        """The installation's name-hash key. The pinned key map wins when it holds one: the
+        kernel's entries were hashed with it, even if the state folder was lost meanwhile."""
+        path = self.pin_dir / layout.MAP_HASH_KEY
+        if path.exists():
+            with self.open_map(layout.MAP_HASH_KEY) as keys:
+                pinned = keys.lookup(ct.c_uint32(0))
+            if pinned is not None and (pinned.k0 or pinned.k1):
+                key = HashKey(pinned.k0, pinned.k1)
+                key.save(self.key_file)
+                return key
+        return HashKey.load_or_create(self.key_file)
+
+    # -- load ------------------------------------------------------------------------------
+    def build_cflags(self, limits: Limits) -> list[str]:
+        return [f"-I{bpf_dir()}", f'-DCCXDP_PIN_DIR="{self.pin_dir}"', *limits.cflags()]
+
+    def load(self, limits: Limits = Limits(), dns_ports: Iterable[int] | None = None) -> int:
+        """Return an fd of the pinned program, compiling and pinning it first if needed."""
+        check_environment(self.pin_dir)
+        self.pin_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.pin_dir, 0o700)
+        fresh = not self.prog_pin.exists()
+        if fresh:
+            self._compile_and_pin(limits)
+        fd = bpfsys.obj_get(self.prog_pin)
+        self._init_maps(dns_ports)
+        if fresh:
+            # Maps made afresh (say, after a purge) get the catalog's entries back.
+            from . import blocklist
+            from .catalog import Catalog
+
+            with Catalog(self.catalog_path) as catalog:
+                blocklist.reconcile(self, catalog)
+        return fd
+
+    def _compile_and_pin(self, limits: Limits) -> None:
+        from .headers import configure_environment
+
+        configure_environment()
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise EnvironmentProblem(
+                "bcc is not importable (Debian package python3-bpfcc, seen through a venv "
+                "made with --system-site-packages): run scripts/setup.sh"
+            ) from e
+        src = bpf_dir() / "ccxdp.bpf.c"
+        try:
+            bpf = BPF(src_file=str(src).encode(), cflags=self.build_cflags(limits))
+            fn = bpf.load_func(layout.PROG_NAME.encode(), BPF.XDP)
+        except Exception as e:  # bcc raises bare Exception; its log went to stderr
+            raise DatapathError(f"cannot compile or load {src}: {e}") from e
+        try:
+            bpfsys.obj_pin(fn.fd, self.prog_pin)
+        finally:
+            bpf.cleanup()
+
+    def _init_maps(self, dns_ports: Iterable[int] | None) -> None:
+        key = self.hash_key()
+        with self.open_map(layout.MAP_HASH_KEY) as keys:
+            keys.update(ct.c_uint32(0), layout.HashKey(key.k0, key.k1))
+        if dns_ports is not None:
+            self.set_dns_ports(dns_ports)
+        elif not self.dns_ports():
+            self.set_dns_ports(DEFAULT_DNS_PORTS)
+
+    def dns_ports(self) -> list[int]:
+        with self.open_map(layout.MAP_PORTS) as ports:
+            return [k.value for k, v in ports.lookup_batch() if v.value]
+
+    def set_dns_ports(self, wanted: Iterable[int]) -> None:
+        wanted = set(wanted)
+        current = set(self.dns_ports())
+        with self.open_map(layout.MAP_PORTS) as ports:
+            for port in wanted - current:
+                ports.update(ct.c_uint32(port), ct.c_uint8(1))
+            for port in current - wanted:
+                ports.update(ct.c_uint32(port), ct.c_uint8(0))
+
+    # -- attach / detach -------------------------------------------------------------------
+    def _ipr(self, netns: str | None):
+        from pyroute2 import IPRoute
+
+        if netns is not None and not Path(f"/run/netns/{netns}").exists():
+            raise DatapathError(f"no network namespace {netns!r} (see 'ip netns list')")
+        return IPRoute(netns=netns)
+
+    @staticmethod
+    def _where(ifname: str, netns: str | None) -> str:
+        return f"{ifname} in netns {netns}" if netns else ifname
+
+    def _link_index(self, ipr, ifname: str, netns: str | None) -> int:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise DatapathError(f"no interface {self._where(ifname, netns)}", ifname=ifname)
+        return found[0]
+
+    @staticmethod
+    def _xdp_state(ipr, index: int) -> tuple[Mode | str | None, int | None]:
+        xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
+        if xdp is None:
+            return None, None
+        attached = xdp.get_attr("IFLA_XDP_ATTACHED")
+        prog_id = xdp.get_attr("IFLA_XDP_PROG_ID")
+        if not prog_id:
+            return None, None
+        return _ATTACHED_MODE.get(attached, attached), prog_id
+
+    def _our_prog_id(self) -> int | None:
+        if not self.prog_pin.exists():
+            return None
+        fd = bpfsys.obj_get(self.prog_pin)
+        try:
+            return bpfsys.prog_info(fd).id
+        finally:
+            bpfsys.close(fd)
+
+    def attach(
+        self,
+        ifname: str,
+        mode: Mode = Mode.AUTO,
+        netns: str | None = None,
+        limits: Limits = Limits(),
+        dns_ports: Iterable[int] | None = None,
+    ) -> Attachment:
+        """Attach (or keep attached) the program on one interface; returns what the kernel
+        reports afterwards. A foreign XDP program there is never replaced."""
+        prog_fd = self.load(limits, dns_ports)
+        try:
+            prog_id = bpfsys.prog_info(prog_fd).id
+            with self._ipr(netns) as ipr:
+                index = self._link_index(ipr, ifname, netns)
+                current_mode, current_id = self._xdp_state(ipr, index)
+                if current_id == prog_id and (mode == Mode.AUTO or mode == current_mode):
+                    self._remember(ifname, netns)
+                    return Attachment(ifname, netns, current_mode, prog_id)
+                if current_id is not None:
+                    self._refuse_foreign(ifname, netns, current_id)
+                    # An older ccxdp program, or ours in another mode: take it off first,
+                    # since native and generic programs cannot coexist on one device.
+                    self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(current_mode, 0))
+                tried = [Mode.NATIVE, Mode.GENERIC] if mode == Mode.AUTO else [mode]
+                errors = []
+                for candidate in tried:
+                    flags = _MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST
+                    try:
+                        self._set_xdp(ipr, index, prog_fd, flags)
+                        break
+                    except OSError as e:
+                        errors.append(f"{candidate}: {os.strerror(e.errno or 0)}")
+                else:
+                    raise DatapathError(
+                        f"cannot attach to {self._where(ifname, netns)}: " + "; ".join(errors),
+                        ifname=ifname,
+                    )
+                got_mode, got_id = self._xdp_state(ipr, index)
+                if got_id != prog_id:
+                    raise DatapathError(
+                        f"attach to {self._where(ifname, netns)} did not take: the kernel reports "
+                        f"program id {got_id}, expected {prog_id}",
+                        ifname=ifname,
+                    )
+                self._remember(ifname, netns)
+                return Attachment(ifname, netns, got_mode, got_id)
+        finally:
+            bpfsys.close(prog_fd)
+
+    def _refuse_foreign(self, ifname: str, netns: str | None, prog_id: int) -> None:
+        try:
+            fd = bpfsys.prog_get_fd_by_id(prog_id)
+        except OSError:
+            return  # gone meanwhile
+        try:
+            name = bpfsys.prog_info(fd).name
+        finally:
+            bpfsys.close(fd)
+        if name != layout.PROG_NAME:
+            raise DatapathError(
+                f"{self._where(ifname, netns)} already has XDP program {name!r} (id {prog_id}); "
+                f"ccxdp will not replace it: detach it first (ip link set dev {ifname} xdp off)",
+                ifname=ifname,
+            )
+
+    @staticmethod
+    def _set_xdp(ipr, index: int, fd: int, flags: int) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            ipr.link(
+                "set",
+                index=index,
+                IFLA_XDP={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]},
+            )
+        except NetlinkError as e:
+            raise OSError(e.code, os.strerror(e.code)) from e
+
+    def detach(self, ifname: str, netns: str | None = None) -> Attachment:
+        """Remove ccxdp's program from one interface. Refuses to touch a foreign program."""
+        check_environment(self.pin_dir)
+        with self._ipr(netns) as ipr:
+            index = self._link_index(ipr, ifname, netns)
+            mode, prog_id = self._xdp_state(ipr, index)
+            if prog_id is None:
+                self._forget(ifname, netns)
+                raise NotLoadedError(
+                    f"nothing attached on {self._where(ifname, netns)}", ifname=ifname
+                )
+            self._refuse_foreign(ifname, netns, prog_id)
+            self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(mode, 0))
+            self._forget(ifname, netns)
+            return Attachment(ifname, netns, mode, prog_id)
+
+    def purge(self) -> list[str]:
+        """Remove the pinned program and maps. Refused while ccxdp is attached anywhere, since
+        the attached program would go on using maps that no command could reach any more."""
+        attached = [a for a in self.attachments() if a.prog_id is not None]
+        if attached:
+            where = ", ".join(self._where(a.ifname, a.netns) for a in attached)
+            raise DatapathError(f"ccxdp is still attached on {where}: detach it there first")
+        removed = []
+        if self.pin_dir.exists():
+            for pin in sorted(self.pin_dir.iterdir()):
+                pin.unlink()
+                removed.append(pin.name)
+            self.pin_dir.rmdir()
+        return removed
+
+    # -- where it is attached --------------------------------------------------------------
+    @property
+    def _registry(self) -> Path:
+        return self.state_dir / "attachments.json"
+
+    def _read_registry(self) -> list[tuple[str, str | None]]:
+        try:
+            return [tuple(x) for x in json.loads(self._registry.read_text())]
+        except FileNotFoundError:
+            return []
+
+    def _write_registry(self, entries: list[tuple[str, str | None]]) -> None:
+        tmp = self._registry.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(set(entries), key=lambda e: (e[1] or "", e[0]))))
+        os.replace(tmp, self._registry)
+
+    def _remember(self, ifname: str, netns: str | None) -> None:
+        self._write_registry([*self._read_registry(), (ifname, netns)])
+
+    def _forget(self, ifname: str, netns: str | None) -> None:
+        self._write_registry([e for e in self._read_registry() if e != (ifname, netns)])
+
+    def attachments(self) -> list[Attachment]:
+        """Interfaces ccxdp was attached to, each as the kernel reports it now."""
+        ours = self._our_prog_id()
+        out = []
+        for ifname, netns in self._read_registry():
+            mode, prog_id = None, None
+            try:
+                with self._ipr(netns) as ipr:
+                    found = ipr.link_lookup(ifname=ifname)
+                    if found:
+                        mode, prog_id = self._xdp_state(ipr, found[0])
+            except DatapathError:
+                pass  # its namespace is gone
+            if prog_id is not None and prog_id != ours and not self._is_ccxdp(prog_id):
+                mode, prog_id = None, None
+            out.append(Attachment(ifname, netns, mode if prog_id else None, prog_id))
+        return out
+
+    @staticmethod
+    def _is_ccxdp(prog_id: int) -> bool:
+        try:
+            fd = bpfsys.prog_get_fd_by_id(prog_id)
+        except OSError:
+            return False
+        try:
+            return bpfsys.prog_info(fd).name == layout.PROG_NAME
+        finally:
+            bpfsys.close(fd)

@@ -1,0 +1,85 @@
+"""Python view of bpf/ccxdp_shared.h: map names, enums and ctypes layouts.
+
+The C header is the definition; tests/test_layout.py checks every size, field offset and enum
+value here against the bcc-compiled types and the header text, so the two cannot drift.
+CLI calls use these to open pinned maps without compiling anything.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+
+DNS_MAX_NAME_LEN = 255
+DNS_MAX_LABEL_LEN = 63
+DNS_MAX_LABELS = 127
+
+MAP_STATS = "ccxdp_stats_v1"
+MAP_NAMES = "ccxdp_names_v1"
+MAP_SOURCES = "ccxdp_srcs_v1"
+MAP_PORTS = "ccxdp_ports_v1"
+MAP_HASH_KEY = "ccxdp_hkey_v1"
+# The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
+PROG_PIN = "ccxdp_xdp_v1"
+PROG_NAME = "ccxdp_xdp"
+
+
+class Outcome(enum.IntEnum):
+    NOT_DNS = 0
+    FRAGMENT = 1
+    NOT_QUERY = 2
+    MALFORMED = 3
+    PASSED = 4
+    BLOCKED = 5
+
+
+class Malformed(enum.IntEnum):
+    HEADER = 0
+    TRUNCATED = 1
+    LABEL_TYPE = 2
+    NAME_LEN = 3
+
+
+class Action(enum.IntEnum):
+    DROP = 1
+
+
+OUTCOME_MAX = len(Outcome)
+STAT_MALFORMED_BASE = OUTCOME_MAX
+STAT_MAX = OUTCOME_MAX + len(Malformed)
+
+ENTRY_SUBTREE = 0x01
+
+
+class Entry(ct.Structure):
+    _fields_ = [("action", ct.c_uint8), ("flags", ct.c_uint8), ("category", ct.c_uint16)]
+
+
+class SourceKey(ct.Structure):
+    _fields_ = [
+        ("addr", ct.c_uint8 * 16),
+        ("category", ct.c_uint16),
+        ("pad", ct.c_uint8 * 2),
+    ]
+
+
+class SourceHits(ct.Structure):
+    _fields_ = [
+        ("hits", ct.c_uint64),
+        ("first_seen_ns", ct.c_uint64),
+        ("last_seen_ns", ct.c_uint64),
+    ]
+
+
+class HashKey(ct.Structure):
+    _fields_ = [("k0", ct.c_uint64), ("k1", ct.c_uint64)]
+
+
+# (map name, key type, value type) for every pinned map, as the C declares them.
+PINNED_MAPS: dict[str, tuple[type, type]] = {
+    MAP_STATS: (ct.c_uint32, ct.c_uint64),
+    MAP_NAMES: (ct.c_uint64, Entry),
+    MAP_SOURCES: (SourceKey, SourceHits),
+    MAP_PORTS: (ct.c_uint32, ct.c_uint8),
+    MAP_HASH_KEY: (ct.c_uint32, HashKey),
+}

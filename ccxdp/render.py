@@ -1,0 +1,98 @@
+"""Pure renderers: snapshot in, rich renderable out. Nothing here touches a map."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.table import Table
+
+from .blocklist import Change
+from .catalog import CatalogEntry
+from .datapath import Attachment
+from .stats import StatsSnapshot
+
+_OUTCOME_HELP = {
+    "not_dns": "not UDP to a DNS port, passed",
+    "fragment": "IP fragments, passed",
+    "not_query": "DNS but not a query, passed",
+    "malformed": "unparsable queries, passed",
+    "passed": "judged queries, no entry matched",
+    "blocked": "judged queries, blocked",
+}
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def render_stats(s: StatsSnapshot) -> Group:
+    totals = Table(title="ccxdp counters", title_justify="left")
+    totals.add_column("outcome")
+    totals.add_column("frames", justify="right")
+    totals.add_column("meaning", style="dim")
+    for name, value in s.outcomes.items():
+        totals.add_row(name, f"{value:,}", _OUTCOME_HELP.get(name, ""))
+    totals.add_section()
+    totals.add_row("total", f"{s.frames:,}", "frames seen")
+    totals.add_row("judged", f"{s.judged:,}", "DNS queries looked up")
+    parts: list = [totals]
+    if any(s.malformed.values()):
+        bad = Table(title="malformed queries by reason", title_justify="left")
+        bad.add_column("reason")
+        bad.add_column("queries", justify="right")
+        for name, value in s.malformed.items():
+            bad.add_row(name, f"{value:,}")
+        parts.append(bad)
+    sources = Table(title=f"blocked queries per source ({len(s.sources)})", title_justify="left")
+    sources.add_column("source")
+    sources.add_column("category", justify="right")
+    sources.add_column("hits", justify="right")
+    sources.add_column("first seen")
+    sources.add_column("last seen")
+    for src in s.sources:
+        sources.add_row(
+            src.address, str(src.category), f"{src.hits:,}", _when(src.first_seen),
+            _when(src.last_seen),
+        )
+    parts.append(sources)
+    return Group(*parts)
+
+
+def render_attachments(attachments: list[Attachment], loaded: bool, names: int) -> Group:
+    table = Table(title="ccxdp attachments", title_justify="left")
+    table.add_column("interface")
+    table.add_column("netns")
+    table.add_column("mode")
+    table.add_column("program id", justify="right")
+    for a in attachments:
+        table.add_row(
+            a.ifname,
+            a.netns or "-",
+            str(a.mode) if a.mode else "detached",
+            str(a.prog_id) if a.prog_id else "-",
+        )
+    head = f"program {'loaded' if loaded else 'not loaded'}; {names:,} names in the kernel map"
+    return Group(head, table)
+
+
+def render_entries(entries: list[CatalogEntry]) -> Table:
+    table = Table(title=f"block entries ({len(entries)})", title_justify="left")
+    table.add_column("name")
+    table.add_column("match")
+    table.add_column("action")
+    table.add_column("added (UTC)")
+    for e in entries:
+        table.add_row(e.name, "subtree" if e.subtree else "exact", e.action, e.added_at)
+    return table
+
+
+def render_changes(changes: list[Change]) -> Table:
+    table = Table(show_header=True)
+    table.add_column("name")
+    table.add_column("match")
+    table.add_column("result")
+    for c in changes:
+        match = "-" if c.subtree is None else ("subtree" if c.subtree else "exact")
+        table.add_row(c.name, match, c.status)
+    return table

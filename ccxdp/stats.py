@@ -1,0 +1,95 @@
+"""Snapshots of the kernel's counters: frozen dataclasses of exact integers."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from . import layout
+from .datapath import Datapath
+
+
+@dataclass(frozen=True)
+class SourceStat:
+    address: str
+    category: int
+    hits: int
+    first_seen: float  # Unix time
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    outcomes: dict[str, int]
+    malformed: dict[str, int]
+    sources: tuple[SourceStat, ...] = field(default=())
+    names: int = 0
+
+    @property
+    def frames(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def judged(self) -> int:
+        return self.outcomes["passed"] + self.outcomes["blocked"]
+
+    def to_json(self) -> dict:
+        return {
+            "frames": self.frames,
+            "judged": self.judged,
+            "outcomes": dict(self.outcomes),
+            "malformed": dict(self.malformed),
+            "names": self.names,
+            "sources": [
+                {
+                    "address": s.address,
+                    "category": s.category,
+                    "hits": s.hits,
+                    "first_seen": _iso(s.first_seen),
+                    "last_seen": _iso(s.last_seen),
+                }
+                for s in self.sources
+            ],
+        }
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def address_text(raw: bytes) -> str:
+    """IPv4 sources are stored IPv4-mapped; show them as IPv4."""
+    addr = ipaddress.IPv6Address(raw)
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+
+
+def boot_to_unix(ns: int) -> float:
+    """The program stamps CLOCK_BOOTTIME; shift it onto the wall clock."""
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ns / 1e9)
+
+
+def read_stats(dp: Datapath) -> StatsSnapshot:
+    with dp.open_map(layout.MAP_STATS) as stats:
+        totals = [stats.lookup_sum(ct.c_uint32(i)).value for i in range(layout.STAT_MAX)]
+    outcomes = {o.name.lower(): int(totals[o]) for o in layout.Outcome}
+    malformed = {
+        m.name.lower(): int(totals[layout.STAT_MALFORMED_BASE + m]) for m in layout.Malformed
+    }
+    sources = []
+    with dp.open_map(layout.MAP_SOURCES) as srcs:
+        for k, v in srcs.lookup_batch():
+            sources.append(
+                SourceStat(
+                    address_text(bytes(k.addr)),
+                    k.category,
+                    v.hits,
+                    boot_to_unix(v.first_seen_ns),
+                    boot_to_unix(v.last_seen_ns),
+                )
+            )
+    sources.sort(key=lambda s: (-s.hits, s.address, s.category))
+    with dp.open_map(layout.MAP_NAMES) as names:
+        count = sum(1 for _ in names.lookup_batch())
+    return StatsSnapshot(outcomes, malformed, tuple(sources), count)

@@ -1,0 +1,127 @@
+"""The hash and the match rule exist in C (bpf/dns.h) and in Python (ccxdp/hashing.py,
+ccxdp/matching.py). Here the real program judges many names through BPF_PROG_TEST_RUN and
+must agree with the Python prediction on every one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+from conftest import set_entries
+from frames import query, udp4, udp6
+
+from ccxdp import bpfsys, layout
+from ccxdp.hashing import HashKey, name_hash, suffix_hashes
+from ccxdp.matching import decide
+from ccxdp.names import to_wire, wire_labels
+
+pytestmark = pytest.mark.root
+
+XDP_DROP, XDP_PASS = 1, 2
+# Bytes a label may hold on the wire: anything but nothing; '.' and upper case included.
+LABEL_BYTES = bytes(range(1, 256))
+HOSTNAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+
+
+@dataclass(frozen=True)
+class E:
+    subtree: bool
+
+
+def random_wire(rng: random.Random, labels: int, budget: int = 254) -> bytes:
+    """A wire-form name of `labels` labels whose lengths fill up to `budget` bytes."""
+    lengths = [1] * labels
+    spare = budget - 2 * labels
+    while spare > 0:
+        i = rng.randrange(labels)
+        if lengths[i] < 63:
+            grow = min(spare, 63 - lengths[i], rng.randint(1, 20))
+            lengths[i] += grow
+            spare -= grow
+        if rng.random() < 0.05:
+            break
+    out = b""
+    for n in lengths:
+        alphabet = LABEL_BYTES if rng.random() < 0.3 else HOSTNAME_BYTES
+        out += bytes([n]) + bytes(rng.choice(alphabet) for _ in range(n))
+    return out + b"\0"
+
+
+def names_to_judge() -> list[bytes]:
+    rng = random.Random(20261127)
+    names = [random_wire(rng, n) for n in range(1, 128)]  # every label count, max length
+    names += [random_wire(rng, rng.randint(1, 40), rng.randint(4, 254)) for _ in range(300)]
+    names += [to_wire("x" * 63 + ".test"), to_wire("a.b"), to_wire("a" * 8 + "." + "b" * 16)]
+    return names
+
+
+def flip_case(wire: bytes, rng: random.Random) -> bytes:
+    labels = wire_labels(wire)
+    out = b""
+    for label in labels:
+        out += bytes([len(label)]) + bytes(
+            c ^ 0x20 if chr(c).isascii() and chr(c).isalpha() and rng.random() < 0.5 else c
+            for c in label
+        )
+    return out + b"\0"
+
+
+def test_python_hash_is_case_insensitive_and_keyed():
+    k1, k2 = HashKey(1, 2), HashKey(3, 4)
+    assert name_hash("evil.test", k1) == suffix_hashes(to_wire("EVIL.test"), k1)[0]
+    assert name_hash("evil.test", k1) != name_hash("evil.test", k2)
+    assert suffix_hashes(to_wire("a.evil.test"), k1)[1:] == suffix_hashes(to_wire("evil.test"), k1)
+    # zero padding of the last word must not make "a" and "a\0" collide: the length is mixed in
+    assert suffix_hashes(b"\x01a\x00", k1) != suffix_hashes(b"\x02a\x00\x00", k1)
+
+
+def test_c_and_python_agree_on_every_suffix(datapath):
+    dp, fd = datapath
+    key = dp.hash_key()
+    rng = random.Random(7)
+    checked = 0
+    for wire in names_to_judge():
+        hashes = suffix_hashes(wire, key)
+        depth = rng.randrange(len(hashes))
+        subtree = rng.random() < 0.5
+        entries = {hashes[depth]: E(subtree)}
+        expected = XDP_DROP if decide(wire, key, entries) else XDP_PASS
+        assert expected == (XDP_DROP if depth == 0 or subtree else XDP_PASS)
+        set_entries(dp, {hashes[depth]: (layout.ENTRY_SUBTREE if subtree else 0, 0)})
+        asked = flip_case(wire, rng)
+        frame = udp4(query(asked)) if rng.random() < 0.5 else udp6(query(asked))
+        got = bpfsys.prog_test_run(fd, frame).retval
+        assert got == expected, (
+            f"C and Python disagree on {wire!r} ({len(wire)} bytes, {len(hashes)} labels): "
+            f"entry at depth {depth}, subtree={subtree}"
+        )
+        # A one-bit change of the hash must never match: the C really compares the hash.
+        set_entries(dp, {})
+        with dp.open_map(layout.MAP_NAMES) as m:
+            for k in list(m.keys()):
+                m.delete(k)
+        set_entries(dp, {hashes[depth] ^ 1: (layout.ENTRY_SUBTREE, 0)})
+        assert bpfsys.prog_test_run(fd, frame).retval == XDP_PASS
+        with dp.open_map(layout.MAP_NAMES) as m:
+            for k in list(m.keys()):
+                m.delete(k)
+        checked += 1
+    assert checked == 430
+
+
+def test_most_specific_entry_decides(datapath):
+    """An exact entry for the whole name beats a subtree entry above it, and the Python rule
+    returns the same entry."""
+    dp, fd = datapath
+    key = dp.hash_key()
+    wire = to_wire("a.b.evil.test")
+    hashes = suffix_hashes(wire, key)
+    entries = {hashes[2]: E(True), hashes[0]: E(False)}
+    assert decide(wire, key, entries) is entries[hashes[0]]
+    set_entries(dp, {hashes[2]: (layout.ENTRY_SUBTREE, 3), hashes[0]: (0, 5)})
+    assert bpfsys.prog_test_run(fd, udp4(query("a.b.evil.test"))).retval == XDP_DROP
+    from ccxdp.stats import read_stats
+
+    cats = {s.category for s in read_stats(dp).sources}
+    assert cats == {5}
