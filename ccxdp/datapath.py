@@ -322,8 +322,9 @@ class Datapath:
             bpfsys.close(fd)
         if name != layout.PROG_NAME:
             raise DatapathError(
-                f"{self._where(ifname, netns)} already has XDP program {name!r} (id {prog_id}); "
-                f"ccxdp will not replace it: detach it first (ip link set dev {ifname} xdp off)",
+                f"{self._where(ifname, netns)} already has XDP program {name!r} (id {prog_id}), "
+                f"which is not ccxdp's: ccxdp leaves it alone (remove it with "
+                f"'ip link set dev {ifname} xdp off' if it should go)",
                 ifname=ifname,
             )
 

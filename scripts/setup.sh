@@ -58,7 +58,7 @@ fi
 stamp="$venv/.ccxdp-installed"
 if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 	say "installing ccxdp and its test extras into the venv"
-	"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+	"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${repo}[test]"
 	touch "$stamp"
 fi
 

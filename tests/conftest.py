@@ -4,9 +4,12 @@ with the reason when that is truly unavailable, and fail instead under CI, where
 from __future__ import annotations
 
 import ctypes as ct
+import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -96,3 +99,52 @@ def set_entries(dp, entries: dict[int, tuple[int, int]]) -> None:
     with dp.open_map(layout.MAP_NAMES) as m:
         for h, (flags, category) in entries.items():
             m.update(ct.c_uint64(h), layout.Entry(layout.Action.DROP, flags, category))
+
+
+@pytest.fixture
+def lab():
+    """A client and a resolver namespace, a veth between them, a real unbound (tests/netns.py).
+    Everything it makes is removed when the test ends, passed or failed."""
+    from netns import lab_fixture
+
+    yield from lab_fixture()
+
+
+class Ccxdp:
+    """The real `ccxdp` console script, run as a new process each call, on private pins."""
+
+    def __init__(self, pin_dir: Path, state_dir: Path):
+        self.pin_dir = pin_dir
+        self.state_dir = state_dir
+        self.exe = Path(sys.executable).parent / "ccxdp"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        argv = [str(self.exe), "--pin-dir", str(self.pin_dir), "--state-dir", str(self.state_dir)]
+        cp = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=120)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"ccxdp {' '.join(args)} exited {cp.returncode}: {cp.stderr}")
+        return cp
+
+    def json(self, *args: str):
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@pytest.fixture
+def ccxdp(tmp_path):
+    """A private ccxdp installation. Teardown detaches it from every interface it was attached
+    to (even when the test failed midway) and removes its pins."""
+    tool = Ccxdp(make_pin_dir(), tmp_path / "state")
+    try:
+        yield tool
+    finally:
+        from ccxdp.datapath import Datapath
+
+        dp = Datapath(tool.pin_dir, tool.state_dir)
+        with dp:
+            for a in dp.attachments():
+                if a.prog_id is not None:
+                    try:
+                        dp.detach(a.ifname, a.netns)
+                    except Exception:  # its namespace may be gone already
+                        pass
+        remove_pins(tool.pin_dir)

@@ -1,0 +1,151 @@
+"""End to end: a client namespace and a resolver namespace with a real unbound, ccxdp attached
+to the resolver's veth through the real CLI, real dig and dnspython queries. What the client
+sees, what unbound's own log says reached it, and ccxdp's exact counters."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+CLIENT_A, CLIENT_B = "198.18.0.2", "198.18.0.3"
+CLIENT_A6 = "fd00:cc::2"
+
+
+def attach(ccxdp, lab, *extra: str) -> dict:
+    return ccxdp.json("attach", lab.res_if, "--netns", lab.res_ns, *extra)
+
+
+def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
+    assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
+    assert lab.dig("www.bad.test").rdata("A") == ["198.18.3.2"]
+
+    a = attach(ccxdp, lab)
+    assert a["attached"] is True and a["interface"] == lab.res_if
+    assert a["mode"] == "native"
+    ccxdp.run("block", "add", "evil.test")
+    ccxdp.run("block", "add", "bad.test", "--subtree")
+    seen_before = {n: lab.unbound_queries_for(n) for n in ("evil.test", "www.bad.test",
+                                                           "a.b.c.www.bad.test", "x.y.evil.test")}
+
+    # Blocked names: no answer, over IPv4 and IPv6, from dig and from dnspython.
+    assert lab.dig("evil.test").timed_out
+    assert lab.dig("EvIl.TeSt").timed_out  # DNS 0x20 case does not matter
+    assert lab.dig("www.bad.test").timed_out
+    assert lab.dig("evil.test", family=6).timed_out
+    assert lab.query("a.b.c.www.bad.test", source=CLIENT_B) is None
+    assert lab.query("evil.test", "AAAA", family=6) is None
+    # Names not covered: an exact entry does not cover what is below it; other zones resolve.
+    assert lab.dig("x.y.evil.test").rdata("A") == ["198.18.2.2"]
+    assert lab.dig("www.lab.example", "AAAA", family=6).rdata("AAAA") == ["fd00:cc:1::10"]
+    answer = lab.query("mail.lab.example", source=CLIENT_B)
+    assert answer is not None and [str(r) for r in answer.answer[0]] == ["198.18.1.11"]
+
+    # None of the blocked queries reached unbound; the allowed one did, exactly once.
+    assert lab.unbound_queries_for("evil.test") == seen_before["evil.test"]
+    assert lab.unbound_queries_for("www.bad.test") == seen_before["www.bad.test"]
+    assert lab.unbound_queries_for("a.b.c.www.bad.test") == seen_before["a.b.c.www.bad.test"]
+    assert lab.unbound_queries_for("x.y.evil.test") == seen_before["x.y.evil.test"] + 1
+
+    stats = ccxdp.json("stats")
+    assert stats["outcomes"]["blocked"] == 6
+    assert stats["outcomes"]["passed"] == 3
+    assert stats["outcomes"]["malformed"] == 0
+    assert stats["judged"] == 9
+    assert stats["names"] == 2
+    hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
+    assert hits == {(CLIENT_A, 0): 3, (CLIENT_B, 0): 1, (CLIENT_A6, 0): 2}
+
+    # Removing the entry restores resolution; the subtree entry still blocks.
+    ccxdp.run("block", "remove", "evil.test")
+    assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
+    assert lab.dig("www.bad.test").timed_out
+    assert [e["name"] for e in ccxdp.json("block", "list")] == ["bad.test"]
+
+    # Detach restores everything; the maps and their counters stay until purged.
+    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns)
+    assert lab.dig("www.bad.test").rdata("A") == ["198.18.3.2"]
+    status = ccxdp.json("status")
+    assert status["loaded"] is True
+    assert status["attachments"] == []
+    assert ccxdp.json("stats")["outcomes"]["blocked"] == 7
+    ccxdp.run("detach", "--purge")
+    assert not ccxdp.pin_dir.exists()
+
+
+def test_state_outlives_the_process_that_made_it(ccxdp, lab):
+    first = attach(ccxdp, lab, "--max-names", "4096", "--max-sources", "1024")
+    ccxdp.run("block", "add", "evil.test")
+    # Every ccxdp call is a new process: this one finds the pinned program and its entries.
+    again = attach(ccxdp, lab)
+    assert again["prog_id"] == first["prog_id"]
+    status = ccxdp.json("status")
+    assert status["names"] == 1
+    assert status["dns_ports"] == [53]
+    assert [(x["interface"], x["netns"], x["prog_id"], x["attached"]) for x in
+            status["attachments"]] == [(lab.res_if, lab.res_ns, first["prog_id"], True)]
+    assert lab.dig("evil.test").timed_out
+    assert ccxdp.json("stats")["sources"][0]["hits"] == 1
+
+
+def test_second_interface_shares_the_maps(ccxdp, lab):
+    first = attach(ccxdp, lab)
+    second = ccxdp.json("attach", "lo", "--netns", lab.res_ns, "--mode", "generic")
+    assert second["mode"] == "generic"
+    assert second["prog_id"] == first["prog_id"]
+    attached = {(x["interface"], x["mode"]) for x in ccxdp.json("status")["attachments"]}
+    assert attached == {(lab.res_if, "native"), ("lo", "generic")}
+    refused = ccxdp.run("detach", "--purge", check=False)
+    assert refused.returncode == 1
+    assert "still attached" in refused.stderr
+    ccxdp.run("detach", "lo", "--netns", lab.res_ns)
+    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, "--purge")
+    assert not ccxdp.pin_dir.exists()
+
+
+def test_pins_purged_then_attached_again_get_the_catalog_back(ccxdp, lab):
+    attach(ccxdp, lab)
+    ccxdp.run("block", "add", "evil.test", "bad.test")
+    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, "--purge")
+    assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
+    attach(ccxdp, lab)
+    assert ccxdp.json("status")["names"] == 2
+    assert lab.dig("evil.test").timed_out
+    assert lab.dig("bad.test").timed_out
+
+
+def test_dns_port_option_judges_only_those_ports(ccxdp, lab):
+    attach(ccxdp, lab, "--dns-port", "5353")
+    ccxdp.run("block", "add", "evil.test")
+    # Port 53 is no longer judged: the query reaches unbound and is answered.
+    assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
+    assert ccxdp.json("status")["dns_ports"] == [5353]
+    stats = ccxdp.json("stats")
+    assert stats["judged"] == 0
+
+
+def test_foreign_xdp_program_is_never_replaced(ccxdp, lab):
+    lab.run("res", ["ip", "link", "set", "dev", lab.res_if, "xdpgeneric", "off"])
+    from ccxdp import bpfsys
+
+    insns = bpfsys.pack_insn(0xB7, dst=0, imm=2) + bpfsys.pack_insn(0x95)
+    fd = bpfsys.prog_load(6, insns, name="someone_else")
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=lab.res_ns) as ipr:
+            idx = ipr.link_lookup(ifname=lab.res_if)[0]
+            ipr.link("set", index=idx, IFLA_XDP={"attrs": [("IFLA_XDP_FD", fd),
+                                                           ("IFLA_XDP_FLAGS", 2)]})
+        cp = ccxdp.run("attach", lab.res_if, "--netns", lab.res_ns, check=False)
+        assert cp.returncode == 1
+        assert "already has XDP program 'someone_else'" in cp.stderr
+        assert "Traceback" not in cp.stderr
+        cp = ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, check=False)
+        assert cp.returncode == 1
+        assert "which is not ccxdp's: ccxdp leaves it alone" in cp.stderr
+        with IPRoute(netns=lab.res_ns) as ipr:
+            xdp = ipr.get_links(idx)[0].get_attr("IFLA_XDP")
+            assert xdp.get_attr("IFLA_XDP_PROG_ID") == bpfsys.prog_info(fd).id
+    finally:
+        bpfsys.close(fd)
