@@ -18,6 +18,15 @@ static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash)
 	return ccxdp_names_v1.lookup(&suffix_hash);
 }
 
+static __always_inline int bloom_may_hold(__u64 suffix_hash)
+{
+	__u32 index = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
+	__u64 bits = (1ULL << (suffix_hash & 63)) | (1ULL << ((suffix_hash >> 6) & 63));
+	__u64 *word = ccxdp_bloom_v1.lookup(&index);
+
+	return word && (*word & bits) == bits;
+}
+
 static __always_inline void count_stat(__u32 index)
 {
 	__u64 *counter = ccxdp_stats_v1.lookup(&index);
@@ -70,7 +79,6 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	struct udphdr *udp;
 	struct dnshdr *dns;
 	void *payload_end;
-	__u64 avail, copy;
 	__u32 zero = 0, port;
 	__u16 udp_len, flags;
 	__u8 *judge_port;
@@ -89,6 +97,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		}
 		if (ip->protocol != IPPROTO_UDP)
 			goto out;
+		/* IPv4 sources are kept IPv4-mapped (::ffff:a.b.c.d): one key form for both. */
 		source.addr[10] = 0xff;
 		source.addr[11] = 0xff;
 		__builtin_memcpy(&source.addr[12], &ip->saddr, 4);
@@ -134,34 +143,36 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	}
 
-	malformed = CCXDP_MAL_TRUNCATED;
-	avail = payload_end - c.pos;
-	if (avail == 0 || avail > 0xffff)
-		goto out;
-	copy = avail > DNS_MAX_NAME_LEN ? DNS_MAX_NAME_LEN : avail;
 	s = ccxdp_scratch.lookup(&zero);
-	if (!s || bpf_xdp_load_bytes(ctx, c.pos - data, s->name, copy))
+	if (!s || c.pos - data > CCXDP_MAX_FRAME_OFF)
 		goto out;
-	malformed = dns_find_labels(s, copy, avail > DNS_MAX_NAME_LEN);
+	s->qoff = c.pos - data;
+	s->avail = payload_end - c.pos;
+	s->source = source;
+	/* The name loops reload packet pointers from ctx (dns.h says why); this barrier keeps
+	 * the compiler from reusing the ones above instead. */
+	asm volatile("" ::: "memory");
+
+	malformed = dns_find_labels(ctx, s);
 	if (malformed != CCXDP_CONTINUE)
 		goto out;
 	/* QTYPE and QCLASS must follow the name. */
 	malformed = CCXDP_MAL_TRUNCATED;
-	if (s->name_len + 4 > avail)
+	if (s->name_len + 4 > s->avail)
 		goto out;
 
 	key = ccxdp_hkey_v1.lookup(&zero);
 	if (!key)
 		goto out;
-	dns_match_suffixes(s, key);
+	dns_match_suffixes(ctx, s, key);
 	if (!s->matched) {
 		outcome = CCXDP_OUT_PASSED;
 		goto out;
 	}
 
 	outcome = CCXDP_OUT_BLOCKED;
-	source.category = s->match.category;
-	count_source(&source);
+	s->source.category = s->match.category;
+	count_source(&s->source);
 	action = XDP_DROP;
 out:
 	return record_verdict(outcome, malformed, action);

@@ -23,6 +23,7 @@
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v1"
+#define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */

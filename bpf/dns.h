@@ -5,13 +5,13 @@
  * The name hash (mirrored by ccxdp/hashing.py, kept equal by tests/test_parity.py):
  *   h = k0
  *   for each label, from the one nearest the root to the leftmost:
- *       h = (h ^ label_len) * MUL_LABEL
- *       for each 8-byte little-endian word w of the label, lower-cased, last word zero-padded:
- *           h = rotl64((h ^ w) * MUL_WORD, 29)
- *       that label's suffix (the label and everything right of it) hashes to fmix64(h ^ k1)
- * Chaining from the root means one pass yields the hash of every suffix, at a cost
- * proportional to the name's words. k0 and k1 are random per installation, so names cannot be
- * crafted offline to collide with a listed one.
+ *       for each 8-byte little-endian word w of the label in wire form (its length byte, then
+ *       its bytes lower-cased), the last word zero-padded:
+ *           h = rotl64((h ^ w) * HASH_MUL, 29)
+ *       the suffix that starts at this label hashes to finish_hash(h, k1)
+ * Chaining from the root gives the hash of every suffix in one pass, at a cost proportional to
+ * the name's words. The length byte keeps "a" apart from "a\0". k0 and k1 are random per
+ * installation, so names cannot be crafted offline to collide with a listed one.
  */
 #ifndef CCXDP_DNS_H
 #define CCXDP_DNS_H
@@ -35,18 +35,21 @@ struct dnshdr {
 
 #define DNS_LABEL_TYPE_MASK 0xc0 /* 0xc0: compression pointer; 0x40, 0x80: reserved */
 
-/* Words the suffix-hash loop may need: one-byte labels take a word each, and longer labels
- * take fewer words per byte, so 127 labels is the worst case; one more iteration sees the end. */
+/* Words the suffix-hash loop may need: a one-byte label and its length byte fill one word, and
+ * longer labels take fewer words per byte, so 127 labels is the worst case; one more
+ * iteration sees the end. */
 #define DNS_MAX_NAME_WORDS (DNS_MAX_LABELS + 1)
+
+#define HASH_MUL 0xc2b2ae3d27d4eb4fULL
+#define HASH_MUL_FINAL 0xff51afd7ed558ccdULL
 
 /*
  * Look one suffix hash up in the name map. Defined in ccxdp.bpf.c: bcc rewrites map calls
  * only in the main file, so headers leave map access to it.
  */
 static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash);
-
-#define HASH_MUL_LABEL 0x9e3779b97f4a7c15ULL
-#define HASH_MUL_WORD 0xc2b2ae3d27d4eb4fULL
+/* Whether the bloom pre-filter may hold a suffix hash (false: certainly not listed). */
+static __always_inline int bloom_may_hold(__u64 suffix_hash);
 
 static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 {
@@ -63,14 +66,13 @@ static __always_inline __u64 rotl64(__u64 x, int r)
 	return (x << r) | (x >> (64 - r));
 }
 
-static __always_inline __u64 fmix64(__u64 x)
+/* Final mix of a suffix's state into its key: one xor-shift and one multiply, so that every
+ * bit of the key (the bloom index comes from the top ones) depends on the whole state. */
+static __always_inline __u64 finish_hash(__u64 h, __u64 k1)
 {
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
+	__u64 x = h ^ k1;
+
+	return (x ^ (x >> 29)) * HASH_MUL_FINAL;
 }
 
 /* ASCII A-Z to a-z in all eight bytes at once, without branches; other bytes unchanged. */
@@ -85,17 +87,37 @@ static __always_inline __u64 lower_word(__u64 w)
 }
 
 /*
- * Find the labels of the QNAME copied into s->name (avail bytes valid; more_follows when the
- * DNS payload went on past the copy). One bounded pass over label lengths only. Fills
- * s->label_off, s->nlabels and s->name_len. Returns CCXDP_CONTINUE, or a malformed reason.
+ * Why the name loops take offsets from the scratch value and reload the packet pointers from
+ * ctx: the parse paths before them (VLAN tags, IP options, IPv6 extension headers) leave
+ * packet pointers with different offsets and proven ranges, and a loop that kept one of them
+ * live would be verified once per path. Offsets loaded from a map value are unknown scalars,
+ * identical on every path.
  */
-static __always_inline int dns_find_labels(struct ccxdp_scratch *s, __u32 avail, int more_follows)
+static __always_inline __u8 *qname_start(struct xdp_md *ctx, struct ccxdp_scratch *s)
 {
-	__u32 off = 0;
+	void *data = (void *)(long)ctx->data;
+
+	return data + (s->qoff & CCXDP_MAX_FRAME_OFF);
+}
+
+/*
+ * Find the labels of the QNAME. One bounded pass over label lengths only, checking each byte
+ * against the frame's end and the DNS payload's end before reading it. Fills s->label_off,
+ * s->nlabels and s->name_len. Returns CCXDP_CONTINUE or a malformed reason.
+ */
+static __always_inline int dns_find_labels(struct xdp_md *ctx, struct ccxdp_scratch *s)
+{
+	__u8 *qname = qname_start(ctx, s);
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 avail = s->avail, off = 0;
 
 	for (int i = 0; i <= DNS_MAX_LABELS; i++) {
-		__u32 len = s->name[off & 0xff];
+		__u8 *p = qname + (off & 0xff);
+		__u32 len;
 
+		if (off >= avail || (void *)(p + 1) > data_end)
+			return CCXDP_MAL_TRUNCATED;
+		len = *p;
 		if (len == 0) {
 			s->nlabels = i;
 			s->name_len = off + 1;
@@ -105,67 +127,89 @@ static __always_inline int dns_find_labels(struct ccxdp_scratch *s, __u32 avail,
 			return CCXDP_MAL_LABEL_TYPE;
 		s->label_off[i & DNS_MAX_LABELS] = off;
 		off += len + 1;
-		if (off >= avail)
-			return more_follows ? CCXDP_MAL_NAME_LEN : CCXDP_MAL_TRUNCATED;
+		/* The root's zero byte must still fit within DNS_MAX_NAME_LEN. */
+		if (off >= DNS_MAX_NAME_LEN)
+			return CCXDP_MAL_NAME_LEN;
 	}
 	return CCXDP_MAL_NAME_LEN;
 }
 
 /*
- * Hash every suffix of the name, from the root outwards, and look each one up; leaves the
- * most specific matching entry in s->match. An exact entry matches only the whole name, a
- * subtree entry any suffix.
+ * Eight bytes of the name from offset pos. Past the frame's end they read as zero: that only
+ * happens for the last word of the last label when the question ends the frame, so the copy
+ * through the helper is off the common path.
+ */
+static __always_inline __u64 load_name_word(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					    __u32 pos)
+{
+	__u8 *p = qname_start(ctx, s) + (pos & 0xff);
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 w = 0, left;
+
+	if ((void *)(p + 8) <= data_end)
+		return *(__u64 *)__builtin_assume_aligned(p, 8); /* unaligned loads are fine here */
+	left = data_end - (void *)p;
+	if (left >= 1 && left < 8)
+		bpf_xdp_load_bytes(ctx, (s->qoff & CCXDP_MAX_FRAME_OFF) + (pos & 0xff), &w, left);
+	return w;
+}
+
+/*
+ * Hash every suffix of the name, from the root outwards, and look each one up; leaves the most
+ * specific matching entry in s->match. An exact entry matches only the whole name, a subtree
+ * entry any suffix.
  *
- * Verifier: the loop state (hash, label, pos, rem) is kept in the scratch map value, not in
+ * Verifier: the loop's offsets (label, pos, rem) live in the scratch map value, not in
  * registers. Loads from a map value are unknown scalars to the verifier, so every path through
  * one iteration (label start or not, hit or miss) reaches the next iteration in the same state
  * and is pruned there: the work to verify grows with the iteration bound (one word each), not
- * with the product of paths that made nested per-label/per-byte loops fail to load.
+ * with the product of paths that made nested per-label/per-byte loops fail to load. The hash
+ * itself stays in a register: it is never an offset or a bound, so the verifier never tracks
+ * its value and it does not keep states apart.
  */
-static __always_inline void dns_match_suffixes(struct ccxdp_scratch *s,
+static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_scratch *s,
 					       const struct ccxdp_hash_key *key)
 {
-	s->hash = key->k0;
+	__u64 h = key->k0;
+
 	s->label = s->nlabels;
 	s->rem = 0;
 	s->matched = 0;
 
 	for (int i = 0; i < DNS_MAX_NAME_WORDS; i++) {
-		__u32 rem = s->rem;
-		__u32 pos;
-		__u64 h, w, take;
+		__u32 rem = s->rem, pos, label;
+		__u64 w, take, suffix;
+		struct ccxdp_entry *e;
 
 		if (rem == 0) {
 			/* Start the next label to the left, or stop after the leftmost. */
-			__u32 label = s->label;
-			__u32 off;
-
+			label = s->label;
 			if (label == 0)
 				break;
 			label--;
 			s->label = label;
-			off = s->label_off[label & DNS_MAX_LABELS];
-			rem = s->name[off & 0xff];
-			s->pos = off + 1;
-			s->hash = (s->hash ^ rem) * HASH_MUL_LABEL;
+			pos = s->label_off[label & DNS_MAX_LABELS];
+			w = load_name_word(ctx, s, pos);
+			rem = (w & 0xff) + 1; /* the length byte and the label */
+		} else {
+			pos = s->pos;
+			w = load_name_word(ctx, s, pos);
 		}
-		pos = s->pos;
 		take = rem < 8 ? rem : 8;
-		w = *(__u64 *)&s->name[pos & 0xff];
 		w &= ~0ULL >> ((8 - take) * 8);
-		h = rotl64((s->hash ^ lower_word(w)) * HASH_MUL_WORD, 29);
-		s->hash = h;
+		h = rotl64((h ^ lower_word(w)) * HASH_MUL, 29);
 		s->pos = pos + take;
 		s->rem = rem - take;
-		if (rem == take) {
-			/* A label is complete: h now covers one more suffix. */
-			__u64 suffix = fmix64(h ^ key->k1);
-			struct ccxdp_entry *e = lookup_name(suffix);
-
-			if (e && ((e->flags & CCXDP_ENTRY_SUBTREE) || s->label == 0)) {
-				s->match = *e;
-				s->matched = 1;
-			}
+		if (rem != take)
+			continue;
+		/* A label is complete: h now covers one more suffix. */
+		suffix = finish_hash(h, key->k1);
+		if (!bloom_may_hold(suffix))
+			continue;
+		e = lookup_name(suffix);
+		if (e && ((e->flags & CCXDP_ENTRY_SUBTREE) || s->label == 0)) {
+			s->match = *e;
+			s->matched = 1;
 		}
 	}
 }

@@ -25,6 +25,14 @@
 #define CCXDP_MAX_SOURCES 1048576
 #endif
 
+/* Offsets into a frame are masked with this for the verifier; XDP frames are far shorter. */
+#define CCXDP_MAX_FRAME_OFF 0x3fff
+
+/* 2^18 words of 64 bits = 16 bits per name for a million names. */
+#ifndef CCXDP_BLOOM_WORDS_LOG2
+#define CCXDP_BLOOM_WORDS_LOG2 18
+#endif
+
 #define CCXDP_PIN(name) CCXDP_PIN_DIR "/" name
 
 /*
@@ -50,6 +58,18 @@ BPF_TABLE_PINNED("hash", __u64, struct ccxdp_entry, ccxdp_names_v1, CCXDP_MAX_NA
 BPF_TABLE_PINNED("lru_hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxdp_srcs_v1,
 		 CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES));
 
+/*
+ * Bloom pre-filter over the keys of ccxdp_names, so that a query that matches nothing (nearly
+ * all of them) costs one inlined array read per suffix instead of a hash-map lookup. Key: word
+ * index, the top CCXDP_BLOOM_WORDS_LOG2 bits of a name hash. Value: 64 bits, host order; a
+ * hash sets bits (hash & 63) and ((hash >> 6) & 63) of its word. The control plane sets a
+ * name's bits before it inserts the name and clears bits only by rebuilding from what the
+ * name map holds, so the filter never says "no" for a listed name.
+ * 16 bits per name by default: about 1.4% false positives with the map full.
+ */
+BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v1, 1 << CCXDP_BLOOM_WORDS_LOG2,
+		 CCXDP_PIN(CCXDP_MAP_BLOOM));
+
 /* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 
@@ -58,18 +78,19 @@ BPF_TABLE_PINNED("array", __u32, struct ccxdp_hash_key, ccxdp_hkey_v1, 1,
 		 CCXDP_PIN(CCXDP_MAP_HASH_KEY));
 
 /*
- * Per-CPU working memory for one query's name: a copy of the QNAME (with slack so that an
- * 8-byte load at any name offset stays inside), the offset of each label, and the state of the
- * suffix-hash loop (see dns.h for why that state lives here and not in registers).
- * Private to one loaded program, not pinned.
+ * Per-CPU working memory for one query: where its name is, the offset of each label (from the
+ * QNAME's start), the state of the suffix-hash loop and the source. The name loops work from
+ * these offsets rather than from packet pointers (see dns.h for why). Private to one loaded
+ * program, not pinned.
  */
 struct ccxdp_scratch {
-	__u8 name[DNS_MAX_NAME_LEN + 1 + 8];
+	struct ccxdp_source_key source;
+	__u32 qoff;     /* offset of the QNAME from the frame's start */
+	__u32 avail;    /* DNS payload bytes from the QNAME on (the UDP length ends it) */
 	__u8 label_off[DNS_MAX_LABELS + 1];
-	__u64 hash;     /* running hash of the suffix walked so far */
 	__u32 label;    /* index of the label being hashed */
-	__u32 pos;      /* offset in name[] of the next byte to hash */
-	__u32 rem;      /* bytes of the current label still to hash */
+	__u32 pos;      /* offset from the QNAME of the next byte to hash */
+	__u32 rem;      /* bytes of the current label (length byte included) still to hash */
 	__u32 nlabels;  /* labels in the QNAME */
 	__u32 name_len; /* QNAME length in wire form, including the root byte */
 	__u32 matched;  /* 1 once an entry matched; match then holds the most specific */

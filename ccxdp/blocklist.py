@@ -6,7 +6,7 @@ import ctypes as ct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import layout
+from . import bloom, layout
 from .catalog import Catalog, CatalogEntry
 from .datapath import Datapath
 from .errors import CcxdpError
@@ -52,14 +52,17 @@ def add(dp: Datapath, catalog: Catalog, names: Sequence[str], subtree: bool) -> 
     return changes
 
 
-def _push(dp: Datapath, entries: Sequence[CatalogEntry]) -> None:
-    """Write entries to the kernel map; if the kernel refuses part of them (map full), put
-    back what was there before, so the map is never left half-changed."""
-    keys = [ct.c_uint64(e.hash) for e in entries]
+def write_kernel_entries(dp: Datapath, entries: dict[int, layout.Entry]) -> None:
+    """Write {hash: entry} to the kernel: bloom bits first, then the name map, so the
+    pre-filter never hides a name that is in the map. If the kernel refuses part of the batch
+    (map full), what was there before is put back: the map is never left half-changed."""
+    keys = [ct.c_uint64(h) for h in entries]
+    with dp.open_map(layout.MAP_BLOOM) as bloom_map:
+        bloom.add(bloom_map, entries)
     with dp.open_map(layout.MAP_NAMES) as m:
         before = [m.lookup(k) for k in keys]
         try:
-            m.update_batch(keys, [_kernel_value(e) for e in entries])
+            m.update_batch(keys, list(entries.values()))
         except OSError as e:
             for k, old in zip(keys, before, strict=True):
                 if old is None:
@@ -71,6 +74,10 @@ def _push(dp: Datapath, entries: Sequence[CatalogEntry]) -> None:
                 f"{e.strerror or e} (map full? it holds at most {m.info.max_entries}); "
                 "nothing was changed"
             ) from e
+
+
+def _push(dp: Datapath, entries: Sequence[CatalogEntry]) -> None:
+    write_kernel_entries(dp, {e.hash: _kernel_value(e) for e in entries})
 
 
 def remove(dp: Datapath, catalog: Catalog, names: Sequence[str]) -> list[Change]:
@@ -112,4 +119,6 @@ def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
             m.delete(ct.c_uint64(h))
     if missing:
         _push(dp, missing)
+    with dp.open_map(layout.MAP_BLOOM) as bloom_map:
+        bloom.rebuild(bloom_map, wanted)
     return len(missing), len(stale)

@@ -48,8 +48,17 @@ class Limits:
     max_names: int = 1 << 20
     max_sources: int = 1 << 20
 
+    @property
+    def bloom_words_log2(self) -> int:
+        # 16 bits per name: words = names / 4, rounded up to a power of two, at least 1024.
+        return max(10, (max(self.max_names, 1) - 1).bit_length() - 2)
+
     def cflags(self) -> list[str]:
-        return [f"-DCCXDP_MAX_NAMES={self.max_names}", f"-DCCXDP_MAX_SOURCES={self.max_sources}"]
+        return [
+            f"-DCCXDP_MAX_NAMES={self.max_names}",
+            f"-DCCXDP_MAX_SOURCES={self.max_sources}",
+            f"-DCCXDP_BLOOM_WORDS_LOG2={self.bloom_words_log2}",
+        ]
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,31 @@ class Datapath:
     def build_cflags(self, limits: Limits) -> list[str]:
         return [f"-I{bpf_dir()}", f'-DCCXDP_PIN_DIR="{self.pin_dir}"', *limits.cflags()]
 
+    def _pinned_max_entries(self, name: str) -> int | None:
+        path = self.pin_dir / name
+        if not path.exists():
+            return None
+        fd = bpfsys.obj_get(path)
+        try:
+            return bpfsys.map_info(fd).max_entries
+        finally:
+            bpfsys.close(fd)
+
+    def effective_limits(self, wanted: Limits) -> Limits:
+        """Maps already pinned keep their size (bcc reuses a pinned map as it is), so the
+        program must be compiled for those sizes, not the wanted ones."""
+        names = self._pinned_max_entries(layout.MAP_NAMES) or wanted.max_names
+        sources = self._pinned_max_entries(layout.MAP_SOURCES) or wanted.max_sources
+        limits = Limits(names, sources)
+        bloom = self._pinned_max_entries(layout.MAP_BLOOM)
+        if bloom is not None and bloom != 1 << limits.bloom_words_log2:
+            raise DatapathError(
+                f"pinned {layout.MAP_BLOOM} holds {bloom} words, not the "
+                f"{1 << limits.bloom_words_log2} that {names} names need: purge the pins "
+                f"('ccxdp detach IFACE --purge') and attach again"
+            )
+        return limits
+
     def load(self, limits: Limits = Limits(), dns_ports: Iterable[int] | None = None) -> int:
         """Return an fd of the pinned program, compiling and pinning it first if needed."""
         check_environment(self.pin_dir)
@@ -192,7 +226,8 @@ class Datapath:
             ) from e
         src = bpf_dir() / "ccxdp.bpf.c"
         try:
-            bpf = BPF(src_file=str(src).encode(), cflags=self.build_cflags(limits))
+            cflags = self.build_cflags(self.effective_limits(limits))
+            bpf = BPF(src_file=str(src).encode(), cflags=cflags)
             fn = bpf.load_func(layout.PROG_NAME.encode(), BPF.XDP)
         except Exception as e:  # bcc raises bare Exception; its log went to stderr
             raise DatapathError(f"cannot compile or load {src}: {e}") from e

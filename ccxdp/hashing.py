@@ -14,8 +14,8 @@ from pathlib import Path
 from .names import to_wire, wire_labels
 
 MASK64 = (1 << 64) - 1
-MUL_LABEL = 0x9E3779B97F4A7C15
-MUL_WORD = 0xC2B2AE3D27D4EB4F
+MUL = 0xC2B2AE3D27D4EB4F
+MUL_FINAL = 0xFF51AFD7ED558CCD
 KEY_BYTES = 16
 
 # The C loads words in host order; so do we, so both agree on any host.
@@ -64,13 +64,9 @@ def _rotl64(x: int, r: int) -> int:
     return ((x << r) | (x >> (64 - r))) & MASK64
 
 
-def _fmix64(x: int) -> int:
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & MASK64
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & MASK64
-    x ^= x >> 33
-    return x
+def _finish(h: int, k1: int) -> int:
+    x = h ^ k1
+    return ((x ^ (x >> 29)) * MUL_FINAL) & MASK64
 
 
 def suffix_hashes(wire: bytes, key: HashKey) -> list[int]:
@@ -78,14 +74,13 @@ def suffix_hashes(wire: bytes, key: HashKey) -> list[int]:
     h = key.k0
     out = []
     for label in reversed(wire_labels(wire)):
-        # bytes.lower() folds ASCII A-Z only, as the C does (DNS compares case-insensitively
-        # in ASCII only: RFC 4343).
-        label = label.lower()
-        h = ((h ^ len(label)) * MUL_LABEL) & MASK64
-        for i in range(0, len(label), 8):
-            word = int.from_bytes(label[i : i + 8].ljust(8, b"\0"), _BYTEORDER)
-            h = _rotl64(((h ^ word) * MUL_WORD) & MASK64, 29)
-        out.append(_fmix64(h ^ key.k1))
+        # The label in wire form: its length byte, then its bytes. bytes.lower() folds ASCII
+        # A-Z only, as the C does (DNS compares case-insensitively in ASCII only: RFC 4343).
+        run = bytes([len(label)]) + label.lower()
+        for i in range(0, len(run), 8):
+            word = int.from_bytes(run[i : i + 8].ljust(8, b"\0"), _BYTEORDER)
+            h = _rotl64(((h ^ word) * MUL) & MASK64, 29)
+        out.append(_finish(h, key.k1))
     out.reverse()
     return out
 

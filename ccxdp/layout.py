@@ -19,6 +19,7 @@ MAP_NAMES = "ccxdp_names_v1"
 MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v1"
+MAP_BLOOM = "ccxdp_bloom_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 PROG_PIN = "ccxdp_xdp_v1"
 PROG_NAME = "ccxdp_xdp"
@@ -82,4 +83,5 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_SOURCES: (SourceKey, SourceHits),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
     MAP_HASH_KEY: (ct.c_uint32, HashKey),
+    MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
 }

@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from frames import query, udp4  # noqa: E402
+from frames import query, tcp4, udp4  # noqa: E402
 
-from ccxdp import bpfsys, layout  # noqa: E402
+from ccxdp import bloom, bpfsys, layout  # noqa: E402
 from ccxdp.datapath import Datapath, Limits  # noqa: E402
 from ccxdp.hashing import name_hash  # noqa: E402
 
@@ -41,12 +41,15 @@ def empty_program() -> int:
 
 
 def fill_names(dp: Datapath, count: int) -> str:
-    """Load `count` distinct names; returns one of them to use as the blocked query."""
+    """Load `count` distinct names the way the control plane does (bloom bits, then the name
+    map); returns one of them to use as the blocked query."""
     key = dp.hash_key()
     started = time.perf_counter()
     names = (f"c2-{i}.example{i % 97}.test" for i in range(count))
     hashes = array.array("Q", (name_hash(n, key) for n in names))
     values = bytes(layout.Entry(layout.Action.DROP, 0, 1)) * count
+    with dp.open_map(layout.MAP_BLOOM) as b:
+        bloom.add(b, hashes)
     with dp.open_map(layout.MAP_NAMES) as m:
         m.update_batch(hashes, values)
     print(f"loaded {count:,} names in {time.perf_counter() - started:.1f} s")
@@ -74,6 +77,7 @@ def main() -> int:
         miss, deep = "www.example.com", "a.b.c.d.example.com"
         frames = {
             "non-DNS (UDP to port 123)": (fd, udp4(b"\0" * 48, dport=123)),
+            "non-DNS (TCP to port 443)": (fd, tcp4(b"\0" * 48, dport=443)),
             f"DNS miss, {miss}, {args.names:,} names": (fd, udp4(query(miss))),
             f"DNS miss, {deep} (5 labels)": (fd, udp4(query(deep))),
             f"DNS blocked, {blocked_name}": (fd, udp4(query(blocked_name))),

@@ -3,7 +3,6 @@ with the reason when that is truly unavailable, and fail instead under CI, where
 
 from __future__ import annotations
 
-import ctypes as ct
 import json
 import os
 import secrets
@@ -84,21 +83,33 @@ def datapath(loaded):
     from ccxdp import layout
 
     dp, fd = loaded
-    for name in (layout.MAP_NAMES, layout.MAP_SOURCES):
-        with dp.open_map(name) as m:
-            for k in list(m.keys()):
-                m.delete(k)
+    clear_entries(dp)
+    with dp.open_map(layout.MAP_SOURCES) as m:
+        for k in list(m.keys()):
+            m.delete(k)
     dp.set_dns_ports([53])
     return dp, fd
 
 
-def set_entries(dp, entries: dict[int, tuple[int, int]]) -> None:
-    """Write {hash: (flags, category)} as drop entries."""
-    from ccxdp import layout
+def clear_entries(dp) -> None:
+    """Empty the name map and its bloom filter."""
+    from ccxdp import bloom, layout
 
     with dp.open_map(layout.MAP_NAMES) as m:
-        for h, (flags, category) in entries.items():
-            m.update(ct.c_uint64(h), layout.Entry(layout.Action.DROP, flags, category))
+        for k in list(m.keys()):
+            m.delete(k)
+    with dp.open_map(layout.MAP_BLOOM) as b:
+        bloom.rebuild(b, [])
+
+
+def set_entries(dp, entries: dict[int, tuple[int, int]]) -> None:
+    """Write {hash: (flags, category)} as drop entries, the way the control plane does."""
+    from ccxdp import layout
+    from ccxdp.blocklist import write_kernel_entries
+
+    write_kernel_entries(
+        dp, {h: layout.Entry(layout.Action.DROP, f, c) for h, (f, c) in entries.items()}
+    )
 
 
 @pytest.fixture

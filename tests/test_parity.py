@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from conftest import set_entries
+from conftest import clear_entries, set_entries
 from frames import query, udp4, udp6
 
 from ccxdp import bpfsys, layout
@@ -72,7 +72,7 @@ def test_python_hash_is_case_insensitive_and_keyed():
     assert name_hash("evil.test", k1) == suffix_hashes(to_wire("EVIL.test"), k1)[0]
     assert name_hash("evil.test", k1) != name_hash("evil.test", k2)
     assert suffix_hashes(to_wire("a.evil.test"), k1)[1:] == suffix_hashes(to_wire("evil.test"), k1)
-    # zero padding of the last word must not make "a" and "a\0" collide: the length is mixed in
+    # zero padding of the last word must not make "a" and "a\0" collide: the length byte is hashed
     assert suffix_hashes(b"\x01a\x00", k1) != suffix_hashes(b"\x02a\x00\x00", k1)
 
 
@@ -97,15 +97,10 @@ def test_c_and_python_agree_on_every_suffix(datapath):
             f"entry at depth {depth}, subtree={subtree}"
         )
         # A one-bit change of the hash must never match: the C really compares the hash.
-        set_entries(dp, {})
-        with dp.open_map(layout.MAP_NAMES) as m:
-            for k in list(m.keys()):
-                m.delete(k)
+        clear_entries(dp)
         set_entries(dp, {hashes[depth] ^ 1: (layout.ENTRY_SUBTREE, 0)})
         assert bpfsys.prog_test_run(fd, frame).retval == XDP_PASS
-        with dp.open_map(layout.MAP_NAMES) as m:
-            for k in list(m.keys()):
-                m.delete(k)
+        clear_entries(dp)
         checked += 1
     assert checked == 430
 
