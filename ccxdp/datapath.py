@@ -79,14 +79,18 @@ def bpf_dir() -> Path:
     return Path(str(files("ccxdp") / "bpf"))
 
 
-def check_environment(pin_dir: Path) -> None:
-    """Refuse early, with the fix, when root or bpffs is missing."""
+def check_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem("ccxdp needs root (CAP_BPF and CAP_NET_ADMIN): run it as root")
+
+
+def check_environment(pin_dir: Path) -> None:
+    """Refuse early, with the fix, when root or bpffs is missing."""
+    check_root()
     if not _on_bpffs(pin_dir):
         raise EnvironmentProblem(
-            f"{pin_dir.parent} is not on a bpf filesystem: mount it with "
-            f"'mount -t bpf bpf {pin_dir.parent}' (scripts/setup.sh does this)"
+            f"{pin_dir} is not on a bpf filesystem: the pin folder must be inside a bpffs "
+            f"mount ('mount -t bpf bpf /sys/fs/bpf'; scripts/setup.sh does this)"
         )
 
 
@@ -195,14 +199,21 @@ class Datapath:
         return limits
 
     def load(self, limits: Limits = Limits(), dns_ports: Iterable[int] | None = None) -> int:
-        """Return an fd of the pinned program, compiling and pinning it first if needed."""
+        """Return an fd of the pinned program, compiling and pinning it first if needed. If
+        that fails, whatever this call pinned is removed again."""
         check_environment(self.pin_dir)
-        self.pin_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.pin_dir, 0o700)
         fresh = not self.prog_pin.exists()
-        if fresh:
-            self._compile_and_pin(limits)
-        fd = bpfsys.obj_get(self.prog_pin)
+        made_dir = not self.pin_dir.exists()
+        before = set(self.pin_dir.iterdir()) if not made_dir else set()
+        try:
+            self.pin_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.pin_dir, 0o700)
+            if fresh:
+                self._compile_and_pin(limits)
+            fd = bpfsys.obj_get(self.prog_pin)
+        except BaseException:
+            self._remove_pins(keep=before, remove_dir=made_dir)
+            raise
         self._init_maps(dns_ports)
         if fresh:
             # Maps made afresh (say, after a purge) get the catalog's entries back.
@@ -212,6 +223,17 @@ class Datapath:
             with Catalog(self.catalog_path) as catalog:
                 blocklist.reconcile(self, catalog)
         return fd
+
+    def _remove_pins(self, keep: set[Path] = frozenset(), remove_dir: bool = True) -> list[str]:
+        removed = []
+        if self.pin_dir.exists():
+            for pin in sorted(self.pin_dir.iterdir()):
+                if pin not in keep:
+                    pin.unlink()
+                    removed.append(pin.name)
+            if remove_dir and not any(self.pin_dir.iterdir()):
+                self.pin_dir.rmdir()
+        return removed
 
     def _compile_and_pin(self, limits: Limits) -> None:
         from .headers import configure_environment
@@ -305,46 +327,58 @@ class Datapath:
         dns_ports: Iterable[int] | None = None,
     ) -> Attachment:
         """Attach (or keep attached) the program on one interface; returns what the kernel
-        reports afterwards. A foreign XDP program there is never replaced."""
-        prog_fd = self.load(limits, dns_ports)
-        try:
-            prog_id = bpfsys.prog_info(prog_fd).id
-            with self._ipr(netns) as ipr:
-                index = self._link_index(ipr, ifname, netns)
-                current_mode, current_id = self._xdp_state(ipr, index)
-                if current_id == prog_id and (mode == Mode.AUTO or mode == current_mode):
-                    self._remember(ifname, netns)
-                    return Attachment(ifname, netns, current_mode, prog_id)
-                if current_id is not None:
-                    self._refuse_foreign(ifname, netns, current_id)
-                    # An older ccxdp program, or ours in another mode: take it off first,
-                    # since native and generic programs cannot coexist on one device.
-                    self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(current_mode, 0))
-                tried = [Mode.NATIVE, Mode.GENERIC] if mode == Mode.AUTO else [mode]
-                errors = []
-                for candidate in tried:
-                    flags = _MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST
-                    try:
-                        self._set_xdp(ipr, index, prog_fd, flags)
-                        break
-                    except OSError as e:
-                        errors.append(f"{candidate}: {os.strerror(e.errno or 0)}")
-                else:
-                    raise DatapathError(
-                        f"cannot attach to {self._where(ifname, netns)}: " + "; ".join(errors),
-                        ifname=ifname,
-                    )
-                got_mode, got_id = self._xdp_state(ipr, index)
-                if got_id != prog_id:
-                    raise DatapathError(
-                        f"attach to {self._where(ifname, netns)} did not take: the kernel reports "
-                        f"program id {got_id}, expected {prog_id}",
-                        ifname=ifname,
-                    )
-                self._remember(ifname, netns)
-                return Attachment(ifname, netns, got_mode, got_id)
-        finally:
-            bpfsys.close(prog_fd)
+        reports afterwards. A foreign XDP program there is never replaced. The interface is
+        looked up before anything is loaded, and a program this call loaded is unloaded again
+        if the attach fails, so a failed attach leaves nothing behind."""
+        check_environment(self.pin_dir)
+        with self._ipr(netns) as ipr:
+            index = self._link_index(ipr, ifname, netns)
+            fresh = not self.prog_pin.exists()
+            prog_fd = self.load(limits, dns_ports)
+            try:
+                return self._attach_loaded(ipr, index, prog_fd, ifname, mode, netns)
+            except BaseException:
+                if fresh and not any(a.prog_id for a in self.attachments()):
+                    self._remove_pins()
+                raise
+            finally:
+                bpfsys.close(prog_fd)
+
+    def _attach_loaded(self, ipr, index: int, prog_fd: int, ifname: str, mode: Mode,
+                       netns: str | None) -> Attachment:
+        prog_id = bpfsys.prog_info(prog_fd).id
+        current_mode, current_id = self._xdp_state(ipr, index)
+        if current_id == prog_id and (mode == Mode.AUTO or mode == current_mode):
+            self._remember(ifname, netns)
+            return Attachment(ifname, netns, current_mode, prog_id)
+        if current_id is not None:
+            self._refuse_foreign(ifname, netns, current_id)
+            # An older ccxdp program, or ours in another mode: take it off first, since
+            # native and generic programs cannot coexist on one device.
+            self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(current_mode, 0))
+        tried = [Mode.NATIVE, Mode.GENERIC] if mode == Mode.AUTO else [mode]
+        errors = []
+        for candidate in tried:
+            flags = _MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST
+            try:
+                self._set_xdp(ipr, index, prog_fd, flags)
+                break
+            except OSError as e:
+                errors.append(f"{candidate}: {os.strerror(e.errno or 0)}")
+        else:
+            raise DatapathError(
+                f"cannot attach to {self._where(ifname, netns)}: " + "; ".join(errors),
+                ifname=ifname,
+            )
+        got_mode, got_id = self._xdp_state(ipr, index)
+        if got_id != prog_id:
+            raise DatapathError(
+                f"attach to {self._where(ifname, netns)} did not take: the kernel reports "
+                f"program id {got_id}, expected {prog_id}",
+                ifname=ifname,
+            )
+        self._remember(ifname, netns)
+        return Attachment(ifname, netns, got_mode, got_id)
 
     def _refuse_foreign(self, ifname: str, netns: str | None, prog_id: int) -> None:
         try:
@@ -399,13 +433,7 @@ class Datapath:
         if attached:
             where = ", ".join(self._where(a.ifname, a.netns) for a in attached)
             raise DatapathError(f"ccxdp is still attached on {where}: detach it there first")
-        removed = []
-        if self.pin_dir.exists():
-            for pin in sorted(self.pin_dir.iterdir()):
-                pin.unlink()
-                removed.append(pin.name)
-            self.pin_dir.rmdir()
-        return removed
+        return self._remove_pins()
 
     # -- where it is attached --------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ import click
 
 from ..bpfsys import BpfError
 from ..catalog import Catalog
-from ..datapath import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Datapath
+from ..datapath import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Datapath, check_root
 from ..errors import CcxdpError
 
 
@@ -28,6 +28,7 @@ class App:
     def datapath(self) -> Datapath:
         """The datapath, locked until the command ends."""
         if self._datapath is None:
+            check_root()
             ctx = click.get_current_context()
             self._datapath = ctx.with_resource(Datapath(self.pin_dir, self.state_dir))
         return self._datapath
@@ -57,14 +58,15 @@ class CcxdpGroup(click.Group):
 @click.group(cls=CcxdpGroup, context_settings={"auto_envvar_prefix": "CCXDP"})
 @click.option(
     "--pin-dir",
-    type=click.Path(path_type=Path),
+    # No existence or permission checks here: those are ccxdp's to explain ("needs root").
+    type=click.Path(path_type=Path, readable=False),
     default=DEFAULT_PIN_DIR,
     show_default=True,
     help="bpffs folder holding the pinned program and maps.",
 )
 @click.option(
     "--state-dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Folder of the catalog, the hash key and the attachment list.",

@@ -17,7 +17,14 @@ def _changes_json(changes) -> list[dict]:
 
 @click.group()
 def block():
-    """Block entries: exact names, or whole subtrees."""
+    """Block entries: exact names, or whole subtrees.
+
+    \b
+    Examples:
+      ccxdp block add evil.example
+      ccxdp block add c2.example.net --subtree
+      ccxdp block list --json
+    """
 
 
 @block.command("add")
