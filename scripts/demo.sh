@@ -5,4 +5,4 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$repo/scripts/setup.sh"
-echo "The demo lab is not built yet. Meanwhile: sudo $repo/.venv/bin/ccxdp --help"
+echo "The demo lab is not built yet (it comes with the lab issue). Meanwhile, as root: $repo/.venv/bin/ccxdp --help"

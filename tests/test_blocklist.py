@@ -1,0 +1,94 @@
+"""Catalog and kernel change together or not at all."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+import pytest
+from conftest import remove_pins
+
+from ccxdp import layout
+from ccxdp.catalog import Catalog, CatalogEntry, CatalogError
+from ccxdp.datapath import Datapath, Limits
+from ccxdp.hashing import name_hash
+
+
+def test_catalog_refuses_a_second_name_with_the_same_hash(tmp_path):
+    with Catalog(tmp_path / "c.db") as c:
+        c.upsert([CatalogEntry("evil.test", 42, False)])
+        with pytest.raises(CatalogError, match="'bad.test' hashes like the listed 'evil.test'"):
+            c.upsert([CatalogEntry("bad.test", 42, True)])
+        assert [e.name for e in c.entries()] == ["evil.test"]
+
+
+def test_catalog_keeps_unsigned_64_bit_hashes(tmp_path):
+    with Catalog(tmp_path / "c.db") as c:
+        c.upsert([CatalogEntry("big.test", (1 << 64) - 1, True)])
+        assert c.get("big.test").hash == (1 << 64) - 1
+
+
+@pytest.fixture
+def small(tmp_path, ccxdp):
+    """The program loaded (not attached) with room for 4 names, used through the real CLI."""
+    dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
+    with dp:
+        from ccxdp import bpfsys
+
+        bpfsys.close(dp.load(Limits(max_names=4, max_sources=16)))
+    return ccxdp, dp
+
+
+def kernel_hashes(dp) -> set[int]:
+    with dp.open_map(layout.MAP_NAMES) as m:
+        return {k.value for k in m.keys()}
+
+
+@pytest.mark.root
+def test_full_name_map_changes_nothing(small):
+    cli, dp = small
+    cli.run("block", "add", "a.test", "b.test", "c.test")
+    key = dp.hash_key()
+    before = {name_hash(n, key) for n in ("a.test", "b.test", "c.test")}
+    assert kernel_hashes(dp) == before
+
+    cp = cli.run("block", "add", "d.test", "e.test", check=False)
+
+    assert cp.returncode == 1
+    assert "nothing was changed" in cp.stderr and "at most 4" in cp.stderr
+    assert "Traceback" not in cp.stderr
+    assert [e["name"] for e in cli.json("block", "list")] == ["a.test", "b.test", "c.test"]
+    assert kernel_hashes(dp) == before
+
+
+@pytest.mark.root
+def test_update_of_an_existing_entry_and_remove(small):
+    cli, dp = small
+    assert cli.json("block", "add", "a.test") == [
+        {"name": "a.test", "status": "added", "subtree": False}
+    ]
+    assert cli.json("block", "add", "A.TEST.", "--subtree") == [
+        {"name": "a.test", "status": "updated", "subtree": True}
+    ]
+    with dp.open_map(layout.MAP_NAMES) as m:
+        entry = m.lookup(ct.c_uint64(name_hash("a.test", dp.hash_key())))
+    assert (entry.action, entry.flags, entry.category) == (layout.Action.DROP, 1, 0)
+    cp = cli.run("block", "remove", "a.test", "never.test", "--json", check=False)
+    assert cp.returncode == 1 and "not listed: never.test" in cp.stderr
+    assert kernel_hashes(dp) == set()
+    assert cli.json("block", "list") == []
+
+
+@pytest.mark.root
+def test_block_add_before_any_attach_takes_effect_at_load(tmp_path, ccxdp):
+    cp = ccxdp.run("block", "add", "early.test")
+    assert "take effect at the next attach" in cp.stderr
+    dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
+    try:
+        with dp:
+            from ccxdp import bpfsys
+
+            bpfsys.close(dp.load(Limits(max_names=16, max_sources=16)))
+        assert kernel_hashes(dp) == {name_hash("early.test", dp.hash_key())}
+    finally:
+        remove_pins(ccxdp.pin_dir)
+
