@@ -161,7 +161,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	if (s->name_len + 4 > s->avail)
 		goto out;
 
-	key = ccxdp_hkey_v1.lookup(&zero);
+	key = ccxdp_hkey_v2.lookup(&zero);
 	if (!key)
 		goto out;
 	dns_match_suffixes(ctx, s, key);

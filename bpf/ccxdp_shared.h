@@ -22,7 +22,7 @@
 #define CCXDP_MAP_NAMES "ccxdp_names_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
-#define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v1"
+#define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
@@ -82,10 +82,16 @@ struct ccxdp_source_hits {
 	__u64 last_seen_ns;
 };
 
-/* Key of the keyed name hash; random per installation, written once by the control plane. */
+/* NH key words: word j (0-7) of a label uses nh[2j], nh[2j+1] for the first sum and
+ * nh[2j+4], nh[2j+5] for the second (UMAC's Toeplitz shift), so 2 * 7 + 5 + 1 words. */
+#define CCXDP_NH_KEY_WORDS 20
+
+/* Key of the name hash (bpf/dns.h); random per installation, written by the control plane
+ * from its key file. */
 struct ccxdp_hash_key {
-	__u64 k0;
-	__u64 k1;
+	__u64 k0; /* the root's state */
+	__u64 k1; /* xored into each suffix's state to give its map key */
+	__u32 nh[CCXDP_NH_KEY_WORDS];
 };
 
 #endif /* CCXDP_SHARED_H */

@@ -3,15 +3,20 @@
  * DNS header checks, the QNAME walk and the keyed suffix hash.
  *
  * The name hash (mirrored by ccxdp/hashing.py, kept equal by tests/test_parity.py):
- *   h = k0
+ *   S = k0
  *   for each label, from the one nearest the root to the leftmost:
- *       for each 8-byte little-endian word w of the label in wire form (its length byte, then
- *       its bytes lower-cased), the last word zero-padded:
- *           h = rotl64((h ^ w) * HASH_MUL, 29)
- *       the suffix that starts at this label hashes to finish_hash(h, k1)
- * Chaining from the root gives the hash of every suffix in one pass, at a cost proportional to
- * the name's words. The length byte keeps "a" apart from "a\0". k0 and k1 are random per
- * installation, so names cannot be crafted offline to collide with a listed one.
+ *       split the label in wire form (its length byte, then its bytes lower-cased) into
+ *       8-byte little-endian words w_j, the last zero-padded, lo/hi their 32-bit halves;
+ *       a = sum_j (lo_j + nh[2j]) * (hi_j + nh[2j+1])      (additions mod 2^32, sum mod 2^64)
+ *       b = sum_j (lo_j + nh[2j+4]) * (hi_j + nh[2j+5])
+ *       S = mix(mix(S ^ a) ^ b),  mix(x) = (x ^ x >> 32) * HASH_MUL
+ *       the suffix that starts at this label has the map key S ^ k1
+ * a and b are UMAC's NH with independent key words: for two different labels each collides
+ * with probability at most 2^-32 over the random key, whatever the labels, so a twin of a
+ * listed name cannot be crafted without the key, and unrelated names collide only by chance
+ * (about 2^-64). mix is a bijection, so labels that differ keep differing up the chain.
+ * Chaining from the root gives every suffix's key in one pass, at a cost proportional to the
+ * name's words. The length byte keeps "a" apart from "a\0".
  */
 #ifndef CCXDP_DNS_H
 #define CCXDP_DNS_H
@@ -40,8 +45,13 @@ struct dnshdr {
  * iteration sees the end. */
 #define DNS_MAX_NAME_WORDS (DNS_MAX_LABELS + 1)
 
-#define HASH_MUL 0xc2b2ae3d27d4eb4fULL
-#define HASH_MUL_FINAL 0xff51afd7ed558ccdULL
+#define HASH_MUL 0xff51afd7ed558ccdULL
+
+/* The words are read from the packet in the host's order; the hash is defined on
+ * little-endian words, as ccxdp/hashing.py computes it. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "ccxdp's name hash reads little-endian words"
+#endif
 
 /*
  * Look one suffix hash up in the name map. Defined in ccxdp.bpf.c: bcc rewrites map calls
@@ -61,18 +71,20 @@ static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 	return dns;
 }
 
-static __always_inline __u64 rotl64(__u64 x, int r)
+/* A bijection of 64 bits whose top bits (the bloom index) depend on every input bit. */
+static __always_inline __u64 mix64(__u64 x)
 {
-	return (x << r) | (x >> (64 - r));
+	return (x ^ (x >> 32)) * HASH_MUL;
 }
 
-/* Final mix of a suffix's state into its key: one xor-shift and one multiply, so that every
- * bit of the key (the bloom index comes from the top ones) depends on the whole state. */
-static __always_inline __u64 finish_hash(__u64 h, __u64 k1)
+/* One term of NH: the two 32-bit halves of a word, each plus a key word mod 2^32, multiplied
+ * into 64 bits. */
+static __always_inline __u64 nh_term(__u64 w, __u32 k_lo, __u32 k_hi)
 {
-	__u64 x = h ^ k1;
+	__u32 lo = (__u32)w + k_lo;
+	__u32 hi = (__u32)(w >> 32) + k_hi;
 
-	return (x ^ (x >> 29)) * HASH_MUL_FINAL;
+	return (__u64)lo * hi;
 }
 
 /* ASCII A-Z to a-z in all eight bytes at once, without branches; other bytes unchanged. */
@@ -164,21 +176,22 @@ static __always_inline __u64 load_name_word(struct xdp_md *ctx, struct ccxdp_scr
  * one iteration (label start or not, hit or miss) reaches the next iteration in the same state
  * and is pruned there: the work to verify grows with the iteration bound (one word each), not
  * with the product of paths that made nested per-label/per-byte loops fail to load. The hash
- * itself stays in a register: it is never an offset or a bound, so the verifier never tracks
- * its value and it does not keep states apart.
+ * state and the NH sums stay in registers: they are never an offset or a bound, so the
+ * verifier never tracks their values and they do not keep states apart.
  */
 static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_scratch *s,
 					       const struct ccxdp_hash_key *key)
 {
-	__u64 h = key->k0;
+	__u64 state = key->k0, a = 0, b = 0;
 
 	s->label = s->nlabels;
 	s->rem = 0;
 	s->matched = 0;
 
 	for (int i = 0; i < DNS_MAX_NAME_WORDS; i++) {
-		__u32 rem = s->rem, pos, label;
+		__u32 rem = s->rem, pos, label, word;
 		__u64 w, take, suffix;
+		const __u32 *nh;
 		struct ccxdp_entry *e;
 
 		if (rem == 0) {
@@ -188,6 +201,9 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 				break;
 			label--;
 			s->label = label;
+			s->word = 0;
+			a = 0;
+			b = 0;
 			pos = s->label_off[label & DNS_MAX_LABELS];
 			w = load_name_word(ctx, s, pos);
 			rem = (w & 0xff) + 1; /* the length byte and the label */
@@ -196,14 +212,19 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 			w = load_name_word(ctx, s, pos);
 		}
 		take = rem < 8 ? rem : 8;
-		w &= ~0ULL >> ((8 - take) * 8);
-		h = rotl64((h ^ lower_word(w)) * HASH_MUL, 29);
+		w = lower_word(w & (~0ULL >> ((8 - take) * 8)));
+		word = s->word;
+		nh = &key->nh[(word & 7) * 2];
+		a += nh_term(w, nh[0], nh[1]);
+		b += nh_term(w, nh[4], nh[5]);
+		s->word = word + 1;
 		s->pos = pos + take;
 		s->rem = rem - take;
 		if (rem != take)
 			continue;
-		/* A label is complete: h now covers one more suffix. */
-		suffix = finish_hash(h, key->k1);
+		/* A label is complete: state now covers one more suffix. */
+		state = mix64(mix64(state ^ a) ^ b);
+		suffix = state ^ key->k1;
 		if (!bloom_may_hold(suffix))
 			continue;
 		e = lookup_name(suffix);

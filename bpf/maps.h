@@ -74,7 +74,7 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v1, 1 << CCXDP_BLOOM_WORDS_L
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 
 /* The name-hash key, one entry. Written once by the control plane from its key file. */
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_hash_key, ccxdp_hkey_v1, 1,
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_hash_key, ccxdp_hkey_v2, 1,
 		 CCXDP_PIN(CCXDP_MAP_HASH_KEY));
 
 /*
@@ -91,6 +91,7 @@ struct ccxdp_scratch {
 	__u32 label;    /* index of the label being hashed */
 	__u32 pos;      /* offset from the QNAME of the next byte to hash */
 	__u32 rem;      /* bytes of the current label (length byte included) still to hash */
+	__u32 word;     /* index of the next word within the current label (0-7) */
 	__u32 nlabels;  /* labels in the QNAME */
 	__u32 name_len; /* QNAME length in wire form, including the root byte */
 	__u32 matched;  /* 1 once an entry matched; match then holds the most specific */

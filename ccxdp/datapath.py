@@ -163,8 +163,8 @@ class Datapath:
         if path.exists():
             with self.open_map(layout.MAP_HASH_KEY) as keys:
                 pinned = keys.lookup(ct.c_uint32(0))
-            if pinned is not None and (pinned.k0 or pinned.k1):
-                key = HashKey(pinned.k0, pinned.k1)
+            if pinned is not None and any(bytes(pinned)):
+                key = HashKey.from_bytes(bytes(pinned))
                 key.save(self.key_file)
                 return key
         return HashKey.load_or_create(self.key_file)
@@ -261,7 +261,7 @@ class Datapath:
     def _init_maps(self, dns_ports: Iterable[int] | None) -> None:
         key = self.hash_key()
         with self.open_map(layout.MAP_HASH_KEY) as keys:
-            keys.update(ct.c_uint32(0), layout.HashKey(key.k0, key.k1))
+            keys.update(ct.c_uint32(0), layout.HashKey.from_buffer_copy(key.to_bytes()))
         if dns_ports is not None:
             self.set_dns_ports(dns_ports)
         elif not self.dns_ports():

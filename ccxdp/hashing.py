@@ -1,39 +1,49 @@
 """The keyed name hash, exactly as bpf/dns.h computes it (tests/test_parity.py holds them equal).
 
-Suffixes are hashed from the root outwards, so the state after each label is the hash of
-that label's suffix; see dns.h for the definition. The key is random per installation.
+Per label, two NH sums (UMAC) under independent key words; the sums are chained from the root
+outwards through a 64-bit bijection, so the state after each label is the key of that label's
+suffix. See dns.h for the definition and why it resists crafted collisions.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CcxdpError
+from .layout import NH_KEY_WORDS
 from .names import to_wire, wire_labels
 
+MASK32 = (1 << 32) - 1
 MASK64 = (1 << 64) - 1
-MUL = 0xC2B2AE3D27D4EB4F
-MUL_FINAL = 0xFF51AFD7ED558CCD
-KEY_BYTES = 16
-
-# The C loads words in host order; so do we, so both agree on any host.
-_BYTEORDER = sys.byteorder
+MUL = 0xFF51AFD7ED558CCD
+KEY_BYTES = 16 + 4 * NH_KEY_WORDS
+_KEY_FORMAT = f"<QQ{NH_KEY_WORDS}I"
 
 
-@dataclass(frozen=True)
+class KeyFileError(CcxdpError):
+    pass
+
+
+@dataclass(frozen=True, repr=False)
 class HashKey:
     k0: int
     k1: int
+    nh: tuple[int, ...]
 
     @classmethod
     def generate(cls) -> HashKey:
-        raw = os.urandom(KEY_BYTES)
-        return cls(int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"))
+        return cls.from_bytes(os.urandom(KEY_BYTES))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> HashKey:
+        k0, k1, *nh = struct.unpack(_KEY_FORMAT, raw)
+        return cls(k0, k1, tuple(nh))
 
     def to_bytes(self) -> bytes:
-        return self.k0.to_bytes(8, "little") + self.k1.to_bytes(8, "little")
+        return struct.pack(_KEY_FORMAT, self.k0, self.k1, *self.nh)
 
     def save(self, path: Path) -> None:
         """Write the key file (mode 0600) unless it already holds this key."""
@@ -53,38 +63,46 @@ class HashKey:
             cls.generate().save(path)
         raw = path.read_bytes()
         if len(raw) != KEY_BYTES:
-            raise ValueError(f"hash key file {path} is {len(raw)} bytes, expected {KEY_BYTES}")
-        return cls(int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little"))
+            raise KeyFileError(
+                f"hash key file {path} is {len(raw)} bytes, expected {KEY_BYTES}: it is not a "
+                "ccxdp key of this version (move it away to make a new one; listed names are "
+                "hashed again from the catalog at the next attach)"
+            )
+        return cls.from_bytes(raw)
 
     def __repr__(self) -> str:  # never show the key in logs or tracebacks
         return "HashKey(<secret>)"
 
 
-def _rotl64(x: int, r: int) -> int:
-    return ((x << r) | (x >> (64 - r))) & MASK64
+def _mix(x: int) -> int:
+    return ((x ^ (x >> 32)) * MUL) & MASK64
 
 
-def _finish(h: int, k1: int) -> int:
-    x = h ^ k1
-    return ((x ^ (x >> 29)) * MUL_FINAL) & MASK64
+def _nh_sums(run: bytes, nh: tuple[int, ...]) -> tuple[int, int]:
+    a = b = 0
+    for j in range(0, len(run), 8):
+        w = int.from_bytes(run[j : j + 8].ljust(8, b"\0"), "little")
+        lo, hi = w & MASK32, w >> 32
+        i = j // 4  # 2 key words per 8-byte word
+        a += ((lo + nh[i]) & MASK32) * ((hi + nh[i + 1]) & MASK32)
+        b += ((lo + nh[i + 4]) & MASK32) * ((hi + nh[i + 5]) & MASK32)
+    return a & MASK64, b & MASK64
 
 
 def suffix_hashes(wire: bytes, key: HashKey) -> list[int]:
-    """Hash of every suffix of a wire-form name, leftmost (the whole name) first."""
-    h = key.k0
+    """Map key of every suffix of a wire-form name, leftmost (the whole name) first."""
+    state = key.k0
     out = []
     for label in reversed(wire_labels(wire)):
         # The label in wire form: its length byte, then its bytes. bytes.lower() folds ASCII
         # A-Z only, as the C does (DNS compares case-insensitively in ASCII only: RFC 4343).
-        run = bytes([len(label)]) + label.lower()
-        for i in range(0, len(run), 8):
-            word = int.from_bytes(run[i : i + 8].ljust(8, b"\0"), _BYTEORDER)
-            h = _rotl64(((h ^ word) * MUL) & MASK64, 29)
-        out.append(_finish(h, key.k1))
+        a, b = _nh_sums(bytes([len(label)]) + label.lower(), key.nh)
+        state = _mix(_mix(state ^ a) ^ b)
+        out.append(state ^ key.k1)
     out.reverse()
     return out
 
 
 def name_hash(name: str, key: HashKey) -> int:
-    """Hash of one normalized name, as stored in the kernel's name map."""
+    """Map key of one normalized name, as stored in the kernel's name map."""
     return suffix_hashes(to_wire(name), key)[0]

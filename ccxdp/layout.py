@@ -18,7 +18,7 @@ MAP_STATS = "ccxdp_stats_v1"
 MAP_NAMES = "ccxdp_names_v1"
 MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
-MAP_HASH_KEY = "ccxdp_hkey_v1"
+MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 PROG_PIN = "ccxdp_xdp_v1"
@@ -72,8 +72,15 @@ class SourceHits(ct.Structure):
     ]
 
 
+NH_KEY_WORDS = 20
+
+
 class HashKey(ct.Structure):
-    _fields_ = [("k0", ct.c_uint64), ("k1", ct.c_uint64)]
+    _fields_ = [
+        ("k0", ct.c_uint64),
+        ("k1", ct.c_uint64),
+        ("nh", ct.c_uint32 * NH_KEY_WORDS),
+    ]
 
 
 # (map name, key type, value type) for every pinned map, as the C declares them.

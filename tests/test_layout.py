@@ -133,6 +133,19 @@ def test_dns_limits_match_header(name):
     assert getattr(layout, name) == _int_define(_defines(_header()), name)
 
 
+def test_nh_key_words_match_header():
+    from ccxdp import hashing
+
+    assert layout.NH_KEY_WORDS == _int_define(_defines(_header()), "CCXDP_NH_KEY_WORDS")
+    assert hashing.KEY_BYTES == ct_sizeof_hash_key()
+
+
+def ct_sizeof_hash_key() -> int:
+    import ctypes
+
+    return ctypes.sizeof(layout.HashKey)
+
+
 def test_entry_flags_match_header():
     defines = _defines(_header())
     flags = {k for k in defines if k.startswith("CCXDP_ENTRY_")}

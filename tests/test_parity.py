@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import clear_entries, set_entries
-from frames import query, udp4, udp6
+from frames import query, raw_wire, udp4, udp6
 
 from ccxdp import bpfsys, layout
 from ccxdp.hashing import HashKey, name_hash, suffix_hashes
@@ -68,12 +68,36 @@ def flip_case(wire: bytes, rng: random.Random) -> bytes:
 
 
 def test_python_hash_is_case_insensitive_and_keyed():
-    k1, k2 = HashKey(1, 2), HashKey(3, 4)
+    k1, k2 = HashKey.generate(), HashKey.generate()
     assert name_hash("evil.test", k1) == suffix_hashes(to_wire("EVIL.test"), k1)[0]
     assert name_hash("evil.test", k1) != name_hash("evil.test", k2)
     assert suffix_hashes(to_wire("a.evil.test"), k1)[1:] == suffix_hashes(to_wire("evil.test"), k1)
     # zero padding of the last word must not make "a" and "a\0" collide: the length byte is hashed
     assert suffix_hashes(b"\x01a\x00", k1) != suffix_hashes(b"\x02a\x00\x00", k1)
+
+
+# Near-twins that collided for about half of all keys under an earlier, unkeyed-in-effect
+# per-word step (a multiply's top-bit difference does not depend on the key).
+TWINS = [
+    ("abcdef1ghijklmn.example.com", "abcdefqghibklmn.example.com"),
+    ("abcdef1ghi0klmn.example", "abcdefqghi8klmn.example"),
+    ("abcdefaghijklmn.example", "abcdef\xe1ghizklmn.example"),
+]
+
+
+@pytest.mark.parametrize("listed, twin", TWINS)
+def test_crafted_twins_do_not_collide_under_any_key(listed, twin):
+    for _ in range(2000):
+        key = HashKey.generate()
+        assert suffix_hashes(raw_wire(listed), key)[0] != suffix_hashes(raw_wire(twin), key)[0]
+
+
+@pytest.mark.parametrize("listed, twin", TWINS)
+def test_crafted_twin_of_a_listed_name_passes(datapath, listed, twin):
+    dp, fd = datapath
+    set_entries(dp, {suffix_hashes(raw_wire(listed), dp.hash_key())[0]: (0, 0)})
+    assert bpfsys.prog_test_run(fd, udp4(query(raw_wire(listed)))).retval == XDP_DROP
+    assert bpfsys.prog_test_run(fd, udp4(query(raw_wire(twin)))).retval == XDP_PASS
 
 
 def test_c_and_python_agree_on_every_suffix(datapath):
