@@ -29,7 +29,7 @@ static __always_inline int bloom_may_hold(__u64 suffix_hash)
 
 static __always_inline void count_stat(__u32 index)
 {
-	__u64 *counter = ccxdp_stats_v1.lookup(&index);
+	__u64 *counter = ccxdp_stats_v2.lookup(&index);
 
 	if (counter)
 		*counter += 1; /* per-CPU: softirq, no atomics needed */
@@ -57,8 +57,10 @@ static __always_inline void count_source(struct ccxdp_source_key *key)
 			return;
 		/* Another CPU created it between our lookup and insert: add to theirs. */
 		hits = ccxdp_srcs_v1.lookup(key);
-		if (!hits)
+		if (!hits) {
+			count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_SOURCE_LOST);
 			return;
+		}
 	}
 	__sync_fetch_and_add(&hits->hits, 1);
 	hits->last_seen_ns = now;
@@ -78,7 +80,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	struct ipv6hdr *ip6;
 	struct udphdr *udp;
 	struct dnshdr *dns;
-	void *payload_end;
+	void *payload_end, *ip_end;
 	__u32 zero = 0, port;
 	__u16 udp_len, flags;
 	__u8 *judge_port;
@@ -87,6 +89,10 @@ int ccxdp_xdp(struct xdp_md *ctx)
 
 	if (!(eth = parse_ethhdr(&c)) || !(proto = parse_vlans(&c, eth->h_proto)))
 		goto out;
+	if (proto_is_vlan(proto)) {
+		outcome = CCXDP_OUT_UNPARSED;
+		goto out;
+	}
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		if (!(ip = parse_iphdr(&c)))
@@ -97,6 +103,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		}
 		if (ip->protocol != IPPROTO_UDP)
 			goto out;
+		ip_end = (void *)ip + bpf_ntohs(ip->tot_len);
 		/* IPv4 sources are kept IPv4-mapped (::ffff:a.b.c.d): one key form for both. */
 		source.addr[10] = 0xff;
 		source.addr[11] = 0xff;
@@ -109,8 +116,13 @@ int ccxdp_xdp(struct xdp_md *ctx)
 			outcome = CCXDP_OUT_FRAGMENT;
 			goto out;
 		}
+		if (ipv6_ext_walked(nexthdr) || nexthdr == IPPROTO_AH) {
+			outcome = CCXDP_OUT_UNPARSED;
+			goto out;
+		}
 		if (nexthdr != IPPROTO_UDP)
 			goto out;
+		ip_end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(source.addr, &ip6->saddr, 16);
 	} else {
 		goto out;
@@ -127,21 +139,26 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	outcome = CCXDP_OUT_MALFORMED;
 	malformed = CCXDP_MAL_HEADER;
 	udp_len = bpf_ntohs(udp->len);
-	if (udp_len < sizeof(*udp) + sizeof(*dns) || !(dns = parse_dnshdr(&c)))
+	if (udp_len < sizeof(*udp) + sizeof(*dns))
 		goto out;
-	/* The UDP length, not the frame, ends the payload: frames may carry padding. */
-	payload_end = (void *)udp + udp_len;
-	if (payload_end > data_end) {
-		malformed = CCXDP_MAL_TRUNCATED;
+	malformed = CCXDP_MAL_TRUNCATED;
+	if (!(dns = parse_dnshdr(&c)))
 		goto out;
-	}
-
 	flags = bpf_ntohs(dns->flags);
 	if ((flags & DNS_FLAG_QR) || (flags & DNS_OPCODE_MASK) != DNS_OPCODE_QUERY ||
 	    dns->qdcount != bpf_htons(1)) {
 		outcome = CCXDP_OUT_NOT_QUERY;
 		goto out;
 	}
+	/* The UDP length, not the frame, ends the payload: frames may carry padding. It must lie
+	 * within the IP packet, as the kernel's own UDP receive path requires. */
+	payload_end = (void *)udp + udp_len;
+	if (payload_end > ip_end) {
+		malformed = CCXDP_MAL_HEADER;
+		goto out;
+	}
+	if (payload_end > data_end)
+		goto out;
 
 	s = ccxdp_scratch.lookup(&zero);
 	if (!s || c.pos - data > CCXDP_MAX_FRAME_OFF)

@@ -18,7 +18,7 @@
 
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
-#define CCXDP_MAP_STATS "ccxdp_stats_v1"
+#define CCXDP_MAP_STATS "ccxdp_stats_v2"
 #define CCXDP_MAP_NAMES "ccxdp_names_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
@@ -37,21 +37,29 @@ enum ccxdp_outcome {
 	CCXDP_OUT_MALFORMED = 3, /* a DNS query that does not parse: passed to the resolver */
 	CCXDP_OUT_PASSED = 4,    /* judged, no block entry matched: passed */
 	CCXDP_OUT_BLOCKED = 5,   /* judged, a block entry matched: action applied */
-	CCXDP_OUT_MAX = 6,
+	CCXDP_OUT_UNPARSED = 6,  /* headers deeper than parsed (VLAN tags, IPv6 ext): passed */
+	CCXDP_OUT_MAX = 7,
 };
 
 /* Why a query counted as malformed; counted beside the outcomes at CCXDP_STAT_MALFORMED_BASE. */
 enum ccxdp_malformed {
-	CCXDP_MAL_HEADER = 0,      /* DNS header or UDP length shorter than the headers need */
+	CCXDP_MAL_HEADER = 0,      /* UDP length too short for a DNS header, or beyond the IP length */
 	CCXDP_MAL_TRUNCATED = 1,   /* the question ends before its name, type and class */
 	CCXDP_MAL_LABEL_TYPE = 2,  /* compression pointer or reserved label type in the QNAME */
 	CCXDP_MAL_NAME_LEN = 3,    /* QNAME longer than 255 bytes */
 	CCXDP_MAL_MAX = 4,
 };
 
-/* Layout of the per-CPU stats array: the outcomes, then the malformed reasons. */
+/* Things that happen beside a frame's outcome; counted at CCXDP_STAT_EVENT_BASE. */
+enum ccxdp_event {
+	CCXDP_EV_SOURCE_LOST = 0, /* a blocked query whose source could not be counted */
+	CCXDP_EV_MAX = 1,
+};
+
+/* Layout of the per-CPU stats array: the outcomes, the malformed reasons, the events. */
 #define CCXDP_STAT_MALFORMED_BASE CCXDP_OUT_MAX
-#define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX)
+#define CCXDP_STAT_EVENT_BASE (CCXDP_OUT_MAX + CCXDP_MAL_MAX)
+#define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX)
 
 /* What to do with a query whose most specific entry is a block entry. */
 enum ccxdp_action {

@@ -25,7 +25,8 @@
 #define CCXDP_MAX_SOURCES 1048576
 #endif
 
-/* Offsets into a frame are masked with this for the verifier; XDP frames are far shorter. */
+/* The QNAME's offset is masked with this for the verifier. The headers before it are at most
+ * 14 + 2 * 4 (VLAN) + 40 + CCXDP_MAX_IPV6_EXT * 2048 + 8 (UDP) + 12 (DNS) = 8274 bytes. */
 #define CCXDP_MAX_FRAME_OFF 0x3fff
 
 /* 2^18 words of 64 bits = 16 bits per name for a million names. */
@@ -36,11 +37,11 @@
 #define CCXDP_PIN(name) CCXDP_PIN_DIR "/" name
 
 /*
- * Global counters, indexed by enum ccxdp_outcome then CCXDP_STAT_MALFORMED_BASE + enum
- * ccxdp_malformed; value: packets, host order. Written by the program on every frame.
+ * Global counters, indexed by enum ccxdp_outcome, then CCXDP_STAT_MALFORMED_BASE + enum
+ * ccxdp_malformed, then CCXDP_STAT_EVENT_BASE + enum ccxdp_event; value: count, host order. Written by the program on every frame.
  * Per-CPU because XDP runs in softirq on each CPU: no atomics, no contention.
  */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v1, CCXDP_STAT_MAX,
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v2, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*

@@ -14,6 +14,8 @@
 #include <uapi/linux/ipv6.h>
 #include <uapi/linux/udp.h>
 
+#include "ccxdp_shared.h"
+
 /* VLAN tags we look through: 802.1Q and 802.1ad (QinQ), at most two deep. */
 #define CCXDP_MAX_VLAN_TAGS 2
 /* IPv6 extension headers we walk before giving up on finding UDP. */
@@ -53,7 +55,8 @@ static __always_inline int proto_is_vlan(__be16 proto)
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
 }
 
-/* Skip up to CCXDP_MAX_VLAN_TAGS tags; returns the inner ethertype, or 0 if truncated. */
+/* Skip up to CCXDP_MAX_VLAN_TAGS tags; returns the inner ethertype (still a VLAN type when
+ * there are more tags), or 0 if truncated. */
 static __always_inline __be16 parse_vlans(struct cursor *c, __be16 proto)
 {
 	struct vlan_hdr *vlan;
@@ -100,16 +103,22 @@ static __always_inline struct ipv6hdr *parse_ipv6hdr(struct cursor *c)
 
 /*
  * Walk hop-by-hop, routing and destination-options headers. Returns the next header after
- * them (IPPROTO_FRAGMENT stays as is, so the caller can pass fragments), or -1 if truncated.
+ * them (IPPROTO_FRAGMENT stays as is, so the caller can pass fragments; one of the three when
+ * there are more than CCXDP_MAX_IPV6_EXT), or -1 if truncated.
  */
+static __always_inline int ipv6_ext_walked(int nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS;
+}
+
 static __always_inline int skip_ipv6_ext(struct cursor *c, __u8 nexthdr)
 {
 	struct ipv6_opt_hdr_prefix *opt;
 
 #pragma unroll
 	for (int i = 0; i < CCXDP_MAX_IPV6_EXT; i++) {
-		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
-		    nexthdr != IPPROTO_DSTOPTS)
+		if (!ipv6_ext_walked(nexthdr))
 			return nexthdr;
 		opt = c->pos;
 		if ((void *)(opt + 1) > c->end)

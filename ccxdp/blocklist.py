@@ -10,7 +10,7 @@ from . import bloom, layout
 from .catalog import Catalog, CatalogEntry
 from .datapath import Datapath
 from .errors import CcxdpError
-from .hashing import name_hash
+from .hashing import HashKey, name_hash
 from .names import normalize
 
 
@@ -27,6 +27,7 @@ def _kernel_value(entry: CatalogEntry) -> layout.Entry:
 
 
 def _value_tuple(entry: CatalogEntry) -> tuple[int, int, int]:
+    """The kernel value as comparable numbers (ctypes structures do not compare by value)."""
     v = _kernel_value(entry)
     return (v.action, v.flags, v.category)
 
@@ -34,6 +35,7 @@ def _value_tuple(entry: CatalogEntry) -> tuple[int, int, int]:
 def add(dp: Datapath, catalog: Catalog, names: Sequence[str], subtree: bool) -> list[Change]:
     normalized = list(dict.fromkeys(normalize(n) for n in names))
     key = dp.hash_key()
+    _hashes_for_key(catalog, key)
     changes, wanted = [], []
     for name in normalized:
         entry = CatalogEntry(name, name_hash(name, key), subtree)
@@ -82,6 +84,7 @@ def _push(dp: Datapath, entries: Sequence[CatalogEntry]) -> None:
 
 def remove(dp: Datapath, catalog: Catalog, names: Sequence[str]) -> list[Change]:
     normalized = list(dict.fromkeys(normalize(n) for n in names))
+    _hashes_for_key(catalog, dp.hash_key())
     changes, gone = [], []
     for name in normalized:
         old = catalog.get(name)
@@ -99,24 +102,38 @@ def remove(dp: Datapath, catalog: Catalog, names: Sequence[str]) -> list[Change]
     return changes
 
 
-def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
-    """Make the kernel map hold exactly the catalog's entries; returns (written, deleted).
-    Used when a program is loaded afresh, e.g. after its pins were purged."""
-    key = dp.hash_key()
-    entries = []
-    for e in catalog.entries():
-        h = name_hash(e.name, key)  # the key may have been adopted from older pins
-        entries.append(e if h == e.hash else CatalogEntry(e.name, h, e.subtree, e.action,
-                                                          e.category, e.added_at))
+def _hashes_for_key(catalog: Catalog, key: HashKey) -> None:
+    """Make the catalog's stored hashes those of this key. They differ only when the key was
+    adopted from pins made elsewhere (the state folder was lost or moved); then every name is
+    hashed again, once."""
+    if catalog.meta("key") == key.fingerprint:
+        return
+    entries = [
+        CatalogEntry(e.name, name_hash(e.name, key), e.subtree, e.action, e.category, e.added_at)
+        for e in catalog.entries()
+    ]
     with catalog.transaction():
+        catalog.db.execute("DELETE FROM entries")
         catalog.upsert(entries)
+        catalog.set_meta("key", key.fingerprint)
+
+
+def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
+    """Make the kernel's name map hold exactly the catalog's entries, and rebuild the bloom
+    filter from them; returns (written, deleted). Run at every attach: it brings back the
+    entries of purged pins and mends whatever a crash between catalog and kernel left."""
+    _hashes_for_key(catalog, dp.hash_key())
+    wanted = {e.hash: e for e in catalog.entries()}
     with dp.open_map(layout.MAP_NAMES) as m:
-        present = {k.value: (v.action, v.flags, v.category) for k, v in m.lookup_batch()}
-        wanted = {e.hash: e for e in entries}
+        present = {}
+        for keys, values, count in m.lookup_batch_arrays():
+            for i in range(count):
+                v = values[i]
+                present[keys[i]] = (v.action, v.flags, v.category)
         stale = [h for h in present if h not in wanted]
-        missing = [e for h, e in wanted.items() if present.get(h) != _value_tuple(e)]
-        for h in stale:
-            m.delete(ct.c_uint64(h))
+        if stale:
+            m.delete_batch(stale)
+    missing = [e for h, e in wanted.items() if present.get(h) != _value_tuple(e)]
     if missing:
         _push(dp, missing)
     with dp.open_map(layout.MAP_BLOOM) as bloom_map:

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS entries (
     category INTEGER NOT NULL DEFAULT 0,
     added_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -81,6 +85,17 @@ class Catalog:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
 
     def get(self, name: str) -> CatalogEntry | None:
         row = self.db.execute(

@@ -12,7 +12,8 @@ import enum
 import fcntl
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,11 @@ class Datapath:
     def is_loaded(self) -> bool:
         return self.prog_pin.exists()
 
+    def count_names(self) -> int:
+        """Entries in the kernel's name map (counted in batches, not decoded one by one)."""
+        with self.open_map(layout.MAP_NAMES) as m:
+            return sum(count for _, _, count in m.lookup_batch_arrays(chunk=65536))
+
     def open_map(self, name: str) -> bpfsys.Map:
         """Open one pinned map with the layout layout.py gives it (checked against the pin)."""
         key_type, value_type = layout.PINNED_MAPS[name]
@@ -171,6 +177,11 @@ class Datapath:
 
     # -- load ------------------------------------------------------------------------------
     def build_cflags(self, limits: Limits) -> list[str]:
+        # The folder becomes a C string literal: keep to characters that need no escaping.
+        if not re.fullmatch(r"[A-Za-z0-9/._+-]+", str(self.pin_dir)):
+            raise DatapathError(
+                f"pin folder {str(self.pin_dir)!r}: use only letters, digits and / . _ + -"
+            )
         return [f"-I{bpf_dir()}", f'-DCCXDP_PIN_DIR="{self.pin_dir}"', *limits.cflags()]
 
     def _pinned_max_entries(self, name: str) -> int | None:
@@ -215,13 +226,6 @@ class Datapath:
             self._remove_pins(keep=before, remove_dir=made_dir)
             raise
         self._init_maps(dns_ports)
-        if fresh:
-            # Maps made afresh (say, after a purge) get the catalog's entries back.
-            from . import blocklist
-            from .catalog import Catalog
-
-            with Catalog(self.catalog_path) as catalog:
-                blocklist.reconcile(self, catalog)
         return fd
 
     def _remove_pins(self, keep: set[Path] = frozenset(), remove_dir: bool = True) -> list[str]:
@@ -325,17 +329,22 @@ class Datapath:
         netns: str | None = None,
         limits: Limits = Limits(),
         dns_ports: Iterable[int] | None = None,
+        on_loaded: Callable[[Datapath], object] | None = None,
     ) -> Attachment:
         """Attach (or keep attached) the program on one interface; returns what the kernel
-        reports afterwards. A foreign XDP program there is never replaced. The interface is
-        looked up before anything is loaded, and a program this call loaded is unloaded again
-        if the attach fails, so a failed attach leaves nothing behind."""
+        reports afterwards. on_loaded runs once the program and its maps are there, before the
+        program is attached (the CLI fills the maps from the catalog there). A foreign XDP
+        program there is never replaced. The interface is looked up before anything is
+        loaded, and a program this call loaded is unloaded again if the attach fails, so a
+        failed attach leaves nothing behind."""
         check_environment(self.pin_dir)
         with self._ipr(netns) as ipr:
             index = self._link_index(ipr, ifname, netns)
             fresh = not self.prog_pin.exists()
             prog_fd = self.load(limits, dns_ports)
             try:
+                if on_loaded is not None:
+                    on_loaded(self)
                 return self._attach_loaded(ipr, index, prog_fd, ifname, mode, netns)
             except BaseException:
                 if fresh and not any(a.prog_id for a in self.attachments()):
@@ -353,23 +362,13 @@ class Datapath:
             return Attachment(ifname, netns, current_mode, prog_id)
         if current_id is not None:
             self._refuse_foreign(ifname, netns, current_id)
-            # An older ccxdp program, or ours in another mode: take it off first, since
-            # native and generic programs cannot coexist on one device.
-            self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(current_mode, 0))
         tried = [Mode.NATIVE, Mode.GENERIC] if mode == Mode.AUTO else [mode]
-        errors = []
-        for candidate in tried:
-            flags = _MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST
-            try:
-                self._set_xdp(ipr, index, prog_fd, flags)
-                break
-            except OSError as e:
-                errors.append(f"{candidate}: {os.strerror(e.errno or 0)}")
+        if current_id is not None and current_mode in tried:
+            # Same mode: replace in one step, so the interface is never unfiltered.
+            self._set_xdp(ipr, index, prog_fd, _MODE_FLAGS[current_mode])
         else:
-            raise DatapathError(
-                f"cannot attach to {self._where(ifname, netns)}: " + "; ".join(errors),
-                ifname=ifname,
-            )
+            self._attach_first(ipr, index, prog_fd, ifname, netns, tried, current_mode,
+                               current_id)
         got_mode, got_id = self._xdp_state(ipr, index)
         if got_id != prog_id:
             raise DatapathError(
@@ -380,7 +379,39 @@ class Datapath:
         self._remember(ifname, netns)
         return Attachment(ifname, netns, got_mode, got_id)
 
+    def _attach_first(self, ipr, index, prog_fd, ifname, netns, tried, old_mode, old_id):
+        """Attach in the first mode that works. A ccxdp program running in another mode must
+        come off first (native and generic cannot coexist on a device); if no mode works, it
+        is put back as it was."""
+        old_fd = None
+        if old_id is not None:
+            old_fd = bpfsys.prog_get_fd_by_id(old_id)
+            self._set_xdp(ipr, index, -1, _MODE_FLAGS.get(old_mode, 0))
+        try:
+            errors = []
+            for candidate in tried:
+                flags = _MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST
+                try:
+                    self._set_xdp(ipr, index, prog_fd, flags)
+                    return
+                except OSError as e:
+                    errors.append(f"{candidate}: {os.strerror(e.errno or 0)}")
+            restored = ""
+            if old_fd is not None:
+                self._set_xdp(ipr, index, old_fd, _MODE_FLAGS.get(old_mode, 0))
+                restored = f" (the program that ran there, in {old_mode} mode, is back)"
+            raise DatapathError(
+                f"cannot attach to {self._where(ifname, netns)}: " + "; ".join(errors)
+                + restored,
+                ifname=ifname,
+            )
+        finally:
+            if old_fd is not None:
+                bpfsys.close(old_fd)
+
     def _refuse_foreign(self, ifname: str, netns: str | None, prog_id: int) -> None:
+        if self._is_ours(prog_id):
+            return
         try:
             fd = bpfsys.prog_get_fd_by_id(prog_id)
         except OSError:
@@ -389,13 +420,34 @@ class Datapath:
             name = bpfsys.prog_info(fd).name
         finally:
             bpfsys.close(fd)
-        if name != layout.PROG_NAME:
-            raise DatapathError(
-                f"{self._where(ifname, netns)} already has XDP program {name!r} (id {prog_id}), "
-                f"which is not ccxdp's: ccxdp leaves it alone (remove it with "
-                f"'ip link set dev {ifname} xdp off' if it should go)",
-                ifname=ifname,
-            )
+        raise DatapathError(
+            f"{self._where(ifname, netns)} already has XDP program {name!r} (id {prog_id}), "
+            f"which is not this ccxdp's (pins in {self.pin_dir}): ccxdp leaves it alone "
+            f"(remove it with 'ip link set dev {ifname} xdp off' if it should go)",
+            ifname=ifname,
+        )
+
+    def _is_ours(self, prog_id: int) -> bool:
+        """The pinned program, or an earlier program of this installation: one that uses the
+        name map pinned here. A ccxdp of another pin folder is someone else's."""
+        if prog_id == self._our_prog_id():
+            return True
+        names = self.pin_dir / layout.MAP_NAMES
+        if not names.exists():
+            return False
+        map_fd = bpfsys.obj_get(names)
+        try:
+            names_id = bpfsys.map_info(map_fd).id
+        finally:
+            bpfsys.close(map_fd)
+        try:
+            fd = bpfsys.prog_get_fd_by_id(prog_id)
+        except OSError:
+            return False
+        try:
+            return names_id in bpfsys.prog_map_ids(fd)
+        finally:
+            bpfsys.close(fd)
 
     @staticmethod
     def _set_xdp(ipr, index: int, fd: int, flags: int) -> None:
@@ -470,18 +522,8 @@ class Datapath:
                         mode, prog_id = self._xdp_state(ipr, found[0])
             except DatapathError:
                 pass  # its namespace is gone
-            if prog_id is not None and prog_id != ours and not self._is_ccxdp(prog_id):
+            if prog_id is not None and prog_id != ours and not self._is_ours(prog_id):
                 mode, prog_id = None, None
             out.append(Attachment(ifname, netns, mode if prog_id else None, prog_id))
         return out
 
-    @staticmethod
-    def _is_ccxdp(prog_id: int) -> bool:
-        try:
-            fd = bpfsys.prog_get_fd_by_id(prog_id)
-        except OSError:
-            return False
-        try:
-            return bpfsys.prog_info(fd).name == layout.PROG_NAME
-        finally:
-            bpfsys.close(fd)

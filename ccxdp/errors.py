@@ -7,7 +7,7 @@ class CcxdpError(Exception):
     """Base of every error a user can cause or fix."""
 
 
-class NameError_(CcxdpError):
+class InvalidNameError(CcxdpError):
     """A domain name that cannot be listed."""
 
     def __init__(self, value: str, reason: str):

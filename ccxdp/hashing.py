@@ -7,6 +7,7 @@ suffix. See dns.h for the definition and why it resists crafted collisions.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class HashKey:
 
     def to_bytes(self) -> bytes:
         return struct.pack(_KEY_FORMAT, self.k0, self.k1, *self.nh)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names which key hashed something, without revealing the key."""
+        return hashlib.sha256(b"ccxdp-key-id" + self.to_bytes()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         """Write the key file (mode 0600) unless it already holds this key."""

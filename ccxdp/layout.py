@@ -14,7 +14,7 @@ DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
-MAP_STATS = "ccxdp_stats_v1"
+MAP_STATS = "ccxdp_stats_v2"
 MAP_NAMES = "ccxdp_names_v1"
 MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
@@ -32,6 +32,7 @@ class Outcome(enum.IntEnum):
     MALFORMED = 3
     PASSED = 4
     BLOCKED = 5
+    UNPARSED = 6
 
 
 class Malformed(enum.IntEnum):
@@ -41,13 +42,18 @@ class Malformed(enum.IntEnum):
     NAME_LEN = 3
 
 
+class Event(enum.IntEnum):
+    SOURCE_LOST = 0
+
+
 class Action(enum.IntEnum):
     DROP = 1
 
 
 OUTCOME_MAX = len(Outcome)
 STAT_MALFORMED_BASE = OUTCOME_MAX
-STAT_MAX = OUTCOME_MAX + len(Malformed)
+STAT_EVENT_BASE = OUTCOME_MAX + len(Malformed)
+STAT_MAX = STAT_EVENT_BASE + len(Event)
 
 ENTRY_SUBTREE = 0x01
 

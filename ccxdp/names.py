@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import NameError_
+from .errors import InvalidNameError
 from .layout import DNS_MAX_LABEL_LEN, DNS_MAX_NAME_LEN
 
 # Host names are letters, digits and hyphens; C&C feeds also carry underscores (SRV-like and
@@ -18,20 +18,20 @@ def normalize(name: str) -> str:
     if text.endswith("."):
         text = text[:-1]
     if not text:
-        raise NameError_(name, "empty name (the root cannot be listed)")
+        raise InvalidNameError(name, "empty name (the root cannot be listed)")
     if not text.isascii():
-        raise NameError_(name, "not ASCII: give the IDNA form (xn--…)")
+        raise InvalidNameError(name, "not ASCII: give the IDNA form (xn--…)")
     text = text.lower()
     labels = text.split(".")
     for label in labels:
         if not label:
-            raise NameError_(name, "empty label")
+            raise InvalidNameError(name, "empty label")
         if len(label) > DNS_MAX_LABEL_LEN:
-            raise NameError_(name, f"label {label[:20]!r}… longer than 63 bytes")
+            raise InvalidNameError(name, f"label {label[:20]!r}… longer than 63 bytes")
         if not _LABEL.match(label):
-            raise NameError_(name, f"label {label!r} has characters other than a-z 0-9 - _")
+            raise InvalidNameError(name, f"label {label!r} has characters other than a-z 0-9 - _")
     if len(to_wire(text)) > DNS_MAX_NAME_LEN:
-        raise NameError_(name, "longer than 255 bytes in wire form")
+        raise InvalidNameError(name, "longer than 255 bytes in wire form")
     return text
 
 

@@ -19,11 +19,12 @@ _OUTCOME_HELP = {
     "malformed": "unparsable queries, passed",
     "passed": "judged queries, no entry matched",
     "blocked": "judged queries, blocked",
+    "unparsed": "headers deeper than parsed, passed",
 }
 
 
 def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
 def render_stats(s: StatsSnapshot) -> Group:
@@ -44,12 +45,19 @@ def render_stats(s: StatsSnapshot) -> Group:
         for name, value in s.malformed.items():
             bad.add_row(name, f"{value:,}")
         parts.append(bad)
+    if any(s.events.values()):
+        events = Table(title="events", title_justify="left")
+        events.add_column("event")
+        events.add_column("count", justify="right")
+        for name, value in s.events.items():
+            events.add_row(name, f"{value:,}")
+        parts.append(events)
     sources = Table(title=f"blocked queries per source ({len(s.sources)})", title_justify="left")
     sources.add_column("source")
     sources.add_column("category", justify="right")
     sources.add_column("hits", justify="right")
-    sources.add_column("first seen")
-    sources.add_column("last seen")
+    sources.add_column("first seen (UTC)")
+    sources.add_column("last seen (UTC)")
     for src in s.sources:
         sources.add_row(
             src.address, str(src.category), f"{src.hits:,}", _when(src.first_seen),

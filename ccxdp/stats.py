@@ -24,6 +24,7 @@ class SourceStat:
 class StatsSnapshot:
     outcomes: dict[str, int]
     malformed: dict[str, int]
+    events: dict[str, int]
     sources: tuple[SourceStat, ...] = field(default=())
     names: int = 0
 
@@ -41,6 +42,7 @@ class StatsSnapshot:
             "judged": self.judged,
             "outcomes": dict(self.outcomes),
             "malformed": dict(self.malformed),
+            "events": dict(self.events),
             "names": self.names,
             "sources": [
                 {
@@ -77,6 +79,7 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
     malformed = {
         m.name.lower(): int(totals[layout.STAT_MALFORMED_BASE + m]) for m in layout.Malformed
     }
+    events = {e.name.lower(): int(totals[layout.STAT_EVENT_BASE + e]) for e in layout.Event}
     sources = []
     with dp.open_map(layout.MAP_SOURCES) as srcs:
         for k, v in srcs.lookup_batch():
@@ -90,6 +93,5 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
                 )
             )
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
-    with dp.open_map(layout.MAP_NAMES) as names:
-        count = sum(1 for _ in names.lookup_batch())
-    return StatsSnapshot(outcomes, malformed, tuple(sources), count)
+    count = dp.count_names()
+    return StatsSnapshot(outcomes, malformed, events, tuple(sources), count)

@@ -32,12 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	# The tests start their own unbound inside namespaces; keep the package's service off.
 	policy=/usr/sbin/policy-rc.d
-	made_policy=0
 	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
 	fi
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-	[ "$made_policy" = 1 ] && rm -f "$policy"
 fi
 
 # bcc compiles against kernel headers. Use the running kernel's when the machine has them;

@@ -13,6 +13,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -79,7 +80,24 @@ def ext_headers(kind: str):
         "routing": IPv6ExtHdrRouting(addresses=[]),
         "dstopts": IPv6ExtHdrDestOpt(),
         "fragment": IPv6ExtHdrFragment(offset=0, m=1, id=7),
+        "ah": AH(spi=1, seq=1, icv=b"\0" * 12),
     }[kind]
+
+
+def ip_len_short(frame: bytes, by: int = 8) -> bytes:
+    """An IPv4 frame whose total length claims `by` bytes less than its UDP length needs: the
+    UDP datagram runs into what would be padding."""
+    pkt = Ether(frame)
+    pkt[IP].len = pkt[IP].len - by
+    del pkt[IP].chksum
+    return bytes(pkt)
+
+
+def three_vlans(frame: bytes) -> bytes:
+    """Insert a third 802.1Q tag after the first two (frame built with vlans=0)."""
+    eth, rest = frame[:12], frame[12:]
+    tags = b"\x88\xa8\x00\xc8" + b"\x81\x00\x00\x64" + b"\x81\x00\x00\x65"
+    return eth + tags + rest
 
 
 def tcp4(payload: bytes, dport=53):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ctypes as ct
+import secrets
+import subprocess
 
 import pytest
-from conftest import remove_pins
 
 from ccxdp import layout
 from ccxdp.catalog import Catalog, CatalogEntry, CatalogError
@@ -78,17 +79,38 @@ def test_update_of_an_existing_entry_and_remove(small):
     assert cli.json("block", "list") == []
 
 
+@pytest.fixture
+def bare_netns():
+    """An empty network namespace (just lo), removed afterwards."""
+    name = f"cxb{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 @pytest.mark.root
-def test_block_add_before_any_attach_takes_effect_at_load(tmp_path, ccxdp):
+def test_block_add_before_any_attach_takes_effect_at_attach(ccxdp, bare_netns):
     cp = ccxdp.run("block", "add", "early.test")
     assert "take effect at the next attach" in cp.stderr
+    assert not ccxdp.pin_dir.exists()
+    ccxdp.run("attach", "lo", "--netns", bare_netns, "--mode", "generic")
     dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
-    try:
-        with dp:
-            from ccxdp import bpfsys
+    assert kernel_hashes(dp) == {name_hash("early.test", dp.hash_key())}
+    assert ccxdp.json("status")["names"] == 1
 
-            bpfsys.close(dp.load(Limits(max_names=16, max_sources=16)))
-        assert kernel_hashes(dp) == {name_hash("early.test", dp.hash_key())}
-    finally:
-        remove_pins(ccxdp.pin_dir)
 
+@pytest.mark.root
+def test_attach_mends_a_kernel_map_that_drifted_from_the_catalog(ccxdp, bare_netns):
+    """What a crash between the catalog and the kernel could leave: a stray kernel entry and
+    a missing one. The next attach puts the kernel back in line with the catalog."""
+    ccxdp.run("attach", "lo", "--netns", bare_netns, "--mode", "generic")
+    ccxdp.run("block", "add", "kept.test", "lost.test")
+    dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
+    key = dp.hash_key()
+    with dp.open_map(layout.MAP_NAMES) as m:
+        m.delete(ct.c_uint64(name_hash("lost.test", key)))
+        m.update(ct.c_uint64(12345), layout.Entry(layout.Action.DROP, 0, 0))
+    ccxdp.run("attach", "lo", "--netns", bare_netns)
+    assert kernel_hashes(dp) == {name_hash("kept.test", key), name_hash("lost.test", key)}

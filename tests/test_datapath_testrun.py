@@ -15,9 +15,10 @@ from frames import (
     arp,
     dns_header,
     ext_headers,
+    ip_len_short,
     query,
-    raw_wire,
     tcp4,
+    three_vlans,
     udp4,
     udp6,
     with_udp_payload,
@@ -52,15 +53,18 @@ class Case:
 
 
 def truncation_cases() -> list[Case]:
-    """Every cut of a valid query, with IP and UDP lengths matching the cut."""
+    """Every cut of a valid query, with IP and UDP lengths matching the cut; each also with
+    30 bytes of non-zero Ethernet padding after it, which must not be read as the rest of the
+    question (the UDP length ends the payload, not the frame)."""
     full = query("www.lab.example")
     frame = udp4(full)
     cases = []
-    name_end = 12 + len(raw_wire("www.lab.example"))
     for cut in range(len(full)):
         reason = "header" if cut < 12 else "truncated"
-        cases.append(Case(f"cut-at-{cut}", with_udp_payload(frame, cut), "malformed", reason))
-    assert cases[name_end].malformed == "truncated"
+        cut_frame = with_udp_payload(frame, cut)
+        cases.append(Case(f"cut-at-{cut}", cut_frame, "malformed", reason))
+        padded = cut_frame + bytes(full[cut:]) + b"\x01" * 30
+        cases.append(Case(f"cut-at-{cut}-padded", padded, "malformed", reason))
     return cases
 
 
@@ -106,6 +110,21 @@ CASES = [
          blocked=[(BLOCKED, False)]),
     Case("qdcount-0", udp4(dns_header(qdcount=0)), "not_query"),
     Case("qdcount-2", udp4(query(BLOCKED, qdcount=2)), "not_query", blocked=[(BLOCKED, False)]),
+    Case("response-longer-than-frame", udp4(query(BLOCKED, flags=FLAG_QR))[:-5], "not_query",
+         blocked=[(BLOCKED, False)]),
+    Case("udp-length-beyond-ipv4-length", ip_len_short(udp4(query(BLOCKED) + b"\0" * 8)),
+         "malformed", "header", blocked=[(BLOCKED, False)]),
+    Case("three-vlan-tags", three_vlans(udp4(query(BLOCKED))), "unparsed",
+         blocked=[(BLOCKED, False)]),
+    Case(
+        "ipv6-five-ext-headers",
+        udp6(query(BLOCKED), ext=[ext_headers(k) for k in
+                                  ("hopbyhop", "dstopts", "routing", "dstopts", "dstopts")]),
+        "unparsed",
+        blocked=[(BLOCKED, False)],
+    ),
+    Case("ipv6-ah", udp6(query(BLOCKED), ext=[ext_headers("ah")]), "unparsed",
+         blocked=[(BLOCKED, False)]),
     Case("ipv4-fragment-mf", udp4(query(BLOCKED), flags="MF"), "fragment",
          blocked=[(BLOCKED, False)]),
     Case("ipv4-fragment-offset", udp4(query(BLOCKED), frag=8), "fragment"),

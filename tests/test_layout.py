@@ -44,6 +44,7 @@ EXPECTED_MAPS = {
 ENUMS = {
     "ccxdp_outcome": ("CCXDP_OUT_", layout.Outcome, "CCXDP_OUT_MAX"),
     "ccxdp_malformed": ("CCXDP_MAL_", layout.Malformed, "CCXDP_MAL_MAX"),
+    "ccxdp_event": ("CCXDP_EV_", layout.Event, "CCXDP_EV_MAX"),
     "ccxdp_action": ("CCXDP_ACTION_", layout.Action, None),
 }
 
@@ -124,8 +125,16 @@ def test_stats_layout_matches_header():
     assert layout.OUTCOME_MAX == out_max
     assert defines["CCXDP_STAT_MALFORMED_BASE"] == "CCXDP_OUT_MAX"
     assert layout.STAT_MALFORMED_BASE == out_max
-    assert re.fullmatch(r"\(\s*CCXDP_OUT_MAX\s*\+\s*CCXDP_MAL_MAX\s*\)", defines["CCXDP_STAT_MAX"])
-    assert layout.STAT_MAX == out_max + mal_max
+    ev_max = _enum("ccxdp_event")["CCXDP_EV_MAX"]
+    assert re.fullmatch(
+        r"\(\s*CCXDP_OUT_MAX\s*\+\s*CCXDP_MAL_MAX\s*\)", defines["CCXDP_STAT_EVENT_BASE"]
+    )
+    assert layout.STAT_EVENT_BASE == out_max + mal_max
+    assert re.fullmatch(
+        r"\(\s*CCXDP_OUT_MAX\s*\+\s*CCXDP_MAL_MAX\s*\+\s*CCXDP_EV_MAX\s*\)",
+        defines["CCXDP_STAT_MAX"],
+    )
+    assert layout.STAT_MAX == out_max + mal_max + ev_max
 
 
 @pytest.mark.parametrize("name", ["DNS_MAX_NAME_LEN", "DNS_MAX_LABEL_LEN", "DNS_MAX_LABELS"])

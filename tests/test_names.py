@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccxdp.errors import NameError_
+from ccxdp.errors import InvalidNameError
 from ccxdp.names import normalize, to_wire, wire_labels
 
 
@@ -38,7 +38,7 @@ def test_normalize(typed, stored):
     ],
 )
 def test_refused(typed, reason):
-    with pytest.raises(NameError_) as e:
+    with pytest.raises(InvalidNameError) as e:
         normalize(typed)
     assert reason in str(e.value)
     assert repr(typed) in str(e.value)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .. import layout
+from .. import blocklist
 from ..datapath import Attachment, Limits, Mode
 from ..render import render_attachments
 from . import pass_app
-from .output import console, emit, json_option
+from .output import emit, json_option
 from .types import INTERFACE
 
 
@@ -41,14 +41,14 @@ def _attachment_json(a: Attachment) -> dict:
 )
 @click.option(
     "--max-names",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1 << 28),
     default=Limits.max_names,
     show_default=True,
     help="Size of the name map (used when the maps are first made).",
 )
 @click.option(
     "--max-sources",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1 << 28),
     default=Limits.max_sources,
     show_default=True,
     help="Size of the per-source map (used when the maps are first made).",
@@ -68,12 +68,14 @@ def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, as_json):
       ccxdp attach eth0 --dns-port 53 --dns-port 5353
     """
     dp = app.datapath()
+    catalog = app.catalog()
     a = dp.attach(
         iface,
         Mode(mode),
         netns=netns,
         limits=Limits(max_names, max_sources),
         dns_ports=dns_ports or None,
+        on_loaded=lambda loaded: blocklist.reconcile(loaded, catalog),
     )
     emit(
         as_json,
@@ -132,8 +134,7 @@ def status(app, as_json):
     names = 0
     ports: list[int] = []
     if loaded:
-        with dp.open_map(layout.MAP_NAMES) as m:
-            names = sum(1 for _ in m.lookup_batch())
+        names = dp.count_names()
         ports = sorted(dp.dns_ports())
     data = {
         "loaded": loaded,
@@ -150,4 +151,3 @@ def register(group: click.Group) -> None:
         group.add_command(cmd)
 
 
-__all__ = ["register", "console"]

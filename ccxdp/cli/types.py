@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import NameError_
+from ..errors import InvalidNameError
 from ..names import normalize
 
 
@@ -14,7 +14,7 @@ class DomainNameType(click.ParamType):
     def convert(self, value, param, ctx):
         try:
             return normalize(value)
-        except NameError_ as e:
+        except InvalidNameError as e:
             self.fail(str(e), param, ctx)
 
 

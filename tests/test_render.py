@@ -1,0 +1,77 @@
+"""Renderers turn snapshots into tables without touching a map: exact text for known input."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from ccxdp.blocklist import Change
+from ccxdp.catalog import CatalogEntry
+from ccxdp.datapath import Attachment, Mode
+from ccxdp.render import render_attachments, render_changes, render_entries, render_stats
+from ccxdp.stats import SourceStat, StatsSnapshot
+
+T0 = 1795813501.0  # 2026-11-27 21:05:01 UTC
+
+
+def text(renderable) -> str:
+    console = Console(file=io.StringIO(), width=100, color_system=None, force_terminal=True)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def snapshot(malformed=0, lost=0) -> StatsSnapshot:
+    return StatsSnapshot(
+        outcomes={"not_dns": 12, "fragment": 1, "not_query": 2, "malformed": malformed,
+                  "passed": 1234567, "blocked": 9, "unparsed": 0},
+        malformed={"header": 0, "truncated": malformed, "label_type": 0, "name_len": 0},
+        events={"source_lost": lost},
+        sources=(SourceStat("198.18.0.2", 3, 7, T0, T0 + 60),
+                 SourceStat("fd00:cc::2", 0, 2, T0, T0)),
+        names=2,
+    )
+
+
+def row(out: str, *cells: str) -> bool:
+    """Whether some line holds these cells in this order."""
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split("│") if p.strip()]
+        if parts[: len(cells)] == list(cells):
+            return True
+    return False
+
+
+def test_stats_table_shows_exact_counts():
+    out = text(render_stats(snapshot()))
+    assert row(out, "passed", "1,234,567", "judged queries, no entry matched")
+    assert row(out, "blocked", "9", "judged queries, blocked")
+    assert row(out, "total", "1,234,591", "frames seen")
+    assert row(out, "judged", "1,234,576", "DNS queries looked up")
+    assert row(out, "198.18.0.2", "3", "7", "2026-11-27 21:05:01", "2026-11-27 21:06:01")
+    assert row(out, "fd00:cc::2", "0", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
+    assert "blocked queries per source (2)" in out
+    # Tables that would be all zeros are left out.
+    assert "malformed queries by reason" not in out and "events" not in out
+
+
+def test_stats_table_shows_malformed_reasons_and_events_when_there_are_any():
+    out = text(render_stats(snapshot(malformed=4, lost=1)))
+    assert row(out, "truncated", "4")
+    assert row(out, "source_lost", "1")
+
+
+def test_attachments_entries_and_changes():
+    out = text(render_attachments(
+        [Attachment("eth0", None, Mode.NATIVE, 17), Attachment("veth1", "res", None, None)],
+        loaded=True, names=1500000,
+    ))
+    assert "program loaded; 1,500,000 names in the kernel map" in out
+    assert row(out, "eth0", "-", "native", "17")
+    assert row(out, "veth1", "res", "detached", "-")
+    added = "2026-11-27T19:05:01+00:00"
+    out = text(render_entries([CatalogEntry("evil.test", 1, True, added_at=added)]))
+    assert row(out, "evil.test", "subtree", "drop", "2026-11-27T19:05:01+00:00")
+    out = text(render_changes([Change("a.test", "added", False), Change("b.test", "not listed")]))
+    assert row(out, "a.test", "exact", "added")
+    assert row(out, "b.test", "-", "not listed")
