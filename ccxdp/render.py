@@ -27,6 +27,15 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
+def _counts(title: str, what: str, unit: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(what)
+    table.add_column(unit, justify="right")
+    for name, value in counts.items():
+        table.add_row(name, f"{value:,}")
+    return table
+
+
 def render_stats(s: StatsSnapshot) -> Group:
     totals = Table(title="ccxdp counters", title_justify="left")
     totals.add_column("outcome")
@@ -38,20 +47,11 @@ def render_stats(s: StatsSnapshot) -> Group:
     totals.add_row("total", f"{s.frames:,}", "frames seen")
     totals.add_row("judged", f"{s.judged:,}", "DNS queries looked up")
     parts: list = [totals]
+    # Tables that would hold only zeros are left out.
     if any(s.malformed.values()):
-        bad = Table(title="malformed queries by reason", title_justify="left")
-        bad.add_column("reason")
-        bad.add_column("queries", justify="right")
-        for name, value in s.malformed.items():
-            bad.add_row(name, f"{value:,}")
-        parts.append(bad)
+        parts.append(_counts("malformed queries by reason", "reason", "queries", s.malformed))
     if any(s.events.values()):
-        events = Table(title="events", title_justify="left")
-        events.add_column("event")
-        events.add_column("count", justify="right")
-        for name, value in s.events.items():
-            events.add_row(name, f"{value:,}")
-        parts.append(events)
+        parts.append(_counts("events", "event", "count", s.events))
     sources = Table(title=f"blocked queries per source ({len(s.sources)})", title_justify="left")
     sources.add_column("source")
     sources.add_column("category", justify="right")
