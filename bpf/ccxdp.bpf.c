@@ -12,6 +12,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "dns.h"
+#include "answer.h"
 
 static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash)
 {
@@ -29,7 +30,7 @@ static __always_inline int bloom_may_hold(__u64 suffix_hash)
 
 static __always_inline void count_stat(__u32 index)
 {
-	__u64 *counter = ccxdp_stats_v2.lookup(&index);
+	__u64 *counter = ccxdp_stats_v3.lookup(&index);
 
 	if (counter)
 		*counter += 1; /* per-CPU: softirq, no atomics needed */
@@ -72,9 +73,12 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
 	struct ccxdp_source_key source = {};
-	int outcome = CCXDP_OUT_NOT_DNS, malformed = 0, action = XDP_PASS;
+	int outcome = CCXDP_OUT_NOT_DNS, malformed = 0, action = XDP_PASS, verdict;
 	struct ccxdp_scratch *s;
 	struct ccxdp_hash_key *key;
+	struct ccxdp_config *cfg;
+	struct ccxdp_lpm_key exempt_key;
+	void *l3, *l4;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct ipv6hdr *ip6;
@@ -94,6 +98,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	}
 
+	l3 = c.pos;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		if (!(ip = parse_iphdr(&c)))
 			goto out;
@@ -128,6 +133,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	}
 
+	l4 = c.pos;
 	if (!(udp = parse_udphdr(&c)))
 		goto out;
 	port = bpf_ntohs(udp->dest);
@@ -165,6 +171,9 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	s->qoff = c.pos - data;
 	s->avail = payload_end - c.pos;
+	s->l3_off = l3 - data;
+	s->l4_off = l4 - data;
+	s->ipv6 = proto == bpf_htons(ETH_P_IPV6);
 	s->source = source;
 	/* The name loops reload packet pointers from ctx (dns.h says why); this barrier keeps
 	 * the compiler from reusing the ones above instead. */
@@ -178,8 +187,17 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	if (s->name_len + 4 > s->avail)
 		goto out;
 
+	/* Opted-out lines are neither judged nor counted per source. */
+	exempt_key.prefixlen = 128;
+	__builtin_memcpy(exempt_key.addr, s->source.addr, 16);
+	if (ccxdp_exempt_v1.lookup(&exempt_key)) {
+		outcome = CCXDP_OUT_EXEMPT;
+		goto out;
+	}
+
 	key = ccxdp_hkey_v2.lookup(&zero);
-	if (!key)
+	cfg = ccxdp_config_v1.lookup(&zero);
+	if (!key || !cfg)
 		goto out;
 	dns_match_suffixes(ctx, s, key);
 	if (!s->matched) {
@@ -187,10 +205,29 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	}
 
-	outcome = CCXDP_OUT_BLOCKED;
+	verdict = s->match.action;
+	if (verdict == CCXDP_ACTION_DEFAULT)
+		verdict = cfg->default_action;
+	if (verdict <= CCXDP_ACTION_DEFAULT || verdict >= CCXDP_ACTION_MAX)
+		verdict = CCXDP_ACTION_DROP;
+	count_stat(CCXDP_STAT_ACTION_BASE + verdict);
+	if (verdict == CCXDP_ACTION_ALLOW) {
+		outcome = CCXDP_OUT_ALLOWED;
+		goto out;
+	}
 	s->source.category = s->match.category;
 	count_source(&s->source);
+	if (verdict == CCXDP_ACTION_MONITOR) {
+		outcome = CCXDP_OUT_MONITORED;
+		goto out;
+	}
+	outcome = CCXDP_OUT_BLOCKED;
 	action = XDP_DROP;
+	if (verdict != CCXDP_ACTION_DROP) {
+		action = build_answer(ctx, s, cfg, verdict);
+		if (action != XDP_TX)
+			count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_ANSWER_FAILED);
+	}
 out:
 	return record_verdict(outcome, malformed, action);
 }

@@ -18,12 +18,14 @@
 
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
-#define CCXDP_MAP_STATS "ccxdp_stats_v2"
+#define CCXDP_MAP_STATS "ccxdp_stats_v3"
 #define CCXDP_MAP_NAMES "ccxdp_names_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v1"
+#define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */
@@ -35,10 +37,13 @@ enum ccxdp_outcome {
 	CCXDP_OUT_FRAGMENT = 1,  /* an IP fragment: cannot be judged, passed untouched */
 	CCXDP_OUT_NOT_QUERY = 2, /* DNS but not a judged query (response, opcode, qdcount) */
 	CCXDP_OUT_MALFORMED = 3, /* a DNS query that does not parse: passed to the resolver */
-	CCXDP_OUT_PASSED = 4,    /* judged, no block entry matched: passed */
-	CCXDP_OUT_BLOCKED = 5,   /* judged, a block entry matched: action applied */
+	CCXDP_OUT_PASSED = 4,    /* judged, no entry matched: passed */
+	CCXDP_OUT_BLOCKED = 5,   /* judged, a block entry decided: dropped or answered here */
 	CCXDP_OUT_UNPARSED = 6,  /* headers deeper than parsed (VLAN tags, IPv6 ext): passed */
-	CCXDP_OUT_MAX = 7,
+	CCXDP_OUT_ALLOWED = 7,   /* judged, an allow entry decided: passed */
+	CCXDP_OUT_MONITORED = 8, /* judged, a block entry in monitor mode decided: passed, counted */
+	CCXDP_OUT_EXEMPT = 9,    /* from an exempt (opted-out) source: passed, not judged */
+	CCXDP_OUT_MAX = 10,
 };
 
 /* Why a query counted as malformed; counted beside the outcomes at CCXDP_STAT_MALFORMED_BASE. */
@@ -52,18 +57,48 @@ enum ccxdp_malformed {
 
 /* Things that happen beside a frame's outcome; counted at CCXDP_STAT_EVENT_BASE. */
 enum ccxdp_event {
-	CCXDP_EV_SOURCE_LOST = 0, /* a blocked query whose source could not be counted */
-	CCXDP_EV_MAX = 1,
+	CCXDP_EV_SOURCE_LOST = 0,   /* a blocked query whose source could not be counted */
+	CCXDP_EV_ANSWER_FAILED = 1, /* an answer could not be built (frame could not grow): dropped */
+	CCXDP_EV_MAX = 2,
 };
 
-/* Layout of the per-CPU stats array: the outcomes, the malformed reasons, the events. */
+/* What an entry does to a query it decides (RPZ's vocabulary). */
+enum ccxdp_action {
+	CCXDP_ACTION_DEFAULT = 0,  /* the configured default action (ccxdp_config) */
+	CCXDP_ACTION_DROP = 1,     /* silent drop */
+	CCXDP_ACTION_NXDOMAIN = 2, /* NXDOMAIN with an SOA, answered here */
+	CCXDP_ACTION_NODATA = 3,   /* NOERROR, no answer, with an SOA */
+	CCXDP_ACTION_SINKHOLE = 4, /* A/AAAA: the sinkhole address; other types: NODATA */
+	CCXDP_ACTION_TC = 5,       /* empty answer with TC set: the client retries over TCP */
+	CCXDP_ACTION_REFUSED = 6,  /* REFUSED */
+	CCXDP_ACTION_MONITOR = 7,  /* passed to the resolver, counted as a hit */
+	CCXDP_ACTION_ALLOW = 8,    /* an allow entry: passed, not counted */
+	CCXDP_ACTION_MAX = 9,
+};
+
+/* Layout of the per-CPU stats array: the outcomes, the malformed reasons, the events, then
+ * how many queries each action was applied to. */
 #define CCXDP_STAT_MALFORMED_BASE CCXDP_OUT_MAX
 #define CCXDP_STAT_EVENT_BASE (CCXDP_OUT_MAX + CCXDP_MAL_MAX)
-#define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX)
+#define CCXDP_STAT_ACTION_BASE (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX)
+#define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX + CCXDP_ACTION_MAX)
 
-/* What to do with a query whose most specific entry is a block entry. */
-enum ccxdp_action {
-	CCXDP_ACTION_DROP = 1, /* silent drop */
+/* Run-time settings, one entry of ccxdp_config: changed without reloading the program. */
+struct ccxdp_config {
+	__u8 default_action;  /* enum ccxdp_action for entries whose action is DEFAULT */
+	__u8 pad[1];
+	__be16 edns_udp_size; /* UDP payload size in the OPT of answers (network order) */
+	__be32 answer_ttl;    /* TTL of sinkhole A/AAAA records (network order) */
+	__be32 negative_ttl;  /* TTL and MINIMUM of the SOA in negative answers (network order) */
+	__u8 sinkhole_v4[4];  /* network order */
+	__u8 sinkhole_v6[16]; /* network order */
+};
+
+/* Key of ccxdp_exempt, an LPM trie of opted-out source prefixes. IPv4 prefixes are stored
+ * IPv4-mapped, their length plus 96, like the per-source key. Value: a __u8, 1. */
+struct ccxdp_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 /* ccxdp_names entry flags. */

@@ -25,6 +25,10 @@
 #define CCXDP_MAX_SOURCES 1048576
 #endif
 
+/* An answer's UDP datagram: header 8, DNS header 12, question up to 255 + 4, an AAAA
+ * record 28 or an SOA 34, an OPT 11; rounded up to a multiple of 4. */
+#define CCXDP_MAX_ANSWER_UDP 352
+
 /* The QNAME's offset is masked with this for the verifier. The headers before it are at most
  * 14 + 2 * 4 (VLAN) + 40 + CCXDP_MAX_IPV6_EXT * 2048 + 8 (UDP) + 12 (DNS) = 8274 bytes. */
 #define CCXDP_MAX_FRAME_OFF 0x3fff
@@ -38,10 +42,11 @@
 
 /*
  * Global counters, indexed by enum ccxdp_outcome, then CCXDP_STAT_MALFORMED_BASE + enum
- * ccxdp_malformed, then CCXDP_STAT_EVENT_BASE + enum ccxdp_event; value: count, host order. Written by the program on every frame.
+ * ccxdp_malformed, CCXDP_STAT_EVENT_BASE + enum ccxdp_event and CCXDP_STAT_ACTION_BASE +
+ * enum ccxdp_action; value: count, host order. Written by the program on every frame.
  * Per-CPU because XDP runs in softirq on each CPU: no atomics, no contention.
  */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v2, CCXDP_STAT_MAX,
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
@@ -71,6 +76,18 @@ BPF_TABLE_PINNED("lru_hash", struct ccxdp_source_key, struct ccxdp_source_hits, 
 BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v1, 1 << CCXDP_BLOOM_WORDS_LOG2,
 		 CCXDP_PIN(CCXDP_MAP_BLOOM));
 
+/* Run-time settings: one struct ccxdp_config. Written by the control plane. */
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v1, 1,
+		 CCXDP_PIN(CCXDP_MAP_CONFIG));
+
+/* Opted-out source prefixes, looked up once per judged query. Key: struct ccxdp_lpm_key
+ * (address in network order). Value: 1. Written by the control plane. */
+#ifndef CCXDP_MAX_EXEMPT
+#define CCXDP_MAX_EXEMPT 65536 /* opted-out lines are few; prefixes, not addresses */
+#endif
+BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_exempt_v1, CCXDP_MAX_EXEMPT,
+		 CCXDP_PIN(CCXDP_MAP_EXEMPT), BPF_F_NO_PREALLOC);
+
 /* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 
@@ -88,6 +105,10 @@ struct ccxdp_scratch {
 	struct ccxdp_source_key source;
 	__u32 qoff;     /* offset of the QNAME from the frame's start */
 	__u32 avail;    /* DNS payload bytes from the QNAME on (the UDP length ends it) */
+	__u16 l3_off;   /* offset of the IP header */
+	__u16 l4_off;   /* offset of the UDP header */
+	__u8 ipv6;      /* 1: IPv6, 0: IPv4 */
+	__u8 pad[3];
 	__u8 label_off[DNS_MAX_LABELS + 1];
 	__u32 label;    /* index of the label being hashed */
 	__u32 pos;      /* offset from the QNAME of the next byte to hash */
@@ -97,6 +118,8 @@ struct ccxdp_scratch {
 	__u32 name_len; /* QNAME length in wire form, including the root byte */
 	__u32 matched;  /* 1 once an entry matched; match then holds the most specific */
 	struct ccxdp_entry match;
+	/* The UDP datagram of an answer, zero-padded to 4 bytes, for its checksum (answer.h). */
+	__u8 csum_buf[CCXDP_MAX_ANSWER_UDP + 4];
 };
 
 BPF_PERCPU_ARRAY(ccxdp_scratch, struct ccxdp_scratch, 1);

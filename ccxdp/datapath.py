@@ -20,6 +20,7 @@ from pathlib import Path
 from . import bpfsys, layout
 from .errors import DatapathError, EnvironmentProblem, NotLoadedError
 from .hashing import HashKey
+from .settings import SettingError, Settings
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/ccxdp")
 DEFAULT_STATE_DIR = Path("/var/lib/ccxdp")
@@ -270,6 +271,42 @@ class Datapath:
             self.set_dns_ports(dns_ports)
         elif not self.dns_ports():
             self.set_dns_ports(DEFAULT_DNS_PORTS)
+        with self.open_map(layout.MAP_CONFIG) as config:
+            fresh = config.lookup(ct.c_uint32(0)).default_action == layout.Action.DEFAULT
+        if fresh:
+            # New maps: the settings last saved here (say, before a purge), or the defaults.
+            self.set_settings(self._saved_settings())
+
+    # -- run-time settings -----------------------------------------------------------------
+    @property
+    def _settings_file(self) -> Path:
+        return self.state_dir / "settings.json"
+
+    def _saved_settings(self) -> Settings:
+        try:
+            return Settings(**json.loads(self._settings_file.read_text()))
+        except FileNotFoundError:
+            return Settings()
+        except (ValueError, TypeError, SettingError) as e:
+            raise DatapathError(f"{self._settings_file}: {e}") from e
+
+    def settings(self) -> Settings:
+        """The settings the program uses now (from the pinned map when loaded)."""
+        if not (self.pin_dir / layout.MAP_CONFIG).exists():
+            return self._saved_settings()
+        with self.open_map(layout.MAP_CONFIG) as config:
+            return Settings.from_kernel(config.lookup(ct.c_uint32(0)))
+
+    def set_settings(self, settings: Settings) -> None:
+        """Apply at once (one map update, so the program sees all of them or none) and keep a
+        copy in the state folder for maps made afresh."""
+        if (self.pin_dir / layout.MAP_CONFIG).exists():
+            with self.open_map(layout.MAP_CONFIG) as config:
+                config.update(ct.c_uint32(0), settings.to_kernel())
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self._settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings.as_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, self._settings_file)
 
     def dns_ports(self) -> list[int]:
         with self.open_map(layout.MAP_PORTS) as ports:

@@ -14,12 +14,14 @@ DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
-MAP_STATS = "ccxdp_stats_v2"
+MAP_STATS = "ccxdp_stats_v3"
 MAP_NAMES = "ccxdp_names_v1"
 MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v1"
+MAP_CONFIG = "ccxdp_config_v1"
+MAP_EXEMPT = "ccxdp_exempt_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 PROG_PIN = "ccxdp_xdp_v1"
 PROG_NAME = "ccxdp_xdp"
@@ -33,6 +35,9 @@ class Outcome(enum.IntEnum):
     PASSED = 4
     BLOCKED = 5
     UNPARSED = 6
+    ALLOWED = 7
+    MONITORED = 8
+    EXEMPT = 9
 
 
 class Malformed(enum.IntEnum):
@@ -44,16 +49,26 @@ class Malformed(enum.IntEnum):
 
 class Event(enum.IntEnum):
     SOURCE_LOST = 0
+    ANSWER_FAILED = 1
 
 
 class Action(enum.IntEnum):
+    DEFAULT = 0
     DROP = 1
+    NXDOMAIN = 2
+    NODATA = 3
+    SINKHOLE = 4
+    TC = 5
+    REFUSED = 6
+    MONITOR = 7
+    ALLOW = 8
 
 
 OUTCOME_MAX = len(Outcome)
 STAT_MALFORMED_BASE = OUTCOME_MAX
 STAT_EVENT_BASE = OUTCOME_MAX + len(Malformed)
-STAT_MAX = STAT_EVENT_BASE + len(Event)
+STAT_ACTION_BASE = STAT_EVENT_BASE + len(Event)
+STAT_MAX = STAT_ACTION_BASE + len(Action)
 
 ENTRY_SUBTREE = 0x01
 
@@ -89,6 +104,22 @@ class HashKey(ct.Structure):
     ]
 
 
+class Config(ct.Structure):
+    _fields_ = [
+        ("default_action", ct.c_uint8),
+        ("pad", ct.c_uint8 * 1),
+        ("edns_udp_size", ct.c_uint16),  # network order
+        ("answer_ttl", ct.c_uint32),  # network order
+        ("negative_ttl", ct.c_uint32),  # network order
+        ("sinkhole_v4", ct.c_uint8 * 4),
+        ("sinkhole_v6", ct.c_uint8 * 16),
+    ]
+
+
+class LpmKey(ct.Structure):
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16)]
+
+
 # (map name, key type, value type) for every pinned map, as the C declares them.
 PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_STATS: (ct.c_uint32, ct.c_uint64),
@@ -97,4 +128,6 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
     MAP_HASH_KEY: (ct.c_uint32, HashKey),
     MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
+    MAP_CONFIG: (ct.c_uint32, Config),
+    MAP_EXEMPT: (LpmKey, ct.c_uint8),
 }

@@ -20,6 +20,9 @@ _OUTCOME_HELP = {
     "passed": "judged queries, no entry matched",
     "blocked": "judged queries, blocked",
     "unparsed": "headers deeper than parsed, passed",
+    "allowed": "judged queries, an allow entry decided",
+    "monitored": "judged queries, monitor entry: passed, counted",
+    "exempt": "from opted-out sources, passed unjudged",
 }
 
 
@@ -50,6 +53,8 @@ def render_stats(s: StatsSnapshot) -> Group:
     # Tables that would hold only zeros are left out.
     if any(s.malformed.values()):
         parts.append(_counts("malformed queries by reason", "reason", "queries", s.malformed))
+    if any(s.actions.values()):
+        parts.append(_counts("queries per action", "action", "queries", s.actions))
     if any(s.events.values()):
         parts.append(_counts("events", "event", "count", s.events))
     sources = Table(title=f"blocked queries per source ({len(s.sources)})", title_justify="left")

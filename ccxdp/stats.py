@@ -25,6 +25,7 @@ class StatsSnapshot:
     outcomes: dict[str, int]
     malformed: dict[str, int]
     events: dict[str, int]
+    actions: dict[str, int]
     sources: tuple[SourceStat, ...] = field(default=())
     names: int = 0
 
@@ -34,7 +35,8 @@ class StatsSnapshot:
 
     @property
     def judged(self) -> int:
-        return self.outcomes["passed"] + self.outcomes["blocked"]
+        o = self.outcomes
+        return o["passed"] + o["blocked"] + o["allowed"] + o["monitored"]
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +45,7 @@ class StatsSnapshot:
             "outcomes": dict(self.outcomes),
             "malformed": dict(self.malformed),
             "events": dict(self.events),
+            "actions": dict(self.actions),
             "names": self.names,
             "sources": [
                 {
@@ -80,6 +83,11 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
         m.name.lower(): int(totals[layout.STAT_MALFORMED_BASE + m]) for m in layout.Malformed
     }
     events = {e.name.lower(): int(totals[layout.STAT_EVENT_BASE + e]) for e in layout.Event}
+    actions = {
+        a.name.lower(): int(totals[layout.STAT_ACTION_BASE + a])
+        for a in layout.Action
+        if a != layout.Action.DEFAULT
+    }
     sources = []
     with dp.open_map(layout.MAP_SOURCES) as srcs:
         for k, v in srcs.lookup_batch():
@@ -94,4 +102,4 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
             )
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
     count = dp.count_names()
-    return StatsSnapshot(outcomes, malformed, events, tuple(sources), count)
+    return StatsSnapshot(outcomes, malformed, events, actions, tuple(sources), count)

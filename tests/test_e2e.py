@@ -58,7 +58,8 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert stats["outcomes"]["malformed"] == 0
     assert stats["judged"] == 11
     assert stats["names"] == 2
-    assert stats["events"] == {"source_lost": 0}
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0}
+    assert stats["actions"]["drop"] == 8
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
     assert hits == {(CLIENT_A, 0): 3, (CLIENT_B, 0): 1, (CLIENT_A6, 0): 4}
 

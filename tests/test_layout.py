@@ -45,7 +45,7 @@ ENUMS = {
     "ccxdp_outcome": ("CCXDP_OUT_", layout.Outcome, "CCXDP_OUT_MAX"),
     "ccxdp_malformed": ("CCXDP_MAL_", layout.Malformed, "CCXDP_MAL_MAX"),
     "ccxdp_event": ("CCXDP_EV_", layout.Event, "CCXDP_EV_MAX"),
-    "ccxdp_action": ("CCXDP_ACTION_", layout.Action, None),
+    "ccxdp_action": ("CCXDP_ACTION_", layout.Action, "CCXDP_ACTION_MAX"),
 }
 
 
@@ -118,23 +118,30 @@ def test_enum_matches_header(c_enum):
         assert count == len(members), f"{count_member} is not the number of members"
 
 
+def _eval_define(defines: dict, name: str, values: dict) -> int:
+    """Value of a #define made of names and '+' (the stats layout), from the header text."""
+    expr = defines[name]
+    assert re.fullmatch(r"[()\sA-Z_0-9+]+", expr), expr
+    return sum(
+        values[t] if t in values else _eval_define(defines, t, values)
+        for t in re.findall(r"[A-Z_][A-Z_0-9]*", expr)
+    )
+
+
 def test_stats_layout_matches_header():
     defines = _defines(_header())
-    out_max = _enum("ccxdp_outcome")["CCXDP_OUT_MAX"]
-    mal_max = _enum("ccxdp_malformed")["CCXDP_MAL_MAX"]
-    assert layout.OUTCOME_MAX == out_max
-    assert defines["CCXDP_STAT_MALFORMED_BASE"] == "CCXDP_OUT_MAX"
-    assert layout.STAT_MALFORMED_BASE == out_max
-    ev_max = _enum("ccxdp_event")["CCXDP_EV_MAX"]
-    assert re.fullmatch(
-        r"\(\s*CCXDP_OUT_MAX\s*\+\s*CCXDP_MAL_MAX\s*\)", defines["CCXDP_STAT_EVENT_BASE"]
+    values = {}
+    for c_enum in ENUMS:
+        values.update(_enum(c_enum))
+    assert layout.OUTCOME_MAX == values["CCXDP_OUT_MAX"]
+    assert layout.STAT_MALFORMED_BASE == _eval_define(defines, "CCXDP_STAT_MALFORMED_BASE", values)
+    assert layout.STAT_EVENT_BASE == _eval_define(defines, "CCXDP_STAT_EVENT_BASE", values)
+    assert layout.STAT_ACTION_BASE == _eval_define(defines, "CCXDP_STAT_ACTION_BASE", values)
+    assert layout.STAT_MAX == _eval_define(defines, "CCXDP_STAT_MAX", values)
+    assert layout.STAT_MAX == (
+        values["CCXDP_OUT_MAX"] + values["CCXDP_MAL_MAX"] + values["CCXDP_EV_MAX"]
+        + values["CCXDP_ACTION_MAX"]
     )
-    assert layout.STAT_EVENT_BASE == out_max + mal_max
-    assert re.fullmatch(
-        r"\(\s*CCXDP_OUT_MAX\s*\+\s*CCXDP_MAL_MAX\s*\+\s*CCXDP_EV_MAX\s*\)",
-        defines["CCXDP_STAT_MAX"],
-    )
-    assert layout.STAT_MAX == out_max + mal_max + ev_max
 
 
 @pytest.mark.parametrize("name", ["DNS_MAX_NAME_LEN", "DNS_MAX_LABEL_LEN", "DNS_MAX_LABELS"])
@@ -169,8 +176,8 @@ def _pinned_in_maps_h() -> dict[str, tuple[str, str, str]]:
     found = {}
     for m in re.finditer(r"BPF_TABLE_PINNED\s*\((.*?)\)\s*;", text, re.DOTALL):
         args = [a.strip() for a in re.split(r",(?![^()]*\))", m.group(1))]
-        assert len(args) == 6, f"cannot read {m.group(0)!r}"
-        kind, _key, _value, ident, size, pin = args
+        assert len(args) in (6, 7), f"cannot read {m.group(0)!r}"
+        kind, _key, _value, ident, size, pin = args[:6]
         pm = re.fullmatch(r"CCXDP_PIN\(\s*CCXDP_MAP_(\w+)\s*\)", pin)
         assert pm, f"{ident} is not pinned under CCXDP_PIN(CCXDP_MAP_*)"
         found[ident] = (kind.strip('"'), size, pm.group(1))

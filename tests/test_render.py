@@ -21,12 +21,15 @@ def text(renderable) -> str:
     return console.file.getvalue()
 
 
-def snapshot(malformed=0, lost=0) -> StatsSnapshot:
+def snapshot(malformed=0, lost=0, nxdomain=0) -> StatsSnapshot:
     return StatsSnapshot(
         outcomes={"not_dns": 12, "fragment": 1, "not_query": 2, "malformed": malformed,
-                  "passed": 1234567, "blocked": 9, "unparsed": 0},
+                  "passed": 1234567, "blocked": 9, "unparsed": 0, "allowed": 3,
+                  "monitored": 1, "exempt": 5},
         malformed={"header": 0, "truncated": malformed, "label_type": 0, "name_len": 0},
-        events={"source_lost": lost},
+        events={"source_lost": lost, "answer_failed": 0},
+        actions={"drop": 0, "nxdomain": nxdomain, "nodata": 0, "sinkhole": 0, "tc": 0,
+                 "refused": 0, "monitor": 0, "allow": 0},
         sources=(SourceStat("198.18.0.2", 3, 7, T0, T0 + 60),
                  SourceStat("fd00:cc::2", 0, 2, T0, T0)),
         names=2,
@@ -46,19 +49,22 @@ def test_stats_table_shows_exact_counts():
     out = text(render_stats(snapshot()))
     assert row(out, "passed", "1,234,567", "judged queries, no entry matched")
     assert row(out, "blocked", "9", "judged queries, blocked")
-    assert row(out, "total", "1,234,591", "frames seen")
-    assert row(out, "judged", "1,234,576", "DNS queries looked up")
+    assert row(out, "total", "1,234,600", "frames seen")
+    assert row(out, "judged", "1,234,580", "DNS queries looked up")
+    assert row(out, "exempt", "5", "from opted-out sources, passed unjudged")
     assert row(out, "198.18.0.2", "3", "7", "2026-11-27 21:05:01", "2026-11-27 21:06:01")
     assert row(out, "fd00:cc::2", "0", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
     assert "blocked queries per source (2)" in out
     # Tables that would be all zeros are left out.
     assert "malformed queries by reason" not in out and "events" not in out
+    assert "queries per action" not in out
 
 
 def test_stats_table_shows_malformed_reasons_and_events_when_there_are_any():
-    out = text(render_stats(snapshot(malformed=4, lost=1)))
+    out = text(render_stats(snapshot(malformed=4, lost=1, nxdomain=6)))
     assert row(out, "truncated", "4")
     assert row(out, "source_lost", "1")
+    assert row(out, "nxdomain", "6")
 
 
 def test_attachments_entries_and_changes():

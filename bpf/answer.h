@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Answers built in place from the query and sent back with XDP_TX.
+ *
+ * The frame keeps its Ethernet header and VLAN tags (MACs swapped), its IP header (addresses
+ * swapped, lengths and checksum redone) and UDP header (ports swapped). The DNS message keeps
+ * the query's ID and question as the client sent them (DNS 0x20 case included); everything
+ * after the question is replaced by the records the action calls for:
+ *   sinkhole A/AAAA   the configured address, TTL answer_ttl
+ *   nxdomain, nodata  an SOA in the authority section (RFC 2308): owner the QNAME itself,
+ *                     MNAME and RNAME the root, TTL and MINIMUM negative_ttl; nothing in it
+ *                     says why the name was blocked
+ *   refused, tc       no records
+ * and an OPT record (no options, DO clear) when the query carried one.
+ */
+#ifndef CCXDP_ANSWER_H
+#define CCXDP_ANSWER_H
+
+#include "ccxdp_shared.h"
+#include "maps.h"
+#include "parse.h"
+
+#define DNS_TYPE_A 1
+#define DNS_TYPE_SOA 6
+#define DNS_TYPE_AAAA 28
+#define DNS_TYPE_OPT 41
+#define DNS_CLASS_IN 1
+
+#define DNS_FLAG_AA 0x0400
+#define DNS_FLAG_TC 0x0200
+#define DNS_FLAG_RD 0x0100
+#define DNS_FLAG_RA 0x0080
+#define DNS_RCODE_NOERROR 0
+#define DNS_RCODE_NXDOMAIN 3
+#define DNS_RCODE_REFUSED 5
+
+#define DNS_PTR_QNAME 0xc00c /* compression pointer to the question's name */
+#define RR_FIXED_LEN 12      /* name pointer 2, type 2, class 2, TTL 4, RDLENGTH 2 */
+#define SOA_RDATA_LEN 22     /* MNAME root 1, RNAME root 1, five 32-bit values */
+#define OPT_LEN 11
+#define ANSWER_TTL_HOP 64
+
+/* SOA timers other than MINIMUM: conventional values; they only matter to secondaries. */
+#define SOA_SERIAL 1
+#define SOA_REFRESH 3600
+#define SOA_RETRY 600
+#define SOA_EXPIRE 86400
+
+struct answer_plan {
+	__u16 rcode;
+	__u16 tc;
+	__u16 rr_type; /* DNS_TYPE_A, DNS_TYPE_AAAA or DNS_TYPE_SOA; 0: no record */
+	__u16 rr_len;  /* bytes of that record */
+	__u16 an;      /* 1 when the record is an answer, 0 when it is authority */
+	__u16 opt;     /* 1 to append an OPT */
+};
+
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+static __always_inline void *frame_at(struct xdp_md *ctx, __u32 off, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *p = data + (off & CCXDP_MAX_FRAME_OFF);
+
+	if (p + len > data_end)
+		return NULL;
+	return p;
+}
+
+/* Whether the query's first additional record is an OPT (root owner, type 41). */
+static __always_inline int query_has_opt(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					 __u16 arcount)
+{
+	__u32 off = s->qoff + s->name_len + 4;
+	__u8 *p;
+
+	if (!arcount || s->name_len + 4 + OPT_LEN > s->avail)
+		return 0;
+	p = frame_at(ctx, off, 3);
+	return p && p[0] == 0 && p[1] == 0 && p[2] == DNS_TYPE_OPT;
+}
+
+static __always_inline void plan_answer(struct answer_plan *plan, int action, __u16 qtype,
+					__u16 qclass)
+{
+	int nodata = 0;
+
+	switch (action) {
+	case CCXDP_ACTION_NXDOMAIN:
+		plan->rcode = DNS_RCODE_NXDOMAIN;
+		nodata = 1;
+		break;
+	case CCXDP_ACTION_SINKHOLE:
+		if (qclass == DNS_CLASS_IN && qtype == DNS_TYPE_A) {
+			plan->rr_type = DNS_TYPE_A;
+			plan->rr_len = RR_FIXED_LEN + 4;
+			plan->an = 1;
+		} else if (qclass == DNS_CLASS_IN && qtype == DNS_TYPE_AAAA) {
+			plan->rr_type = DNS_TYPE_AAAA;
+			plan->rr_len = RR_FIXED_LEN + 16;
+			plan->an = 1;
+		} else {
+			nodata = 1;
+		}
+		break;
+	case CCXDP_ACTION_NODATA:
+		nodata = 1;
+		break;
+	case CCXDP_ACTION_TC:
+		plan->tc = 1;
+		break;
+	case CCXDP_ACTION_REFUSED:
+	default:
+		plan->rcode = DNS_RCODE_REFUSED;
+		break;
+	}
+	if (nodata) {
+		plan->rr_type = DNS_TYPE_SOA;
+		plan->rr_len = RR_FIXED_LEN + SOA_RDATA_LEN;
+	}
+}
+
+/* Write one 16-bit and one 32-bit value at p + off, in network order, unaligned. */
+static __always_inline void put16(__u8 *p, __u16 v)
+{
+	p[0] = v >> 8;
+	p[1] = v;
+}
+
+static __always_inline void put32(__u8 *p, __u32 v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+/* Fill the record after the question, at offset off of the frame. */
+static __always_inline int write_record(struct xdp_md *ctx, __u32 off,
+					const struct answer_plan *plan,
+					const struct ccxdp_config *cfg)
+{
+	__u8 *rec;
+
+	if (plan->rr_type == DNS_TYPE_A) {
+		rec = frame_at(ctx, off, RR_FIXED_LEN + 4);
+		if (!rec)
+			return -1;
+		__builtin_memcpy(rec + 6, &cfg->answer_ttl, 4);
+		put16(rec + 10, 4);
+		__builtin_memcpy(rec + 12, cfg->sinkhole_v4, 4);
+	} else if (plan->rr_type == DNS_TYPE_AAAA) {
+		rec = frame_at(ctx, off, RR_FIXED_LEN + 16);
+		if (!rec)
+			return -1;
+		__builtin_memcpy(rec + 6, &cfg->answer_ttl, 4);
+		put16(rec + 10, 16);
+		__builtin_memcpy(rec + 12, cfg->sinkhole_v6, 16);
+	} else {
+		rec = frame_at(ctx, off, RR_FIXED_LEN + SOA_RDATA_LEN);
+		if (!rec)
+			return -1;
+		__builtin_memcpy(rec + 6, &cfg->negative_ttl, 4);
+		put16(rec + 10, SOA_RDATA_LEN);
+		rec[12] = 0; /* MNAME: the root */
+		rec[13] = 0; /* RNAME: the root */
+		put32(rec + 14, SOA_SERIAL);
+		put32(rec + 18, SOA_REFRESH);
+		put32(rec + 22, SOA_RETRY);
+		put32(rec + 26, SOA_EXPIRE);
+		__builtin_memcpy(rec + 30, &cfg->negative_ttl, 4);
+	}
+	put16(rec, DNS_PTR_QNAME);
+	put16(rec + 2, plan->rr_type);
+	put16(rec + 4, DNS_CLASS_IN);
+	return 0;
+}
+
+/*
+ * Ones'-complement sum of len bytes of the frame from off, as the checksum needs them. The
+ * bytes are copied into a zero-padded scratch buffer first: bpf_csum_diff wants a multiple of
+ * 4 bytes, and a copy of bounded size is what the verifier accepts for a length known only at
+ * run time.
+ */
+static __always_inline __u64 frame_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, __u32 off,
+				       __u64 len)
+{
+	__u64 whole, padded;
+
+	/* Callers compute len with 64-bit arithmetic: bound it where the verifier can see. */
+	len &= 0xffff;
+	if (len < 1 || len > CCXDP_MAX_ANSWER_UDP)
+		return 0;
+	whole = len & ~3ULL;
+	padded = (len + 3) & ~3ULL;
+	/* Zero the last 4-byte chunk; the copy then overwrites its first len % 4 bytes. */
+	if (whole < CCXDP_MAX_ANSWER_UDP)
+		*(__u32 *)&s->csum_buf[whole] = 0;
+	if (bpf_xdp_load_bytes(ctx, off, s->csum_buf, len))
+		return 0;
+	return (__u32)bpf_csum_diff(NULL, 0, (__be32 *)s->csum_buf, padded, 0);
+}
+
+/*
+ * Turn the query into the answer the action calls for. Returns XDP_TX, or XDP_DROP when the
+ * frame could not be made the answer's size (the query must not reach the resolver either
+ * way).
+ */
+static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					const struct ccxdp_config *cfg, int action)
+{
+	struct answer_plan plan = {};
+	struct dnshdr *dns;
+	struct udphdr *udp;
+	struct ethhdr *eth;
+	__u32 dns_off = s->l4_off + sizeof(struct udphdr);
+	__u32 qend, dns_len, frame_len, udp_len;
+	__u16 qtype, qclass, flags, arcount;
+	__u8 mac[ETH_ALEN], *q, *rec;
+	__u64 sum;
+	int delta;
+
+	dns = frame_at(ctx, dns_off, sizeof(*dns));
+	q = frame_at(ctx, s->qoff + s->name_len, 4);
+	if (!dns || !q)
+		return XDP_DROP;
+	qtype = (q[0] << 8) | q[1];
+	qclass = (q[2] << 8) | q[3];
+	flags = bpf_ntohs(dns->flags);
+	arcount = bpf_ntohs(dns->arcount);
+	plan_answer(&plan, action, qtype, qclass);
+	plan.opt = query_has_opt(ctx, s, arcount);
+
+	qend = sizeof(struct dnshdr) + s->name_len + 4;
+	dns_len = qend + plan.rr_len + (plan.opt ? OPT_LEN : 0);
+	udp_len = sizeof(struct udphdr) + dns_len;
+	frame_len = (long)ctx->data_end - (long)ctx->data;
+	delta = (int)(s->l4_off + udp_len) - (int)frame_len;
+	if (bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_DROP;
+
+	/* Every packet pointer is void after adjust_tail: from here, offsets only. */
+	eth = frame_at(ctx, 0, sizeof(*eth));
+	if (!eth)
+		return XDP_DROP;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+
+	udp = frame_at(ctx, s->l4_off, sizeof(*udp));
+	if (!udp)
+		return XDP_DROP;
+	{
+		__be16 port = udp->source;
+
+		udp->source = udp->dest;
+		udp->dest = port;
+	}
+	udp->len = bpf_htons(udp_len);
+	udp->check = 0;
+
+	dns = frame_at(ctx, dns_off, sizeof(*dns));
+	if (!dns)
+		return XDP_DROP;
+	dns->flags = bpf_htons(DNS_FLAG_QR | (flags & DNS_FLAG_RD) | DNS_FLAG_RA |
+			       (plan.tc ? DNS_FLAG_TC : 0) | plan.rcode);
+	dns->ancount = bpf_htons(plan.an);
+	dns->nscount = bpf_htons(plan.rr_type && !plan.an ? 1 : 0);
+	dns->arcount = bpf_htons(plan.opt);
+
+	if (plan.rr_type && write_record(ctx, dns_off + qend, &plan, cfg))
+		return XDP_DROP;
+	if (plan.opt) {
+		rec = frame_at(ctx, dns_off + qend + plan.rr_len, OPT_LEN);
+		if (!rec)
+			return XDP_DROP;
+		rec[0] = 0; /* owner: the root */
+		put16(rec + 1, DNS_TYPE_OPT);
+		__builtin_memcpy(rec + 3, &cfg->edns_udp_size, 2);
+		put32(rec + 5, 0); /* extended RCODE, version 0, flags (DO clear) */
+		put16(rec + 9, 0); /* no options */
+	}
+
+	if (s->ipv6) {
+		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
+		struct in6_addr addr;
+		__be32 pseudo[2];
+
+		if (!ip6)
+			return XDP_DROP;
+		addr = ip6->saddr;
+		ip6->saddr = ip6->daddr;
+		ip6->daddr = addr;
+		ip6->hop_limit = ANSWER_TTL_HOP;
+		ip6->payload_len = bpf_htons(s->l4_off - s->l3_off - sizeof(*ip6) + udp_len);
+		/* Pseudo-header: both addresses, then length and next header as 32-bit words. */
+		pseudo[0] = bpf_htonl(udp_len);
+		pseudo[1] = bpf_htonl(IPPROTO_UDP);
+		sum = (__u32)bpf_csum_diff(NULL, 0, (__be32 *)&ip6->saddr, 32, 0);
+		sum += (__u32)bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
+	} else {
+		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+		__be32 addr, pseudo[3];
+		__u32 ihl;
+
+		if (!ip)
+			return XDP_DROP;
+		addr = ip->saddr;
+		ip->saddr = ip->daddr;
+		ip->daddr = addr;
+		ip->ttl = ANSWER_TTL_HOP;
+		ihl = ip->ihl * 4;
+		ip->tot_len = bpf_htons(ihl + udp_len);
+		ip->check = 0;
+		ip->check = ~csum_fold(frame_sum(ctx, s, s->l3_off, ihl));
+		ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+		if (!ip)
+			return XDP_DROP;
+		pseudo[0] = ip->saddr;
+		pseudo[1] = ip->daddr;
+		pseudo[2] = bpf_htonl((IPPROTO_UDP << 16) | udp_len);
+		sum = (__u32)bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
+	}
+	sum += frame_sum(ctx, s, s->l4_off, udp_len);
+	udp = frame_at(ctx, s->l4_off, sizeof(*udp));
+	if (!udp)
+		return XDP_DROP;
+	udp->check = ~csum_fold(sum);
+	if (!udp->check)
+		udp->check = 0xffff; /* 0 means "no checksum" in UDP */
+	return XDP_TX;
+}
+
+#endif /* CCXDP_ANSWER_H */
