@@ -210,6 +210,26 @@ static __always_inline __u64 frame_sum(struct xdp_md *ctx, struct ccxdp_scratch 
 }
 
 /*
+ * Make the frame delta bytes longer when its tail has no room: some frames (a veth's, an skb
+ * in generic mode) come with little tailroom, but XDP always leaves headroom. The frame grows
+ * at the head, and the first keep bytes (headers and question) move to the new start, so every
+ * offset in the scratch value stays right. Returns 0 on success.
+ */
+static __always_inline int grow_at_head(struct xdp_md *ctx, struct ccxdp_scratch *s, int delta,
+					__u64 keep)
+{
+	keep &= 0xffff; /* computed with 64-bit arithmetic: bound it where the verifier can see */
+	if (delta <= 0 || keep < 1 || keep > sizeof(s->move_buf))
+		return -1;
+	if (bpf_xdp_adjust_head(ctx, -delta))
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, delta, s->move_buf, keep) ||
+	    bpf_xdp_store_bytes(ctx, 0, s->move_buf, keep))
+		return -1;
+	return 0;
+}
+
+/*
  * Turn the query into the answer the action calls for. Returns XDP_TX, or XDP_DROP when the
  * frame could not be made the answer's size (the query must not reach the resolver either
  * way).
@@ -244,7 +264,7 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	udp_len = sizeof(struct udphdr) + dns_len;
 	frame_len = (long)ctx->data_end - (long)ctx->data;
 	delta = (int)(s->l4_off + udp_len) - (int)frame_len;
-	if (bpf_xdp_adjust_tail(ctx, delta))
+	if (bpf_xdp_adjust_tail(ctx, delta) && grow_at_head(ctx, s, delta, dns_off + qend))
 		return XDP_DROP;
 
 	/* Every packet pointer is void after adjust_tail: from here, offsets only. */

@@ -29,6 +29,11 @@
  * record 28 or an SOA 34, an OPT 11; rounded up to a multiple of 4. */
 #define CCXDP_MAX_ANSWER_UDP 352
 
+/* The most a query's headers and question take when they must move: Ethernet 14, two VLAN
+ * tags 8, IPv4 with options 60, UDP 8, DNS 12, question 259; rounded up. IPv6 extension
+ * headers beyond that make the answer fall back to a drop. */
+#define CCXDP_MAX_MOVE 368
+
 /* The QNAME's offset is masked with this for the verifier. The headers before it are at most
  * 14 + 2 * 4 (VLAN) + 40 + CCXDP_MAX_IPV6_EXT * 2048 + 8 (UDP) + 12 (DNS) = 8274 bytes. */
 #define CCXDP_MAX_FRAME_OFF 0x3fff
@@ -120,6 +125,8 @@ struct ccxdp_scratch {
 	struct ccxdp_entry match;
 	/* The UDP datagram of an answer, zero-padded to 4 bytes, for its checksum (answer.h). */
 	__u8 csum_buf[CCXDP_MAX_ANSWER_UDP + 4];
+	/* Headers and question of a query moved to make room at the head (answer.h). */
+	__u8 move_buf[CCXDP_MAX_MOVE];
 };
 
 BPF_PERCPU_ARRAY(ccxdp_scratch, struct ccxdp_scratch, 1);
