@@ -35,10 +35,10 @@ def question(qname_wire: bytes, qtype=1, qclass=1) -> bytes:
     return qname_wire + struct.pack("!HH", qtype, qclass)
 
 
-def query(name: str | bytes = "www.lab.example", **header) -> bytes:
+def query(name: str | bytes = "www.lab.example", qtype: int = 1, **header) -> bytes:
     """A DNS query message; name is text (made wire form as is, case kept) or raw wire bytes."""
     wire = name if isinstance(name, bytes) else raw_wire(name)
-    return dns_header(**header) + question(wire)
+    return dns_header(**header) + question(wire, qtype)
 
 
 def raw_wire(name: str) -> bytes:
