@@ -176,3 +176,25 @@ def test_exact_counts_per_action(answering, lab, ccxdp):
     assert stats["events"]["answer_failed"] == 0
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
     assert hits == {("198.18.0.2", 3): 4, ("fd00:cc::2", 3): 1}
+
+
+def test_allow_listed_name_gets_unbounds_answer_and_no_count(answering, lab, ccxdp):
+    """Block the subtree lab.example (sinkhole), allow mail.lab.example: the allowed name gets
+    unbound's real answer and nothing is counted for it; its siblings are sinkholed."""
+    key = answering.hash_key()
+    write_kernel_entries(answering, {
+        name_hash("lab.example", key): layout.Entry(layout.Action.SINKHOLE,
+                                                    layout.ENTRY_SUBTREE, 4),
+        name_hash("mail.lab.example", key): layout.Entry(layout.Action.ALLOW, 0, 0),
+    })
+    before = ccxdp.json("stats")
+    assert lab.dig("mail.lab.example").rdata("A") == ["198.18.1.11"]
+    assert lab.unbound_queries_for("mail.lab.example") == 1
+    assert lab.dig("www.lab.example").rdata("A") == [SINK4]
+    assert lab.unbound_queries_for("www.lab.example") == 0
+    after = ccxdp.json("stats")
+    assert after["outcomes"]["allowed"] - before["outcomes"]["allowed"] == 1
+    assert after["actions"]["allow"] - before["actions"]["allow"] == 1
+    assert after["actions"]["sinkhole"] - before["actions"]["sinkhole"] == 1
+    hits = {(s["address"], s["category"]): s["hits"] for s in after["sources"]}
+    assert hits == {("198.18.0.2", 4): 1}
