@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from rich.console import Group
 from rich.table import Table
 
 from .blocklist import Change
-from .catalog import CatalogEntry
+from .catalog import BLOCK, CatalogEntry, ExemptEntry
 from .datapath import Attachment
+from .exempt import PrefixChange
+from .settings import DESCRIPTIONS, Settings
 from .stats import StatsSnapshot
 
 _OUTCOME_HELP = {
@@ -39,7 +42,8 @@ def _counts(title: str, what: str, unit: str, counts: dict[str, int]) -> Table:
     return table
 
 
-def render_stats(s: StatsSnapshot) -> Group:
+def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) -> Group:
+    """The counters; a source's category is shown by name where categories names it."""
     totals = Table(title="ccxdp counters", title_justify="left")
     totals.add_column("outcome")
     totals.add_column("frames", justify="right")
@@ -64,8 +68,9 @@ def render_stats(s: StatsSnapshot) -> Group:
     sources.add_column("first seen (UTC)")
     sources.add_column("last seen (UTC)")
     for src in s.sources:
+        category = (categories or {}).get(src.category, str(src.category))
         sources.add_row(
-            src.address, str(src.category), f"{src.hits:,}", _when(src.first_seen),
+            src.address, category, f"{src.hits:,}", _when(src.first_seen),
             _when(src.last_seen),
         )
     parts.append(sources)
@@ -89,14 +94,23 @@ def render_attachments(attachments: list[Attachment], loaded: bool, names: int) 
     return Group(head, table)
 
 
-def render_entries(entries: list[CatalogEntry]) -> Table:
-    table = Table(title=f"block entries ({len(entries)})", title_justify="left")
+def render_entries(
+    entries: list[CatalogEntry], categories: Mapping[int, str] | None = None, kind: str = BLOCK
+) -> Table:
+    """Block entries, with action and category name; or allow entries, which have neither."""
+    blocks = kind == BLOCK
+    table = Table(title=f"{kind} entries ({len(entries)})", title_justify="left")
     table.add_column("name")
     table.add_column("match")
-    table.add_column("action")
+    if blocks:
+        table.add_column("action")
+        table.add_column("category")
     table.add_column("added (UTC)")
     for e in entries:
-        table.add_row(e.name, "subtree" if e.subtree else "exact", e.action, e.added_at)
+        cells = [e.name, "subtree" if e.subtree else "exact"]
+        if blocks:
+            cells += [e.action, (categories or {}).get(e.category, "-")]
+        table.add_row(*cells, e.added_at)
     return table
 
 
@@ -104,8 +118,48 @@ def render_changes(changes: list[Change]) -> Table:
     table = Table(show_header=True)
     table.add_column("name")
     table.add_column("match")
+    with_action = any(c.action is not None for c in changes)
+    if with_action:
+        table.add_column("action")
+        table.add_column("category")
     table.add_column("result")
     for c in changes:
         match = "-" if c.subtree is None else ("subtree" if c.subtree else "exact")
-        table.add_row(c.name, match, c.status)
+        cells = [c.name, match]
+        if with_action:
+            cells += [c.action or "-", c.category or "-"]
+        table.add_row(*cells, c.status)
     return table
+
+
+def render_prefix_changes(changes: list[PrefixChange]) -> Table:
+    table = Table(show_header=True)
+    table.add_column("prefix")
+    table.add_column("result")
+    for c in changes:
+        table.add_row(c.prefix, c.status)
+    return table
+
+
+def render_exempt(entries: list[ExemptEntry]) -> Table:
+    table = Table(title=f"exempt source prefixes ({len(entries)})", title_justify="left")
+    table.add_column("prefix")
+    table.add_column("added (UTC)")
+    for e in entries:
+        table.add_row(e.prefix, e.added_at)
+    return table
+
+
+def render_settings(settings: Settings, loaded: bool, map_path: str, file_path: str) -> Group:
+    """Every setting with its meaning, and where they live."""
+    table = Table(title="ccxdp settings", title_justify="left")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("meaning", style="dim")
+    for key, value in settings.as_dict().items():
+        table.add_row(key, str(value), DESCRIPTIONS.get(key, ""))
+    if loaded:
+        where = f"in the kernel map {map_path} (in use), kept in {file_path}"
+    else:
+        where = f"in {file_path}; not loaded: the program gets them at the next attach"
+    return Group(table, where)

@@ -25,6 +25,17 @@ ACTION_NAMES = {
 BLOCK_ACTIONS = sorted(ACTION_NAMES)
 
 
+# What each setting does, for 'ccxdp config show'.
+DESCRIPTIONS = {
+    "default_action": "action of block entries listed without --action",
+    "sinkhole_v4": "address in sinkhole answers to A queries",
+    "sinkhole_v6": "address in sinkhole answers to AAAA queries",
+    "answer_ttl": "TTL of sinkhole answers (seconds)",
+    "negative_ttl": "TTL and SOA MINIMUM of NXDOMAIN/NODATA answers (seconds)",
+    "edns_udp_size": "UDP payload size in the OPT record of answers",
+}
+
+
 def action_name(action: int) -> str:
     if action == layout.Action.DEFAULT:
         return "default"

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from ccxdp import layout
-from ccxdp.catalog import Catalog, CatalogEntry, CatalogError
+from ccxdp.blocklist import kernel_entries
+from ccxdp.catalog import ALLOW, Catalog, CatalogEntry, CatalogError
 from ccxdp.datapath import Datapath, Limits
 from ccxdp.hashing import name_hash
 
@@ -26,6 +27,41 @@ def test_catalog_keeps_unsigned_64_bit_hashes(tmp_path):
     with Catalog(tmp_path / "c.db") as c:
         c.upsert([CatalogEntry("big.test", (1 << 64) - 1, True)])
         assert c.get("big.test").hash == (1 << 64) - 1
+
+
+def test_kernel_entries_hold_one_value_per_name_and_the_allow_wins(tmp_path):
+    """What the kernel should hold is a function of the catalog alone: changes write it for
+    the names they touch, reconcile for all names."""
+    A = layout.Action
+    with Catalog(tmp_path / "c.db") as c:
+        emotet = c.category_id("emotet")
+        c.upsert([
+            CatalogEntry("both.test", 1, False, "refused", emotet),
+            CatalogEntry("both.test", 1, True, "allow", kind=ALLOW),
+            CatalogEntry("block.test", 2, True, "default"),
+            CatalogEntry("sink.test", 3, False, "sinkhole", emotet),
+            CatalogEntry("allow.test", 4, False, "allow", kind=ALLOW),
+        ])
+        got = {h: (v.action, v.flags, v.category) for h, v in kernel_entries(c).items()}
+        assert got == {
+            1: (A.ALLOW, layout.ENTRY_SUBTREE, 0),
+            2: (A.DEFAULT, layout.ENTRY_SUBTREE, 0),
+            3: (A.SINKHOLE, 0, emotet),
+            4: (A.ALLOW, 0, 0),
+        }
+        c.remove(["both.test"], ALLOW)
+        some = kernel_entries(c, ["both.test", "gone.test"])
+        assert {h: (v.action, v.category) for h, v in some.items()} == {1: (A.REFUSED, emotet)}
+
+
+def test_a_name_may_be_both_blocked_and_allowed_but_not_share_a_hash(tmp_path):
+    with Catalog(tmp_path / "c.db") as c:
+        c.upsert([CatalogEntry("a.test", 7, False), CatalogEntry("a.test", 7, False,
+                                                                  "allow", kind=ALLOW)])
+        with pytest.raises(CatalogError, match="'b.test' hashes like the listed 'a.test'"):
+            c.upsert([CatalogEntry("b.test", 7, False, "allow", kind=ALLOW)])
+        assert [(e.name, e.kind) for e in c.entries(kind=None)] == [("a.test", "allow"),
+                                                                    ("a.test", "block")]
 
 
 @pytest.fixture
@@ -65,14 +101,17 @@ def test_full_name_map_changes_nothing(small):
 def test_update_of_an_existing_entry_and_remove(small):
     cli, dp = small
     assert cli.json("block", "add", "a.test") == [
-        {"name": "a.test", "status": "added", "subtree": False}
+        {"name": "a.test", "status": "added", "subtree": False, "action": "default",
+         "category": None}
     ]
     assert cli.json("block", "add", "A.TEST.", "--subtree") == [
-        {"name": "a.test", "status": "updated", "subtree": True}
+        {"name": "a.test", "status": "updated", "subtree": True, "action": "default",
+         "category": None}
     ]
     with dp.open_map(layout.MAP_NAMES) as m:
         entry = m.lookup(ct.c_uint64(name_hash("a.test", dp.hash_key())))
-    assert (entry.action, entry.flags, entry.category) == (layout.Action.DROP, 1, 0)
+    # No --action: the configured default action decides at query time.
+    assert (entry.action, entry.flags, entry.category) == (layout.Action.DEFAULT, 1, 0)
     cp = cli.run("block", "remove", "a.test", "never.test", "--json", check=False)
     assert cp.returncode == 1 and "not listed: never.test" in cp.stderr
     assert kernel_hashes(dp) == set()

@@ -543,6 +543,10 @@ ALL_KINDS = [
     ["stats"],
     ["block", "list"],
     ["block", "add", "evil.example"],
+    ["allow", "add", "cdn.evil.example"],
+    ["exempt", "add", "198.18.7.0/24"],
+    ["config", "show"],
+    ["config", "set", "answer_ttl", "60"],
 ]
 
 

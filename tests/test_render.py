@@ -7,9 +7,19 @@ import io
 from rich.console import Console
 
 from ccxdp.blocklist import Change
-from ccxdp.catalog import CatalogEntry
+from ccxdp.catalog import CatalogEntry, ExemptEntry
 from ccxdp.datapath import Attachment, Mode
-from ccxdp.render import render_attachments, render_changes, render_entries, render_stats
+from ccxdp.exempt import PrefixChange
+from ccxdp.render import (
+    render_attachments,
+    render_changes,
+    render_entries,
+    render_exempt,
+    render_prefix_changes,
+    render_settings,
+    render_stats,
+)
+from ccxdp.settings import Settings
 from ccxdp.stats import SourceStat, StatsSnapshot
 
 T0 = 1795813501.0  # 2026-11-27 21:05:01 UTC
@@ -77,7 +87,50 @@ def test_attachments_entries_and_changes():
     assert row(out, "veth1", "res", "detached", "-")
     added = "2026-11-27T19:05:01+00:00"
     out = text(render_entries([CatalogEntry("evil.test", 1, True, added_at=added)]))
-    assert row(out, "evil.test", "subtree", "drop", "2026-11-27T19:05:01+00:00")
+    assert row(out, "evil.test", "subtree", "drop", "-", "2026-11-27T19:05:01+00:00")
     out = text(render_changes([Change("a.test", "added", False), Change("b.test", "not listed")]))
     assert row(out, "a.test", "exact", "added")
     assert row(out, "b.test", "-", "not listed")
+
+
+def test_stats_table_names_categories_it_knows():
+    out = text(render_stats(snapshot(), categories={3: "emotet"}))
+    assert row(out, "198.18.0.2", "emotet", "7")
+    assert row(out, "fd00:cc::2", "0", "2")
+
+
+def test_block_and_allow_entries_and_their_changes():
+    added = "2026-11-27T19:05:01+00:00"
+    entries = [CatalogEntry("evil.test", 1, True, "nxdomain", 2, added),
+               CatalogEntry("plain.test", 2, False, "default", 0, added)]
+    out = text(render_entries(entries, {2: "emotet"}))
+    assert "block entries (2)" in out
+    assert row(out, "evil.test", "subtree", "nxdomain", "emotet", added)
+    assert row(out, "plain.test", "exact", "default", "-", added)
+    out = text(render_entries([CatalogEntry("cdn.evil.test", 3, False, "allow", 0, added,
+                                            "allow")], kind="allow"))
+    assert "allow entries (1)" in out
+    assert row(out, "cdn.evil.test", "exact", added)
+    assert "action" not in out and "category" not in out
+    out = text(render_changes([Change("a.test", "added", True, "sinkhole", "emotet"),
+                               Change("b.test", "not listed")]))
+    assert row(out, "a.test", "subtree", "sinkhole", "emotet", "added")
+    assert row(out, "b.test", "-", "-", "-", "not listed")
+
+
+def test_exempt_prefixes_and_settings():
+    out = text(render_exempt([ExemptEntry("198.18.7.0/24", "2026-11-27T19:05:01+00:00")]))
+    assert "exempt source prefixes (1)" in out
+    assert row(out, "198.18.7.0/24", "2026-11-27T19:05:01+00:00")
+    out = text(render_prefix_changes([PrefixChange("fd00:7::/64", "added")]))
+    assert row(out, "fd00:7::/64", "added")
+    settings = Settings(default_action="sinkhole", sinkhole_v4="198.18.0.53")
+    out = text(render_settings(settings, loaded=True,
+                               map_path="/sys/fs/bpf/ccxdp/ccxdp_config_v1",
+                               file_path="/var/lib/ccxdp/settings.json"))
+    assert row(out, "default_action", "sinkhole", "action of block entries listed without --action")
+    assert row(out, "sinkhole_v4", "198.18.0.53")
+    assert row(out, "edns_udp_size", "1232")
+    assert "in the kernel map /sys/fs/bpf/ccxdp/ccxdp_config_v1 (in use)" in out
+    out = text(render_settings(Settings(), loaded=False, map_path="m", file_path="f.json"))
+    assert "not loaded: the program gets them at the next attach" in out

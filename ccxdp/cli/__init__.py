@@ -80,15 +80,16 @@ def cli(ctx: click.Context, pin_dir: Path, state_dir: Path) -> None:
     Examples:
       ccxdp attach eth0                 # load and attach the filter
       ccxdp block add evil.example --subtree
+      ccxdp allow add cdn.evil.example
       ccxdp stats
     """
     ctx.obj = App(pin_dir, state_dir)
 
 
 def _register() -> None:
-    from . import attach, block, debug, stats
+    from . import allow, attach, block, config, debug, exempt, stats
 
-    for module in (attach, block, stats, debug):
+    for module in (attach, block, allow, exempt, config, stats, debug):
         module.register(cli)
 
 

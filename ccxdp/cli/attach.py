@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
-from .. import blocklist
-from ..datapath import Attachment, Limits, Mode
+from .. import blocklist, exempt
+from ..datapath import Attachment, Datapath, Limits, Mode
 from ..render import render_attachments
 from . import pass_app
 from .output import emit, json_option
-from .types import INTERFACE
+from .types import ACTION, INTERFACE, IPV4, IPV6
 
 
 def _attachment_json(a: Attachment) -> dict:
@@ -53,30 +55,57 @@ def _attachment_json(a: Attachment) -> dict:
     show_default=True,
     help="Size of the per-source map (used when the maps are first made).",
 )
+@click.option(
+    "--action",
+    type=ACTION,
+    help="Default action (of block entries without their own); default: keep, or drop.",
+)
+@click.option("--sinkhole-v4", type=IPV4, help="Address in sinkhole answers to A queries.")
+@click.option("--sinkhole-v6", type=IPV6, help="Address in sinkhole answers to AAAA queries.")
 @json_option
 @pass_app
-def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, as_json):
+def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, action, sinkhole_v4,
+           sinkhole_v6, as_json):
     """Load the filter (if needed) and attach it to IFACE.
 
     The maps are pinned, so the filter keeps working after this command exits and a second
-    interface shares them. Attaching where ccxdp already runs changes nothing.
+    interface shares them. Attaching where ccxdp already runs changes nothing, except the
+    settings given here (the same as 'ccxdp config set'). Every attach makes the kernel's
+    entries and exempt prefixes match the catalog again.
 
     \b
     Examples:
       ccxdp attach eth0
       ccxdp attach veth1 --netns resolver --mode generic
       ccxdp attach eth0 --dns-port 53 --dns-port 5353
+      ccxdp attach eth0 --action sinkhole --sinkhole-v4 198.18.0.53 --sinkhole-v6 fd00::53
     """
     dp = app.datapath()
     catalog = app.catalog()
-    a = dp.attach(
-        iface,
-        Mode(mode),
-        netns=netns,
-        limits=Limits(max_names, max_sources),
-        dns_ports=dns_ports or None,
-        on_loaded=lambda loaded: blocklist.reconcile(loaded, catalog),
-    )
+    given = {"default_action": action, "sinkhole_v4": sinkhole_v4, "sinkhole_v6": sinkhole_v6}
+    given = {k: v for k, v in given.items() if v is not None}
+    before = dp.settings() if given else None
+
+    def on_loaded(loaded: Datapath) -> None:
+        # Before the program is attached, so its first query already sees all of it.
+        if given:
+            loaded.set_settings(replace(loaded.settings(), **given))
+        blocklist.reconcile(loaded, catalog)
+        exempt.reconcile(loaded, catalog)
+
+    try:
+        a = dp.attach(
+            iface,
+            Mode(mode),
+            netns=netns,
+            limits=Limits(max_names, max_sources),
+            dns_ports=dns_ports or None,
+            on_loaded=on_loaded,
+        )
+    except BaseException:
+        if before is not None:  # a failed attach changes nothing, settings included
+            dp.set_settings(before)
+        raise
     emit(
         as_json,
         _attachment_json(a),

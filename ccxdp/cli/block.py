@@ -1,28 +1,51 @@
-"""block add / remove / list: the names the filter blocks."""
+"""block add / remove / list: the names the filter blocks, and what it does to their queries."""
 
 from __future__ import annotations
 
 import click
 
 from .. import blocklist
+from ..catalog import ALLOW, BLOCK
 from ..render import render_changes, render_entries
 from . import pass_app
 from .output import emit, err_console, json_option
-from .types import DOMAIN
+from .types import ACTION, CATEGORY, DOMAIN
 
 
-def _changes_json(changes) -> list[dict]:
-    return [{"name": c.name, "status": c.status, "subtree": c.subtree} for c in changes]
+def changes_json(changes, kind: str = BLOCK) -> list[dict]:
+    out = []
+    for c in changes:
+        item = {"name": c.name, "status": c.status, "subtree": c.subtree}
+        if kind == BLOCK:
+            item.update(action=c.action, category=c.category)
+        out.append(item)
+    return out
+
+
+def entries_json(entries, categories: dict[int, str], kind: str = BLOCK) -> list[dict]:
+    out = []
+    for e in entries:
+        item = {"name": e.name, "match": "subtree" if e.subtree else "exact"}
+        if kind == BLOCK:
+            item.update(action=e.action, category=categories.get(e.category))
+        item["added_at"] = e.added_at
+        out.append(item)
+    return out
+
+
+def note_not_loaded(dp, as_json: bool, what: str = "entries") -> None:
+    if not dp.is_loaded() and not as_json:
+        err_console().print(f"ccxdp is not loaded: the {what} take effect at the next attach")
 
 
 @click.group()
 def block():
-    """Block entries: exact names, or whole subtrees.
+    """Block entries: exact names, or whole subtrees, each with an action and a category.
 
     \b
     Examples:
       ccxdp block add evil.example
-      ccxdp block add c2.example.net --subtree
+      ccxdp block add c2.example.net --subtree --action sinkhole --category emotet
       ccxdp block list --json
     """
 
@@ -30,24 +53,39 @@ def block():
 @block.command("add")
 @click.argument("names", nargs=-1, required=True, type=DOMAIN)
 @click.option("--subtree", is_flag=True, help="Also block every name below each NAME.")
+@click.option(
+    "--action",
+    type=ACTION,
+    help="drop, nxdomain, nodata, sinkhole (or redirect), tc, refused or monitor. "
+    "Default: the configured default_action, looked up at query time.",
+)
+@click.option("--category", type=CATEGORY, help="Malware family or feed, e.g. emotet.")
 @json_option
 @pass_app
-def block_add(app, names, subtree, as_json):
+def block_add(app, names, subtree, action, category, as_json):
     """Block NAME (exactly, or with --subtree everything below it too).
 
-    Names are case-insensitive; a trailing dot is ignored. Takes effect at once where the
-    filter is loaded, otherwise at the next attach.
+    Names are case-insensitive; a trailing dot is ignored. Adding a listed name again
+    replaces its match, action and category. Without --action the entry follows the
+    configured default action ('ccxdp config set default_action ...'). Takes effect at once
+    where the filter is loaded, otherwise at the next attach.
 
     \b
     Examples:
       ccxdp block add evil.example
       ccxdp block add c2.example.net --subtree
+      ccxdp block add c2.example.org --action sinkhole --category emotet
     """
     dp = app.datapath()
-    changes = blocklist.add(dp, app.catalog(), names, subtree)
-    emit(as_json, _changes_json(changes), lambda: render_changes(changes))
-    if not dp.is_loaded() and not as_json:
-        err_console().print("ccxdp is not loaded: the entries take effect at the next attach")
+    catalog = app.catalog()
+    changes = blocklist.add(dp, catalog, names, subtree, action or "default", category)
+    emit(as_json, changes_json(changes), lambda: render_changes(changes))
+    note_not_loaded(dp, as_json)
+    if not as_json:
+        allowed = [c.name for c in changes if catalog.get(c.name, ALLOW) is not None]
+        if allowed:
+            err_console().print(f"also allow-listed, so the allow entries decide: "
+                                f"{', '.join(allowed)}")
 
 
 @block.command("remove")
@@ -62,7 +100,7 @@ def block_remove(app, names, as_json):
       ccxdp block remove evil.example
     """
     changes = blocklist.remove(app.datapath(), app.catalog(), names)
-    emit(as_json, _changes_json(changes), lambda: render_changes(changes))
+    emit(as_json, changes_json(changes), lambda: render_changes(changes))
     missing = [c.name for c in changes if c.status == "not listed"]
     if missing:
         raise click.ClickException(f"not listed: {', '.join(missing)}")
@@ -72,24 +110,16 @@ def block_remove(app, names, as_json):
 @json_option
 @pass_app
 def block_list(app, as_json):
-    """List the block entries.
+    """List the block entries, with action and category.
 
     \b
     Example:
       ccxdp block list --json
     """
-    entries = app.catalog().entries()
-    data = [
-        {
-            "name": e.name,
-            "match": "subtree" if e.subtree else "exact",
-            "action": e.action,
-            "category": e.category,
-            "added_at": e.added_at,
-        }
-        for e in entries
-    ]
-    emit(as_json, data, lambda: render_entries(entries))
+    catalog = app.catalog()
+    entries = catalog.entries(BLOCK)
+    categories = catalog.categories()
+    emit(as_json, entries_json(entries, categories), lambda: render_entries(entries, categories))
 
 
 def register(group: click.Group) -> None:

@@ -22,7 +22,11 @@ def stats(app, as_json):
       ccxdp stats --json | jq .outcomes.blocked
     """
     snap = read_stats(app.datapath())
-    emit(as_json, snap.to_json(), lambda: render_stats(snap))
+    categories = app.catalog().categories()
+    data = snap.to_json()
+    for source in data["sources"]:
+        source["category_name"] = categories.get(source["category"])
+    emit(as_json, data, lambda: render_stats(snap, categories))
 
 
 def register(group: click.Group) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import fields
+
 import click
 
+from ..catalog import CatalogError, normalize_category
 from ..errors import InvalidNameError
+from ..exempt import PrefixError, parse_prefix
 from ..names import normalize
+from ..settings import ACTION_NAMES, BLOCK_ACTIONS, Settings
 
 
 class DomainNameType(click.ParamType):
@@ -28,5 +34,79 @@ class InterfaceType(click.ParamType):
         return value
 
 
+class ActionType(click.ParamType):
+    """A block action; ``redirect`` is RPZ's other name for ``sinkhole``."""
+
+    name = "action"
+
+    def convert(self, value, param, ctx):
+        text = value.strip().lower()
+        if text not in ACTION_NAMES:
+            self.fail(f"{value!r} is not an action ({', '.join(BLOCK_ACTIONS)})", param, ctx)
+        return "sinkhole" if text == "redirect" else text
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(a) for a in BLOCK_ACTIONS if a.startswith(incomplete)]
+
+
+class CategoryType(click.ParamType):
+    name = "category"
+
+    def convert(self, value, param, ctx):
+        try:
+            return normalize_category(value)
+        except CatalogError as e:
+            self.fail(str(e), param, ctx)
+
+
+class PrefixType(click.ParamType):
+    """An IPv4 or IPv6 source prefix (a bare address is a /32 or /128), host bits clear."""
+
+    name = "prefix"
+
+    def convert(self, value, param, ctx):
+        try:
+            return str(parse_prefix(value))
+        except PrefixError as e:
+            self.fail(str(e), param, ctx)
+
+
+class AddressType(click.ParamType):
+    def __init__(self, version: int):
+        self.version = version
+        self.name = f"ipv{version}"
+
+    def convert(self, value, param, ctx):
+        cls = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
+        try:
+            return str(cls(value.strip()))
+        except ValueError:
+            self.fail(f"{value!r} is not an IPv{self.version} address", param, ctx)
+
+
+class SettingKeyType(click.ParamType):
+    name = "key"
+
+    def convert(self, value, param, ctx):
+        keys = [f.name for f in fields(Settings)]
+        if value not in keys:
+            self.fail(f"unknown setting {value!r}; the settings are: {', '.join(keys)}",
+                      param, ctx)
+        return value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(f.name) for f in fields(Settings) if f.name.startswith(incomplete)]
+
+
 DOMAIN = DomainNameType()
 INTERFACE = InterfaceType()
+ACTION = ActionType()
+CATEGORY = CategoryType()
+PREFIX = PrefixType()
+IPV4 = AddressType(4)
+IPV6 = AddressType(6)
+SETTING_KEY = SettingKeyType()
