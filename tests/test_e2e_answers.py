@@ -4,8 +4,6 @@ of the blocked queries reaches unbound, and the counts are exact."""
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
 import re
 
 import dns.flags
@@ -14,10 +12,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from ccxdp import bpfsys, layout
-from ccxdp.blocklist import write_kernel_entries
+from ccxdp import bpfsys
 from ccxdp.datapath import Datapath
-from ccxdp.hashing import name_hash
 from ccxdp.settings import Settings
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -71,19 +67,17 @@ def answering(request, ccxdp, lab):
             ipr.link("set", index=idx, IFLA_XDP={"attrs": [("IFLA_XDP_FD", peer),
                                                            ("IFLA_XDP_FLAGS", 4)]})
         bpfsys.close(peer)
-    ccxdp.json("attach", lab.res_if, "--netns", lab.res_ns, "--mode", request.param)
-    dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
-    dp.set_settings(SETTINGS)
-    key = dp.hash_key()
-    write_kernel_entries(dp, {
-        name_hash(n, key): layout.Entry(layout.Action[a.upper()],
-                                        layout.ENTRY_SUBTREE if sub else 0, 3)
-        for n, (a, sub) in ENTRIES.items()
-    })
-    with dp.open_map(layout.MAP_EXEMPT) as m:
-        mapped = ipaddress.IPv6Address(f"::ffff:{EXEMPT}").packed
-        m.update(layout.LpmKey(128, (ctypes.c_uint8 * 16).from_buffer_copy(mapped)), 1)
-    return dp
+    ccxdp.json("attach", lab.res_if, "--netns", lab.res_ns, "--mode", request.param,
+               "--action", "nxdomain", "--sinkhole-v4", SINK4, "--sinkhole-v6", SINK6)
+    ccxdp.run("config", "set", "answer_ttl", "60")
+    ccxdp.run("config", "set", "negative_ttl", "30")
+    for name, (action, subtree) in ENTRIES.items():
+        args = ["block", "add", name, "--category", "emotet"]
+        args += ["--subtree"] if subtree else []
+        args += [] if action == "default" else ["--action", action]
+        ccxdp.run(*args)
+    ccxdp.run("exempt", "add", EXEMPT)
+    return Datapath(ccxdp.pin_dir, ccxdp.state_dir)
 
 
 def test_dig_kdig_and_dnspython_accept_every_answer(answering, lab, ccxdp):
@@ -158,9 +152,9 @@ def test_exempt_source_and_monitor_get_unbounds_answer(answering, lab, ccxdp):
     assert after["outcomes"]["exempt"] - before["outcomes"]["exempt"] == 1
     assert after["outcomes"]["monitored"] - before["outcomes"]["monitored"] == 1
     assert after["actions"]["monitor"] - before["actions"]["monitor"] == 1
-    sources = {(s["address"], s["category"]): s["hits"] for s in after["sources"]}
+    sources = {(s["address"], s["category_name"]): s["hits"] for s in after["sources"]}
     assert EXEMPT not in {a for a, _ in sources}
-    assert sources[("198.18.0.2", 3)] == 1
+    assert sources[("198.18.0.2", "emotet")] == 1
 
 
 def test_exact_counts_per_action(answering, lab, ccxdp):
@@ -174,19 +168,16 @@ def test_exact_counts_per_action(answering, lab, ccxdp):
     assert stats["actions"]["refused"] == 1
     assert stats["outcomes"]["blocked"] == 5
     assert stats["events"]["answer_failed"] == 0
-    hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
-    assert hits == {("198.18.0.2", 3): 4, ("fd00:cc::2", 3): 1}
+    hits = {(s["address"], s["category_name"]): s["hits"] for s in stats["sources"]}
+    assert hits == {("198.18.0.2", "emotet"): 4, ("fd00:cc::2", "emotet"): 1}
 
 
 def test_allow_listed_name_gets_unbounds_answer_and_no_count(answering, lab, ccxdp):
     """Block the subtree lab.example (sinkhole), allow mail.lab.example: the allowed name gets
     unbound's real answer and nothing is counted for it; its siblings are sinkholed."""
-    key = answering.hash_key()
-    write_kernel_entries(answering, {
-        name_hash("lab.example", key): layout.Entry(layout.Action.SINKHOLE,
-                                                    layout.ENTRY_SUBTREE, 4),
-        name_hash("mail.lab.example", key): layout.Entry(layout.Action.ALLOW, 0, 0),
-    })
+    ccxdp.run("block", "add", "lab.example", "--subtree", "--action", "sinkhole",
+              "--category", "qakbot")
+    ccxdp.run("allow", "add", "mail.lab.example")
     before = ccxdp.json("stats")
     assert lab.dig("mail.lab.example").rdata("A") == ["198.18.1.11"]
     assert lab.unbound_queries_for("mail.lab.example") == 1
@@ -196,5 +187,5 @@ def test_allow_listed_name_gets_unbounds_answer_and_no_count(answering, lab, ccx
     assert after["outcomes"]["allowed"] - before["outcomes"]["allowed"] == 1
     assert after["actions"]["allow"] - before["actions"]["allow"] == 1
     assert after["actions"]["sinkhole"] - before["actions"]["sinkhole"] == 1
-    hits = {(s["address"], s["category"]): s["hits"] for s in after["sources"]}
-    assert hits == {("198.18.0.2", 4): 1}
+    hits = {(s["address"], s["category_name"]): s["hits"] for s in after["sources"]}
+    assert hits == {("198.18.0.2", "qakbot"): 1}
