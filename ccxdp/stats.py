@@ -70,9 +70,10 @@ def address_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
-def boot_to_unix(ns: int) -> float:
-    """The program stamps CLOCK_BOOTTIME; shift it onto the wall clock."""
-    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ns / 1e9)
+def boot_clock_offset() -> float:
+    """Seconds to add to CLOCK_BOOTTIME (what the program stamps) to get Unix time. Taken once
+    per snapshot: two readings differ a little, and first_seen <= last_seen must survive."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def read_stats(dp: Datapath) -> StatsSnapshot:
@@ -89,6 +90,7 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
         if a != layout.Action.DEFAULT
     }
     sources = []
+    offset = boot_clock_offset()
     with dp.open_map(layout.MAP_SOURCES) as srcs:
         for k, v in srcs.lookup_batch():
             sources.append(
@@ -96,8 +98,8 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
                     address_text(bytes(k.addr)),
                     k.category,
                     v.hits,
-                    boot_to_unix(v.first_seen_ns),
-                    boot_to_unix(v.last_seen_ns),
+                    offset + v.first_seen_ns / 1e9,
+                    offset + v.last_seen_ns / 1e9,
                 )
             )
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
