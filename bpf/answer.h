@@ -11,7 +11,10 @@
  *                     MNAME and RNAME the root, TTL and MINIMUM negative_ttl; nothing in it
  *                     says why the name was blocked
  *   refused, tc       no records
- * and an OPT record (no options, DO clear) when the query carried one.
+ * and an OPT record (no options, DO clear) when the query carried one; a query with EDNS
+ * version above 0 gets BADVERS (RFC 6891 6.1.3), a class other than IN gets REFUSED.
+ * Queries sent to a broadcast or multicast address, or carrying IP options or IPv6 extension
+ * headers (which a reply would have to reverse or strip), are dropped instead of answered.
  */
 #ifndef CCXDP_ANSWER_H
 #define CCXDP_ANSWER_H
@@ -30,6 +33,8 @@
 #define DNS_FLAG_TC 0x0200
 #define DNS_FLAG_RD 0x0100
 #define DNS_FLAG_RA 0x0080
+#define DNS_FLAG_CD 0x0010
+#define DNS_EXT_RCODE_BADVERS 1 /* BADVERS (16) >> 4, in the OPT's extended RCODE byte */
 #define DNS_RCODE_NOERROR 0
 #define DNS_RCODE_NXDOMAIN 3
 #define DNS_RCODE_REFUSED 5
@@ -46,6 +51,14 @@
 #define SOA_RETRY 600
 #define SOA_EXPIRE 86400
 
+/* Tests build a variant whose tail never grows, to drive grow_at_head() through
+ * BPF_PROG_TEST_RUN (whose frames always have tailroom). */
+#ifdef CCXDP_TEST_NO_TAIL_GROW
+#define grow_tail(ctx, delta) ((delta) > 0 ? -1 : bpf_xdp_adjust_tail(ctx, delta))
+#else
+#define grow_tail(ctx, delta) bpf_xdp_adjust_tail(ctx, delta)
+#endif
+
 struct answer_plan {
 	__u16 rcode;
 	__u16 tc;
@@ -53,6 +66,7 @@ struct answer_plan {
 	__u16 rr_len;  /* bytes of that record */
 	__u16 an;      /* 1 when the record is an answer, 0 when it is authority */
 	__u16 opt;     /* 1 to append an OPT */
+	__u16 badvers; /* 1: the OPT says BADVERS */
 };
 
 static __always_inline __u16 csum_fold(__u64 sum)
@@ -75,17 +89,39 @@ static __always_inline void *frame_at(struct xdp_md *ctx, __u32 off, __u32 len)
 	return p;
 }
 
-/* Whether the query's first additional record is an OPT (root owner, type 41). */
-static __always_inline int query_has_opt(struct xdp_md *ctx, struct ccxdp_scratch *s,
-					 __u16 arcount)
+/* Whether the query's first additional record is an OPT (root owner, type 41): 0 if not, 1
+ * for EDNS version 0, 2 for a later version. */
+static __always_inline int query_opt(struct xdp_md *ctx, struct ccxdp_scratch *s, __u16 arcount)
 {
 	__u32 off = s->qoff + s->name_len + 4;
 	__u8 *p;
 
 	if (!arcount || s->name_len + 4 + OPT_LEN > s->avail)
 		return 0;
-	p = frame_at(ctx, off, 3);
-	return p && p[0] == 0 && p[1] == 0 && p[2] == DNS_TYPE_OPT;
+	p = frame_at(ctx, off, 7);
+	if (!p || p[0] != 0 || p[1] != 0 || p[2] != DNS_TYPE_OPT)
+		return 0;
+	return p[6] == 0 ? 1 : 2; /* owner 1, type 2, UDP size 2, extended RCODE 1, version */
+}
+
+/* Whether the query may be answered from here at all. */
+static __always_inline int answerable(struct xdp_md *ctx, struct ccxdp_scratch *s)
+{
+	struct ethhdr *eth = frame_at(ctx, 0, sizeof(*eth));
+
+	if (!eth || (eth->h_dest[0] & 1)) /* broadcast or multicast MAC */
+		return 0;
+	if (s->ipv6) {
+		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
+
+		return ip6 && ip6->daddr.in6_u.u6_addr8[0] != 0xff &&
+		       s->l4_off == s->l3_off + sizeof(*ip6);
+	} else {
+		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+
+		/* 224.0.0.0 and up: multicast, reserved, the limited broadcast */
+		return ip && ip->ihl == 5 && (bpf_ntohl(ip->daddr) >> 28) < 0xe;
+	}
 }
 
 static __always_inline void plan_answer(struct answer_plan *plan, int action, __u16 qtype,
@@ -93,17 +129,21 @@ static __always_inline void plan_answer(struct answer_plan *plan, int action, __
 {
 	int nodata = 0;
 
+	if (qclass != DNS_CLASS_IN) {
+		plan->rcode = DNS_RCODE_REFUSED;
+		return;
+	}
 	switch (action) {
 	case CCXDP_ACTION_NXDOMAIN:
 		plan->rcode = DNS_RCODE_NXDOMAIN;
 		nodata = 1;
 		break;
 	case CCXDP_ACTION_SINKHOLE:
-		if (qclass == DNS_CLASS_IN && qtype == DNS_TYPE_A) {
+		if (qtype == DNS_TYPE_A) {
 			plan->rr_type = DNS_TYPE_A;
 			plan->rr_len = RR_FIXED_LEN + 4;
 			plan->an = 1;
-		} else if (qclass == DNS_CLASS_IN && qtype == DNS_TYPE_AAAA) {
+		} else if (qtype == DNS_TYPE_AAAA) {
 			plan->rr_type = DNS_TYPE_AAAA;
 			plan->rr_len = RR_FIXED_LEN + 16;
 			plan->an = 1;
@@ -128,7 +168,7 @@ static __always_inline void plan_answer(struct answer_plan *plan, int action, __
 	}
 }
 
-/* Write one 16-bit and one 32-bit value at p + off, in network order, unaligned. */
+/* Write a 16-bit or a 32-bit value at p, in network order, unaligned. */
 static __always_inline void put16(__u8 *p, __u16 v)
 {
 	p[0] = v >> 8;
@@ -190,23 +230,28 @@ static __always_inline int write_record(struct xdp_md *ctx, __u32 off,
  * 4 bytes, and a copy of bounded size is what the verifier accepts for a length known only at
  * run time.
  */
-static __always_inline __u64 frame_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, __u32 off,
-				       __u64 len)
+static __always_inline int frame_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, __u32 off,
+				     __u64 len, __u64 *sum)
 {
 	__u64 whole, padded;
+	long partial;
 
 	/* Callers compute len with 64-bit arithmetic: bound it where the verifier can see. */
 	len &= 0xffff;
 	if (len < 1 || len > CCXDP_MAX_ANSWER_UDP)
-		return 0;
+		return -1;
 	whole = len & ~3ULL;
 	padded = (len + 3) & ~3ULL;
 	/* Zero the last 4-byte chunk; the copy then overwrites its first len % 4 bytes. */
 	if (whole < CCXDP_MAX_ANSWER_UDP)
 		*(__u32 *)&s->csum_buf[whole] = 0;
 	if (bpf_xdp_load_bytes(ctx, off, s->csum_buf, len))
-		return 0;
-	return (__u32)bpf_csum_diff(NULL, 0, (__be32 *)s->csum_buf, padded, 0);
+		return -1;
+	partial = bpf_csum_diff(NULL, 0, (__be32 *)s->csum_buf, padded, 0);
+	if (partial < 0)
+		return -1;
+	*sum += (__u32)partial;
+	return 0;
 }
 
 /*
@@ -246,7 +291,7 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	__u16 qtype, qclass, flags, arcount;
 	__u8 mac[ETH_ALEN], *q, *rec;
 	__u64 sum;
-	int delta;
+	int delta, opt;
 
 	dns = frame_at(ctx, dns_off, sizeof(*dns));
 	q = frame_at(ctx, s->qoff + s->name_len, 4);
@@ -256,15 +301,21 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	qclass = (q[2] << 8) | q[3];
 	flags = bpf_ntohs(dns->flags);
 	arcount = bpf_ntohs(dns->arcount);
-	plan_answer(&plan, action, qtype, qclass);
-	plan.opt = query_has_opt(ctx, s, arcount);
+	if (!answerable(ctx, s))
+		return XDP_DROP;
+	opt = query_opt(ctx, s, arcount);
+	plan.opt = opt != 0;
+	if (opt == 2)
+		plan.badvers = 1; /* an answer with no records but the OPT */
+	else
+		plan_answer(&plan, action, qtype, qclass);
 
 	qend = sizeof(struct dnshdr) + s->name_len + 4;
 	dns_len = qend + plan.rr_len + (plan.opt ? OPT_LEN : 0);
 	udp_len = sizeof(struct udphdr) + dns_len;
 	frame_len = (long)ctx->data_end - (long)ctx->data;
 	delta = (int)(s->l4_off + udp_len) - (int)frame_len;
-	if (bpf_xdp_adjust_tail(ctx, delta) && grow_at_head(ctx, s, delta, dns_off + qend))
+	if (grow_tail(ctx, delta) && grow_at_head(ctx, s, delta, dns_off + qend))
 		return XDP_DROP;
 
 	/* Every packet pointer is void after adjust_tail: from here, offsets only. */
@@ -290,7 +341,7 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	dns = frame_at(ctx, dns_off, sizeof(*dns));
 	if (!dns)
 		return XDP_DROP;
-	dns->flags = bpf_htons(DNS_FLAG_QR | (flags & DNS_FLAG_RD) | DNS_FLAG_RA |
+	dns->flags = bpf_htons(DNS_FLAG_QR | (flags & (DNS_FLAG_RD | DNS_FLAG_CD)) | DNS_FLAG_RA |
 			       (plan.tc ? DNS_FLAG_TC : 0) | plan.rcode);
 	dns->ancount = bpf_htons(plan.an);
 	dns->nscount = bpf_htons(plan.rr_type && !plan.an ? 1 : 0);
@@ -305,7 +356,8 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 		rec[0] = 0; /* owner: the root */
 		put16(rec + 1, DNS_TYPE_OPT);
 		__builtin_memcpy(rec + 3, &cfg->edns_udp_size, 2);
-		put32(rec + 5, 0); /* extended RCODE, version 0, flags (DO clear) */
+		/* extended RCODE, version 0, flags (DO clear) */
+		put32(rec + 5, plan.badvers ? DNS_EXT_RCODE_BADVERS << 24 : 0);
 		put16(rec + 9, 0); /* no options */
 	}
 
@@ -340,7 +392,10 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 		ihl = ip->ihl * 4;
 		ip->tot_len = bpf_htons(ihl + udp_len);
 		ip->check = 0;
-		ip->check = ~csum_fold(frame_sum(ctx, s, s->l3_off, ihl));
+		sum = 0;
+		if (frame_sum(ctx, s, s->l3_off, ihl, &sum))
+			return XDP_DROP;
+		ip->check = ~csum_fold(sum);
 		ip = frame_at(ctx, s->l3_off, sizeof(*ip));
 		if (!ip)
 			return XDP_DROP;
@@ -349,7 +404,8 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 		pseudo[2] = bpf_htonl((IPPROTO_UDP << 16) | udp_len);
 		sum = (__u32)bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
 	}
-	sum += frame_sum(ctx, s, s->l4_off, udp_len);
+	if (frame_sum(ctx, s, s->l4_off, udp_len, &sum))
+		return XDP_DROP;
 	udp = frame_at(ctx, s->l4_off, sizeof(*udp));
 	if (!udp)
 		return XDP_DROP;

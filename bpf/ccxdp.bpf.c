@@ -196,7 +196,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	}
 
 	key = ccxdp_hkey_v2.lookup(&zero);
-	cfg = ccxdp_config_v1.lookup(&zero);
+	cfg = ccxdp_config_v2.lookup(&zero);
 	if (!key || !cfg)
 		goto out;
 	dns_match_suffixes(ctx, s, key);

@@ -24,7 +24,7 @@
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
-#define CCXDP_MAP_CONFIG "ccxdp_config_v1"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v2"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
@@ -58,7 +58,8 @@ enum ccxdp_malformed {
 /* Things that happen beside a frame's outcome; counted at CCXDP_STAT_EVENT_BASE. */
 enum ccxdp_event {
 	CCXDP_EV_SOURCE_LOST = 0,   /* a blocked query whose source could not be counted */
-	CCXDP_EV_ANSWER_FAILED = 1, /* an answer could not be built (frame could not grow): dropped */
+	CCXDP_EV_ANSWER_FAILED = 1, /* not answered (no room, broadcast/multicast destination, IP
+				     * options or IPv6 extension headers): dropped instead */
 	CCXDP_EV_MAX = 2,
 };
 
@@ -83,7 +84,7 @@ enum ccxdp_action {
 #define CCXDP_STAT_ACTION_BASE (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX)
 #define CCXDP_STAT_MAX (CCXDP_OUT_MAX + CCXDP_MAL_MAX + CCXDP_EV_MAX + CCXDP_ACTION_MAX)
 
-/* Run-time settings, one entry of ccxdp_config: changed without reloading the program. */
+/* Run-time settings, the one entry of ccxdp_config: changed without reloading the program. */
 struct ccxdp_config {
 	__u8 default_action;  /* enum ccxdp_action for entries whose action is DEFAULT */
 	__u8 pad[1];

@@ -81,9 +81,13 @@ BPF_TABLE_PINNED("lru_hash", struct ccxdp_source_key, struct ccxdp_source_hits, 
 BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v1, 1 << CCXDP_BLOOM_WORDS_LOG2,
 		 CCXDP_PIN(CCXDP_MAP_BLOOM));
 
-/* Run-time settings: one struct ccxdp_config. Written by the control plane. */
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v1, 1,
-		 CCXDP_PIN(CCXDP_MAP_CONFIG));
+/*
+ * Run-time settings: key 0, one struct ccxdp_config. Written by the control plane. A hash map
+ * without preallocation, because its update swaps in a whole new element (RCU): a packet sees
+ * the old settings or the new ones, never a mix (an array map's value is copied in place).
+ */
+BPF_TABLE_PINNED("hash", __u32, struct ccxdp_config, ccxdp_config_v2, 1,
+		 CCXDP_PIN(CCXDP_MAP_CONFIG), BPF_F_NO_PREALLOC);
 
 /* Opted-out source prefixes, looked up once per judged query. Key: struct ccxdp_lpm_key
  * (address in network order). Value: 1. Written by the control plane. */

@@ -112,9 +112,16 @@ class Datapath:
     """Owns the pinned program and maps under one pin folder. Use as a context manager: it
     holds the state folder's lock while open."""
 
-    def __init__(self, pin_dir: Path = DEFAULT_PIN_DIR, state_dir: Path = DEFAULT_STATE_DIR):
+    def __init__(
+        self,
+        pin_dir: Path = DEFAULT_PIN_DIR,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        extra_cflags: tuple[str, ...] = (),
+    ):
         self.pin_dir = Path(pin_dir)
         self.state_dir = Path(state_dir)
+        # Tests compile variants with these (-DCCXDP_TEST_NO_TAIL_GROW); users never need them.
+        self.extra_cflags = tuple(extra_cflags)
         self._lock_fd: int | None = None
 
     # -- locking ---------------------------------------------------------------------------
@@ -183,7 +190,12 @@ class Datapath:
             raise DatapathError(
                 f"pin folder {str(self.pin_dir)!r}: use only letters, digits and / . _ + -"
             )
-        return [f"-I{bpf_dir()}", f'-DCCXDP_PIN_DIR="{self.pin_dir}"', *limits.cflags()]
+        return [
+            f"-I{bpf_dir()}",
+            f'-DCCXDP_PIN_DIR="{self.pin_dir}"',
+            *limits.cflags(),
+            *self.extra_cflags,
+        ]
 
     def _pinned_max_entries(self, name: str) -> int | None:
         path = self.pin_dir / name
@@ -214,6 +226,7 @@ class Datapath:
         """Return an fd of the pinned program, compiling and pinning it first if needed. If
         that fails, whatever this call pinned is removed again."""
         check_environment(self.pin_dir)
+        self._refuse_older_pins()
         fresh = not self.prog_pin.exists()
         made_dir = not self.pin_dir.exists()
         before = set(self.pin_dir.iterdir()) if not made_dir else set()
@@ -228,6 +241,22 @@ class Datapath:
             raise
         self._init_maps(dns_ports)
         return fd
+
+    def _refuse_older_pins(self) -> None:
+        """Pins of an older ccxdp: its program reads maps of other layouts, so this one can
+        neither reuse it nor share its folder."""
+        if not self.pin_dir.exists():
+            return
+        older = sorted(
+            p.name for p in self.pin_dir.iterdir()
+            if p.name.startswith(layout.PROG_PIN_PREFIX) and p.name != layout.PROG_PIN
+        )
+        if older:
+            raise DatapathError(
+                f"{self.pin_dir} holds {', '.join(older)} from another ccxdp version: detach it "
+                f"everywhere and purge the pins ('ccxdp detach IFACE --purge'), then attach "
+                f"again (the catalog and settings are kept)"
+            )
 
     def _remove_pins(self, keep: set[Path] = frozenset(), remove_dir: bool = True) -> list[str]:
         removed = []
@@ -272,7 +301,7 @@ class Datapath:
         elif not self.dns_ports():
             self.set_dns_ports(DEFAULT_DNS_PORTS)
         with self.open_map(layout.MAP_CONFIG) as config:
-            fresh = config.lookup(ct.c_uint32(0)).default_action == layout.Action.DEFAULT
+            fresh = config.lookup(ct.c_uint32(0)) is None
         if fresh:
             # New maps: the settings last saved here (say, before a purge), or the defaults.
             self.set_settings(self._saved_settings())
@@ -295,18 +324,31 @@ class Datapath:
         if not (self.pin_dir / layout.MAP_CONFIG).exists():
             return self._saved_settings()
         with self.open_map(layout.MAP_CONFIG) as config:
-            return Settings.from_kernel(config.lookup(ct.c_uint32(0)))
+            current = config.lookup(ct.c_uint32(0))
+        return self._saved_settings() if current is None else Settings.from_kernel(current)
 
     def set_settings(self, settings: Settings) -> None:
-        """Apply at once (one map update, so the program sees all of them or none) and keep a
-        copy in the state folder for maps made afresh."""
-        if (self.pin_dir / layout.MAP_CONFIG).exists():
-            with self.open_map(layout.MAP_CONFIG) as config:
-                config.update(ct.c_uint32(0), settings.to_kernel())
+        """Apply at once (one element swapped in, so a packet sees all of them or none) and
+        keep a copy in the state folder for maps made afresh. The copy is written first, so a
+        failure leaves the program as it was."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self._settings_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings.as_dict(), indent=2, sort_keys=True))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(settings.as_dict(), indent=2, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        previous = self._settings_file.read_bytes() if self._settings_file.exists() else None
         os.replace(tmp, self._settings_file)
+        if (self.pin_dir / layout.MAP_CONFIG).exists():
+            try:
+                with self.open_map(layout.MAP_CONFIG) as config:
+                    config.update(ct.c_uint32(0), settings.to_kernel())
+            except OSError:
+                if previous is None:
+                    self._settings_file.unlink()
+                else:
+                    self._settings_file.write_bytes(previous)
+                raise
 
     def dns_ports(self) -> list[int]:
         with self.open_map(layout.MAP_PORTS) as ports:

@@ -20,10 +20,12 @@ MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v1"
-MAP_CONFIG = "ccxdp_config_v1"
+MAP_CONFIG = "ccxdp_config_v2"
 MAP_EXEMPT = "ccxdp_exempt_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
-PROG_PIN = "ccxdp_xdp_v1"
+# Its version moves with any map's: a program compiled for other maps must not be reused.
+PROG_PIN = "ccxdp_xdp_v3"
+PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
 

@@ -71,7 +71,12 @@ class Settings:
 
     @classmethod
     def from_kernel(cls, c: layout.Config) -> Settings:
-        action = layout.Action(c.default_action)
+        try:
+            action = layout.Action(c.default_action)
+        except ValueError:
+            raise SettingError(
+                f"the kernel's config map holds unknown action code {c.default_action}"
+            ) from None
         return cls(
             default_action=action.name.lower() if action != layout.Action.DEFAULT else "drop",
             sinkhole_v4=str(ipaddress.IPv4Address(bytes(c.sinkhole_v4))),

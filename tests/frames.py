@@ -60,8 +60,9 @@ def l2(vlans: int = 0):
     return Ether(**ETH) / Dot1AD(vlan=200) / Dot1Q(vlan=100)
 
 
-def udp4(payload: bytes, dport=53, vlans=0, src=CLIENT4, options=False, sport=40000, **ip):
-    ip_layer = IP(src=src, dst=RESOLVER4, **ip)
+def udp4(payload: bytes, dport=53, vlans=0, src=CLIENT4, options=False, sport=40000,
+         dst=RESOLVER4, **ip):
+    ip_layer = IP(src=src, dst=dst, **ip)
     if options:
         ip_layer.options = [IPOption_RR(routers=["198.18.0.9"])]
     return bytes(l2(vlans) / ip_layer / UDP(sport=sport, dport=dport) / Raw(payload))

@@ -30,7 +30,7 @@ SETTINGS = Settings(
     sinkhole_v6="fd00:5::5",
     answer_ttl=123,
     negative_ttl=45,
-    edns_udp_size=1232,
+    edns_udp_size=1400,
 )
 
 
@@ -76,12 +76,15 @@ def check_checksums(ip: bytes, udp: bytes) -> None:
     assert inet_checksum(pseudo + udp) == 0, "UDP checksum"
 
 
-def make_query(rdtype: str, edns: bool, qid: int = 0x4D2) -> dns.message.Message:
+def make_query(rdtype: str, edns: bool, qid: int = 0x4D2, rd: bool = True) -> dns.message.Message:
     q = dns.message.make_query("C2.EvIl.test", rdtype, use_edns=0 if edns else False,
-                               payload=4096, want_dnssec=False)
+                               payload=4096, want_dnssec=edns)
     q.id = qid
-    if edns:
-        q.use_edns(0, payload=4096, options=[dns.edns.GenericOption(10, b"\x01" * 8)])
+    if not rd:
+        q.flags &= ~dns.flags.RD
+    if edns:  # with a cookie option and DO set: the answer's OPT has neither
+        q.use_edns(0, dns.flags.DO, payload=4096,
+                   options=[dns.edns.GenericOption(10, b"\x01" * 8)])
     return q
 
 
@@ -115,7 +118,8 @@ def entry_for(dp, action: str) -> None:
 def test_answer(answering, action, rdtype, family, vlans, edns):
     dp, fd = answering
     entry_for(dp, action)
-    query = make_query(rdtype, edns)
+    rd = (vlans == 0)  # half the cases ask without recursion: RD must be echoed, not set
+    query = make_query(rdtype, edns, rd=rd)
     wire = query.to_wire()
     frame = (udp4 if family == 4 else udp6)(wire, vlans=vlans, sport=53053)
     before = read_stats(dp)
@@ -147,10 +151,10 @@ def test_answer(answering, action, rdtype, family, vlans, edns):
     assert answer.id == query.id
     assert answer.question == query.question
     assert str(answer.question[0].name) == "C2.EvIl.test.", "question echoed as asked (0x20)"
-    flags = answer.flags
-    assert flags & dns.flags.QR and flags & dns.flags.RA and flags & dns.flags.RD
-    assert not flags & dns.flags.AA
-    assert bool(flags & dns.flags.TC) == (action == "tc")
+    expected_flags = dns.flags.QR | dns.flags.RA
+    expected_flags |= dns.flags.RD if rd else 0
+    expected_flags |= dns.flags.TC if action == "tc" else 0
+    assert answer.flags & ~0xF == expected_flags, dns.flags.to_text(answer.flags)  # no rcode
     assert answer.opcode() == 0
     expected_rcode = {"nxdomain": dns.rcode.NXDOMAIN, "refused": dns.rcode.REFUSED}
     assert answer.rcode() == expected_rcode.get(action, dns.rcode.NOERROR)
@@ -172,7 +176,7 @@ def test_answer(answering, action, rdtype, family, vlans, edns):
     else:
         assert not answer.answer and not answer.authority
     if edns:
-        assert answer.edns == 0 and answer.payload == 1232 and not answer.options
+        assert answer.edns == 0 and answer.payload == 1400 and not answer.options
         assert not answer.ednsflags & dns.flags.DO
     else:
         assert answer.edns == -1
@@ -182,3 +186,117 @@ def test_answer(answering, action, rdtype, family, vlans, edns):
     assert after.outcomes["blocked"] - before.outcomes["blocked"] == 1
     assert after.actions[action] - before.actions[action] == 1
     assert after.events["answer_failed"] == before.events["answer_failed"]
+
+
+def answer_for(fd, q: dns.message.Message, frame_of=udp4, **kw):
+    result = bpfsys.prog_test_run(fd, frame_of(q.to_wire(), sport=53053, **kw))
+    if result.retval != XDP_TX:
+        return result.retval, None
+    _dst, _src, _tags, ip, udp, _end = split_frame(result.data_out, 0)
+    check_checksums(ip, udp)
+    return result.retval, dns.message.from_wire(udp[8:])
+
+
+def test_cd_is_copied(answering):
+    dp, fd = answering
+    entry_for(dp, "nxdomain")
+    q = make_query("A", False)
+    q.flags |= dns.flags.CD
+    _, a = answer_for(fd, q)
+    assert a.flags & ~0xF == dns.flags.QR | dns.flags.RA | dns.flags.RD | dns.flags.CD
+
+
+def test_edns_version_above_0_gets_badvers(answering):
+    dp, fd = answering
+    entry_for(dp, "sinkhole")
+    q = dns.message.make_query("c2.evil.test", "A", use_edns=1)
+    _, a = answer_for(fd, q)
+    assert a.rcode() == dns.rcode.BADVERS and a.edns == 0
+    assert not a.answer and not a.authority
+
+
+def test_class_other_than_in_is_refused(answering):
+    dp, fd = answering
+    entry_for(dp, "sinkhole")
+    q = dns.message.make_query("c2.evil.test", "TXT", rdclass="CH")
+    _, a = answer_for(fd, q)
+    assert a.rcode() == dns.rcode.REFUSED and not a.answer and not a.authority
+
+
+@pytest.mark.parametrize(
+    "frame_kw",
+    [
+        {"dst": "224.0.0.251"},
+        {"dst": "255.255.255.255"},
+        {"options": True},
+    ],
+    ids=["multicast", "limited-broadcast", "ipv4-options"],
+)
+def test_not_answered_but_dropped(answering, frame_kw):
+    """A query to a multicast or broadcast address, or with IP options, is dropped: an answer
+    would come from that address, or carry options a reply must not echo."""
+    dp, fd = answering
+    entry_for(dp, "nxdomain")
+    before = read_stats(dp)
+    retval, _ = answer_for(fd, make_query("A", False), **frame_kw)
+    assert retval == XDP_DROP
+    after = read_stats(dp)
+    assert after.events["answer_failed"] - before.events["answer_failed"] == 1
+    assert after.outcomes["blocked"] - before.outcomes["blocked"] == 1
+
+
+def test_broadcast_mac_is_dropped(answering):
+    dp, fd = answering
+    entry_for(dp, "nxdomain")
+    frame = bytearray(udp4(make_query("A", False).to_wire()))
+    frame[0:6] = b"\xff" * 6
+    assert bpfsys.prog_test_run(fd, bytes(frame)).retval == XDP_DROP
+
+
+@pytest.fixture(scope="module")
+def no_tailroom(state_root):
+    """The program built so that the tail never grows: every longer answer takes the
+    grow-at-head path that real veth and generic-mode frames need."""
+    from conftest import make_pin_dir, remove_pins
+
+    from ccxdp.datapath import Datapath, Limits
+
+    pin_dir = make_pin_dir()
+    dp = Datapath(pin_dir, state_root / "no-tailroom", ("-DCCXDP_TEST_NO_TAIL_GROW",))
+    try:
+        with dp:
+            fd = dp.load(Limits(max_names=1024, max_sources=64))
+        dp.set_settings(SETTINGS)
+        yield dp, fd
+        bpfsys.close(fd)
+    finally:
+        remove_pins(pin_dir)
+
+
+HEAD_CASES = list(itertools.product(["sinkhole", "nxdomain"], ["A", "AAAA"], [4, 6], [0, 2],
+                                    [False, True]))
+
+
+@pytest.mark.parametrize(
+    "action, rdtype, family, vlans, edns", HEAD_CASES,
+    ids=[f"{a}-{t}-v{f}-vlan{v}-{'edns' if e else 'noedns'}" for a, t, f, v, e in HEAD_CASES],
+)
+def test_answer_grown_at_the_head(no_tailroom, action, rdtype, family, vlans, edns):
+    dp, fd = no_tailroom
+    entry_for(dp, action)
+    query = dns.message.make_query("c2.evil.test", rdtype, use_edns=0 if edns else False)
+    frame = (udp4 if family == 4 else udp6)(query.to_wire(), vlans=vlans, sport=53053)
+    result = bpfsys.prog_test_run(fd, frame)
+    assert result.retval == XDP_TX
+    _dst, _src, tags, ip, udp, end = split_frame(result.data_out, vlans)
+    assert len(result.data_out) == end > len(frame), "the frame grew"
+    assert tags == frame[12 : 12 + 4 * vlans]
+    check_checksums(ip, udp)
+    answer = dns.message.from_wire(udp[8:])
+    assert answer.id == query.id and answer.question == query.question
+    if action == "sinkhole":
+        want = SETTINGS.sinkhole_v4 if rdtype == "A" else SETTINGS.sinkhole_v6
+        assert [r.to_text() for r in answer.answer[0]] == [want]
+    else:
+        assert answer.rcode() == dns.rcode.NXDOMAIN and len(answer.authority) == 1
+    assert read_stats(dp).events["answer_failed"] == 0
