@@ -175,6 +175,14 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	s->l4_off = l4 - data;
 	s->ipv6 = proto == bpf_htons(ETH_P_IPV6);
 	s->source = source;
+	/* Opted-out lines are neither judged nor counted per source: no name walk for them. */
+	exempt_key.prefixlen = 128;
+	__builtin_memcpy(exempt_key.addr, s->source.addr, 16);
+	if (ccxdp_exempt_v1.lookup(&exempt_key)) {
+		outcome = CCXDP_OUT_EXEMPT;
+		goto out;
+	}
+
 	/* The name loops reload packet pointers from ctx (dns.h says why); this barrier keeps
 	 * the compiler from reusing the ones above instead. */
 	asm volatile("" ::: "memory");
@@ -186,14 +194,6 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	malformed = CCXDP_MAL_TRUNCATED;
 	if (s->name_len + 4 > s->avail)
 		goto out;
-
-	/* Opted-out lines are neither judged nor counted per source. */
-	exempt_key.prefixlen = 128;
-	__builtin_memcpy(exempt_key.addr, s->source.addr, 16);
-	if (ccxdp_exempt_v1.lookup(&exempt_key)) {
-		outcome = CCXDP_OUT_EXEMPT;
-		goto out;
-	}
 
 	key = ccxdp_hkey_v2.lookup(&zero);
 	cfg = ccxdp_config_v2.lookup(&zero);

@@ -103,7 +103,9 @@ struct ccxdp_lpm_key {
 };
 
 /* ccxdp_names entry flags. */
-#define CCXDP_ENTRY_SUBTREE 0x01 /* matches the name and every name below it */
+#define CCXDP_ENTRY_SUBTREE 0x01    /* matches the name and every name below it */
+#define CCXDP_ENTRY_ALLOW_NAME 0x02 /* with SUBTREE: the name itself is allowed (an exact allow
+				     * entry on a blocked subtree); the names below are not */
 
 /* Value of ccxdp_names, keyed by the keyed 64-bit hash of a name in wire form. */
 struct ccxdp_entry {

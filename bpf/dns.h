@@ -228,9 +228,13 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 		if (!bloom_may_hold(suffix))
 			continue;
 		e = lookup_name(suffix);
-		if (e && ((e->flags & CCXDP_ENTRY_SUBTREE) || s->label == 0)) {
-			s->match = *e;
-			s->matched = 1;
+		if (!e || (!(e->flags & CCXDP_ENTRY_SUBTREE) && s->label != 0))
+			continue;
+		s->match = *e;
+		s->matched = 1;
+		if (s->label == 0 && (e->flags & CCXDP_ENTRY_ALLOW_NAME)) {
+			s->match.action = CCXDP_ACTION_ALLOW;
+			s->match.category = 0;
 		}
 	}
 }

@@ -23,10 +23,6 @@ from .names import normalize
 from .settings import ACTION_NAMES, BLOCK_ACTIONS
 
 
-class ConflictError(CcxdpError):
-    """A change the kernel's one-entry-per-name map cannot express."""
-
-
 @dataclass(frozen=True)
 class Change:
     name: str
@@ -47,6 +43,10 @@ def action_code(action: str) -> layout.Action:
 
 def kernel_value(block: CatalogEntry | None, allow: CatalogEntry | None) -> layout.Entry | None:
     """What the kernel holds for one name, given its block and allow entries (or None)."""
+    if allow is not None and block is not None and block.subtree and not allow.subtree:
+        # The name itself is allowed, the names below it stay blocked: one entry says both.
+        flags = layout.ENTRY_SUBTREE | layout.ENTRY_ALLOW_NAME
+        return layout.Entry(action_code(block.action), flags, block.category)
     if allow is not None:
         return layout.Entry(layout.Action.ALLOW, layout.ENTRY_SUBTREE if allow.subtree else 0, 0)
     if block is not None:
@@ -80,19 +80,6 @@ def _value_tuple(v: layout.Entry) -> tuple[int, int, int]:
     return (v.action, v.flags, v.category)
 
 
-def _check_expressible(
-    name: str, block: CatalogEntry | None, allow: CatalogEntry | None
-) -> None:
-    """The kernel holds one entry per name, and the allow entry wins there. An exact allow on
-    a blocked subtree of the same name would therefore unblock every name below it: refused."""
-    if block is not None and allow is not None and block.subtree and not allow.subtree:
-        raise ConflictError(
-            f"{name}: an exact allow entry cannot sit on the blocked subtree {name} (the "
-            f"kernel keeps one entry per name, so the names below {name} would no longer be "
-            f"blocked); allow it with --subtree, or remove the block entry first"
-        )
-
-
 def add(
     dp: Datapath,
     catalog: Catalog,
@@ -124,11 +111,6 @@ def add(
             entry = CatalogEntry(name, name_hash(name, key), subtree, action, category_id,
                                  kind=kind)
             old = catalog.get(name, kind)
-            other = catalog.get(name, BLOCK if kind == ALLOW else ALLOW)
-            if kind == BLOCK:
-                _check_expressible(name, entry, other)
-            else:
-                _check_expressible(name, other, entry)
             if old is None:
                 status = "added"
             elif (old.subtree, old.action, old.category) != (subtree, action, category_id):

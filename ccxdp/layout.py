@@ -73,6 +73,7 @@ STAT_ACTION_BASE = STAT_EVENT_BASE + len(Event)
 STAT_MAX = STAT_ACTION_BASE + len(Action)
 
 ENTRY_SUBTREE = 0x01
+ENTRY_ALLOW_NAME = 0x02
 
 
 class Entry(ct.Structure):

@@ -165,8 +165,11 @@ def ct_sizeof_hash_key() -> int:
 def test_entry_flags_match_header():
     defines = _defines(_header())
     flags = {k for k in defines if k.startswith("CCXDP_ENTRY_")}
-    assert flags == {"CCXDP_ENTRY_SUBTREE"}, "a new entry flag needs its mirror in layout.py"
+    assert flags == {"CCXDP_ENTRY_SUBTREE", "CCXDP_ENTRY_ALLOW_NAME"}, (
+        "a new entry flag needs its mirror in layout.py"
+    )
     assert layout.ENTRY_SUBTREE == _int_define(defines, "CCXDP_ENTRY_SUBTREE")
+    assert layout.ENTRY_ALLOW_NAME == _int_define(defines, "CCXDP_ENTRY_ALLOW_NAME")
 
 
 def _pinned_in_maps_h() -> dict[str, tuple[str, str, str]]:
