@@ -32,6 +32,7 @@ ENTRIES = {
     "bad.test": ("monitor", True),  # passes to unbound, counted
 }
 EXEMPT = "198.18.0.3"
+EXEMPT6 = "fd00:cc::3"
 
 
 def kdig(lab, name, rdtype="A", *args, family=4):
@@ -76,7 +77,7 @@ def answering(request, ccxdp, lab):
         args += ["--subtree"] if subtree else []
         args += [] if action == "default" else ["--action", action]
         ccxdp.run(*args)
-    ccxdp.run("exempt", "add", EXEMPT)
+    ccxdp.run("exempt", "add", EXEMPT, EXEMPT6)
     return Datapath(ccxdp.pin_dir, ccxdp.state_dir)
 
 
@@ -113,6 +114,19 @@ def test_dig_kdig_and_dnspython_accept_every_answer(answering, lab, ccxdp):
     cp = kdig(lab, "sink.c2.test", "AAAA", "+cookie", family=6)
     assert kdig_status(cp) == "NOERROR" and SINK6 in cp.stdout
     no_client_warning(cp.stdout + cp.stderr)
+    # kdig and dnspython also accept NODATA (with its SOA) and a TC answer.
+    cp = kdig(lab, "sink.c2.test", "MX")
+    assert kdig_status(cp) == "NOERROR" and "SOA" in cp.stdout
+    no_client_warning(cp.stdout + cp.stderr)
+    for rdtype in ("MX", "TXT"):
+        a = lab.query("sInK.c2.TEST", rdtype, family=6)
+        assert a is not None and a.rcode() == dns.rcode.NOERROR and not a.answer
+        assert [r.rdtype for r in a.authority] == [dns.rdatatype.SOA]
+        assert str(a.question[0].name) == "sInK.c2.TEST."
+    cp = kdig(lab, "evil.test", "A", "+ignore")  # +ignore: show the TC answer, no TCP retry
+    m = re.search(r"[Ff]lags: ([a-z ]+);", cp.stdout)
+    assert m and "tc" in m.group(1).split(), cp.stdout
+    no_client_warning(cp.stdout + cp.stderr)
     # dnspython, strictly: ID, question and flags match, over both families.
     for family in (4, 6):
         q = dns.message.make_query("Nx.C2.test", "A", use_edns=0)
@@ -144,16 +158,18 @@ def test_exempt_source_and_monitor_get_unbounds_answer(answering, lab, ccxdp):
     # counted for that source.
     a = lab.query("sink.c2.test", source=EXEMPT)
     assert a is not None and a.rcode() == dns.rcode.NXDOMAIN and not a.answer
-    assert lab.unbound_queries_for("sink.c2.test") == 1
+    a = lab.query("sink.c2.test", "AAAA", family=6, source=EXEMPT6)
+    assert a is not None and a.rcode() == dns.rcode.NXDOMAIN and not a.answer
+    assert lab.unbound_queries_for("sink.c2.test") == 2
     # Monitor: unbound answers, and the hit is counted.
     r = lab.dig("www.bad.test")
     assert r.rdata("A") == ["198.18.3.2"]
     after = ccxdp.json("stats")
-    assert after["outcomes"]["exempt"] - before["outcomes"]["exempt"] == 1
+    assert after["outcomes"]["exempt"] - before["outcomes"]["exempt"] == 2
     assert after["outcomes"]["monitored"] - before["outcomes"]["monitored"] == 1
     assert after["actions"]["monitor"] - before["actions"]["monitor"] == 1
     sources = {(s["address"], s["category_name"]): s["hits"] for s in after["sources"]}
-    assert EXEMPT not in {a for a, _ in sources}
+    assert not {EXEMPT, EXEMPT6} & {a for a, _ in sources}
     assert sources[("198.18.0.2", "emotet")] == 1
 
 
@@ -170,6 +186,8 @@ def test_exact_counts_per_action(answering, lab, ccxdp):
     assert stats["events"]["answer_failed"] == 0
     hits = {(s["address"], s["category_name"]): s["hits"] for s in stats["sources"]}
     assert hits == {("198.18.0.2", "emotet"): 4, ("fd00:cc::2", "emotet"): 1}
+    for name in ("nx.c2.test", "sink.c2.test", "ref.c2.test"):
+        assert lab.unbound_queries_for(name) == 0, name
 
 
 def test_allow_listed_name_gets_unbounds_answer_and_no_count(answering, lab, ccxdp):
