@@ -196,14 +196,17 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 
 	key = ccxdp_hkey_v2.lookup(&zero);
-	cfg = ccxdp_config_v2.lookup(&zero);
-	if (!key || !cfg)
+	if (!key)
 		goto out;
 	dns_match_suffixes(ctx, s, key);
 	if (!s->matched) {
 		outcome = CCXDP_OUT_PASSED;
 		goto out;
 	}
+	/* Settings only matter once an entry matched: a hash-map lookup spared on every miss. */
+	cfg = ccxdp_config_v2.lookup(&zero);
+	if (!cfg)
+		goto out;
 
 	verdict = s->match.action;
 	if (verdict == CCXDP_ACTION_DEFAULT)
