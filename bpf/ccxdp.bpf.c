@@ -78,6 +78,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	struct ccxdp_hash_key *key;
 	struct ccxdp_config *cfg;
 	struct ccxdp_lpm_key exempt_key;
+	__u32 *exempt_count;
 	void *l3, *l4;
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -176,11 +177,14 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	s->ipv6 = proto == bpf_htons(ETH_P_IPV6);
 	s->source = source;
 	/* Opted-out lines are neither judged nor counted per source: no name walk for them. */
-	exempt_key.prefixlen = 128;
-	__builtin_memcpy(exempt_key.addr, s->source.addr, 16);
-	if (ccxdp_exempt_v1.lookup(&exempt_key)) {
-		outcome = CCXDP_OUT_EXEMPT;
-		goto out;
+	exempt_count = ccxdp_exn_v1.lookup(&zero);
+	if (exempt_count && *exempt_count) {
+		exempt_key.prefixlen = 128;
+		__builtin_memcpy(exempt_key.addr, s->source.addr, 16);
+		if (ccxdp_exempt_v1.lookup(&exempt_key)) {
+			outcome = CCXDP_OUT_EXEMPT;
+			goto out;
+		}
 	}
 
 	/* The name loops reload packet pointers from ctx (dns.h says why); this barrier keeps

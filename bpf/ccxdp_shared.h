@@ -26,6 +26,7 @@
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
 #define CCXDP_MAP_CONFIG "ccxdp_config_v2"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
+#define CCXDP_MAP_EXEMPT_COUNT "ccxdp_exn_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */

@@ -97,6 +97,11 @@ BPF_TABLE_PINNED("hash", __u32, struct ccxdp_config, ccxdp_config_v2, 1,
 BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_exempt_v1, CCXDP_MAX_EXEMPT,
 		 CCXDP_PIN(CCXDP_MAP_EXEMPT), BPF_F_NO_PREALLOC);
 
+/* How many prefixes ccxdp_exempt holds, one __u32; 0 spares every judged query the trie
+ * lookup (a helper call, about 10 ns). The control plane raises it before inserting and
+ * lowers it after deleting, so it is never 0 while the trie holds a prefix. */
+BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_exn_v1, 1, CCXDP_PIN(CCXDP_MAP_EXEMPT_COUNT));
+
 /* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 

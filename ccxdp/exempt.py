@@ -111,12 +111,25 @@ def remove(dp: Datapath, catalog: Catalog, prefixes: Sequence[str]) -> list[Pref
             with dp.open_map(layout.MAP_EXEMPT) as m:
                 for n in gone:
                     m.delete(lpm_key(n))
+            _set_count(dp)
     return changes
+
+
+def _set_count(dp: Datapath, at_least: int = 0) -> None:
+    """Tell the program how many prefixes the trie holds (0: it skips the lookup). Raised
+    before inserting (at_least) and set from the trie after any change, so it is never 0 while
+    the trie holds a prefix."""
+    with dp.open_map(layout.MAP_EXEMPT) as m:
+        held = sum(1 for _ in m.keys())
+    with dp.open_map(layout.MAP_EXEMPT_COUNT) as count:
+        count.update(ct.c_uint32(0), ct.c_uint32(max(held, at_least)))
 
 
 def _write(dp: Datapath, keys: list[layout.LpmKey]) -> None:
     """Insert LPM keys; if the kernel refuses one (trie full), the ones this call inserted
     are taken out again, so the trie is never left half-changed."""
+    if keys:
+        _set_count(dp, at_least=1)
     with dp.open_map(layout.MAP_EXEMPT) as m:
         present = {_key_tuple(k) for k in m.keys()}
         inserted = []
@@ -129,11 +142,13 @@ def _write(dp: Datapath, keys: list[layout.LpmKey]) -> None:
         except OSError as e:
             for k in inserted:
                 m.delete(k)
+            _set_count(dp)
             raise CcxdpError(
                 f"cannot write {len(keys)} prefixes to the kernel map {layout.MAP_EXEMPT}: "
                 f"{e.strerror or e} (full? it holds at most {m.info.max_entries}); "
                 "nothing was changed"
             ) from e
+    _set_count(dp)
 
 
 def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
@@ -148,4 +163,5 @@ def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
             m.delete(k)
     missing = [k for t, k in wanted.items() if t not in present]
     _write(dp, missing)
+    _set_count(dp)
     return len(missing), len(stale)

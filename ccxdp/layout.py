@@ -22,6 +22,7 @@ MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v1"
 MAP_CONFIG = "ccxdp_config_v2"
 MAP_EXEMPT = "ccxdp_exempt_v1"
+MAP_EXEMPT_COUNT = "ccxdp_exn_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
 PROG_PIN = "ccxdp_xdp_v3"
@@ -133,4 +134,5 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
     MAP_CONFIG: (ct.c_uint32, Config),
     MAP_EXEMPT: (LpmKey, ct.c_uint8),
+    MAP_EXEMPT_COUNT: (ct.c_uint32, ct.c_uint32),
 }

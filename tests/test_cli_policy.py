@@ -613,3 +613,25 @@ def test_a_version_1_catalog_is_listed_and_attached_with_its_rows(ccxdp, bare_ne
     assert p.entry("older.test") == (layout.Action.DROP, 0, 0)
     ccxdp.run("config", "set", "default_action", "nxdomain")
     assert p.judge("x.old.test").retval == XDP_DROP, "drop stays drop, whatever the default"
+
+
+@pytest.mark.root
+def test_exempt_count_follows_the_trie(policy):
+    """The program skips the trie lookup while the count is 0: it must follow every change
+    (and come back with the prefixes after a purge)."""
+    cli = policy.cli
+
+    def count() -> int:
+        with policy.dp.open_map(layout.MAP_EXEMPT_COUNT) as m:
+            return m.lookup(ct.c_uint32(0)).value
+
+    assert count() == 0
+    cli.run("exempt", "add", "198.18.7.0/24", "fd00:7::/64")
+    assert count() == 2
+    cli.run("exempt", "remove", "198.18.7.0/24")
+    assert count() == 1
+    cli.run("detach", "lo", "--netns", policy.netns, "--purge")
+    policy.attach()
+    assert count() == 1
+    cli.run("exempt", "remove", "fd00:7::/64")
+    assert count() == 0
