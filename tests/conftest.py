@@ -164,3 +164,15 @@ def ccxdp(tmp_path):
                                 raise
         finally:
             remove_pins(tool.pin_dir)
+
+
+@pytest.fixture
+def bare_netns():
+    """An empty network namespace (just lo), removed afterwards: somewhere to attach ccxdp
+    (generic mode on lo) when a test needs the program loaded and attached, not a lab."""
+    name = f"cxb{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes as ct
-import secrets
-import subprocess
 
 import pytest
 
@@ -118,15 +116,6 @@ def test_update_of_an_existing_entry_and_remove(small):
     assert cli.json("block", "list") == []
 
 
-@pytest.fixture
-def bare_netns():
-    """An empty network namespace (just lo), removed afterwards."""
-    name = f"cxb{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.mark.root

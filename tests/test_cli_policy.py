@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-import secrets
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -55,15 +54,6 @@ def one_line_error(cp: subprocess.CompletedProcess, status: int, *words: str) ->
     return errors[0]
 
 
-@pytest.fixture
-def bare_netns():
-    """An empty network namespace (just lo), removed afterwards."""
-    name = f"cxp{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @dataclass
