@@ -176,3 +176,25 @@ def bare_netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def one_line_error(
+    cp: subprocess.CompletedProcess, status: int, *words: str, stderr: str | None = None
+) -> str:
+    """Exit status, exactly one 'Error:' line holding every word, no traceback; exit 1 prints
+    that line alone, exit 2 adds click's usage lines. stderr: cp.stderr with what the caller
+    already accounted for left out."""
+    where = f"\nstdout: {cp.stdout}\nstderr: {cp.stderr}"
+    assert "Traceback" not in cp.stderr, where
+    assert cp.returncode == status, where
+    text = cp.stderr if stderr is None else stderr
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1, where
+    if status == 1:
+        assert lines == errors, where
+    else:
+        assert all(line.startswith(("Usage: ", "Try ", "Error: ")) for line in lines), where
+    for word in words:
+        assert word in errors[0], where
+    return errors[0]

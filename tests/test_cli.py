@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import BPFFS, make_pin_dir, remove_pins
+from conftest import BPFFS, make_pin_dir, one_line_error, remove_pins
 
 from ccxdp.cli import cli
 
@@ -346,20 +346,8 @@ def assert_error(
     prints that line alone; exit 2 (click's usage errors) adds click's usage hint. With
     ``compiles`` the command compiled the program first: clang's diagnostics are left out here
     (test_attach_error_is_the_only_output holds them to account)."""
-    where = f"\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    assert "Traceback" not in proc.stderr, where
-    assert proc.returncode == status, where
     stderr = _without_compiler_output(proc.stderr) if compiles else proc.stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1, where
-    if status == 1:
-        assert lines == errors, where
-    else:
-        assert all(line.startswith(("Usage: ", "Try ", "Error: ")) for line in lines), where
-    for word in words:
-        assert word in errors[0], where
-    return errors[0]
+    return one_line_error(proc, status, *words, stderr=stderr)
 
 
 LONG_LABEL = "a" * 64 + ".example"

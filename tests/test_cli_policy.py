@@ -12,13 +12,13 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import sqlite3
-import subprocess
 from dataclasses import dataclass
 
 import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from conftest import one_line_error
 from frames import CLIENT4, CLIENT6, query, udp4, udp6
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
@@ -34,26 +34,6 @@ XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def one_line_error(cp: subprocess.CompletedProcess, status: int, *words: str) -> str:
-    """Exit status, exactly one 'Error:' line holding every word, no traceback; exit 1 prints
-    that line alone, exit 2 adds click's usage lines."""
-    where = f"\nstdout: {cp.stdout}\nstderr: {cp.stderr}"
-    assert "Traceback" not in cp.stderr, where
-    assert cp.returncode == status, where
-    lines = [line for line in cp.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1, where
-    if status == 1:
-        assert lines == errors, where
-    else:
-        assert all(line.startswith(("Usage: ", "Try ", "Error: ")) for line in lines), where
-    for word in words:
-        assert word in errors[0], where
-    return errors[0]
-
-
 
 
 @dataclass
