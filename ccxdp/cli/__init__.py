@@ -87,9 +87,9 @@ def cli(ctx: click.Context, pin_dir: Path, state_dir: Path) -> None:
 
 
 def _register() -> None:
-    from . import allow, attach, block, config, debug, exempt, stats
+    from . import allow, attach, block, config, debug, exempt, records, stats
 
-    for module in (attach, block, allow, exempt, config, stats, debug):
+    for module in (attach, block, allow, exempt, config, stats, records, debug):
         module.register(cli)
 
 

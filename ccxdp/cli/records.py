@@ -1,0 +1,234 @@
+"""notify / records / report: from the hits store to notification records and e-mails.
+
+These commands read and write the store (``records.db`` in the state folder) only: they
+never touch the kernel, so they need no loaded program and no root beyond the right to read
+the state folder.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from .. import attribution, mail
+from .. import records as rec
+from ..store import Store, StoreError, open_store, period_bounds, store_path
+from . import pass_app
+from .output import emit, json_option
+
+
+class PeriodType(click.ParamType):
+    name = "YYYY-MM"
+
+    def convert(self, value, param, ctx):
+        try:
+            period_bounds(value)
+        except StoreError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+class HostPortType(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(self, value, param, ctx):
+        try:
+            return mail.parse_hostport(value)
+        except mail.MailError as e:
+            self.fail(str(e), param, ctx)
+
+
+class EmailType(click.ParamType):
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        try:
+            return mail.check_address(value)
+        except mail.MailError as e:
+            self.fail(str(e), param, ctx)
+
+
+PERIOD = PeriodType()
+# Existence is checked when the file is read (a clear error, before anything is written).
+INPUT = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--period", type=PERIOD, required=True, help="The calendar month (UTC), YYYY-MM.")
+@click.option("--sessions", "sessions", type=INPUT, multiple=True,
+              help="Sessions CSV: line_id,address_or_prefix,start,stop (repeatable).")
+@click.option("--leases", "leases", type=INPUT, multiple=True,
+              help="ISC dhcpd.leases or Kea lease CSV (repeatable; told apart by content).")
+@click.option("--line-id-from", type=click.Choice(attribution.LINE_ID_FIELDS),
+              default=attribution.DEFAULT_LINE_ID_FIELD, show_default=True,
+              help="The lease field that names the line.")
+@click.option("--subscribers", type=INPUT, help="Contacts CSV: line_id,email,language.")
+@click.option("--opt-out", type=INPUT, help="Line ids never to notify, one a line.")
+@click.option("--min-days", type=click.IntRange(min=1), default=rec.DEFAULT_MIN_DAYS,
+              show_default=True, help="Notify only lines with hits on this many days.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each message as an .eml file to this folder.")
+@click.option("--smtp", type=HostPortType(), help="Send through this SMTP server.")
+@click.option("--starttls", is_flag=True, help="Use STARTTLS with --smtp (certificate checked).")
+@click.option("--smtp-ca", type=INPUT, help="CA certificate(s) to check the server's with.")
+@click.option("--smtp-user", help=f"Log in as this user (password: ${mail.PASSWORD_ENV}).")
+@click.option("--smtp-password-file", type=INPUT, help="Read the SMTP password from this file.")
+@click.option("--from", "sender", type=EmailType(), help="The From address of the messages.")
+@click.option("--templates", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of <language>.txt templates instead of the shipped ja and en.")
+@click.option("--resend-unconfirmed", is_flag=True,
+              help="Resend messages a crashed run left unconfirmed (same Message-ID).")
+@json_option
+@pass_app
+def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, min_days, out,
+           smtp, starttls, smtp_ca, smtp_user, smtp_password_file, sender, templates,
+           resend_unconfirmed, as_json):
+    """Attribute a month's hits to lines and notify each infected line, at most once a month.
+
+    A line is notified when its hits fall on at least --min-days days of the month, it is
+    not in --opt-out, it has a contact in --subscribers, and it was not notified for that
+    month before. Without --out or --smtp this is a dry run: it shows what it would do and
+    writes nothing. Every input file is checked before anything is written.
+
+    \b
+    Examples:
+      ccxdp notify --period 2026-11 --sessions radius.csv   # a dry run
+      ccxdp notify --period 2026-11 --leases dhcpd.leases --opt-out opt-out.txt
+      ccxdp notify --period 2026-11 --sessions s.csv --subscribers c.csv --from a@x.example --out o
+      ccxdp notify --period 2026-11 --subscribers c.csv --from a@x.example --smtp mx:587 --starttls
+    """
+    if out and smtp:
+        raise click.UsageError("give --out or --smtp, not both")
+    delivering = bool(out or smtp)
+    if delivering and not sender:
+        raise click.UsageError("give --from, the sender of the messages")
+    if delivering and not subscribers:
+        raise click.UsageError("give --subscribers: the messages need contact addresses")
+    if (starttls or smtp_ca or smtp_user or smtp_password_file) and not smtp:
+        raise click.UsageError("--starttls and the --smtp-* options go with --smtp")
+    tmpl = mail.Templates(templates)
+    # Read and check every input before the store is touched.
+    kinds = {"dhcpd": [], "kea": []}
+    for p in leases:
+        kinds[attribution.lease_kind(p)].append(p)
+    found = attribution.load(sessions, kinds["dhcpd"], kinds["kea"], line_id_from)
+    subs = rec.read_subscribers(subscribers, tmpl.languages) if subscribers else {}
+    opted = rec.read_opt_out(opt_out) if opt_out else set()
+    deliverer = None
+    if out:
+        deliverer = mail.Outbox(out)
+    elif smtp:
+        password = mail.smtp_password(smtp_password_file)
+        if smtp_user and password is None:
+            raise click.UsageError(
+                f"--smtp-user needs a password: set {mail.PASSWORD_ENV} or give "
+                f"--smtp-password-file"
+            )
+        deliverer = mail.SmtpSender(smtp[0], smtp[1], starttls=starttls, user=smtp_user,
+                                    password=password, cafile=smtp_ca)
+    path = store_path(app.state_dir)
+    store = Store(path) if delivering else open_store(path)
+    click.get_current_context().call_on_close(store.close)
+    try:
+        result = rec.notify(
+            store, period, found, subscribers=subs, opt_out=opted, min_days=min_days,
+            deliverer=deliverer, templates=tmpl, sender=sender,
+            resend_unconfirmed=resend_unconfirmed,
+        )
+    except rec.NotifyError as e:
+        partial = e.result
+        emit(as_json, partial.to_json(), lambda: rec.render_notify(partial))
+        raise click.ClickException(str(e)) from e
+    emit(as_json, result.to_json(), lambda: rec.render_notify(result))
+    if result.failed:
+        raise click.ClickException(
+            f"{len(result.failed)} message(s) not delivered (they will be tried again): "
+            + "; ".join(f"{f['line']}: {f['error']}" for f in result.failed)
+        )
+
+
+@click.command()
+@click.option("--period", type=PERIOD, help="The calendar month (UTC), YYYY-MM; default: "
+              "every month in the store.")
+@click.option("--line", help="Only this line.")
+@click.option("--top", type=click.IntRange(min=1), help="Only the N lines with the most hits.")
+@json_option
+@pass_app
+def records(app, period, line, top, as_json):
+    """Show notification records: per line and month, hits per category, days, addresses,
+    feeds, and whether the line was notified.
+
+    Records hold what 'ccxdp notify' has attributed to lines; hits it could not attribute
+    are listed per address. Operators see categories and counts; subscribers never do.
+
+    \b
+    Examples:
+      ccxdp records --period 2026-11
+      ccxdp records --line L-1001 --json
+      ccxdp records --period 2026-11 --top 20
+    """
+    store = open_store(store_path(app.state_dir))
+    click.get_current_context().call_on_close(store.close)
+    periods = [period] if period else _periods(store)
+    found, left, left_json = [], [], []
+    for p in periods:
+        found += rec.build_records(store, p, line)
+        if line is None:
+            unattributed = rec.unattributed(store, p)
+            left += unattributed
+            left_json += [{**u.to_json(), "period": p} for u in unattributed]
+    if top:
+        found = sorted(found, key=lambda r: (-r.hits, r.line, r.period))[:top]
+    notes = {}
+    sent = {}
+    for n in store.notifications(period=period, line=line):
+        sent[(n.line, n.period)] = {"state": n.state, "channel": n.channel,
+                                    "claimed_at": n.claimed_at, "sent_at": n.sent_at,
+                                    "message_id": n.message_id}
+        notes[(n.line, n.period)] = (
+            f"{n.sent_at} ({n.channel})" if n.state == "sent" else "pending (unconfirmed)"
+        )
+    data = {
+        "records": [{**r.to_json(), "notification": sent.get((r.line, r.period))}
+                    for r in found],
+        "unattributed": left_json,
+    }
+    emit(as_json, data, lambda: rec.render_records(found, notes, left))
+
+
+def _periods(store: Store) -> list[str]:
+    """Every month with hits or notifications in the store."""
+    hours = store.db.execute(
+        "SELECT DISTINCT hour / 86400 FROM (SELECT hour FROM hits UNION "
+        "SELECT hour FROM line_hits)"
+    )
+    months = {rec.period_of(datetime.fromtimestamp(d * 86400, UTC)) for (d,) in hours}
+    months |= {n.period for n in store.notifications()}
+    return sorted(months)
+
+
+@click.command()
+@click.option("--period", type=PERIOD, required=True, help="The calendar month (UTC), YYYY-MM.")
+@json_option
+@pass_app
+def report(app, period, as_json):
+    """Anonymous totals for a month: infected lines per category, fit to share.
+
+    Lines with attributed hits and lines notified, per category; no line id, no address.
+
+    \b
+    Examples:
+      ccxdp report --period 2026-11
+      ccxdp report --period 2026-11 --json
+    """
+    store = open_store(store_path(app.state_dir))
+    click.get_current_context().call_on_close(store.close)
+    data = rec.report(store, period)
+    emit(as_json, data, lambda: rec.render_report(data))
+
+
+def register(group: click.Group) -> None:
+    for command in (notify, records, report):
+        group.add_command(command)
