@@ -191,7 +191,10 @@ class Outbox:
             finally:
                 os.close(dfd)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             raise NotDelivered(f"cannot write {path}: {e.strerror}") from e
         return str(path)
 
