@@ -14,16 +14,39 @@
 #include "dns.h"
 #include "answer.h"
 
-static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash)
+/* The entry of one suffix hash in a buffer of the name table (maps.h), or NULL. */
+static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer)
 {
-	return ccxdp_names_v1.lookup(&suffix_hash);
+	__u32 r = ((buffer & 1) << CCXDP_NAME_INDEX_LOG2) |
+		  (__u32)(suffix_hash >> (64 - CCXDP_NAME_INDEX_LOG2));
+	struct ccxdp_name_range *range = ccxdp_nrange_v1.lookup(&r);
+	__u32 base = (buffer & 1) * CCXDP_MAX_NAMES, i, end;
+
+	if (!range)
+		return NULL;
+	i = range->start;
+	end = range->end;
+	for (int n = 0; n < CCXDP_NAME_RUN_MAX; n++) {
+		__u32 at = base + i;
+		struct ccxdp_name_slot *slot;
+
+		if (i >= end)
+			break;
+		slot = ccxdp_nslot_v1.lookup(&at);
+		if (!slot || slot->hash > suffix_hash)
+			break; /* sorted: it is not there */
+		if (slot->hash == suffix_hash)
+			return &slot->entry;
+		i++;
+	}
+	return NULL;
 }
 
 static __always_inline int bloom_may_hold(__u64 suffix_hash)
 {
 	__u32 index = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
 	__u64 bits = (1ULL << (suffix_hash & 63)) | (1ULL << ((suffix_hash >> 6) & 63));
-	__u64 *word = ccxdp_bloom_v1.lookup(&index);
+	__u64 *word = ccxdp_bloom_v2.lookup(&index);
 
 	return word && (*word & bits) == bits;
 }
@@ -78,7 +101,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 	struct ccxdp_hash_key *key;
 	struct ccxdp_config *cfg;
 	struct ccxdp_lpm_key exempt_key;
-	__u32 *exempt_count;
+	__u32 *exempt_count, *active;
 	void *l3, *l4;
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -200,8 +223,10 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 
 	key = ccxdp_hkey_v2.lookup(&zero);
-	if (!key)
+	active = ccxdp_nact_v1.lookup(&zero);
+	if (!key || !active)
 		goto out;
+	s->buffer = *active; /* once per packet: one list from the first suffix to the last */
 	dns_match_suffixes(ctx, s, key);
 	if (!s->matched) {
 		outcome = CCXDP_OUT_PASSED;

@@ -19,11 +19,13 @@
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
 #define CCXDP_MAP_STATS "ccxdp_stats_v3"
-#define CCXDP_MAP_NAMES "ccxdp_names_v1"
+#define CCXDP_MAP_NAME_SLOTS "ccxdp_nslot_v1"
+#define CCXDP_MAP_NAME_RANGES "ccxdp_nrange_v1"
+#define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
-#define CCXDP_MAP_BLOOM "ccxdp_bloom_v1"
+#define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
 #define CCXDP_MAP_CONFIG "ccxdp_config_v2"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_EXEMPT_COUNT "ccxdp_exn_v1"
@@ -103,17 +105,40 @@ struct ccxdp_lpm_key {
 	__u8 addr[16];
 };
 
-/* ccxdp_names entry flags. */
-#define CCXDP_ENTRY_SUBTREE 0x01    /* matches the name and every name below it */
-#define CCXDP_ENTRY_ALLOW_NAME 0x02 /* with SUBTREE: the name itself is allowed (an exact allow
-				     * entry on a blocked subtree); the names below are not */
+/* Name entry flags. An entry applies to the name itself ("self") unless NOT_SELF, and to the
+ * names below it only with SUBTREE. */
+#define CCXDP_ENTRY_SUBTREE 0x01     /* also matches every name below the name */
+#define CCXDP_ENTRY_ALLOW_NAME 0x02  /* the name itself is allowed (an exact allow entry on a
+				      * blocked name or subtree) */
+#define CCXDP_ENTRY_NOT_SELF 0x04    /* the name itself is not matched (RPZ "*.name" alone) */
+#define CCXDP_ENTRY_ALLOW_BELOW 0x08 /* the names below are allowed (an allow entry for what
+				      * lies below a blocked name) */
 
-/* Value of ccxdp_names, keyed by the keyed 64-bit hash of a name in wire form. */
+/* The action, flags and category of one listed name. */
 struct ccxdp_entry {
 	__u8 action;     /* enum ccxdp_action */
 	__u8 flags;      /* CCXDP_ENTRY_* */
 	__u16 category;  /* small id of a malware family or feed; 0 = none */
 };
+
+/* One slot of the name table (maps.h): a name's keyed hash and its entry. */
+struct ccxdp_name_slot {
+	__u64 hash;               /* keyed 64-bit hash of the name in wire form (dns.h) */
+	struct ccxdp_entry entry;
+	__u32 pad;
+};
+
+/* Where the hashes whose top bits are r lie in one buffer of the name table: slots
+ * [start, end). */
+struct ccxdp_name_range {
+	__u32 start;
+	__u32 end;
+};
+
+/* Hashes one range may hold: the control plane refuses a list that would need more (with
+ * two names per range on average, that is about a one-in-30,000 event for a full table,
+ * and a fresh hash key makes another list). */
+#define CCXDP_NAME_RUN_MAX 16
 
 /* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
  * both families. Hits are kept per category so records can name the families a line touched. */

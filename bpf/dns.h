@@ -23,6 +23,7 @@
 
 #include "ccxdp_shared.h"
 #include "maps.h"
+#include "name_hash.h"
 
 struct dnshdr {
 	__be16 id;
@@ -45,19 +46,11 @@ struct dnshdr {
  * iteration sees the end. */
 #define DNS_MAX_NAME_WORDS (DNS_MAX_LABELS + 1)
 
-#define HASH_MUL 0xff51afd7ed558ccdULL
-
-/* The words are read from the packet in the host's order; the hash is defined on
- * little-endian words, as ccxdp/hashing.py computes it. */
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "ccxdp's name hash reads little-endian words"
-#endif
-
 /*
- * Look one suffix hash up in the name map. Defined in ccxdp.bpf.c: bcc rewrites map calls
+ * Look one suffix hash up in a buffer of the name table. Defined in ccxdp.bpf.c: bcc rewrites map calls
  * only in the main file, so headers leave map access to it.
  */
-static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash);
+static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer);
 /* Whether the bloom pre-filter may hold a suffix hash (false: certainly not listed). */
 static __always_inline int bloom_may_hold(__u64 suffix_hash);
 
@@ -69,33 +62,6 @@ static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 		return NULL;
 	c->pos = dns + 1;
 	return dns;
-}
-
-/* A bijection of 64 bits whose top bits (the bloom index) depend on every input bit. */
-static __always_inline __u64 mix64(__u64 x)
-{
-	return (x ^ (x >> 32)) * HASH_MUL;
-}
-
-/* One term of NH: the two 32-bit halves of a word, each plus a key word mod 2^32, multiplied
- * into 64 bits. */
-static __always_inline __u64 nh_term(__u64 w, __u32 k_lo, __u32 k_hi)
-{
-	__u32 lo = (__u32)w + k_lo;
-	__u32 hi = (__u32)(w >> 32) + k_hi;
-
-	return (__u64)lo * hi;
-}
-
-/* ASCII A-Z to a-z in all eight bytes at once, without branches; other bytes unchanged. */
-static __always_inline __u64 lower_word(__u64 w)
-{
-	__u64 heptets = w & 0x7f7f7f7f7f7f7f7fULL;
-	__u64 ge_a = heptets + 0x3f3f3f3f3f3f3f3fULL; /* bit 7 set where byte >= 'A' */
-	__u64 gt_z = heptets + 0x2525252525252525ULL; /* bit 7 set where byte > 'Z' */
-	__u64 upper = ge_a & ~gt_z & ~w & 0x8080808080808080ULL;
-
-	return w | (upper >> 2);
 }
 
 /*
@@ -168,8 +134,8 @@ static __always_inline __u64 load_name_word(struct xdp_md *ctx, struct ccxdp_scr
 
 /*
  * Hash every suffix of the name, from the root outwards, and look each one up; leaves the most
- * specific matching entry in s->match. An exact entry matches only the whole name, a subtree
- * entry any suffix.
+ * specific matching entry in s->match. An entry matches the whole name unless NOT_SELF, and a
+ * name below it only with SUBTREE; ALLOW_NAME and ALLOW_BELOW turn those matches into allows.
  *
  * Verifier: the loop's offsets (label, pos, rem) live in the scratch map value, not in
  * registers. Loads from a map value are unknown scalars to the verifier, so every path through
@@ -223,16 +189,21 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 		if (rem != take)
 			continue;
 		/* A label is complete: state now covers one more suffix. */
-		state = mix64(mix64(state ^ a) ^ b);
+		state = chain_label(state, a, b);
 		suffix = state ^ key->k1;
 		if (!bloom_may_hold(suffix))
 			continue;
-		e = lookup_name(suffix);
-		if (!e || (!(e->flags & CCXDP_ENTRY_SUBTREE) && s->label != 0))
+		e = lookup_name(suffix, s->buffer);
+		if (!e)
+			continue;
+		/* The leftmost label's suffix is the name itself; the others are above it. */
+		if (s->label == 0 ? (e->flags & CCXDP_ENTRY_NOT_SELF)
+				  : !(e->flags & CCXDP_ENTRY_SUBTREE))
 			continue;
 		s->match = *e;
 		s->matched = 1;
-		if (s->label == 0 && (e->flags & CCXDP_ENTRY_ALLOW_NAME)) {
+		if (s->label == 0 ? (e->flags & CCXDP_ENTRY_ALLOW_NAME)
+				  : (e->flags & CCXDP_ENTRY_ALLOW_BELOW)) {
 			s->match.action = CCXDP_ACTION_ALLOW;
 			s->match.category = 0;
 		}

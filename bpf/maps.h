@@ -55,11 +55,32 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
- * Block entries. Key: keyed 64-bit hash of the name in wire form (dns.h), host order.
- * Value: struct ccxdp_entry. Written by the control plane only; read per DNS query.
+ * The name table: every listed name's hash and entry, double-buffered so that a new list
+ * replaces the old one atomically.
+ *
+ * Buffer b (0 or 1) is slots [b * CCXDP_MAX_NAMES, b * CCXDP_MAX_NAMES + n) of ccxdp_nslot,
+ * sorted by hash, and ranges [b << CCXDP_NAME_INDEX_LOG2, (b + 1) << CCXDP_NAME_INDEX_LOG2)
+ * of ccxdp_nrange, where range r gives the slots of the hashes whose top
+ * CCXDP_NAME_INDEX_LOG2 bits are r. ccxdp_nact says which buffer is live. A lookup reads the
+ * live buffer once per packet, then one range and a few slots: arrays, so every read is an
+ * inlined bounds check, and 16 bytes a slot instead of a hash map's 80 a name.
+ *
+ * Why a swap is atomic: the control plane writes a whole new list into the buffer no packet
+ * reads, then changes ccxdp_nact, one aligned 32-bit word whose only changing byte is 0 or 1
+ * (a store the CPU makes at once). A packet reads ccxdp_nact once and then only that buffer,
+ * so it sees the old list or the new one, never a mix; after the switch the control plane
+ * waits for an RCU grace period (membarrier), which every XDP run in flight finishes within,
+ * before it calls the swap done or writes that buffer again. Written only by the control
+ * plane (ccxdp/nametable.py); host order. Mappable, so it writes a million slots in one copy.
  */
-BPF_TABLE_PINNED("hash", __u64, struct ccxdp_entry, ccxdp_names_v1, CCXDP_MAX_NAMES,
-		 CCXDP_PIN(CCXDP_MAP_NAMES));
+#ifndef CCXDP_NAME_INDEX_LOG2
+#define CCXDP_NAME_INDEX_LOG2 19 /* two names per range on average in a full table */
+#endif
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_slot, ccxdp_nslot_v1, 2 * CCXDP_MAX_NAMES,
+		 CCXDP_PIN(CCXDP_MAP_NAME_SLOTS), BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_range, ccxdp_nrange_v1,
+		 2 << CCXDP_NAME_INDEX_LOG2, CCXDP_PIN(CCXDP_MAP_NAME_RANGES), BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v1, 1, CCXDP_PIN(CCXDP_MAP_NAME_ACTIVE));
 
 /*
  * Hits per source. Key: struct ccxdp_source_key (address in network order). Value: struct
@@ -70,16 +91,18 @@ BPF_TABLE_PINNED("lru_hash", struct ccxdp_source_key, struct ccxdp_source_hits, 
 		 CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES));
 
 /*
- * Bloom pre-filter over the keys of ccxdp_names, so that a query that matches nothing (nearly
- * all of them) costs one inlined array read per suffix instead of a hash-map lookup. Key: word
+ * Bloom pre-filter over the hashes of both name-table buffers, so that a query that matches
+ * nothing (nearly all of them) costs one inlined array read per suffix instead of a range
+ * and a slot in a 32 MB table (two cache misses). Key: word
  * index, the top CCXDP_BLOOM_WORDS_LOG2 bits of a name hash. Value: 64 bits, host order; a
  * hash sets bits (hash & 63) and ((hash >> 6) & 63) of its word. The control plane sets a
- * name's bits before it inserts the name and clears bits only by rebuilding from what the
- * name map holds, so the filter never says "no" for a listed name.
+ * name's bits before a list holding it goes live and clears bits only by rebuilding from the
+ * live list once no packet can read the other one, so the filter never says "no" for a
+ * listed name.
  * 16 bits per name by default: about 1.4% false positives with the map full.
  */
-BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v1, 1 << CCXDP_BLOOM_WORDS_LOG2,
-		 CCXDP_PIN(CCXDP_MAP_BLOOM));
+BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_LOG2,
+		 CCXDP_PIN(CCXDP_MAP_BLOOM), BPF_F_MMAPABLE);
 
 /*
  * Run-time settings: key 0, one struct ccxdp_config. Written by the control plane. A hash map
@@ -131,6 +154,7 @@ struct ccxdp_scratch {
 	__u32 nlabels;  /* labels in the QNAME */
 	__u32 name_len; /* QNAME length in wire form, including the root byte */
 	__u32 matched;  /* 1 once an entry matched; match then holds the most specific */
+	__u32 buffer;   /* the name-table buffer this packet reads (ccxdp_nact) */
 	struct ccxdp_entry match;
 	/* The UDP datagram of an answer, zero-padded to 4 bytes, for its checksum (answer.h). */
 	__u8 csum_buf[CCXDP_MAX_ANSWER_UDP + 4];

@@ -1,225 +1,357 @@
-"""Block and allow entries: catalog and kernel map changed together, or not at all.
+"""Listing changes: sources' listings, the catalog's entries and the kernel's name table
+changed together, or not at all.
 
-The kernel's name map holds one value per name hash, so a name that is both blocked and
-allowed is held there as its allow entry (at equal specificity, allow wins); the block entry
-stays in the catalog and comes back into the kernel when the allow entry goes. What the kernel
-should hold is a function of the catalog alone (``kernel_entries``): every change writes that
-function's value for the names it touched, and ``reconcile`` writes it for all of them, so the
-two paths cannot disagree.
+Every change, from ``block add`` of one name to a million-name feed sync, goes through
+``apply``: given new listings for some sources, it derives what each kind's effective list
+becomes (the manual source wins, then feeds in the order they were added), updates the
+entries table by the difference, and publishes the kernel list that follows from the
+effective lists (``kernel_list``) as one atomic swap (nametable.py). What the kernel holds is
+a function of the listings alone, so ``reconcile`` (run at every attach) and ``apply`` cannot
+disagree. A failure anywhere (a hash collision, a full table) rolls the catalog back before
+the kernel was touched, or leaves the kernel on its old list.
 """
 
 from __future__ import annotations
 
-import ctypes as ct
+import bisect
+from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import bloom, layout
-from .catalog import ALLOW, BLOCK, Catalog, CatalogEntry, normalize_category
+from . import layout, native
+from .catalog import (
+    ALLOW,
+    BLOCK,
+    KINDS,
+    MATCHES,
+    Catalog,
+    CatalogEntry,
+    Listing,
+    normalize_category,
+    pack,
+    unpack,
+)
 from .datapath import Datapath
 from .errors import CcxdpError
-from .hashing import HashKey, name_hash
+from .hashing import HashKey
 from .names import normalize
+from .nametable import NameTable
 from .settings import ACTION_NAMES, BLOCK_ACTIONS
+
+MANUAL_ID = 1
 
 
 @dataclass(frozen=True)
 class Change:
     name: str
     status: str  # "added", "updated", "unchanged", "removed", "not listed"
-    subtree: bool | None = None
+    match: str | None = None
     action: str | None = None  # block entries: "default" or an action name
     category: str | None = None  # block entries: the category's name
 
+    @property
+    def subtree(self) -> bool | None:
+        return None if self.match is None else self.match == "subtree"
 
-def action_code(action: str) -> layout.Action:
-    """The kernel's code for an action as the catalog stores it."""
+
+@dataclass
+class Applied:
+    """What one apply changed in the effective lists, per kind."""
+
+    added: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    changed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    kernel_names: int | None = None  # names in the kernel's live list after, if loaded
+
+
+def canonical_action(action: str) -> str:
+    """An action as the catalog stores it: "default", or the kernel's name for it."""
     if action == "default":
-        return layout.Action.DEFAULT
-    if action == "allow":
-        return layout.Action.ALLOW
-    return layout.Action(ACTION_NAMES[action])
+        return action
+    if action not in ACTION_NAMES:
+        raise CcxdpError(f"{action!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
+    return layout.Action(ACTION_NAMES[action]).name.lower()  # "redirect" is "sinkhole"
 
 
-def kernel_value(block: CatalogEntry | None, allow: CatalogEntry | None) -> layout.Entry | None:
-    """What the kernel holds for one name, given its block and allow entries (or None)."""
-    if allow is not None and block is not None and block.subtree and not allow.subtree:
-        # The name itself is allowed, the names below it stay blocked: one entry says both.
-        flags = layout.ENTRY_SUBTREE | layout.ENTRY_ALLOW_NAME
-        return layout.Entry(action_code(block.action), flags, block.category)
-    if allow is not None:
-        return layout.Entry(layout.Action.ALLOW, layout.ENTRY_SUBTREE if allow.subtree else 0, 0)
-    if block is not None:
-        flags = layout.ENTRY_SUBTREE if block.subtree else 0
-        return layout.Entry(action_code(block.action), flags, block.category)
-    return None
-
-
-def kernel_entries(catalog: Catalog, names: Iterable[str] | None = None) -> dict[int, layout.Entry]:
-    """{hash: value} the kernel should hold for these names (all names with None). A name
-    with no entry left is absent from the result."""
-    if names is None:
-        entries = catalog.entries(kind=None)
-    else:
-        entries = [e for n in dict.fromkeys(names) for k in (BLOCK, ALLOW)
-                   if (e := catalog.get(n, k)) is not None]
-    by_name: dict[str, dict[str, CatalogEntry]] = {}
-    for e in entries:
-        by_name.setdefault(e.name, {})[e.kind] = e
-    out = {}
-    for kinds in by_name.values():
-        block, allow = kinds.get(BLOCK), kinds.get(ALLOW)
-        value = kernel_value(block, allow)
-        if value is not None:
-            out[(allow or block).hash] = value
+# -- what the kernel holds -------------------------------------------------------------------
+def effective(listings: dict[tuple[int, str], Listing], kind: str) -> Listing:
+    """One kind's effective list: every source's listing, the earlier source winning."""
+    out = Listing.empty()
+    none = array("Q")
+    for sid in sorted({sid for sid, k in listings if k == kind}, reverse=True):
+        lst = listings[(sid, kind)]
+        if len(lst):
+            out = Listing(*native.merge(out.hashes, out.values, none, lst.hashes, lst.values))
     return out
 
 
-def _value_tuple(v: layout.Entry) -> tuple[int, int, int]:
-    """A kernel value as comparable numbers (ctypes structures do not compare by value)."""
-    return (v.action, v.flags, v.category)
+def combine(block_value: int, allow_value: int) -> int:
+    """The kernel entry of a name both blocked and allowed. Per part of the name's tree (the
+    name itself, the names below it), an allow entry that covers it beats a block entry of
+    the same name."""
+    b_action, b_flags, category = layout.unpack_entry(block_value)
+    _, a_flags, _ = layout.unpack_entry(allow_value)
+
+    def covers(flags: int) -> tuple[bool, bool]:  # (the name itself, the names below)
+        return not flags & layout.ENTRY_NOT_SELF, bool(flags & layout.ENTRY_SUBTREE)
+
+    (b_self, b_below), (a_self, a_below) = covers(b_flags), covers(a_flags)
+    if not (b_self and not a_self) and not (b_below and not a_below):
+        return allow_value  # nothing is left blocked: a plain allow entry
+    flags = 0
+    if not (a_self or b_self):
+        flags |= layout.ENTRY_NOT_SELF
+    if a_below or b_below:
+        flags |= layout.ENTRY_SUBTREE
+    if a_self:
+        flags |= layout.ENTRY_ALLOW_NAME
+    if a_below:
+        flags |= layout.ENTRY_ALLOW_BELOW
+    return layout.pack_entry(b_action, flags, category)
 
 
+def kernel_list(block: Listing, allow: Listing) -> tuple[array, array]:
+    """(hashes, values) the kernel's table should hold: one value per name hash."""
+    values = array("Q", allow.values)
+    for i, h in enumerate(allow.hashes):
+        j = bisect.bisect_left(block.hashes, h)
+        if j < len(block.hashes) and block.hashes[j] == h:
+            values[i] = combine(block.values[j], allow.values[i])
+    return native.merge(block.hashes, block.values, array("Q"), allow.hashes, values)
+
+
+def listing_from(entries: dict[int, int]) -> Listing:
+    """A listing from {hash: packed value}."""
+    hashes = array("Q", entries.keys())
+    values = array("Q", entries.values())
+    return Listing(*native.sort_pairs(hashes, values))
+
+
+def lookup(listing: Listing, h: int) -> int | None:
+    i = bisect.bisect_left(listing.hashes, h)
+    if i < len(listing.hashes) and listing.hashes[i] == h:
+        return listing.values[i]
+    return None
+
+
+# -- the one way listings change -------------------------------------------------------------
+def apply(
+    dp: Datapath,
+    catalog: Catalog,
+    changes: dict[tuple[int, str], Listing],
+    names: dict[int, str],
+) -> Applied:
+    """Give sources new listings. ``names`` holds {hash: name} for every hash a new listing
+    adds to its source; a hash the catalog lists already under another name is refused."""
+    result = Applied()
+    with catalog.transaction():
+        before = catalog.listings()
+        after = dict(before)
+        after.update(changes)
+        old = {k: effective(before, k) for k in KINDS}
+        new = {k: effective(after, k) for k in KINDS}
+        _check_collisions(catalog, before, changes, old, names)
+        for kind in KINDS:
+            added, removed, changed = native.diff(
+                old[kind].hashes, old[kind].values, new[kind].hashes, new[kind].values)
+            n, o = new[kind], old[kind]
+            known = catalog.names_of(n.hashes[i] for p in (added, changed) for i in p
+                                     if n.hashes[i] not in names)
+            upserts = []
+            for positions in (added, changed):
+                for i in positions:
+                    h = n.hashes[i]
+                    match, action, category = unpack(n.values[i])
+                    if kind == ALLOW:
+                        action = "allow"
+                    name = names.get(h) or known[h]
+                    upserts.append(CatalogEntry(name, h, match, action, category, kind=kind))
+            upserts.sort(key=lambda e: e.hash)  # B-tree inserts in key order
+            catalog.write_entries(upserts, ((o.hashes[i], kind) for i in removed))
+            result.added[kind] = len(added)
+            result.removed[kind] = len(removed)
+            result.changed[kind] = len(changed)
+        for (sid, kind), listing in changes.items():
+            catalog.set_listing(sid, kind, listing)
+        if dp.is_loaded():
+            hashes, values = kernel_list(new[BLOCK], new[ALLOW])
+            with NameTable(dp) as table:
+                table.publish(hashes, values)
+            result.kernel_names = len(hashes)
+    return result
+
+
+def _check_collisions(
+    catalog: Catalog,
+    before: dict[tuple[int, str], Listing],
+    changes: dict[tuple[int, str], Listing],
+    old: dict[str, Listing],
+    names: dict[int, str],
+) -> None:
+    """A hash a source newly lists that the catalog already holds must be the same name."""
+    suspects = []
+    for key, listing in changes.items():
+        prior = before.get(key, Listing.empty())
+        fresh, _, _ = native.diff(prior.hashes, prior.values, listing.hashes, listing.values)
+        fresh_h = array("Q", (listing.hashes[i] for i in fresh))
+        for kind in KINDS:
+            missing, _, _ = native.diff(
+                old[kind].hashes, old[kind].hashes, fresh_h, fresh_h)
+            absent = set(missing)
+            suspects += [fresh_h[i] for i in range(len(fresh_h)) if i not in absent]
+    if not suspects:
+        return
+    listed = catalog.names_of(suspects)
+    for h in suspects:
+        if h in listed and h in names and listed[h] != names[h]:
+            raise CcxdpError(
+                f"{names[h]!r} hashes like the listed {listed[h]!r}; refusing to list both "
+                "(nothing was changed)"
+            )
+
+
+def hash_entries(names: Sequence[str], key: HashKey) -> tuple[array, dict[int, str]]:
+    """The hashes of distinct normalized names, and {hash: name}; two names with one hash
+    are refused loudly (the keyed hash makes that astronomically rare)."""
+    hashes = native.hash_names(names, key)
+    by_hash = dict(zip(hashes, names, strict=True))
+    if len(by_hash) != len(names):
+        seen: dict[int, str] = {}
+        for h, n in zip(hashes, names, strict=True):
+            if h in seen and seen[h] != n:
+                raise CcxdpError(f"{n!r} hashes like {seen[h]!r}; refusing to list both")
+            seen[h] = n
+    return hashes, by_hash
+
+
+# -- manual entries: block add / remove, allow add / remove --------------------------------
 def add(
     dp: Datapath,
     catalog: Catalog,
     names: Sequence[str],
-    subtree: bool,
+    subtree: bool | str,
     action: str = "default",
     category: str | None = None,
     kind: str = BLOCK,
 ) -> list[Change]:
-    """List names as block entries (action "default": the configured default action decides
-    at query time) or as allow entries (kind ALLOW). Adding a listed name again replaces its
+    """List names in the manual source as block entries (action "default": the configured
+    default action decides at query time) or as allow entries (kind ALLOW). ``subtree`` is a
+    match ("exact", "subtree", "below") or a bool. Adding a listed name again replaces its
     match, action and category."""
+    match = subtree if isinstance(subtree, str) else ("subtree" if subtree else "exact")
+    if match not in MATCHES:
+        raise CcxdpError(f"{match!r} is not a match ({', '.join(MATCHES)})")
     if kind == ALLOW:
         action, category = "allow", None
-    elif action != "default":
-        if action not in ACTION_NAMES:
-            raise CcxdpError(f"{action!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
-        action = layout.Action(ACTION_NAMES[action]).name.lower()  # "redirect" is "sinkhole"
+    else:
+        action = canonical_action(action)
     if category is not None:
         category = normalize_category(category)
     normalized = list(dict.fromkeys(normalize(n) for n in names))
+    rehash_if_needed(dp, catalog)
     key = dp.hash_key()
-    _hashes_for_key(catalog, key)
-    changes = []
     with catalog.transaction():
         category_id = catalog.category_id(category) if category else 0
-        wanted = []
-        for name in normalized:
-            entry = CatalogEntry(name, name_hash(name, key), subtree, action, category_id,
-                                 kind=kind)
-            old = catalog.get(name, kind)
-            if old is None:
-                status = "added"
-            elif (old.subtree, old.action, old.category) != (subtree, action, category_id):
-                status = "updated"
-            else:
-                status = "unchanged"
-            changes.append(_change(entry, status, category))
-            wanted.append(entry)
-        catalog.upsert(wanted)
-        if dp.is_loaded():
-            write_kernel_entries(dp, kernel_entries(catalog, normalized))
+        hashes, by_hash = hash_entries(normalized, key)
+        manual = catalog.listing(MANUAL_ID, kind)
+        wanted = dict(zip(manual.hashes, manual.values, strict=True))
+        changes = []
+        for h, name in zip(hashes, normalized, strict=True):
+            value = pack(kind, match, action, category_id)
+            old = wanted.get(h)
+            status = "added" if old is None else ("unchanged" if old == value else "updated")
+            wanted[h] = value
+            changes.append(_change(name, kind, match, action, category, status))
+        apply(dp, catalog, {(MANUAL_ID, kind): listing_from(wanted)}, by_hash)
     return changes
 
 
-def _change(entry: CatalogEntry, status: str, category: str | None) -> Change:
-    if entry.kind == ALLOW:
-        return Change(entry.name, status, entry.subtree)
-    return Change(entry.name, status, entry.subtree, entry.action, category)
+def _change(name, kind, match, action, category, status) -> Change:
+    if kind == ALLOW:
+        return Change(name, status, match)
+    return Change(name, status, match, action, category)
 
 
 def remove(dp: Datapath, catalog: Catalog, names: Sequence[str], kind: str = BLOCK) -> list[Change]:
-    """Unlist names of one kind. Where the other kind lists the same name, the kernel gets
-    that entry (the block entry comes back when its allow entry goes)."""
+    """Unlist names of one kind from the manual source. A name a feed lists stays listed."""
     normalized = list(dict.fromkeys(normalize(n) for n in names))
+    rehash_if_needed(dp, catalog)
     key = dp.hash_key()
-    _hashes_for_key(catalog, key)
     categories = catalog.categories()
-    changes, gone = [], []
-    for name in normalized:
-        old = catalog.get(name, kind)
-        if old is None:
-            changes.append(Change(name, "not listed"))
-        else:
-            changes.append(_change(old, "removed", categories.get(old.category)))
-            gone.append(old)
     with catalog.transaction():
-        catalog.remove((e.name for e in gone), kind)
-        if dp.is_loaded() and gone:
-            names_gone = [e.name for e in gone]
-            left = kernel_entries(catalog, names_gone)
-            # Rewrites first (they may fail, and then nothing was deleted yet), then deletes.
-            write_kernel_entries(dp, left)
-            with dp.open_map(layout.MAP_NAMES) as m:
-                for e in gone:
-                    if e.hash not in left:
-                        m.delete(ct.c_uint64(e.hash))
+        hashes, _ = hash_entries(normalized, key)
+        manual = catalog.listing(MANUAL_ID, kind)
+        wanted = dict(zip(manual.hashes, manual.values, strict=True))
+        changes = []
+        for h, name in zip(hashes, normalized, strict=True):
+            value = wanted.pop(h, None)
+            if value is None:
+                changes.append(Change(name, "not listed"))
+                continue
+            match, action, category = unpack(value)
+            changes.append(_change(name, kind, match, action, categories.get(category),
+                                   "removed"))
+        if any(c.status == "removed" for c in changes):
+            apply(dp, catalog, {(MANUAL_ID, kind): listing_from(wanted)}, {})
     return changes
 
 
-def write_kernel_entries(dp: Datapath, entries: dict[int, layout.Entry]) -> None:
-    """Write {hash: entry} to the kernel: bloom bits first, then the name map, so the
-    pre-filter never hides a name that is in the map. If the kernel refuses part of the batch
-    (map full), what was there before is put back: the map is never left half-changed."""
-    if not entries:
-        return
-    keys = [ct.c_uint64(h) for h in entries]
-    with dp.open_map(layout.MAP_BLOOM) as bloom_map:
-        bloom.add(bloom_map, entries)
-    with dp.open_map(layout.MAP_NAMES) as m:
-        before = [m.lookup(k) for k in keys]
-        try:
-            m.update_batch(keys, list(entries.values()))
-        except OSError as e:
-            for k, old in zip(keys, before, strict=True):
-                if old is None:
-                    m.delete(k)
-                else:
-                    m.update(k, old)
-            raise CcxdpError(
-                f"cannot write {len(entries)} entries to the kernel map {layout.MAP_NAMES}: "
-                f"{e.strerror or e} (map full? it holds at most {m.info.max_entries}); "
-                "nothing was changed"
-            ) from e
+def listed_by(catalog: Catalog, hashes: Iterable[int], kind: str = BLOCK) -> dict[int, list[str]]:
+    """{hash: names of the sources listing it}, for the given hashes."""
+    wanted = list(hashes)
+    out: dict[int, list[str]] = {h: [] for h in wanted}
+    listings = catalog.listings()
+    for source in catalog.sources():
+        listing = listings[(source.id, kind)]
+        for h in wanted:
+            if lookup(listing, h) is not None:
+                out[h].append(source.name)
+    return out
 
 
-def _hashes_for_key(catalog: Catalog, key: HashKey) -> None:
-    """Make the catalog's stored hashes those of this key. They differ only when the key was
-    adopted from pins made elsewhere (the state folder was lost or moved); then every name is
-    hashed again, once."""
+# -- keeping the kernel in line ---------------------------------------------------------------
+def rehash_if_needed(dp: Datapath, catalog: Catalog) -> None:
+    """Make the catalog's stored hashes those of the installation's key. They differ only
+    when the key was adopted from pins made elsewhere (the state folder was lost or moved);
+    then every name is hashed again, once."""
+    key = dp.hash_key()
     if catalog.meta("key") == key.fingerprint:
         return
-    entries = [
-        CatalogEntry(e.name, name_hash(e.name, key), e.subtree, e.action, e.category,
-                     e.added_at, e.kind)
-        for e in catalog.entries(kind=None)
-    ]
     with catalog.transaction():
-        catalog.db.execute("DELETE FROM entries")
-        catalog.upsert(entries)
+        entries = catalog.entries(kind=None)
+        names = list(dict.fromkeys(e.name for e in entries))
+        old_of = {e.name: e.hash for e in entries}
+        new_hashes = native.hash_names(names, key) if names else array("Q")
+        moved = {old_of[n]: h for n, h in zip(names, new_hashes, strict=True)}
+        for (sid, kind), listing in catalog.listings().items():
+            pairs = {moved[h]: v for h, v in zip(listing.hashes, listing.values, strict=True)
+                     if h in moved}
+            catalog.set_listing(sid, kind, listing_from(pairs))
+        catalog.clear_entries()
+        catalog.write_entries(
+            sorted((CatalogEntry(e.name, moved[e.hash], e.match, e.action, e.category,
+                                 e.added_at, e.kind) for e in entries), key=lambda e: e.hash),
+            [],
+        )
         catalog.set_meta("key", key.fingerprint)
 
 
-def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
-    """Make the kernel's name map hold exactly what the catalog says (``kernel_entries``),
-    and rebuild the bloom filter from it; returns (written, deleted). Run at every attach: it
-    brings back the entries of purged pins and mends whatever a crash between catalog and
-    kernel left."""
-    _hashes_for_key(catalog, dp.hash_key())
-    wanted = kernel_entries(catalog)
-    with dp.open_map(layout.MAP_NAMES) as m:
-        present = {}
-        for keys, values, count in m.lookup_batch_arrays():
-            for i in range(count):
-                present[keys[i]] = _value_tuple(values[i])
-        stale = [h for h in present if h not in wanted]
-        if stale:
-            m.delete_batch(stale)
-    missing = {h: v for h, v in wanted.items() if present.get(h) != _value_tuple(v)}
-    write_kernel_entries(dp, missing)
-    with dp.open_map(layout.MAP_BLOOM) as bloom_map:
-        bloom.rebuild(bloom_map, wanted)
-    return len(missing), len(stale)
+def reconcile(dp: Datapath, catalog: Catalog) -> int:
+    """Make the kernel's live list exactly what the listings say; returns the names it
+    holds. Run at every attach: it brings back the entries of purged pins and mends whatever
+    a crash between catalog and kernel left."""
+    rehash_if_needed(dp, catalog)
+    listings = catalog.listings()
+    hashes, values = kernel_list(effective(listings, BLOCK), effective(listings, ALLOW))
+    with NameTable(dp) as table:
+        live_h, live_v = table.read()
+        if live_h != hashes or live_v != values:
+            table.publish(hashes, values)
+    return len(hashes)
+
+
+def kernel_entry(dp: Datapath, h: int) -> tuple[int, int, int] | None:
+    """(action, flags, category) the live kernel list holds for one hash, or None."""
+    with NameTable(dp) as table:
+        return table.lookup(h)
+

@@ -537,6 +537,16 @@ def map_info(fd: int) -> MapInfo:
     )
 
 
+def map_memlock(fd: int) -> int:
+    """Bytes of kernel memory the map behind ``fd`` uses, as the kernel accounts them (the
+    "memlock" line of /proc/self/fdinfo, what bpftool shows)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    raise BpfError(_errno.EINVAL, f"fd {fd} has no memlock in /proc/self/fdinfo: not a map?")
+
+
 def prog_info(fd: int) -> ProgInfo:
     """Kernel-side description of the program behind ``fd``."""
     what = f"cannot get program info for fd {fd}"

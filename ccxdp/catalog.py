@@ -1,42 +1,83 @@
-"""The catalog: every listed name with its hash, the category names, the exempt prefixes, in
-an embedded SQLite store.
+"""The catalog: every listed name with its hash, where it comes from, the category names and
+the exempt prefixes, in an embedded SQLite store.
 
-The kernel holds only hashes, category ids and LPM keys; the catalog is how entries are listed,
-exported and reported, and how a freshly loaded program gets them back after its pins were
-purged.
+Names come from sources: "manual" (``block add``, ``allow add``, ``block import``) and one
+per feed (``feed add``). Each source keeps its listing per kind as two sorted arrays (name
+hashes, and the kernel entry each gives the name) in one row: a million-name feed is read,
+diffed and merged in milliseconds, where a million rows would take seconds. Where sources
+disagree, the manual source wins, then the feed added first.
+
+The ``entries`` table holds the result, one row per listed (name, kind): the name, its
+match, action and category as the winning source gives them, and when it was first listed.
+It is derived from the listings (``blocklist`` keeps it in step) and is what ``block list``,
+``block export`` and reports read; the kernel holds only hashes and entries.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import layout
 from .errors import CcxdpError
 
 BLOCK = "block"
 ALLOW = "allow"
 KINDS = (BLOCK, ALLOW)
+MATCHES = ("exact", "subtree", "below")
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
+MANUAL = "manual"  # the source of block add, allow add and block import
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# One table statement per object, shared by a fresh catalog and the migration to it.
-_ENTRIES = """
+_ENTRIES_V2 = """
 CREATE TABLE {table} (
     kind     TEXT NOT NULL CHECK (kind IN ('block', 'allow')),
     name     TEXT NOT NULL,
-    hash     INTEGER NOT NULL,          -- the kernel key, stored as signed 64-bit
-    subtree  INTEGER NOT NULL,          -- 1: the name and everything below it
-    action   TEXT NOT NULL,             -- block: default, drop, nxdomain, ...; allow: allow
-    category INTEGER NOT NULL DEFAULT 0, -- categories.id, 0 = none
+    hash     INTEGER NOT NULL,
+    subtree  INTEGER NOT NULL,
+    action   TEXT NOT NULL,
+    category INTEGER NOT NULL DEFAULT 0,
     added_at TEXT NOT NULL,
     PRIMARY KEY (kind, name),
     UNIQUE (kind, hash)
+)"""
+# Keyed by hash: rows go in sorted by it, the fastest way into a B-tree, and a name's hash
+# is how the control plane finds it (the key is the installation's own).
+_ENTRIES = """
+CREATE TABLE entries (
+    hash     INTEGER NOT NULL,           -- the kernel key, stored as signed 64-bit
+    kind     TEXT NOT NULL CHECK (kind IN ('block', 'allow')),
+    name     TEXT NOT NULL,
+    match    TEXT NOT NULL CHECK (match IN ('exact', 'subtree', 'below')),
+    action   TEXT NOT NULL,              -- block: default, drop, nxdomain, ...; allow: allow
+    category INTEGER NOT NULL DEFAULT 0, -- categories.id, 0 = none
+    added_at TEXT NOT NULL,
+    PRIMARY KEY (hash, kind)
+) WITHOUT ROWID"""
+_SOURCES = """
+CREATE TABLE sources (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    path         TEXT,              -- feeds: the file
+    format       TEXT,              -- feeds: auto, plain, hosts, rpz, adblock, csv
+    column_name  TEXT,              -- feeds in CSV: the column holding names
+    action       TEXT,              -- feeds: the action of entries that name none
+    category     INTEGER NOT NULL DEFAULT 0,
+    skip_invalid INTEGER NOT NULL DEFAULT 0,
+    added_at     TEXT NOT NULL,
+    synced_at    TEXT,
+    digest       TEXT,              -- sha256 of the file and options last applied
+    block_hashes BLOB NOT NULL DEFAULT x'',
+    block_values BLOB NOT NULL DEFAULT x'',
+    allow_hashes BLOB NOT NULL DEFAULT x'',
+    allow_values BLOB NOT NULL DEFAULT x''
 )"""
 _CATEGORIES = """
 CREATE TABLE categories (
@@ -53,13 +94,14 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 )"""
+_MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', '')"
 
-_FRESH = [_ENTRIES.format(table="entries"), _CATEGORIES, _EXEMPT, _META]
+_FRESH = [_ENTRIES, _SOURCES, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _META]
 
 # Version 1 had block entries only (name the primary key, action always 'drop', category an
 # unnamed number). Its rows become block entries; a category number in use gets a name.
 _FROM_V1 = [
-    _ENTRIES.format(table="entries_v2"),
+    _ENTRIES_V2.format(table="entries_v2"),
     "INSERT INTO entries_v2 (kind, name, hash, subtree, action, category, added_at) "
     "SELECT 'block', name, hash, subtree, action, category, added_at FROM entries",
     "DROP TABLE entries",
@@ -69,7 +111,6 @@ _FROM_V1 = [
     "FROM entries WHERE category BETWEEN 1 AND 65535",
     _EXEMPT,
 ]
-_MIGRATIONS = {1: _FROM_V1}
 
 
 class CatalogError(CcxdpError):
@@ -95,11 +136,15 @@ def normalize_category(text: str) -> str:
 class CatalogEntry:
     name: str
     hash: int
-    subtree: bool
+    match: str = "exact"
     action: str = "drop"
     category: int = 0
     added_at: str = ""
     kind: str = BLOCK
+
+    @property
+    def subtree(self) -> bool:
+        return self.match == "subtree"
 
 
 @dataclass(frozen=True)
@@ -108,19 +153,66 @@ class ExemptEntry:
     added_at: str
 
 
-def _signed(h: int) -> int:
+@dataclass(frozen=True)
+class Source:
+    id: int
+    name: str
+    path: str | None
+    format: str | None
+    column: str | None
+    action: str | None
+    category: int
+    skip_invalid: bool
+    added_at: str
+    synced_at: str | None
+    digest: str | None
+
+    @property
+    def is_feed(self) -> bool:
+        return self.name != MANUAL
+
+
+@dataclass
+class Listing:
+    """What one source lists of one kind: name hashes, sorted, and the packed kernel entry
+    (layout.pack_entry) each gives its name."""
+
+    hashes: array
+    values: array
+
+    @classmethod
+    def empty(cls) -> Listing:
+        return cls(array("Q"), array("Q"))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def signed(h: int) -> int:
     return h - (1 << 64) if h >= 1 << 63 else h
 
 
-def _unsigned(h: int) -> int:
+def unsigned(h: int) -> int:
     return h + (1 << 64) if h < 0 else h
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-_COLUMNS = "name, hash, subtree, action, category, added_at, kind"
+def _blob(a: array) -> bytes:
+    return a.tobytes()
+
+
+def _array(blob: bytes) -> array:
+    a = array("Q")
+    a.frombytes(blob)
+    return a
+
+
+_COLUMNS = "name, hash, match, action, category, added_at, kind"
+_SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
+                   "added_at, synced_at, digest")
 
 
 class Catalog:
@@ -129,6 +221,10 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL: a commit survives a crash of ccxdp (only a power loss may undo the
+        # last one), at a fraction of FULL's fsyncs on million-row imports.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-65536")
         self._upgrade()
 
     def _upgrade(self) -> None:
@@ -144,12 +240,39 @@ class Catalog:
             if version == 0 and self._has_table("entries"):
                 version = 1  # made by version 1, which set user_version only afterwards
             if version == 0:
-                steps = _FRESH
-            else:
-                steps = [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]
-            for statement in steps:
-                self.db.execute(statement)
+                for statement in _FRESH:
+                    self.db.execute(statement)
+            if version == 1:
+                for statement in _FROM_V1:
+                    self.db.execute(statement)
+                version = 2
+            if version == 2:
+                self._from_v2()
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _from_v2(self) -> None:
+        """Version 2 kept entries by (kind, name) with a subtree flag; they become the
+        manual source's listings and the derived entries table."""
+        rows = self.db.execute(
+            "SELECT kind, name, hash, subtree, action, category, added_at FROM entries"
+        ).fetchall()
+        self.db.execute("ALTER TABLE entries RENAME TO entries_v2")
+        for statement in (_ENTRIES, _SOURCES, _MANUAL_ROW, _META.replace(
+                "CREATE TABLE", "CREATE TABLE IF NOT EXISTS")):
+            self.db.execute(statement)
+        self.db.execute("DROP TABLE entries_v2")
+        listings = {BLOCK: {}, ALLOW: {}}
+        entries = []
+        for kind, name, h, subtree, action, category, added_at in rows:
+            match = "subtree" if subtree else "exact"
+            listings[kind][unsigned(h)] = pack(kind, match, action, category)
+            entries.append(CatalogEntry(name, unsigned(h), match, action, category, added_at,
+                                        kind))
+        self.write_entries(entries, [])
+        for kind, items in listings.items():
+            keys = sorted(items)
+            self.set_listing(1, kind, Listing(array("Q", keys),
+                                              array("Q", (items[k] for k in keys))))
 
     def _has_table(self, name: str) -> bool:
         row = self.db.execute(
@@ -192,12 +315,33 @@ class Catalog:
             (key, value),
         )
 
-    # -- block and allow entries -----------------------------------------------------------
-    def get(self, name: str, kind: str = BLOCK) -> CatalogEntry | None:
+    # -- entries (derived from the listings) -----------------------------------------------
+    def get(self, h: int, kind: str = BLOCK) -> CatalogEntry | None:
+        """The entry of one name hash."""
         row = self.db.execute(
-            f"SELECT {_COLUMNS} FROM entries WHERE kind=? AND name=?", (kind, name)
+            f"SELECT {_COLUMNS} FROM entries WHERE hash=? AND kind=?", (signed(h), kind)
         ).fetchone()
         return self._entry(row) if row else None
+
+    def names_of(self, hashes: Iterable[int]) -> dict[int, str]:
+        """{hash: name} of the listed ones among these hashes (any kind)."""
+        out: dict[int, str] = {}
+        chunk: list[int] = []
+
+        def flush() -> None:
+            marks = ",".join("?" * len(chunk))
+            for h, name in self.db.execute(
+                    f"SELECT hash, name FROM entries WHERE hash IN ({marks})", chunk):
+                out[unsigned(h)] = name
+            chunk.clear()
+
+        for h in hashes:
+            chunk.append(signed(h))
+            if len(chunk) == 500:
+                flush()
+        if chunk:
+            flush()
+        return out
 
     def entries(self, kind: str | None = BLOCK) -> list[CatalogEntry]:
         """Entries of one kind (both with None), by name."""
@@ -209,39 +353,84 @@ class Catalog:
             )
         return [self._entry(r) for r in rows]
 
+    def all_names(self) -> dict[int, str]:
+        return {unsigned(h): n for h, n in self.db.execute("SELECT hash, name FROM entries")}
+
     def count(self, kind: str = BLOCK) -> int:
         return self.db.execute("SELECT count(*) FROM entries WHERE kind=?", (kind,)).fetchone()[0]
 
     @staticmethod
     def _entry(row: tuple) -> CatalogEntry:
-        name, h, subtree, action, category, added_at, kind = row
-        return CatalogEntry(name, _unsigned(h), bool(subtree), action, category, added_at, kind)
+        name, h, match, action, category, added_at, kind = row
+        return CatalogEntry(name, unsigned(h), match, action, category, added_at, kind)
 
-    def upsert(self, entries: Iterable[CatalogEntry]) -> None:
-        """Insert or update by (kind, name). A different name with an existing hash is
-        refused, whatever its kind: the kernel could not tell the two apart."""
-        now = _now()
-        for e in entries:
-            if e.kind not in KINDS:
-                raise CatalogError(f"{e.name!r}: unknown entry kind {e.kind!r}")
-            clash = self.db.execute(
-                "SELECT name FROM entries WHERE hash=? AND name<>?", (_signed(e.hash), e.name)
-            ).fetchone()
-            if clash:
-                raise CatalogError(
-                    f"{e.name!r} hashes like the listed {clash[0]!r}; refusing to list both"
-                )
-            self.db.execute(
-                f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(kind, name) DO UPDATE SET hash=excluded.hash, "
-                "subtree=excluded.subtree, action=excluded.action, category=excluded.category",
-                (e.name, _signed(e.hash), int(e.subtree), e.action, e.category,
-                 e.added_at or now, e.kind),
-            )
-
-    def remove(self, names: Iterable[str], kind: str = BLOCK) -> None:
+    def write_entries(self, upserts: Iterable[CatalogEntry], deletes: Iterable[tuple[int, str]],
+                      ) -> None:
+        """Insert or update entries by (hash, kind), keeping a row's first added_at; delete
+        (hash, kind) pairs."""
         self.db.executemany(
-            "DELETE FROM entries WHERE kind=? AND name=?", [(kind, n) for n in names]
+            "DELETE FROM entries WHERE hash=? AND kind=?", ((signed(h), k) for h, k in deletes)
+        )
+        stamp = now()
+        self.db.executemany(
+            "INSERT INTO entries (hash, kind, name, match, action, category, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash, kind) DO UPDATE SET "
+            "name=excluded.name, match=excluded.match, action=excluded.action, "
+            "category=excluded.category",
+            ((signed(e.hash), e.kind, e.name, e.match, e.action, e.category,
+              e.added_at or stamp) for e in upserts),
+        )
+
+    def clear_entries(self) -> None:
+        self.db.execute("DELETE FROM entries")
+
+    # -- sources and their listings --------------------------------------------------------
+    def sources(self) -> list[Source]:
+        """Every source, in precedence order: manual first, then feeds as they were added."""
+        rows = self.db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id")
+        return [Source(*r[:7], bool(r[7]), *r[8:]) for r in rows]
+
+    def source(self, name: str) -> Source | None:
+        return next((s for s in self.sources() if s.name == name), None)
+
+    def add_source(self, name: str, path: str, fmt: str, column: str | None,
+                   action: str | None, category: int, skip_invalid: bool) -> Source:
+        self.db.execute(
+            "INSERT INTO sources (name, path, format, column_name, action, category, "
+            "skip_invalid, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, path, fmt, column, action, category, int(skip_invalid), now()),
+        )
+        source = self.source(name)
+        assert source is not None
+        return source
+
+    def remove_source(self, source_id: int) -> None:
+        self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
+
+    def mark_synced(self, source_id: int, digest: str | None) -> None:
+        self.db.execute("UPDATE sources SET synced_at=?, digest=? WHERE id=?",
+                        (now(), digest, source_id))
+
+    def listing(self, source_id: int, kind: str) -> Listing:
+        row = self.db.execute(
+            f"SELECT {kind}_hashes, {kind}_values FROM sources WHERE id=?", (source_id,)
+        ).fetchone()
+        return Listing(_array(row[0]), _array(row[1])) if row else Listing.empty()
+
+    def listings(self) -> dict[tuple[int, str], Listing]:
+        """Every source's listings, keyed (source id, kind)."""
+        out = {}
+        for sid, bh, bv, ah, av in self.db.execute(
+                "SELECT id, block_hashes, block_values, allow_hashes, allow_values "
+                "FROM sources ORDER BY id"):
+            out[(sid, BLOCK)] = Listing(_array(bh), _array(bv))
+            out[(sid, ALLOW)] = Listing(_array(ah), _array(av))
+        return out
+
+    def set_listing(self, source_id: int, kind: str, listing: Listing) -> None:
+        self.db.execute(
+            f"UPDATE sources SET {kind}_hashes=?, {kind}_values=? WHERE id=?",
+            (_blob(listing.hashes), _blob(listing.values), source_id),
         )
 
     # -- categories ------------------------------------------------------------------------
@@ -270,11 +459,46 @@ class Catalog:
         return [ExemptEntry(*r) for r in rows]
 
     def add_exempt(self, prefixes: Iterable[str]) -> None:
-        now = _now()
+        stamp = now()
         self.db.executemany(
             "INSERT INTO exempt (prefix, added_at) VALUES (?, ?) ON CONFLICT(prefix) DO NOTHING",
-            [(p, now) for p in prefixes],
+            [(p, stamp) for p in prefixes],
         )
 
     def remove_exempt(self, prefixes: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM exempt WHERE prefix=?", [(p,) for p in prefixes])
+
+
+# -- the packed kernel entry of a listing ---------------------------------------------------
+_MATCH_FLAGS = {
+    "exact": 0,
+    "subtree": layout.ENTRY_SUBTREE,
+    "below": layout.ENTRY_SUBTREE | layout.ENTRY_NOT_SELF,
+}
+_FLAGS_MATCH = {v: k for k, v in _MATCH_FLAGS.items()}
+
+
+def action_code(action: str) -> int:
+    """The kernel's code for an action as the catalog stores it ("default", "allow", ...)."""
+    if action == "default":
+        return layout.Action.DEFAULT
+    return layout.Action[action.upper()]
+
+
+def action_name(code: int) -> str:
+    if code == layout.Action.DEFAULT:
+        return "default"
+    return layout.Action(code).name.lower()
+
+
+def pack(kind: str, match: str, action: str, category: int) -> int:
+    """A listing's value for one name: the kernel entry it would hold alone."""
+    if kind == ALLOW:
+        return layout.pack_entry(layout.Action.ALLOW, _MATCH_FLAGS[match], 0)
+    return layout.pack_entry(action_code(action), _MATCH_FLAGS[match], category)
+
+
+def unpack(value: int) -> tuple[str, str, int]:
+    """(match, action, category) of a listing's value."""
+    action, flags, category = layout.unpack_entry(value)
+    return _FLAGS_MATCH[flags], action_name(action), category

@@ -51,6 +51,11 @@ class Limits:
     max_sources: int = 1 << 20
 
     @property
+    def name_index_log2(self) -> int:
+        # Two names per range of the name table on average when it is full (maps.h).
+        return max(4, (max(self.max_names, 1) - 1).bit_length() - 1)
+
+    @property
     def bloom_words_log2(self) -> int:
         # 16 bits per name: words = names / 4, rounded up to a power of two, at least 1024.
         return max(10, (max(self.max_names, 1) - 1).bit_length() - 2)
@@ -60,6 +65,7 @@ class Limits:
             f"-DCCXDP_MAX_NAMES={self.max_names}",
             f"-DCCXDP_MAX_SOURCES={self.max_sources}",
             f"-DCCXDP_BLOOM_WORDS_LOG2={self.bloom_words_log2}",
+            f"-DCCXDP_NAME_INDEX_LOG2={self.name_index_log2}",
         ]
 
 
@@ -154,9 +160,11 @@ class Datapath:
         return self.prog_pin.exists()
 
     def count_names(self) -> int:
-        """Entries in the kernel's name map (counted in batches, not decoded one by one)."""
-        with self.open_map(layout.MAP_NAMES) as m:
-            return sum(count for _, _, count in m.lookup_batch_arrays(chunk=65536))
+        """Names in the live buffer of the kernel's name table."""
+        from .nametable import NameTable
+
+        with NameTable(self) as table:
+            return table.count()
 
     def open_map(self, name: str) -> bpfsys.Map:
         """Open one pinned map with the layout layout.py gives it (checked against the pin)."""
@@ -210,9 +218,17 @@ class Datapath:
     def effective_limits(self, wanted: Limits) -> Limits:
         """Maps already pinned keep their size (bcc reuses a pinned map as it is), so the
         program must be compiled for those sizes, not the wanted ones."""
-        names = self._pinned_max_entries(layout.MAP_NAMES) or wanted.max_names
+        slots = self._pinned_max_entries(layout.MAP_NAME_SLOTS)
+        names = slots // 2 if slots else wanted.max_names  # two buffers
         sources = self._pinned_max_entries(layout.MAP_SOURCES) or wanted.max_sources
         limits = Limits(names, sources)
+        ranges = self._pinned_max_entries(layout.MAP_NAME_RANGES)
+        if ranges is not None and ranges != 2 << limits.name_index_log2:
+            raise DatapathError(
+                f"pinned {layout.MAP_NAME_RANGES} holds {ranges} ranges, not the "
+                f"{2 << limits.name_index_log2} that {names} names need: purge the pins "
+                f"('ccxdp detach IFACE --purge') and attach again"
+            )
         bloom = self._pinned_max_entries(layout.MAP_BLOOM)
         if bloom is not None and bloom != 1 << limits.bloom_words_log2:
             raise DatapathError(
@@ -508,10 +524,10 @@ class Datapath:
 
     def _is_ours(self, prog_id: int) -> bool:
         """The pinned program, or an earlier program of this installation: one that uses the
-        name map pinned here. A ccxdp of another pin folder is someone else's."""
+        name table pinned here. A ccxdp of another pin folder is someone else's."""
         if prog_id == self._our_prog_id():
             return True
-        names = self.pin_dir / layout.MAP_NAMES
+        names = self.pin_dir / layout.MAP_NAME_SLOTS
         if not names.exists():
             return False
         map_fd = bpfsys.obj_get(names)

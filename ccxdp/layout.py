@@ -15,17 +15,19 @@ DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
 MAP_STATS = "ccxdp_stats_v3"
-MAP_NAMES = "ccxdp_names_v1"
+MAP_NAME_SLOTS = "ccxdp_nslot_v1"
+MAP_NAME_RANGES = "ccxdp_nrange_v1"
+MAP_NAME_ACTIVE = "ccxdp_nact_v1"
 MAP_SOURCES = "ccxdp_srcs_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
-MAP_BLOOM = "ccxdp_bloom_v1"
+MAP_BLOOM = "ccxdp_bloom_v2"
 MAP_CONFIG = "ccxdp_config_v2"
 MAP_EXEMPT = "ccxdp_exempt_v1"
 MAP_EXEMPT_COUNT = "ccxdp_exn_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v3"
+PROG_PIN = "ccxdp_xdp_v4"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -75,10 +77,30 @@ STAT_MAX = STAT_ACTION_BASE + len(Action)
 
 ENTRY_SUBTREE = 0x01
 ENTRY_ALLOW_NAME = 0x02
+ENTRY_NOT_SELF = 0x04
+ENTRY_ALLOW_BELOW = 0x08
+NAME_RUN_MAX = 16
 
 
 class Entry(ct.Structure):
     _fields_ = [("action", ct.c_uint8), ("flags", ct.c_uint8), ("category", ct.c_uint16)]
+
+
+class NameSlot(ct.Structure):
+    _fields_ = [("hash", ct.c_uint64), ("entry", Entry), ("pad", ct.c_uint32)]
+
+
+class NameRange(ct.Structure):
+    _fields_ = [("start", ct.c_uint32), ("end", ct.c_uint32)]
+
+
+def pack_entry(action: int, flags: int, category: int) -> int:
+    """An Entry as the 32-bit number its bytes make in a little-endian slot word."""
+    return action | flags << 8 | category << 16
+
+
+def unpack_entry(value: int) -> tuple[int, int, int]:
+    return value & 0xFF, (value >> 8) & 0xFF, (value >> 16) & 0xFFFF
 
 
 class SourceKey(ct.Structure):
@@ -127,7 +149,9 @@ class LpmKey(ct.Structure):
 # (map name, key type, value type) for every pinned map, as the C declares them.
 PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_STATS: (ct.c_uint32, ct.c_uint64),
-    MAP_NAMES: (ct.c_uint64, Entry),
+    MAP_NAME_SLOTS: (ct.c_uint32, NameSlot),
+    MAP_NAME_RANGES: (ct.c_uint32, NameRange),
+    MAP_NAME_ACTIVE: (ct.c_uint32, ct.c_uint32),
     MAP_SOURCES: (SourceKey, SourceHits),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
     MAP_HASH_KEY: (ct.c_uint32, HashKey),

@@ -107,7 +107,7 @@ def render_entries(
         table.add_column("category")
     table.add_column("added (UTC)")
     for e in entries:
-        cells = [e.name, "subtree" if e.subtree else "exact"]
+        cells = [e.name, e.match]
         if blocks:
             cells += [e.action, (categories or {}).get(e.category, "-")]
         table.add_row(*cells, e.added_at)
@@ -124,7 +124,7 @@ def render_changes(changes: list[Change]) -> Table:
         table.add_column("category")
     table.add_column("result")
     for c in changes:
-        match = "-" if c.subtree is None else ("subtree" if c.subtree else "exact")
+        match = c.match or "-"
         cells = [c.name, match]
         if with_action:
             cells += [c.action or "-", c.category or "-"]

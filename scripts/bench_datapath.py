@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from frames import query, tcp4, udp4, udp6  # noqa: E402
 
-from ccxdp import bloom, bpfsys, layout  # noqa: E402
-from ccxdp.blocklist import write_kernel_entries  # noqa: E402
+from ccxdp import bpfsys, layout, native  # noqa: E402
 from ccxdp.datapath import Datapath, Limits  # noqa: E402
 from ccxdp.hashing import name_hash  # noqa: E402
+from ccxdp.nametable import NameTable  # noqa: E402
 from ccxdp.settings import Settings  # noqa: E402
 
 BPF_PROG_TYPE_XDP = 6
@@ -43,19 +43,21 @@ def empty_program() -> int:
 
 
 def fill_names(dp: Datapath, count: int) -> str:
-    """Load `count` distinct names the way the control plane does (bloom bits, then the name
-    map); returns one of them to use as the blocked query."""
+    """Publish `count` distinct names as the control plane does (nametable.py); returns one
+    of them to use as the blocked query."""
     key = dp.hash_key()
     started = time.perf_counter()
-    names = (f"c2-{i}.example{i % 97}.test" for i in range(count))
-    hashes = array.array("Q", (name_hash(n, key) for n in names))
-    values = bytes(layout.Entry(layout.Action.DROP, 0, 1)) * count
-    with dp.open_map(layout.MAP_BLOOM) as b:
-        bloom.add(b, hashes)
-    with dp.open_map(layout.MAP_NAMES) as m:
-        m.update_batch(hashes, values)
+    names = [f"c2-{i}.example{i % 97}.test" for i in range(count)]
+    hashes = native.hash_names(names, key)
+    values = array.array("Q", [layout.pack_entry(layout.Action.DROP, 0, 1)]) * count
+    publish(dp, *native.sort_pairs(hashes, values))
     print(f"loaded {count:,} names in {time.perf_counter() - started:.1f} s")
     return f"c2-{count // 2}.example{(count // 2) % 97}.test"
+
+
+def publish(dp: Datapath, hashes: array.array, values: array.array) -> None:
+    with NameTable(dp) as table:
+        table.publish(hashes, values)
 
 
 def set_answer_entries(dp: Datapath) -> dict[str, str]:
@@ -63,10 +65,24 @@ def set_answer_entries(dp: Datapath) -> dict[str, str]:
     dp.set_settings(Settings(sinkhole_v4="198.18.9.9", sinkhole_v6="fd00:9::9"))
     names = {"nxdomain": "nx.c2.example", "sinkhole": "sink.c2.example"}
     key = dp.hash_key()
-    write_kernel_entries(dp, {
-        name_hash(n, key): layout.Entry(layout.Action[a.upper()], 0, 1) for a, n in names.items()
-    })
+    with NameTable(dp) as table:
+        hashes, values = table.read()
+    extra = {name_hash(n, key): layout.pack_entry(layout.Action[a.upper()], 0, 1)
+             for a, n in names.items()}
+    hashes, values = native.merge(hashes, values, array.array("Q"),
+                                  *native.sort_pairs(array.array("Q", extra),
+                                                     array.array("Q", extra.values())))
+    publish(dp, hashes, values)
     return names
+
+
+def table_memory(dp: Datapath) -> str:
+    total = 0
+    for name in (layout.MAP_NAME_SLOTS, layout.MAP_NAME_RANGES, layout.MAP_NAME_ACTIVE,
+                 layout.MAP_BLOOM):
+        with dp.open_map(name) as m:
+            total += bpfsys.map_memlock(m.fd)
+    return f"{total / 2**20:.1f} MiB"
 
 
 def main() -> int:
@@ -121,6 +137,7 @@ def main() -> int:
         ]
         with dp.open_map(layout.MAP_BLOOM) as b:
             words = [v.value for _, v in b.lookup_batch()]
+        print(f"kernel memory of the name table and bloom filter: {table_memory(dp)}")
         fill = sum(bin(w).count("1") for w in words) / (64 * len(words))
         # Both bits of a hash fall in one word, so the rate is the mean of each word's fill².
         false_positive = statistics.mean((bin(w).count("1") / 64) ** 2 for w in words)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from array import array
 from pathlib import Path
 
 import pytest
@@ -92,33 +93,51 @@ def datapath(loaded):
 
 
 def clear_entries(dp) -> None:
-    """Empty the name map and its bloom filter."""
-    from ccxdp import bloom, layout
+    """Empty the kernel's name table (and so its bloom filter)."""
+    from ccxdp.nametable import NameTable
 
-    with dp.open_map(layout.MAP_NAMES) as m:
-        for k in list(m.keys()):
-            m.delete(k)
-    with dp.open_map(layout.MAP_BLOOM) as b:
-        bloom.rebuild(b, [])
+    with NameTable(dp) as table:
+        table.publish(array("Q"), array("Q"))
 
 
 def set_entries(dp, entries: dict[int, tuple[int, int]]) -> None:
-    """Write {hash: (flags, category)} as drop entries, the way the control plane does."""
+    """Make {hash: (flags, category)} the kernel's list, as drop entries."""
     from ccxdp import layout
-    from ccxdp.blocklist import write_kernel_entries
 
-    write_kernel_entries(
-        dp, {h: layout.Entry(layout.Action.DROP, f, c) for h, (f, c) in entries.items()}
-    )
+    publish_entries(dp, {h: (layout.Action.DROP, f, c) for h, (f, c) in entries.items()})
+
+
+def publish_entries(dp, entries: dict[int, tuple[int, int, int]]) -> None:
+    """Make {hash: (action, flags, category)} the kernel's list, the way the control plane
+    publishes lists."""
+    from ccxdp import layout
+    from ccxdp.nametable import NameTable
+
+    pairs = sorted((h, layout.pack_entry(*v)) for h, v in entries.items())
+    with NameTable(dp) as table:
+        table.publish(array("Q", (h for h, _ in pairs)), array("Q", (v for _, v in pairs)))
+
+
+def kernel_names(dp) -> dict[int, tuple[int, int, int]]:
+    """{hash: (action, flags, category)} of the kernel's live list."""
+    from ccxdp import layout
+    from ccxdp.nametable import NameTable
+
+    with NameTable(dp) as table:
+        hashes, values = table.read()
+    return {h: layout.unpack_entry(v) for h, v in zip(hashes, values, strict=True)}
 
 
 @pytest.fixture
 def lab():
-    """A client and a resolver namespace, a veth between them, a real unbound (tests/netns.py).
+    """The end-to-end topology, from one place (ccxdp.lab.from_env): by default a namespace lab
+    (a resolver with a real unbound, clients, a sinkhole, on one switch); with
+    CCXDP_E2E_TOPOLOGY=hosts, this host as the resolver and a client VM (vagrant/README.md).
     Everything it makes is removed when the test ends, passed or failed."""
-    from netns import lab_fixture
+    from ccxdp.lab import from_env
 
-    yield from lab_fixture()
+    with from_env() as topology:
+        yield topology
 
 
 class Ccxdp:

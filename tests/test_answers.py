@@ -12,10 +12,10 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from conftest import publish_entries
 from frames import CLIENT4, CLIENT6, ETH, RESOLVER4, RESOLVER6, udp4, udp6
 
 from ccxdp import bpfsys, layout
-from ccxdp.blocklist import write_kernel_entries
 from ccxdp.hashing import name_hash
 from ccxdp.settings import Settings
 from ccxdp.stats import read_stats
@@ -106,9 +106,7 @@ def answering(datapath):
 
 
 def entry_for(dp, action: str) -> None:
-    write_kernel_entries(
-        dp, {name_hash(NAME, dp.hash_key()): layout.Entry(layout.Action[action.upper()], 0, 7)}
-    )
+    publish_entries(dp, {name_hash(NAME, dp.hash_key()): (layout.Action[action.upper()], 0, 7)})
 
 
 @pytest.mark.parametrize(

@@ -1,65 +1,103 @@
-"""Catalog and kernel change together or not at all."""
+"""Listings, catalog and kernel change together or not at all."""
 
 from __future__ import annotations
 
-import ctypes as ct
+from array import array
 
 import pytest
+from conftest import kernel_names, publish_entries
 
 from ccxdp import layout
-from ccxdp.blocklist import kernel_entries
-from ccxdp.catalog import ALLOW, Catalog, CatalogEntry, CatalogError
+from ccxdp.blocklist import apply, combine, kernel_list, listing_from
+from ccxdp.catalog import ALLOW, BLOCK, Catalog, Listing, pack
 from ccxdp.datapath import Datapath, Limits
+from ccxdp.errors import CcxdpError
 from ccxdp.hashing import name_hash
 
+A = layout.Action
+SUB, NOT_SELF = layout.ENTRY_SUBTREE, layout.ENTRY_NOT_SELF
+ALLOW_NAME, ALLOW_BELOW = layout.ENTRY_ALLOW_NAME, layout.ENTRY_ALLOW_BELOW
 
-def test_catalog_refuses_a_second_name_with_the_same_hash(tmp_path):
+
+@pytest.mark.parametrize("block_match, allow_match, expected", [
+    # The allow entry covers all the block entry does: a plain allow entry.
+    ("exact", "exact", (A.ALLOW, 0, 0)),
+    ("subtree", "subtree", (A.ALLOW, SUB, 0)),
+    ("exact", "subtree", (A.ALLOW, SUB, 0)),
+    ("below", "below", (A.ALLOW, SUB | NOT_SELF, 0)),
+    ("below", "subtree", (A.ALLOW, SUB, 0)),
+    # Part stays blocked: the block entry with the allowed part marked.
+    ("subtree", "exact", (A.REFUSED, SUB | ALLOW_NAME, 5)),
+    ("below", "exact", (A.REFUSED, SUB | ALLOW_NAME, 5)),
+    ("subtree", "below", (A.REFUSED, SUB | ALLOW_BELOW, 5)),
+    ("exact", "below", (A.REFUSED, SUB | ALLOW_BELOW, 5)),
+])
+def test_an_allow_entry_wins_where_it_covers_the_same_name(block_match, allow_match, expected):
+    value = combine(pack(BLOCK, block_match, "refused", 5), pack(ALLOW, allow_match, "allow", 0))
+    assert layout.unpack_entry(value) == expected
+
+
+def test_the_kernel_list_holds_one_value_per_name_hash():
+    block = listing_from({1: pack(BLOCK, "exact", "refused", 3),
+                          2: pack(BLOCK, "subtree", "default", 0),
+                          3: pack(BLOCK, "exact", "sinkhole", 3)})
+    allow = listing_from({1: pack(ALLOW, "subtree", "allow", 0),
+                          4: pack(ALLOW, "exact", "allow", 0)})
+    hashes, values = kernel_list(block, allow)
+    assert list(hashes) == [1, 2, 3, 4]
+    assert [layout.unpack_entry(v) for v in values] == [
+        (A.ALLOW, SUB, 0), (A.DEFAULT, SUB, 0), (A.SINKHOLE, 0, 3), (A.ALLOW, 0, 0)]
+
+
+def unloaded(tmp_path) -> Datapath:
+    """A datapath whose program is not loaded: changes reach the catalog only."""
+    return Datapath(tmp_path / "pins", tmp_path / "state")
+
+
+def test_a_second_name_with_a_listed_hash_is_refused_and_nothing_changes(tmp_path):
+    dp = unloaded(tmp_path)
     with Catalog(tmp_path / "c.db") as c:
-        c.upsert([CatalogEntry("evil.test", 42, False)])
-        with pytest.raises(CatalogError, match="'bad.test' hashes like the listed 'evil.test'"):
-            c.upsert([CatalogEntry("bad.test", 42, True)])
-        assert [e.name for e in c.entries()] == ["evil.test"]
+        apply(dp, c, {(1, BLOCK): listing_from({42: pack(BLOCK, "exact", "drop", 0)})},
+              {42: "evil.test"})
+        feed = c.add_source("feed", "/x", "plain", None, None, 0, False)
+        bad = {(feed.id, ALLOW): listing_from({42: pack(ALLOW, "exact", "allow", 0)})}
+        with pytest.raises(CcxdpError, match="'bad.test' hashes like the listed 'evil.test'"):
+            apply(dp, c, bad, {42: "bad.test"})
+        assert [(e.name, e.kind) for e in c.entries(kind=None)] == [("evil.test", "block")]
+        assert len(c.listing(feed.id, ALLOW)) == 0
+        # The same name from a second source is fine, and listed once per kind.
+        apply(dp, c, bad, {42: "evil.test"})
+        assert [(e.name, e.kind) for e in c.entries(kind=None)] == [("evil.test", "allow"),
+                                                                    ("evil.test", "block")]
 
 
-def test_catalog_keeps_unsigned_64_bit_hashes(tmp_path):
+def test_the_catalog_keeps_unsigned_64_bit_hashes(tmp_path):
+    big = (1 << 64) - 1
     with Catalog(tmp_path / "c.db") as c:
-        c.upsert([CatalogEntry("big.test", (1 << 64) - 1, True)])
-        assert c.get("big.test").hash == (1 << 64) - 1
+        apply(unloaded(tmp_path), c, {(1, BLOCK): Listing(array("Q", [big]), array("Q", [
+            pack(BLOCK, "subtree", "drop", 0)]))}, {big: "big.test"})
+        assert c.get(big).name == "big.test" and c.get(big).match == "subtree"
+        assert list(c.listing(1, BLOCK).hashes) == [big]
 
 
-def test_kernel_entries_hold_one_value_per_name_and_the_allow_wins(tmp_path):
-    """What the kernel should hold is a function of the catalog alone: changes write it for
-    the names they touch, reconcile for all names."""
-    A = layout.Action
+def test_the_manual_source_wins_then_feeds_in_the_order_they_were_added(tmp_path):
+    dp = unloaded(tmp_path)
     with Catalog(tmp_path / "c.db") as c:
-        emotet = c.category_id("emotet")
-        c.upsert([
-            CatalogEntry("both.test", 1, False, "refused", emotet),
-            CatalogEntry("both.test", 1, True, "allow", kind=ALLOW),
-            CatalogEntry("block.test", 2, True, "default"),
-            CatalogEntry("sink.test", 3, False, "sinkhole", emotet),
-            CatalogEntry("allow.test", 4, False, "allow", kind=ALLOW),
-        ])
-        got = {h: (v.action, v.flags, v.category) for h, v in kernel_entries(c).items()}
-        assert got == {
-            1: (A.ALLOW, layout.ENTRY_SUBTREE, 0),
-            2: (A.DEFAULT, layout.ENTRY_SUBTREE, 0),
-            3: (A.SINKHOLE, 0, emotet),
-            4: (A.ALLOW, 0, 0),
-        }
-        c.remove(["both.test"], ALLOW)
-        some = kernel_entries(c, ["both.test", "gone.test"])
-        assert {h: (v.action, v.category) for h, v in some.items()} == {1: (A.REFUSED, emotet)}
-
-
-def test_a_name_may_be_both_blocked_and_allowed_but_not_share_a_hash(tmp_path):
-    with Catalog(tmp_path / "c.db") as c:
-        c.upsert([CatalogEntry("a.test", 7, False), CatalogEntry("a.test", 7, False,
-                                                                  "allow", kind=ALLOW)])
-        with pytest.raises(CatalogError, match="'b.test' hashes like the listed 'a.test'"):
-            c.upsert([CatalogEntry("b.test", 7, False, "allow", kind=ALLOW)])
-        assert [(e.name, e.kind) for e in c.entries(kind=None)] == [("a.test", "allow"),
-                                                                    ("a.test", "block")]
+        first = c.add_source("first", "/1", "plain", None, None, 0, False)
+        second = c.add_source("second", "/2", "plain", None, None, 0, False)
+        apply(dp, c, {(second.id, BLOCK): listing_from({7: pack(BLOCK, "exact", "tc", 2)})},
+              {7: "x.test"})
+        assert c.get(7).action == "tc"
+        apply(dp, c, {(first.id, BLOCK): listing_from({7: pack(BLOCK, "exact", "nodata", 1)})},
+              {7: "x.test"})
+        assert (c.get(7).action, c.get(7).category) == ("nodata", 1)
+        apply(dp, c, {(1, BLOCK): listing_from({7: pack(BLOCK, "subtree", "drop", 0)})},
+              {7: "x.test"})
+        assert (c.get(7).match, c.get(7).action) == ("subtree", "drop")
+        apply(dp, c, {(1, BLOCK): Listing.empty(), (first.id, BLOCK): Listing.empty()}, {})
+        assert c.get(7).action == "tc", "the last source holding it decides again"
+        apply(dp, c, {(second.id, BLOCK): Listing.empty()}, {})
+        assert c.entries(kind=None) == []
 
 
 @pytest.fixture
@@ -74,8 +112,7 @@ def small(tmp_path, ccxdp):
 
 
 def kernel_hashes(dp) -> set[int]:
-    with dp.open_map(layout.MAP_NAMES) as m:
-        return {k.value for k in m.keys()}
+    return set(kernel_names(dp))
 
 
 @pytest.mark.root
@@ -86,10 +123,10 @@ def test_full_name_map_changes_nothing(small):
     before = {name_hash(n, key) for n in ("a.test", "b.test", "c.test")}
     assert kernel_hashes(dp) == before
 
-    cp = cli.run("block", "add", "d.test", "e.test", check=False)
+    cp = cli.run("block", "add", "d.test", "e.test", check=False)  # 5 names
 
     assert cp.returncode == 1
-    assert "nothing was changed" in cp.stderr and "at most 4" in cp.stderr
+    assert "nothing was changed" in cp.stderr and "which holds 4" in cp.stderr
     assert "Traceback" not in cp.stderr
     assert [e["name"] for e in cli.json("block", "list")] == ["a.test", "b.test", "c.test"]
     assert kernel_hashes(dp) == before
@@ -99,23 +136,20 @@ def test_full_name_map_changes_nothing(small):
 def test_update_of_an_existing_entry_and_remove(small):
     cli, dp = small
     assert cli.json("block", "add", "a.test") == [
-        {"name": "a.test", "status": "added", "subtree": False, "action": "default",
-         "category": None}
+        {"name": "a.test", "status": "added", "subtree": False,
+         "action": "default", "category": None}
     ]
     assert cli.json("block", "add", "A.TEST.", "--subtree") == [
-        {"name": "a.test", "status": "updated", "subtree": True, "action": "default",
-         "category": None}
+        {"name": "a.test", "status": "updated", "subtree": True,
+         "action": "default", "category": None}
     ]
-    with dp.open_map(layout.MAP_NAMES) as m:
-        entry = m.lookup(ct.c_uint64(name_hash("a.test", dp.hash_key())))
+    entry = kernel_names(dp)[name_hash("a.test", dp.hash_key())]
     # No --action: the configured default action decides at query time.
-    assert (entry.action, entry.flags, entry.category) == (layout.Action.DEFAULT, 1, 0)
+    assert entry == (layout.Action.DEFAULT, layout.ENTRY_SUBTREE, 0)
     cp = cli.run("block", "remove", "a.test", "never.test", "--json", check=False)
     assert cp.returncode == 1 and "not listed: never.test" in cp.stderr
     assert kernel_hashes(dp) == set()
     assert cli.json("block", "list") == []
-
-
 
 
 @pytest.mark.root
@@ -137,8 +171,7 @@ def test_attach_mends_a_kernel_map_that_drifted_from_the_catalog(ccxdp, bare_net
     ccxdp.run("block", "add", "kept.test", "lost.test")
     dp = Datapath(ccxdp.pin_dir, ccxdp.state_dir)
     key = dp.hash_key()
-    with dp.open_map(layout.MAP_NAMES) as m:
-        m.delete(ct.c_uint64(name_hash("lost.test", key)))
-        m.update(ct.c_uint64(12345), layout.Entry(layout.Action.DROP, 0, 0))
+    publish_entries(dp, {name_hash("kept.test", key): (layout.Action.DEFAULT, 0, 0),
+                         12345: (layout.Action.DROP, 0, 0)})
     ccxdp.run("attach", "lo", "--netns", bare_netns)
     assert kernel_hashes(dp) == {name_hash("kept.test", key), name_hash("lost.test", key)}

@@ -18,13 +18,13 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
-from conftest import one_line_error
+from conftest import kernel_names, one_line_error, publish_entries
 from frames import CLIENT4, CLIENT6, query, udp4, udp6
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
 from ccxdp import bpfsys, layout
-from ccxdp.catalog import SCHEMA_VERSION, Catalog, CatalogError
+from ccxdp.catalog import SCHEMA_VERSION, Catalog, CatalogError, unpack
 from ccxdp.datapath import Datapath
 from ccxdp.exempt import PrefixError, lpm_key, parse_prefix
 from ccxdp.hashing import name_hash
@@ -73,13 +73,10 @@ class Policy:
         return Verdict(result.retval, answer.rcode(), answer)
 
     def entry(self, name: str) -> tuple[int, int, int] | None:
-        with self.dp.open_map(layout.MAP_NAMES) as m:
-            v = m.lookup(ct.c_uint64(name_hash(name, self.dp.hash_key())))
-        return None if v is None else (v.action, v.flags, v.category)
+        return self.names_map().get(name_hash(name, self.dp.hash_key()))
 
     def names_map(self) -> dict[int, tuple[int, int, int]]:
-        with self.dp.open_map(layout.MAP_NAMES) as m:
-            return {k.value: (v.action, v.flags, v.category) for k, v in m.lookup_batch()}
+        return kernel_names(self.dp)
 
     def exempt_map(self) -> set[tuple[int, bytes]]:
         with self.dp.open_map(layout.MAP_EXEMPT) as m:
@@ -482,11 +479,11 @@ def test_attach_after_a_purge_restores_everything_exactly(policy):
 
     # Drift, as a crash between catalog and kernel could leave it: the next attach mends it.
     key = policy.dp.hash_key()
-    with policy.dp.open_map(layout.MAP_NAMES) as m:
-        m.delete(ct.c_uint64(name_hash("cdn.evil.test", key)))  # an allow entry lost
-        m.update(ct.c_uint64(name_hash("both.test", key)),  # the block where the allow is
-                 layout.Entry(layout.Action.DROP, 0, 0))
-        m.update(ct.c_uint64(4242), layout.Entry(layout.Action.DROP, 0, 0))
+    drifted = dict(state[0])
+    del drifted[name_hash("cdn.evil.test", key)]  # an allow entry lost
+    drifted[name_hash("both.test", key)] = (layout.Action.DROP, 0, 0)  # a block for the allow
+    drifted[4242] = (layout.Action.DROP, 0, 0)
+    publish_entries(policy.dp, drifted)
     with policy.dp.open_map(layout.MAP_EXEMPT) as m:
         m.delete(lpm_key(ipaddress.ip_network("fd00:7::/64")))
         m.update(lpm_key(ipaddress.ip_network("198.18.0.0/15")), ct.c_uint8(1))
@@ -532,12 +529,19 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
     path = tmp_path / "catalog.db"
     make_v1_catalog(path, V1_ROWS)
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-        assert [(e.kind, e.name, e.hash, e.subtree, e.action, e.category, e.added_at)
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
-            ("block", "c2.test", (1 << 63) - 1, False, "drop", 3, "2026-11-02T00:00:00+00:00"),
-            ("block", "evil.test", (1 << 64) - 5, True, "drop", 0, "2026-11-01T00:00:00+00:00"),
+            ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3,
+             "2026-11-02T00:00:00+00:00"),
+            ("block", "evil.test", (1 << 64) - 5, "subtree", "drop", 0,
+             "2026-11-01T00:00:00+00:00"),
         ]
+        # They become the manual source's listing, which the kernel list is made from.
+        manual = c.listing(1, "block")
+        assert list(manual.hashes) == [(1 << 63) - 1, (1 << 64) - 5]
+        assert [unpack(v) for v in manual.values] == [("exact", "drop", 3),
+                                                       ("subtree", "drop", 0)]
         assert c.meta("key") == "f00d"
         assert c.categories() == {3: "category-3"}
         assert c.category_id("emotet") == 1  # the smallest free id

@@ -34,7 +34,10 @@ LIMITS = Limits(max_names=5003, max_sources=3001)
 # (these and any other) is also checked against its declaration in maps.h.
 EXPECTED_MAPS = {
     layout.MAP_STATS: (MapType.PERCPU_ARRAY, layout.STAT_MAX),
-    layout.MAP_NAMES: (MapType.HASH, LIMITS.max_names),
+    layout.MAP_NAME_SLOTS: (MapType.ARRAY, 2 * LIMITS.max_names),
+    layout.MAP_NAME_RANGES: (MapType.ARRAY, 2 << LIMITS.name_index_log2),
+    layout.MAP_NAME_ACTIVE: (MapType.ARRAY, 1),
+    layout.MAP_BLOOM: (MapType.ARRAY, 1 << LIMITS.bloom_words_log2),
     layout.MAP_SOURCES: (MapType.LRU_HASH, LIMITS.max_sources),
     layout.MAP_PORTS: (MapType.ARRAY, 65536),
     layout.MAP_HASH_KEY: (MapType.ARRAY, 1),
@@ -165,11 +168,14 @@ def ct_sizeof_hash_key() -> int:
 def test_entry_flags_match_header():
     defines = _defines(_header())
     flags = {k for k in defines if k.startswith("CCXDP_ENTRY_")}
-    assert flags == {"CCXDP_ENTRY_SUBTREE", "CCXDP_ENTRY_ALLOW_NAME"}, (
-        "a new entry flag needs its mirror in layout.py"
-    )
-    assert layout.ENTRY_SUBTREE == _int_define(defines, "CCXDP_ENTRY_SUBTREE")
-    assert layout.ENTRY_ALLOW_NAME == _int_define(defines, "CCXDP_ENTRY_ALLOW_NAME")
+    mirrors = {"CCXDP_ENTRY_SUBTREE": layout.ENTRY_SUBTREE,
+               "CCXDP_ENTRY_ALLOW_NAME": layout.ENTRY_ALLOW_NAME,
+               "CCXDP_ENTRY_NOT_SELF": layout.ENTRY_NOT_SELF,
+               "CCXDP_ENTRY_ALLOW_BELOW": layout.ENTRY_ALLOW_BELOW}
+    assert flags == set(mirrors), "a new entry flag needs its mirror in layout.py"
+    for name, value in mirrors.items():
+        assert value == _int_define(defines, name), name
+    assert layout.NAME_RUN_MAX == _int_define(defines, "CCXDP_NAME_RUN_MAX")
 
 
 def _pinned_in_maps_h() -> dict[str, tuple[str, str, str]]:

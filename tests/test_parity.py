@@ -11,7 +11,7 @@ import pytest
 from conftest import clear_entries, set_entries
 from frames import query, raw_wire, udp4, udp6
 
-from ccxdp import bpfsys, layout
+from ccxdp import bpfsys, layout, native
 from ccxdp.hashing import HashKey, name_hash, suffix_hashes
 from ccxdp.matching import decide
 from ccxdp.names import to_wire, wire_labels
@@ -66,6 +66,21 @@ def flip_case(wire: bytes, rng: random.Random) -> bytes:
             for c in label
         )
     return out + b"\0"
+
+
+def test_native_bulk_hash_is_the_python_hash_of_every_dotted_name():
+    """The control plane hashes feeds with native.c, which compiles bpf/name_hash.h, the
+    XDP program's own arithmetic; the tests below hold Python and the XDP program equal."""
+    key = HashKey.generate()
+    allowed = set(HOSTNAME_BYTES)
+    dotted = [".".join(label.decode() for label in wire_labels(w)) for w in names_to_judge()
+              if all(set(label) <= allowed for label in wire_labels(w))]
+    rng = random.Random(5)
+    dotted += [".".join("".join(rng.choice("abcXYZ019-_") for _ in range(rng.choice(
+        [1, 7, 8, 9, 16, 63]))) for _ in range(rng.randint(1, 3))) for _ in range(500)]
+    assert len(dotted) > 500
+    assert list(native.hash_names(dotted, key)) == [
+        suffix_hashes(to_wire(n), key)[0] for n in dotted]
 
 
 def test_python_hash_is_case_insensitive_and_keyed():

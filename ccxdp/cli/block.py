@@ -6,6 +6,7 @@ import click
 
 from .. import blocklist
 from ..catalog import ALLOW, BLOCK
+from ..hashing import name_hash
 from ..render import render_changes, render_entries
 from . import pass_app
 from .output import emit, err_console, json_option
@@ -25,7 +26,7 @@ def changes_json(changes, kind: str = BLOCK) -> list[dict]:
 def entries_json(entries, categories: dict[int, str], kind: str = BLOCK) -> list[dict]:
     out = []
     for e in entries:
-        item = {"name": e.name, "match": "subtree" if e.subtree else "exact"}
+        item = {"name": e.name, "match": e.match}
         if kind == BLOCK:
             item.update(action=e.action, category=categories.get(e.category))
         item["added_at"] = e.added_at
@@ -82,7 +83,9 @@ def block_add(app, names, subtree, action, category, as_json):
     emit(as_json, changes_json(changes), lambda: render_changes(changes))
     note_not_loaded(dp, as_json)
     if not as_json:
-        allowed = [c.name for c in changes if catalog.get(c.name, ALLOW) is not None]
+        key = dp.hash_key()
+        allowed = [c.name for c in changes
+                   if catalog.get(name_hash(c.name, key), ALLOW) is not None]
         if allowed:
             err_console().print(f"also allow-listed, so the allow entries decide: "
                                 f"{', '.join(allowed)}")

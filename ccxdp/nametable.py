@@ -1,0 +1,139 @@
+"""The kernel's name table: two buffers of sorted (hash, entry) slots, the live one chosen by
+one word, and the bloom pre-filter in front of them (bpf/maps.h says why this is atomic).
+
+Every change of the list, one name or a million, is a ``publish`` of the whole new list: it
+is written into the buffer no packet reads, the bloom filter gains the new hashes, the live
+word switches, and an RCU grace period passes before ``publish`` returns. From then on no
+packet can see the old list, and the old buffer is free for the next change. The maps are
+memory-mapped: a million slots are one copy, not a million system calls.
+
+Values travel as 64-bit words whose low 32 bits are a ``layout.Entry`` (``pack_entry``).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import mmap
+from array import array
+
+from . import bpfsys, layout, native
+from .datapath import Datapath
+from .errors import CcxdpError
+
+_MEMBARRIER = 324  # x86-64 syscall number
+_MEMBARRIER_CMD_GLOBAL = 1  # the kernel runs synchronize_rcu() for it
+_libc = ct.CDLL(None, use_errno=True)
+
+
+class TableError(CcxdpError):
+    pass
+
+
+def wait_for_readers() -> None:
+    """Return once every XDP run that started before the call has finished. XDP programs run
+    inside RCU read-side sections, and MEMBARRIER_CMD_GLOBAL waits for a grace period."""
+    if _libc.syscall(_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        err = ct.get_errno()
+        raise TableError(f"membarrier(MEMBARRIER_CMD_GLOBAL) failed: errno {err}")
+
+
+def _mmap(m: bpfsys.Map, value_size: int) -> mmap.mmap:
+    size = -(-m.info.max_entries * value_size // mmap.PAGESIZE) * mmap.PAGESIZE
+    return mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+class NameTable:
+    """Open on a loaded datapath; use as a context manager (closes the maps)."""
+
+    def __init__(self, dp: Datapath):
+        self._maps = [dp.open_map(n) for n in (
+            layout.MAP_NAME_SLOTS, layout.MAP_NAME_RANGES, layout.MAP_NAME_ACTIVE,
+            layout.MAP_BLOOM)]
+        slots, ranges, self._active, bloom = self._maps
+        self.capacity = slots.info.max_entries // 2
+        self.index_bits = (ranges.info.max_entries // 2).bit_length() - 1
+        self.bloom_bits = bloom.info.max_entries.bit_length() - 1
+        self._slots = _mmap(slots, ct.sizeof(layout.NameSlot))
+        self._ranges = _mmap(ranges, ct.sizeof(layout.NameRange))
+        self._bloom = _mmap(bloom, 8)
+
+    def close(self) -> None:
+        for mm in (self._slots, self._ranges, self._bloom):
+            mm.close()
+        for m in self._maps:
+            m.close()
+
+    def __enter__(self) -> NameTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def active(self) -> int:
+        return self._active.lookup(ct.c_uint32(0)).value & 1
+
+    def count(self, buffer: int | None = None) -> int:
+        """Names in a buffer (the live one by default): the end of its last range."""
+        b = self.active() if buffer is None else buffer
+        last = ((b + 1) << self.index_bits) - 1
+        return int.from_bytes(self._ranges[8 * last + 4 : 8 * last + 8], "little")
+
+    def read(self, buffer: int | None = None) -> tuple[array, array]:
+        """(hashes, values) of a buffer, sorted by hash."""
+        b = self.active() if buffer is None else buffer
+        n = self.count(b)
+        start = 16 * b * self.capacity
+        words = array("Q")
+        words.frombytes(self._slots[start : start + 16 * n])
+        return words[0::2], words[1::2]
+
+    def lookup(self, h: int) -> tuple[int, int, int] | None:
+        """(action, flags, category) the live list holds for one hash, or None."""
+        hashes, values = self.read()
+        import bisect
+
+        i = bisect.bisect_left(hashes, h)
+        if i < len(hashes) and hashes[i] == h:
+            return layout.unpack_entry(values[i])
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+    def publish(self, hashes: array, values: array) -> None:
+        """Make exactly these (hash, value) pairs, sorted by hash, the live list."""
+        n = len(hashes)
+        if n > self.capacity:
+            raise TableError(
+                f"{n} names do not fit the kernel's name table, which holds {self.capacity} "
+                "(attach with a larger --max-names after purging the pins); nothing was changed"
+            )
+        repeat = native.first_repeat(hashes)
+        if repeat is not None:
+            raise TableError(f"hash {hashes[repeat]:#x} listed twice; nothing was changed")
+        ranges, longest = native.build_ranges(hashes, self.index_bits)
+        if longest > layout.NAME_RUN_MAX:
+            raise TableError(
+                f"{longest} names share one range of the name table (at most "
+                f"{layout.NAME_RUN_MAX}): a one-in-many-thousands chance; a new hash key "
+                "(move the state folder's hash.key away and attach again) makes another "
+                "list. Nothing was changed"
+            )
+        live = self.active()
+        spare = 1 - live
+        slots = array("Q", bytes(16 * n))
+        slots[0::2] = hashes
+        slots[1::2] = values
+        start = 16 * spare * self.capacity
+        self._slots[start : start + 16 * n] = slots.tobytes()
+        rstart = 8 * (spare << self.index_bits)
+        self._ranges[rstart : rstart + len(ranges) * 8] = ranges.tobytes()
+        # The filter must hold the new hashes before they go live, and the old ones until no
+        # packet can read the old buffer: first the union, after the switch the new alone.
+        new_words = native.bloom_words(hashes, self.bloom_bits)
+        size = 8 << self.bloom_bits
+        union = int.from_bytes(self._bloom[:size], "little") | int.from_bytes(
+            new_words.tobytes(), "little")
+        self._bloom[:size] = union.to_bytes(size, "little")
+        self._active.update(ct.c_uint32(0), ct.c_uint32(spare))
+        wait_for_readers()
+        self._bloom[:size] = new_words.tobytes()

@@ -1,0 +1,104 @@
+"""The native bulk helper (ccxdp/native.c) against its pure-Python twins, on the same
+inputs: each function must give exactly the same arrays."""
+
+from __future__ import annotations
+
+import random
+from array import array
+
+import pytest
+
+from ccxdp import native
+from ccxdp.hashing import HashKey, name_hash
+from ccxdp.native import NativeError
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if native.lib() is None:
+        pytest.fail("the native helper did not build: scripts/setup.sh installs gcc")
+    return native
+
+
+def names(rng: random.Random, n: int) -> list[str]:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+    out = []
+    for _ in range(n):
+        labels = []
+        for _ in range(rng.randint(1, 6)):
+            size = rng.choice([1, 2, 7, 8, 9, 15, 16, 17, 63])
+            labels.append("a" + "".join(rng.choice(alphabet) for _ in range(size - 1)))
+        out.append(".".join(labels)[:253].strip(".-"))
+    return [n.replace("..", ".a.") for n in out]
+
+
+def test_hash_names_is_the_python_hash(compiled):
+    rng = random.Random(1)
+    key = HashKey.generate()
+    some = names(rng, 2000) + ["a", "a.b", "x" * 63 + ".test", ".".join(["a"] * 127)]
+    assert list(compiled.hash_names(some, key)) == [name_hash(n, key) for n in some]
+    assert list(compiled.hash_names(some, key)) == list(
+        compiled.hash_names(some, key, native=False))
+
+
+def test_hash_names_refuses_what_is_not_a_name(compiled):
+    key = HashKey.generate()
+    for bad in ["a..b", "x" * 64 + ".test", ""]:
+        with pytest.raises(NativeError, match="not a valid normalized name"):
+            compiled.hash_names(["ok.test", bad], key)
+
+
+def pairs(rng: random.Random, n: int, bits: int = 64) -> tuple[array, array]:
+    keys = rng.sample(range(1 << bits), n) if bits < 64 else [rng.getrandbits(64)
+                                                                for _ in range(n)]
+    return array("Q", keys), array("Q", (rng.getrandbits(32) for _ in range(n)))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 1000, 70000])
+def test_sort_pairs(compiled, n):
+    h, v = pairs(random.Random(n), n)
+    got = compiled.sort_pairs(h, v)
+    assert got == compiled.sort_pairs(h, v, native=False)
+    assert list(got[0]) == sorted(h)
+
+
+def test_first_repeat(compiled):
+    for h in ([], [5], [1, 2, 3], [1, 2, 2, 3, 3], [7, 7]):
+        a = array("Q", h)
+        assert compiled.first_repeat(a) == compiled.first_repeat(a, native=False)
+    assert compiled.first_repeat(array("Q", [1, 2, 2])) == 2
+
+
+@pytest.mark.parametrize("n, bits", [(0, 4), (1, 4), (5000, 10), (3000, 4)])
+def test_build_ranges(compiled, n, bits):
+    h, _ = pairs(random.Random(bits), n)
+    h = array("Q", sorted(h))
+    ranges, longest = compiled.build_ranges(h, bits)
+    assert (ranges, longest) == compiled.build_ranges(h, bits, native=False)
+    for r in range(1 << bits):
+        start, end = ranges[r] & 0xFFFFFFFF, ranges[r] >> 32
+        assert all(x >> (64 - bits) == r for x in h[start:end])
+    assert (ranges[-1] >> 32) == n
+
+
+def test_merge_and_diff(compiled):
+    rng = random.Random(3)
+    cur_h, cur_v = compiled.sort_pairs(*pairs(rng, 5000, bits=16))
+    gone = array("Q", sorted(rng.sample(list(cur_h), 700) + [1 << 20]))  # one not there
+    add_h, add_v = compiled.sort_pairs(*pairs(rng, 900, bits=16))  # some already in cur
+    got = compiled.merge(cur_h, cur_v, gone, add_h, add_v)
+    assert got == compiled.merge(cur_h, cur_v, gone, add_h, add_v, native=False)
+    expected = {h: v for h, v in zip(cur_h, cur_v, strict=True) if h not in set(gone)}
+    expected.update(zip(add_h, add_v, strict=True))
+    assert dict(zip(*got, strict=True)) == expected and list(got[0]) == sorted(expected)
+    d = compiled.diff(cur_h, cur_v, *got)
+    assert d == compiled.diff(cur_h, cur_v, *got, native=False)
+    added, removed, changed = d
+    assert {got[0][i] for i in added} == set(got[0]) - set(cur_h)
+    assert {cur_h[i] for i in removed} == set(cur_h) - set(got[0])
+    assert all(got[0][i] in set(cur_h) for i in changed)
+
+
+def test_bloom_words(compiled):
+    h, _ = pairs(random.Random(4), 3000)
+    assert compiled.bloom_words(h, 10) == compiled.bloom_words(h, 10, native=False)
