@@ -8,15 +8,13 @@ import pytest
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-CLIENT_A, CLIENT_B = "198.18.0.2", "198.18.0.3"
-CLIENT_A6 = "fd00:cc::2"
-
 
 def attach(ccxdp, lab, *extra: str) -> dict:
-    return ccxdp.json("attach", lab.res_if, "--netns", lab.res_ns, *extra)
+    return ccxdp.json("attach", lab.res_if, *lab.res_netns_opt, *extra)
 
 
 def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
+    (client_a, client_b), client_a6 = lab.cli_v4_addrs[:2], lab.cli_v6
     assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
     assert lab.dig("www.bad.test").rdata("A") == ["198.18.3.2"]
 
@@ -36,14 +34,14 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert lab.dig("EvIl.TeSt").timed_out  # DNS 0x20 case does not matter
     assert lab.dig("www.bad.test").timed_out
     assert lab.dig("evil.test", family=6).timed_out
-    assert lab.query("a.b.c.www.bad.test", source=CLIENT_B) is None
+    assert lab.query("a.b.c.www.bad.test", source=client_b) is None
     assert lab.query("evil.test", "AAAA", family=6) is None
     assert lab.dig("a.b.c.www.bad.test", family=6).timed_out
     assert lab.query("www.bad.test", family=6) is None
     # Names not covered: an exact entry does not cover what is below it; other zones resolve.
     assert lab.dig("x.y.evil.test").rdata("A") == ["198.18.2.2"]
     assert lab.dig("www.lab.example", "AAAA", family=6).rdata("AAAA") == ["fd00:cc:1::10"]
-    answer = lab.query("mail.lab.example", source=CLIENT_B)
+    answer = lab.query("mail.lab.example", source=client_b)
     assert answer is not None and [str(r) for r in answer.answer[0]] == ["198.18.1.11"]
 
     # None of the blocked queries reached unbound; the allowed one did, exactly once.
@@ -61,7 +59,7 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert stats["events"] == {"source_lost": 0, "answer_failed": 0}
     assert stats["actions"]["drop"] == 8
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
-    assert hits == {(CLIENT_A, 0): 3, (CLIENT_B, 0): 1, (CLIENT_A6, 0): 4}
+    assert hits == {(client_a, 0): 3, (client_b, 0): 1, (client_a6, 0): 4}
 
     # Removing the entry restores resolution; the subtree entry still blocks.
     ccxdp.run("block", "remove", "evil.test")
@@ -70,7 +68,7 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert [e["name"] for e in ccxdp.json("block", "list")] == ["bad.test"]
 
     # Detach restores everything; the maps and their counters stay until purged.
-    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns)
+    ccxdp.run("detach", lab.res_if, *lab.res_netns_opt)
     assert lab.dig("www.bad.test").rdata("A") == ["198.18.3.2"]
     status = ccxdp.json("status")
     assert status["loaded"] is True
@@ -98,7 +96,7 @@ def test_state_outlives_the_process_that_made_it(ccxdp, lab):
 def test_second_interface_shares_the_maps(ccxdp, lab):
     first = attach(ccxdp, lab)
     # lo has no native XDP: auto mode falls back to generic and says so.
-    second = ccxdp.json("attach", "lo", "--netns", lab.res_ns)
+    second = ccxdp.json("attach", "lo", *lab.res_netns_opt)
     assert second["mode"] == "generic"
     assert second["prog_id"] == first["prog_id"]
     attached = {(x["interface"], x["mode"]) for x in ccxdp.json("status")["attachments"]}
@@ -106,15 +104,15 @@ def test_second_interface_shares_the_maps(ccxdp, lab):
     refused = ccxdp.run("detach", "--purge", check=False)
     assert refused.returncode == 1
     assert "still attached" in refused.stderr
-    ccxdp.run("detach", "lo", "--netns", lab.res_ns)
-    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, "--purge")
+    ccxdp.run("detach", "lo", *lab.res_netns_opt)
+    ccxdp.run("detach", lab.res_if, *lab.res_netns_opt, "--purge")
     assert not ccxdp.pin_dir.exists()
 
 
 def test_pins_purged_then_attached_again_get_the_catalog_back(ccxdp, lab):
     attach(ccxdp, lab)
     ccxdp.run("block", "add", "evil.test", "bad.test")
-    ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, "--purge")
+    ccxdp.run("detach", lab.res_if, *lab.res_netns_opt, "--purge")
     assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
     attach(ccxdp, lab)
     assert ccxdp.json("status")["names"] == 2
@@ -145,11 +143,11 @@ def test_foreign_xdp_program_is_never_replaced(ccxdp, lab):
             idx = ipr.link_lookup(ifname=lab.res_if)[0]
             ipr.link("set", index=idx, IFLA_XDP={"attrs": [("IFLA_XDP_FD", fd),
                                                            ("IFLA_XDP_FLAGS", 2)]})
-        cp = ccxdp.run("attach", lab.res_if, "--netns", lab.res_ns, check=False)
+        cp = ccxdp.run("attach", lab.res_if, *lab.res_netns_opt, check=False)
         assert cp.returncode == 1
         assert "already has XDP program 'someone_else'" in cp.stderr
         assert "Traceback" not in cp.stderr
-        cp = ccxdp.run("detach", lab.res_if, "--netns", lab.res_ns, check=False)
+        cp = ccxdp.run("detach", lab.res_if, *lab.res_netns_opt, check=False)
         assert cp.returncode == 1
         assert "which is not this ccxdp's" in cp.stderr and "leaves it alone" in cp.stderr
         with IPRoute(netns=lab.res_ns) as ipr:
@@ -167,11 +165,11 @@ def test_another_installation_is_foreign(ccxdp, lab, tmp_path):
     first = attach(ccxdp, lab)
     other = Ccxdp(make_pin_dir(), tmp_path / "other-state")
     try:
-        cp = other.run("attach", lab.res_if, "--netns", lab.res_ns, check=False)
+        cp = other.run("attach", lab.res_if, *lab.res_netns_opt, check=False)
         assert cp.returncode == 1
         assert "already has XDP program 'ccxdp_xdp'" in cp.stderr
         assert "which is not this ccxdp's" in cp.stderr
-        cp = other.run("detach", lab.res_if, "--netns", lab.res_ns, check=False)
+        cp = other.run("detach", lab.res_if, *lab.res_netns_opt, check=False)
         assert cp.returncode == 1 and "which is not this ccxdp's" in cp.stderr
         assert not other.pin_dir.exists()
     finally:
@@ -183,8 +181,8 @@ def test_another_installation_is_foreign(ccxdp, lab, tmp_path):
 def test_mode_change_that_fails_puts_the_old_program_back(ccxdp, lab):
     """lo has no native XDP: asking for native where generic runs fails, and the generic
     program must be back, still filtering."""
-    first = ccxdp.json("attach", "lo", "--netns", lab.res_ns, "--mode", "generic")
-    cp = ccxdp.run("attach", "lo", "--netns", lab.res_ns, "--mode", "native", check=False)
+    first = ccxdp.json("attach", "lo", *lab.res_netns_opt, "--mode", "generic")
+    cp = ccxdp.run("attach", "lo", *lab.res_netns_opt, "--mode", "native", check=False)
     assert cp.returncode == 1
     assert "is back" in cp.stderr and "Traceback" not in cp.stderr
     now = ccxdp.json("status")["attachments"]
@@ -195,7 +193,7 @@ def test_mode_change_that_fails_puts_the_old_program_back(ccxdp, lab):
 
 def test_failed_attach_after_compiling_leaves_nothing(ccxdp, lab):
     """The compile succeeds, the attach fails (no native XDP on lo): no pins remain."""
-    cp = ccxdp.run("attach", "lo", "--netns", lab.res_ns, "--mode", "native", check=False)
+    cp = ccxdp.run("attach", "lo", *lab.res_netns_opt, "--mode", "native", check=False)
     assert cp.returncode == 1
     assert "cannot attach to lo" in cp.stderr and "native" in cp.stderr
     assert [line for line in cp.stderr.splitlines() if line.strip()] == [

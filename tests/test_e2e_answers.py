@@ -12,7 +12,6 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from ccxdp import bpfsys
 from ccxdp.datapath import Datapath
 from ccxdp.settings import Settings
 
@@ -31,8 +30,11 @@ ENTRIES = {
     "evil.test": ("tc", False),  # unbound has evil.test: a TCP retry gets its real answer
     "bad.test": ("monitor", True),  # passes to unbound, counted
 }
-EXEMPT = "198.18.0.3"
-EXEMPT6 = "fd00:cc::3"
+
+
+def exempt(lab) -> tuple[str, str]:
+    """The exempt sources: client 1's second addresses (its first ones stay judged)."""
+    return lab.cli_v4_addrs[1], lab.cli_v6_addrs[1]
 
 
 def kdig(lab, name, rdtype="A", *args, family=4):
@@ -57,18 +59,10 @@ def no_client_warning(text: str) -> None:
 def answering(request, ccxdp, lab):
     """ccxdp attached to the resolver's veth in generic or native mode. Native XDP_TX on a
     veth needs an XDP program on the peer too (any, even one that passes everything): the
-    client side gets one, as a real deployment's NIC would not need."""
+    lab puts one on the switch port facing the resolver, as a real NIC would not need."""
     if request.param == "native":
-        insns = bpfsys.pack_insn(0xB7, dst=0, imm=2) + bpfsys.pack_insn(0x95)
-        peer = bpfsys.prog_load(6, insns, name="peer_pass")
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=lab.cli_ns) as ipr:
-            idx = ipr.link_lookup(ifname=lab.cli_if)[0]
-            ipr.link("set", index=idx, IFLA_XDP={"attrs": [("IFLA_XDP_FD", peer),
-                                                           ("IFLA_XDP_FLAGS", 4)]})
-        bpfsys.close(peer)
-    ccxdp.json("attach", lab.res_if, "--netns", lab.res_ns, "--mode", request.param,
+        lab.native_tx_peer()
+    ccxdp.json("attach", lab.res_if, *lab.res_netns_opt, "--mode", request.param,
                "--action", "nxdomain", "--sinkhole-v4", SINK4, "--sinkhole-v6", SINK6)
     ccxdp.run("config", "set", "answer_ttl", "60")
     ccxdp.run("config", "set", "negative_ttl", "30")
@@ -77,7 +71,7 @@ def answering(request, ccxdp, lab):
         args += ["--subtree"] if subtree else []
         args += [] if action == "default" else ["--action", action]
         ccxdp.run(*args)
-    ccxdp.run("exempt", "add", EXEMPT, EXEMPT6)
+    ccxdp.run("exempt", "add", *exempt(lab))
     return Datapath(ccxdp.pin_dir, ccxdp.state_dir)
 
 
@@ -152,13 +146,14 @@ def test_tc_makes_dig_retry_over_tcp_and_get_the_real_answer(answering, lab):
 
 
 def test_exempt_source_and_monitor_get_unbounds_answer(answering, lab, ccxdp):
+    exempt4, exempt6 = exempt(lab)
     before = ccxdp.json("stats")
     # From the exempt address, a sinkholed name goes to unbound, whose built-in test. zone
     # answers NXDOMAIN (the filter would have answered the sinkhole address), and nothing is
     # counted for that source.
-    a = lab.query("sink.c2.test", source=EXEMPT)
+    a = lab.query("sink.c2.test", source=exempt4)
     assert a is not None and a.rcode() == dns.rcode.NXDOMAIN and not a.answer
-    a = lab.query("sink.c2.test", "AAAA", family=6, source=EXEMPT6)
+    a = lab.query("sink.c2.test", "AAAA", family=6, source=exempt6)
     assert a is not None and a.rcode() == dns.rcode.NXDOMAIN and not a.answer
     assert lab.unbound_queries_for("sink.c2.test") == 2
     # Monitor: unbound answers, and the hit is counted.
@@ -169,8 +164,8 @@ def test_exempt_source_and_monitor_get_unbounds_answer(answering, lab, ccxdp):
     assert after["outcomes"]["monitored"] - before["outcomes"]["monitored"] == 1
     assert after["actions"]["monitor"] - before["actions"]["monitor"] == 1
     sources = {(s["address"], s["category_name"]): s["hits"] for s in after["sources"]}
-    assert not {EXEMPT, EXEMPT6} & {a for a, _ in sources}
-    assert sources[("198.18.0.2", "emotet")] == 1
+    assert not {exempt4, exempt6} & {a for a, _ in sources}
+    assert sources[(lab.cli_v4, "emotet")] == 1
 
 
 def test_exact_counts_per_action(answering, lab, ccxdp):
@@ -185,7 +180,7 @@ def test_exact_counts_per_action(answering, lab, ccxdp):
     assert stats["outcomes"]["blocked"] == 5
     assert stats["events"]["answer_failed"] == 0
     hits = {(s["address"], s["category_name"]): s["hits"] for s in stats["sources"]}
-    assert hits == {("198.18.0.2", "emotet"): 4, ("fd00:cc::2", "emotet"): 1}
+    assert hits == {(lab.cli_v4, "emotet"): 4, (lab.cli_v6, "emotet"): 1}
     for name in ("nx.c2.test", "sink.c2.test", "ref.c2.test"):
         assert lab.unbound_queries_for(name) == 0, name
 
@@ -206,4 +201,4 @@ def test_allow_listed_name_gets_unbounds_answer_and_no_count(answering, lab, ccx
     assert after["actions"]["allow"] - before["actions"]["allow"] == 1
     assert after["actions"]["sinkhole"] - before["actions"]["sinkhole"] == 1
     hits = {(s["address"], s["category_name"]): s["hits"] for s in after["sources"]}
-    assert hits == {("198.18.0.2", "qakbot"): 1}
+    assert hits == {(lab.cli_v4, "qakbot"): 1}

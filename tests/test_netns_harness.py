@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Tests of the namespace lab harness (tests/netns.py) itself."""
+"""Tests of the namespace lab (ccxdp/lab.py) itself: the topology, the test API, cleanup."""
 
 import json
 import os
@@ -13,7 +13,8 @@ from typing import TypeVar
 import dns.rcode
 import dns.rdatatype
 import pytest
-from netns import (
+
+from ccxdp.lab import (
     DigResult,
     Lab,
     LabError,
@@ -88,12 +89,16 @@ def _ip_json(ns: str, *args: str) -> list[dict[str, object]]:
 
 @mark_lab
 def test_lab_comes_up(lab: Lab) -> None:
-    assert {lab.res_ns, lab.cli_ns} <= set(list_netns())
+    roles = ("sw", "res", "cli", "cl2", "snk")
+    assert lab.namespaces() == [f"{lab.id}-{r}" for r in roles]
+    assert set(lab.namespaces()) <= set(list_netns())
     assert lab.res_ns == f"{lab.id}-res" and lab.cli_ns == f"{lab.id}-cli"
     assert len(lab.res_if) <= 15 and len(lab.cli_if) <= 15
     for ns, ifname, v4, v6 in (
         (lab.res_ns, lab.res_if, {"198.18.0.1"}, {"fd00:cc::1"}),
         (lab.cli_ns, lab.cli_if, {"198.18.0.2", "198.18.0.3"}, {"fd00:cc::2", "fd00:cc::3"}),
+        (lab.cl2_ns, lab.cl2_if, {"198.18.0.4"}, {"fd00:cc::4"}),
+        (lab.snk_ns, lab.snk_if, {"198.18.0.53"}, {"fd00:cc::53"}),
     ):
         links = {link["ifname"]: link for link in _ip_json(ns, "link")}
         assert set(links) == {"lo", ifname}
@@ -101,6 +106,15 @@ def test_lab_comes_up(lab: Lab) -> None:
         (addrs,) = _ip_json(ns, "addr", "show", "dev", ifname)
         got = {(a["family"], a["local"]) for a in addrs["addr_info"] if a["scope"] == "global"}
         assert got == {("inet", a) for a in v4} | {("inet6", a) for a in v6}
+        # Only the connected networks: no route leads out of the lab.
+        routes = _ip_json(ns, "route") + _ip_json(ns, "-6", "route")
+        assert {r["dst"] for r in routes} <= {"198.18.0.0/24", "fd00:cc::/64", "fe80::/64"}
+    # The switch: every host's port on one bridge, and no address of its own, not even IPv6.
+    ports = {link["ifname"]: link for link in _ip_json(lab.sw_ns, "link")}
+    assert set(ports) == {"lo", lab.bridge, *(f"{lab.id}-s{r}" for r in roles[1:])}
+    for port in set(ports) - {"lo", lab.bridge}:
+        assert ports[port]["master"] == lab.bridge and "UP" in ports[port]["flags"]
+    assert all(not a["addr_info"] for a in _ip_json(lab.sw_ns, "addr", "show", "dev", lab.bridge))
     # The veth ends exist only inside the namespaces.
     root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
     assert lab.id not in root_links.stdout
