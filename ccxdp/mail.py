@@ -235,11 +235,21 @@ class SmtpSender:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if self.user:
-                smtp.login(self.user, self.password or "")
+                self._login(smtp)
         except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
             smtp.close()
             raise NotDelivered(f"SMTP server {where}: {e}") from e
         self._smtp = smtp
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        """AUTH with one mechanism, PLAIN where offered (the usual one over TLS), else what
+        smtplib picks: a rejected password is not worth a second mechanism."""
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if "PLAIN" not in offered:
+            smtp.login(self.user, self.password or "")
+            return
+        smtp.user, smtp.password = self.user, self.password or ""
+        smtp.auth("PLAIN", smtp.auth_plain)
 
     def close(self) -> None:
         if self._smtp is not None:
