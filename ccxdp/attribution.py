@@ -36,6 +36,7 @@ reported as unattributed.
 from __future__ import annotations
 
 import csv
+import io
 import ipaddress
 import json
 import re
@@ -190,12 +191,19 @@ def _hex_bytes(text: str) -> bytes:
 # -- sessions CSV ----------------------------------------------------------------------------
 
 
-def open_input(path: Path | str, **kwargs):
-    """An input file opened for reading as UTF-8, or a clear error."""
+def open_input(path: Path | str, **kwargs) -> io.StringIO:
+    """An input file's text (UTF-8, checked whole before any parsing), or a clear error."""
     try:
-        return open(path, encoding="utf-8", **kwargs)
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise CcxdpError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        bad = raw[e.start : e.start + 4]
+        raise InputError(path, line, "not UTF-8 text", repr(bad)) from None
+    return io.StringIO(text, newline=kwargs.get("newline", None))
 
 
 def read_sessions_csv(path: Path | str) -> list[Session]:
@@ -345,7 +353,7 @@ def read_dhcpd_leases(
     same address in any other state (free, released, expired, abandoned, backup) ends it at
     that declaration's ends. Declarations other than ``lease`` are skipped."""
     _check_field(line_id_from)
-    with open_input(path, errors="surrogateescape") as f:
+    with open_input(path) as f:
         text = f.read()
     toks = list(_tokens(path, text))
     sessions, missing, i = [], 0, 0
@@ -601,7 +609,7 @@ def load(
 
 def lease_kind(path: Path | str) -> str:
     """'kea' for a Kea memfile CSV (its header), otherwise 'dhcpd'."""
-    with open_input(path, errors="replace") as f:
+    with open_input(path) as f:
         first = f.readline()
     return "kea" if first.startswith("address,") else "dhcpd"
 

@@ -33,7 +33,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from pathlib import Path
 
 from rich.console import Group
@@ -409,11 +408,6 @@ def _deliver(store, deliverer, result, line, period, message_id, data, sender, t
 def _pending_json(p) -> dict:
     return {"line": p.line, "message_id": p.message_id, "channel": p.channel,
             "claimed_at": p.claimed_at}
-
-
-def stored_message(n) -> object:
-    """The message of a stored notification, parsed."""
-    return message_from_bytes(n.record["message"].encode(), policy=policy.default)
 
 
 # -- report ----------------------------------------------------------------------------------

@@ -228,11 +228,15 @@ class Store:
         self.path = path
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The collector and a CLI call may write at once: wait for the other's transaction.
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a committed checkpoint survives power loss
-        self._upgrade()
+        try:
+            # The collector and a CLI call may write at once: wait for the other's transaction.
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # A committed checkpoint survives a power loss, not only a kill.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._upgrade()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from e
 
     def _upgrade(self) -> None:
         with self.transaction():
@@ -335,6 +339,16 @@ class Store:
             (lo, hi),
         )
         return [StoredHit(*r) for r in rows]
+
+    def periods(self) -> list[str]:
+        """Every month (YYYY-MM, UTC) with hits or notifications in the store."""
+        days = self.db.execute(
+            "SELECT DISTINCT hour / 86400 FROM (SELECT hour FROM hits UNION "
+            "SELECT hour FROM line_hits)"
+        )
+        months = {from_us(d * 86400 * 1_000_000).strftime("%Y-%m") for (d,) in days}
+        months |= {p for (p,) in self.db.execute("SELECT DISTINCT period FROM notifications")}
+        return sorted(months)
 
     def total_hits(self) -> int:
         """Every hit the store holds, raw and folded: what the collector has added."""

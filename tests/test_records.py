@@ -461,6 +461,17 @@ def test_bad_input_file(world, name, text, expected):
     assert not out.exists()
 
 
+def test_input_file_not_utf8(world):
+    bad = world["dir"] / "sjis.csv"
+    bad.write_bytes("line_id,email,language\nL-1,a@example.jp,ja\n".encode()
+                    + "L-2,\u7530\u4e2d@example.jp,ja\n".encode("shift_jis"))
+    before = dump(world["state"])
+    cp = ccxdp(world["state"], *notify_args(world)[:-2], "--subscribers", str(bad),
+               check=False)
+    assert (cp.returncode, cp.stderr) == (1, f"Error: {bad}:3: not UTF-8 text: b'\\x93c\\x92\\x86'\n")
+    assert dump(world["state"]) == before
+
+
 def test_missing_input_file(world):
     cp = ccxdp(world["state"], "notify", "--period", PERIOD, "--sessions",
                str(world["dir"] / "nope.csv"), check=False)
@@ -500,3 +511,25 @@ def test_commands_on_an_empty_state_folder_make_nothing(tmp_path):
     data = json.loads(ccxdp(state, "notify", "--period", PERIOD, "--json").stdout)
     assert data["would_notify"] == [] and data["dry_run"] is True
     assert not state.exists()
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("args", [["records"], ["report", "--period", PERIOD],
+                                  ["notify", "--period", PERIOD]],
+                         ids=["records", "report", "notify"])
+def test_state_folder_of_root_refuses_others(world, args):
+    """The state folder is root's, 0700: anyone else gets one line naming root."""
+    world["state"].chmod(0o700)
+    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import ccxdp.cli"],
+                           capture_output=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot read the checkout or venv")
+    cp = subprocess.run([*AS_NOBODY, str(CCXDP), "--state-dir", str(world["state"]), *args],
+                        capture_output=True, text=True, cwd="/", timeout=120)
+    assert cp.returncode == 1, cp.stderr
+    assert "Traceback" not in cp.stderr
+    (line,) = cp.stderr.splitlines()
+    assert line.startswith("Error: Permission denied") and "root" in line

@@ -7,7 +7,6 @@ the state folder.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -171,7 +170,7 @@ def records(app, period, line, top, as_json):
     """
     store = open_store(store_path(app.state_dir))
     click.get_current_context().call_on_close(store.close)
-    periods = [period] if period else _periods(store)
+    periods = [period] if period else store.periods()
     found, left, left_json = [], [], []
     for p in periods:
         found += rec.build_records(store, p, line)
@@ -196,17 +195,6 @@ def records(app, period, line, top, as_json):
         "unattributed": left_json,
     }
     emit(as_json, data, lambda: rec.render_records(found, notes, left))
-
-
-def _periods(store: Store) -> list[str]:
-    """Every month with hits or notifications in the store."""
-    hours = store.db.execute(
-        "SELECT DISTINCT hour / 86400 FROM (SELECT hour FROM hits UNION "
-        "SELECT hour FROM line_hits)"
-    )
-    months = {rec.period_of(datetime.fromtimestamp(d * 86400, UTC)) for (d,) in hours}
-    months |= {n.period for n in store.notifications()}
-    return sorted(months)
 
 
 @click.command()
