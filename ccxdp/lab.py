@@ -996,8 +996,8 @@ class Lab(_Resolver):
     def problems(self) -> list[str]:
         """What is wrong with a lab that should be up: missing namespaces, dead processes."""
         out = [f"namespace {ns} is missing" for ns in self.namespaces() if ns not in list_netns()]
-        for key, (pid, start) in self._pids.items():
-            if start is None or _proc_start_time(pid) != start:
+        for key, (pid, _) in self._pids.items():
+            if not self.service_running(key):
                 out.append(f"{key} (pid {pid}) is not running")
         if not self.complete:
             out.insert(0, "it was never completely built")
@@ -1007,8 +1007,16 @@ class Lab(_Resolver):
         """Every namespace this lab has when complete: the switch, then the hosts."""
         return [self.sw_ns, *(h.ns for h in self.hosts)]
 
+    @property
+    def made_namespaces(self) -> list[str]:
+        """The namespaces this lab made and has not removed yet."""
+        return list(self._made_ns)
+
     def service_pid(self, key: str) -> int | None:
         return self._pids[key][0] if key in self._pids else None
+
+    def service_running(self, key: str) -> bool:
+        return key in self._pids and self._ended(key) is None
 
     @property
     def unbound_pid(self) -> int | None:
