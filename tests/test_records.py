@@ -463,12 +463,13 @@ def test_bad_input_file(world, name, text, expected):
 
 def test_input_file_not_utf8(world):
     bad = world["dir"] / "sjis.csv"
-    bad.write_bytes("line_id,email,language\nL-1,a@example.jp,ja\n".encode()
+    bad.write_bytes(b"line_id,email,language\nL-1,a@example.jp,ja\n"
                     + "L-2,\u7530\u4e2d@example.jp,ja\n".encode("shift_jis"))
     before = dump(world["state"])
     cp = ccxdp(world["state"], *notify_args(world)[:-2], "--subscribers", str(bad),
                check=False)
-    assert (cp.returncode, cp.stderr) == (1, f"Error: {bad}:3: not UTF-8 text: b'\\x93c\\x92\\x86'\n")
+    expected = f"Error: {bad}:3: not UTF-8 text: b'\\x93c\\x92\\x86'\n"
+    assert (cp.returncode, cp.stderr) == (1, expected)
     assert dump(world["state"]) == before
 
 

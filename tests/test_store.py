@@ -110,6 +110,39 @@ def test_checkpoint_replaced_with_hits(store):
     assert store.total_hits() == 2
 
 
+def test_add_hit_counts_in_stored_form(store):
+    hour = int(H.timestamp())
+    first = hour * 10**6
+    store.add_hits([row(hits=2, first=10, last=20)], {"cp": 1})
+    assert store.add_hit_counts(
+        [(hour, "198.18.0.2", 1, 3, first + 5 * 10**6, first + 30 * 10**6),
+         (hour, "fd00:cc::2", 2, 1, first, first)],
+        {"cp": 2}, {2: "qakbot"},
+    ) == 2
+    got = {(h.address, h.category): (h.hits, iso(h.first_us), iso(h.last_us))
+           for h in store.hits()}
+    assert got == {("198.18.0.2", 1): (5, "2026-11-03T10:00:05Z", "2026-11-03T10:00:30Z"),
+                   ("fd00:cc::2", 2): (1, "2026-11-03T10:00:00Z", "2026-11-03T10:00:00Z")}
+    assert store.checkpoint() == {"cp": 2}
+    assert store.categories() == {1: "emotet", 2: "qakbot"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [(int(H.timestamp()) + 60, "198.18.0.3", 1, 1, 0, 0),  # not on the hour
+     (int(H.timestamp()), "198.18.0.3", 1, 0, 0, 0),  # no hits
+     (int(H.timestamp()), "198.18.0.3", 1, 1, 5, 4),  # first after last
+     (int(H.timestamp()), "198.18.0.3", 70000, 1, 0, 0)],  # category
+    ids=["hour", "hits", "order", "category"],
+)
+def test_add_hit_counts_refuses_malformed_rows(store, bad):
+    store.add_hits([row()], {"cp": 1})
+    good = (int(H.timestamp()), "198.18.0.4", 1, 1, 0, 0)
+    with pytest.raises(StoreError, match="breaks the store's rules"):
+        store.add_hit_counts([good, bad], {"cp": 2})
+    assert store.total_hits() == 1 and store.checkpoint() == {"cp": 1}
+
+
 def test_zero_hit_rows_are_skipped(store):
     assert store.add_hits([row(hits=0)]) == 0
     assert store.hits() == []
