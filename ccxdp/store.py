@@ -5,7 +5,9 @@ Rows come from the collector, which reads the kernel's per-source counters and c
 ``Store.add_hits(rows, checkpoint)``: the hits and the collector's checkpoint ("counters
 already taken") are written in one transaction, so after a kill -9 at any point the store
 holds either both or neither, and the collector resumes from a checkpoint that matches the
-hits. The checkpoint is opaque to the store: names to integers, replaced as a whole.
+hits. The checkpoint is opaque to the store: names to integers of any width. A call updates
+the keys it gives and deletes those given as None; the others stay, so a collector that keeps
+"already taken" per source writes only the sources that moved.
 
 Times are UTC, kept as integer microseconds since the Unix epoch; an hour is the Unix second
 of its start. Addresses are kept as ``ipaddress`` prints them (IPv4 as IPv4, never mapped).
@@ -97,7 +99,7 @@ _SCHEMA = [
     """CREATE TABLE checkpoint (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL             -- an integer, as text: any width survives
-    )""",
+    ) WITHOUT ROWID""",
 ]
 
 
@@ -292,10 +294,11 @@ class Store:
 
     # -- the collector's side ---------------------------------------------------------------
     def add_hits(
-        self, rows: Iterable[Sequence], checkpoint: Mapping[str, int] | None = None
+        self, rows: Iterable[Sequence], checkpoint: Mapping[str, int | None] | None = None
     ) -> int:
-        """Add hit rows (see HitRow) to the store, and replace the collector's checkpoint with
-        ``checkpoint`` when it is given, in one transaction: both or neither are kept.
+        """Add hit rows (see HitRow) to the store and update the collector's checkpoint with
+        ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
+        both or neither are kept.
 
         A row for an (address, category, hour) already stored adds to it: hits are summed,
         first_seen is the earlier, last_seen the later; feeds are added to its feed set. A row
@@ -318,7 +321,7 @@ class Store:
     def add_hit_counts(
         self,
         rows: Iterable[tuple[int, str, int, int, int, int]],
-        checkpoint: Mapping[str, int] | None = None,
+        checkpoint: Mapping[str, int | None] | None = None,
         categories: Mapping[int, str] | None = None,
     ) -> int:
         """add_hits for a collector in a hurry: rows already in stored form, (hour, address,
@@ -361,11 +364,16 @@ class Store:
             feeds,
         )
         if cp is not None:
-            self.db.execute("DELETE FROM checkpoint")
-            self.db.executemany("INSERT INTO checkpoint (key, value) VALUES (?, ?)", cp)
+            sets, deletes = cp
+            self.db.executemany(
+                "INSERT INTO checkpoint (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                sets,
+            )
+            self.db.executemany("DELETE FROM checkpoint WHERE key=?", deletes)
 
     def checkpoint(self) -> dict[str, int]:
-        """The checkpoint last written with add_hits ({} before the first)."""
+        """The checkpoint as add_hits left it ({} before the first)."""
         return {k: int(v) for k, v in self.db.execute("SELECT key, value FROM checkpoint")}
 
     # -- reading ----------------------------------------------------------------------------
@@ -560,15 +568,21 @@ def _notification(row: tuple) -> Notification:
     return Notification(*values)
 
 
-def _checkpoint_rows(checkpoint: Mapping[str, int]) -> list[tuple[str, str]]:
-    rows = []
+def _checkpoint_rows(
+    checkpoint: Mapping[str, int | None],
+) -> tuple[list[tuple[str, str]], list[tuple[str]]]:
+    """(keys to set, keys to delete), checked."""
+    sets, deletes = [], []
     for key, value in checkpoint.items():
         if not isinstance(key, str) or not key:
             raise StoreError(f"checkpoint keys must be non-empty strings: {key!r}")
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise StoreError(f"checkpoint values must be integers: {key}={value!r}")
-        rows.append((key, str(value)))
-    return rows
+        if value is None:
+            deletes.append((key,))
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise StoreError(f"checkpoint values must be integers or None: {key}={value!r}")
+        else:
+            sets.append((key, str(value)))
+    return sets, deletes
 
 
 def store_path(state_dir: Path) -> Path:

@@ -96,15 +96,16 @@ def test_bad_rows_write_nothing(store, bad, message):
     assert store.checkpoint() == {"cp": 1}
 
 
-def test_checkpoint_replaced_with_hits(store):
+def test_checkpoint_updated_with_hits(store):
     assert store.checkpoint() == {}
     big = (1 << 64) - 1  # a u64 counter survives, whatever SQLite's integers are
     store.add_hits([row()], {"cpu0": big, "cpu1": 7})
     assert store.checkpoint() == {"cpu0": big, "cpu1": 7}
-    store.add_hits([], {"cpu1": 8})
-    assert store.checkpoint() == {"cpu1": 8}
-    store.add_hits([row()])  # no checkpoint given: the old one stays
-    assert store.checkpoint() == {"cpu1": 8}
+    store.add_hits([], {"cpu1": 8, "gen": -1})  # given keys change, the others stay
+    assert store.checkpoint() == {"cpu0": big, "cpu1": 8, "gen": -1}
+    store.add_hits([row()])  # no checkpoint given: it stays as it was
+    store.add_hits([], {"cpu0": None, "nothing": None})  # None deletes a key
+    assert store.checkpoint() == {"cpu1": 8, "gen": -1}
     with pytest.raises(StoreError, match="integers"):
         store.add_hits([row()], {"x": "1"})
     assert store.total_hits() == 2
