@@ -8,12 +8,12 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from conftest import clear_entries, set_entries
+from conftest import clear_entries, publish_entries, set_entries
 from frames import query, raw_wire, udp4, udp6
 
 from ccxdp import bpfsys, layout, native
 from ccxdp.hashing import HashKey, name_hash, suffix_hashes
-from ccxdp.matching import decide
+from ccxdp.matching import decide, decide_entry
 from ccxdp.names import to_wire, wire_labels
 from ccxdp.stats import read_stats
 
@@ -169,6 +169,32 @@ def test_random_entry_sets_decide_as_python_predicts(datapath):
         else:
             (h,) = [h for h, e in entries.items() if e is winner]
             assert charged == {categories[h]}, f"name {n}: the most specific entry decides"
+
+
+def test_every_flag_combination_decides_as_python_predicts(datapath):
+    """Entries with any mix of SUBTREE, NOT_SELF, ALLOW_NAME and ALLOW_BELOW (RPZ's
+    "*.name", allow entries on blocked names) at random depths: the kernel drops, allows or
+    passes exactly as matching.decide_entry says."""
+    dp, fd = datapath
+    key = dp.hash_key()
+    rng = random.Random(2026)
+    for n, wire in enumerate(names_to_judge()[:120]):
+        hashes = suffix_hashes(wire, key)
+        chosen = rng.sample(range(len(hashes)), k=min(len(hashes), rng.randint(1, 3)))
+        flags = {hashes[d]: rng.randrange(16) for d in chosen}
+        publish_entries(dp, {h: (layout.Action.DROP, f, 7) for h, f in flags.items()})
+        before = read_stats(dp).outcomes
+        got = bpfsys.prog_test_run(fd, udp4(query(wire))).retval
+        after = read_stats(dp).outcomes
+        decided = decide_entry(wire, key, flags)
+        if decided is None:
+            expected, outcome = XDP_PASS, "passed"
+        elif decided[1]:
+            expected, outcome = XDP_PASS, "allowed"
+        else:
+            expected, outcome = XDP_DROP, "blocked"
+        assert got == expected, f"name {n}: {wire!r} flags {flags}"
+        assert after[outcome] == before[outcome] + 1, f"name {n}: counted as {outcome}"
 
 
 def test_most_specific_entry_decides(datapath):
