@@ -11,6 +11,6 @@ cd "$repo"
 echo "[test] ruff"
 "$venv/bin/ruff" check .
 echo "[test] shellcheck"
-shellcheck scripts/*.sh .ci/run
+shellcheck scripts/*.sh examples/*.sh vagrant/*.sh .ci/run
 echo "[test] pytest"
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
