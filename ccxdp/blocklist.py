@@ -28,7 +28,9 @@ from .catalog import (
     CatalogEntry,
     Listing,
     normalize_category,
+    now,
     pack,
+    signed,
     unpack,
 )
 from .datapath import Datapath
@@ -157,17 +159,22 @@ def apply(
             n, o = new[kind], old[kind]
             known = catalog.names_of(n.hashes[i] for p in (added, changed) for i in p
                                      if n.hashes[i] not in names)
-            upserts = []
-            for positions in (added, changed):
+            looks: dict[int, tuple[str, str, int]] = {}  # few distinct values: unpack once
+            stamp = now()
+
+            def rows(positions, n=n, known=known, looks=looks, stamp=stamp, kind=kind):
                 for i in positions:
-                    h = n.hashes[i]
-                    match, action, category = unpack(n.values[i])
-                    if kind == ALLOW:
-                        action = "allow"
-                    name = names.get(h) or known[h]
-                    upserts.append(CatalogEntry(name, h, match, action, category, kind=kind))
-            upserts.sort(key=lambda e: e.hash)  # B-tree inserts in key order
-            catalog.write_entries(upserts, ((o.hashes[i], kind) for i in removed))
+                    h, v = n.hashes[i], n.values[i]
+                    look = looks.get(v)
+                    if look is None:
+                        match, action, category = unpack(v)
+                        look = looks[v] = (match, "allow" if kind == ALLOW else action,
+                                           category)
+                    yield (signed(h), kind, names.get(h) or known[h], *look, stamp)
+
+            catalog.delete_entries((o.hashes[i], kind) for i in removed)
+            catalog.insert_entries(rows(added))  # new (hash, kind) pairs, in hash order
+            catalog.update_entries(rows(changed))
             result.added[kind] = len(added)
             result.removed[kind] = len(removed)
             result.changed[kind] = len(changed)

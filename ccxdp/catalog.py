@@ -381,6 +381,24 @@ class Catalog:
               e.added_at or stamp) for e in upserts),
         )
 
+    def delete_entries(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """Delete (hash, kind) pairs."""
+        self.db.executemany("DELETE FROM entries WHERE hash=? AND kind=?",
+                            ((signed(h), k) for h, k in pairs))
+
+    def insert_entries(self, rows: Iterable[tuple]) -> None:
+        """Insert rows (signed hash, kind, name, match, action, category, added_at) that are
+        not there yet; fastest in hash order."""
+        self.db.executemany(
+            "INSERT INTO entries (hash, kind, name, match, action, category, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def update_entries(self, rows: Iterable[tuple]) -> None:
+        """Update rows as insert_entries takes them, keeping each one's added_at."""
+        self.db.executemany(
+            "UPDATE entries SET name=?3, match=?4, action=?5, category=?6 "
+            "WHERE hash=?1 AND kind=?2", (r[:6] for r in rows))
+
     def clear_entries(self) -> None:
         self.db.execute("DELETE FROM entries")
 
