@@ -67,20 +67,30 @@ static __always_inline int record_verdict(int outcome, int malformed, int action
 	return action;
 }
 
-/* One entry per (source, category) is shared by all CPUs, so hits are added atomically. */
+/* One entry per (source, category) is shared by all CPUs, so hits are added atomically. The
+ * epoch is read once: the hit goes to one buffer, the one its value names (maps.h). */
 static __always_inline void count_source(struct ccxdp_source_key *key)
 {
 	__u64 now = bpf_ktime_get_boot_ns();
-	struct ccxdp_source_hits *hits = ccxdp_srcs_v1.lookup(key);
+	__u32 zero = 0;
+	__u64 *epoch = ccxdp_sepoch_v1.lookup(&zero);
+	struct ccxdp_source_hits *hits;
 
+	if (!epoch) {
+		count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_SOURCE_LOST);
+		return;
+	}
+	key->buffer = *epoch & 1;
+	hits = ccxdp_srcs_v2.lookup(key);
 	if (!hits) {
 		struct ccxdp_source_hits first = { .hits = 1, .first_seen_ns = now,
 						   .last_seen_ns = now };
 
-		if (ccxdp_srcs_v1.insert(key, &first) == 0)
+		if (ccxdp_srcs_v2.insert(key, &first) == 0)
 			return;
-		/* Another CPU created it between our lookup and insert: add to theirs. */
-		hits = ccxdp_srcs_v1.lookup(key);
+		/* Another CPU created it between our lookup and insert: add to theirs. Or the map
+		 * is full (no LRU eviction): the hit is lost, and counted as lost. */
+		hits = ccxdp_srcs_v2.lookup(key);
 		if (!hits) {
 			count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_SOURCE_LOST);
 			return;

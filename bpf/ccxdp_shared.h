@@ -22,7 +22,8 @@
 #define CCXDP_MAP_NAME_SLOTS "ccxdp_nslot_v1"
 #define CCXDP_MAP_NAME_RANGES "ccxdp_nrange_v1"
 #define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v1"
-#define CCXDP_MAP_SOURCES "ccxdp_srcs_v1"
+#define CCXDP_MAP_SOURCES "ccxdp_srcs_v2"
+#define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
@@ -60,7 +61,8 @@ enum ccxdp_malformed {
 
 /* Things that happen beside a frame's outcome; counted at CCXDP_STAT_EVENT_BASE. */
 enum ccxdp_event {
-	CCXDP_EV_SOURCE_LOST = 0,   /* a blocked query whose source could not be counted */
+	CCXDP_EV_SOURCE_LOST = 0,   /* a blocked query whose source could not be counted (the
+				     * per-source map was full) */
 	CCXDP_EV_ANSWER_FAILED = 1, /* not answered (no room, broadcast/multicast destination, IP
 				     * options or IPv6 extension headers): dropped instead */
 	CCXDP_EV_MAX = 2,
@@ -141,11 +143,13 @@ struct ccxdp_name_range {
 #define CCXDP_NAME_RUN_MAX 16
 
 /* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
- * both families. Hits are kept per category so records can name the families a line touched. */
+ * both families. Hits are kept per category so records can name the families a line touched,
+ * and per collection buffer: the low bit of the epoch (ccxdp_sepoch) when the hit came. */
 struct ccxdp_source_key {
 	__u8 addr[16];  /* network byte order */
 	__u16 category;
-	__u8 pad[2];
+	__u8 buffer;    /* 0 or 1: epoch & 1 */
+	__u8 pad[1];
 };
 
 struct ccxdp_source_hits {

@@ -19,8 +19,8 @@
 #define CCXDP_MAX_NAMES 1048576
 #endif
 
-/* One entry per (source address, category) that hit a block entry; a large ISP resolver
- * sees about a million subscriber addresses. LRU: when full, the oldest sources go first. */
+/* Entries per collection buffer, one per (source address, category) that hit a block entry
+ * between two collections; a large ISP resolver sees about a million subscriber addresses. */
 #ifndef CCXDP_MAX_SOURCES
 #define CCXDP_MAX_SOURCES 1048576
 #endif
@@ -83,12 +83,28 @@ BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_range, ccxdp_nrange_v1,
 BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v1, 1, CCXDP_PIN(CCXDP_MAP_NAME_ACTIVE));
 
 /*
- * Hits per source. Key: struct ccxdp_source_key (address in network order). Value: struct
- * ccxdp_source_hits. Written by the program on every blocked query (atomic adds: one entry is
- * shared by all CPUs); read by the collector.
+ * Hits per source, double-buffered so that a collector takes every hit exactly once.
+ * Key: struct ccxdp_source_key (address in network order; buffer = epoch & 1). Value: struct
+ * ccxdp_source_hits, host order. Written by the program on every blocked or monitored query
+ * (atomic adds: one entry is shared by all CPUs); read and deleted by the collector
+ * (ccxdp/collector.py).
+ *
+ * ccxdp_sepoch holds the epoch, one __u64 written only by the collector. A query reads it
+ * once and counts into buffer epoch & 1; the collector moves the epoch on by one, waits for
+ * an RCU grace period (membarrier: every XDP run in flight ends within it), and then owns the
+ * old buffer: no packet writes there again until the epoch comes back round, by which time
+ * the collector has stored and deleted every entry in it. Only the epoch's low byte matters
+ * here, and a byte is stored at once, so a query sees the old epoch or the new one.
+ *
+ * A plain hash, not an LRU: an entry is never evicted behind the collector's back. When the
+ * map is full a new source cannot be counted: the query is still blocked, and
+ * CCXDP_EV_SOURCE_LOST counts it. Room for both buffers, allocated as sources come
+ * (BPF_F_NO_PREALLOC): an idle map costs nothing.
  */
-BPF_TABLE_PINNED("lru_hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxdp_srcs_v1,
-		 CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES));
+BPF_TABLE_PINNED("hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxdp_srcs_v2,
+		 2 * CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_sepoch_v1, 1,
+		 CCXDP_PIN(CCXDP_MAP_SOURCE_EPOCH));
 
 /*
  * Bloom pre-filter over the hashes of both name-table buffers, so that a query that matches

@@ -220,7 +220,8 @@ class Datapath:
         program must be compiled for those sizes, not the wanted ones."""
         slots = self._pinned_max_entries(layout.MAP_NAME_SLOTS)
         names = slots // 2 if slots else wanted.max_names  # two buffers
-        sources = self._pinned_max_entries(layout.MAP_SOURCES) or wanted.max_sources
+        sources = self._pinned_max_entries(layout.MAP_SOURCES)
+        sources = sources // 2 if sources else wanted.max_sources  # two buffers
         limits = Limits(names, sources)
         ranges = self._pinned_max_entries(layout.MAP_NAME_RANGES)
         if ranges is not None and ranges != 2 << limits.name_index_log2:

@@ -18,7 +18,8 @@ MAP_STATS = "ccxdp_stats_v3"
 MAP_NAME_SLOTS = "ccxdp_nslot_v1"
 MAP_NAME_RANGES = "ccxdp_nrange_v1"
 MAP_NAME_ACTIVE = "ccxdp_nact_v1"
-MAP_SOURCES = "ccxdp_srcs_v1"
+MAP_SOURCES = "ccxdp_srcs_v2"
+MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v2"
@@ -27,7 +28,7 @@ MAP_EXEMPT = "ccxdp_exempt_v1"
 MAP_EXEMPT_COUNT = "ccxdp_exn_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v4"
+PROG_PIN = "ccxdp_xdp_v5"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -107,7 +108,8 @@ class SourceKey(ct.Structure):
     _fields_ = [
         ("addr", ct.c_uint8 * 16),
         ("category", ct.c_uint16),
-        ("pad", ct.c_uint8 * 2),
+        ("buffer", ct.c_uint8),  # the collection buffer: epoch & 1
+        ("pad", ct.c_uint8 * 1),
     ]
 
 
@@ -153,6 +155,7 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_NAME_RANGES: (ct.c_uint32, NameRange),
     MAP_NAME_ACTIVE: (ct.c_uint32, ct.c_uint32),
     MAP_SOURCES: (SourceKey, SourceHits),
+    MAP_SOURCE_EPOCH: (ct.c_uint32, ct.c_uint64),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
     MAP_HASH_KEY: (ct.c_uint32, HashKey),
     MAP_BLOOM: (ct.c_uint32, ct.c_uint64),

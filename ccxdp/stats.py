@@ -89,19 +89,22 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
         for a in layout.Action
         if a != layout.Action.DEFAULT
     }
-    sources = []
-    offset = boot_clock_offset()
+    # Both collection buffers (maps.h): what the kernel holds now is every hit since the last
+    # collection, in the live buffer and, while a collection runs, in the one it drains.
+    merged: dict[tuple[bytes, int], list[int]] = {}
     with dp.open_map(layout.MAP_SOURCES) as srcs:
         for k, v in srcs.lookup_batch():
-            sources.append(
-                SourceStat(
-                    address_text(bytes(k.addr)),
-                    k.category,
-                    v.hits,
-                    offset + v.first_seen_ns / 1e9,
-                    offset + v.last_seen_ns / 1e9,
-                )
-            )
+            # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
+            hits, first, last = v.hits, v.first_seen_ns, max(v.first_seen_ns, v.last_seen_ns)
+            seen = merged.setdefault((bytes(k.addr), k.category), [0, first, last])
+            seen[0] += hits
+            seen[1] = min(seen[1], first)
+            seen[2] = max(seen[2], last)
+    offset = boot_clock_offset()
+    sources = [
+        SourceStat(address_text(addr), category, hits, offset + first / 1e9, offset + last / 1e9)
+        for (addr, category), (hits, first, last) in merged.items()
+    ]
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
     count = dp.count_names()
     return StatsSnapshot(outcomes, malformed, events, actions, tuple(sources), count)

@@ -38,7 +38,8 @@ EXPECTED_MAPS = {
     layout.MAP_NAME_RANGES: (MapType.ARRAY, 2 << LIMITS.name_index_log2),
     layout.MAP_NAME_ACTIVE: (MapType.ARRAY, 1),
     layout.MAP_BLOOM: (MapType.ARRAY, 1 << LIMITS.bloom_words_log2),
-    layout.MAP_SOURCES: (MapType.LRU_HASH, LIMITS.max_sources),
+    layout.MAP_SOURCES: (MapType.HASH, 2 * LIMITS.max_sources),  # two buffers
+    layout.MAP_SOURCE_EPOCH: (MapType.ARRAY, 1),
     layout.MAP_PORTS: (MapType.ARRAY, 65536),
     layout.MAP_HASH_KEY: (MapType.ARRAY, 1),
 }
