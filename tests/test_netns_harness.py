@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -245,6 +246,67 @@ def test_addresses_outside_the_lab_are_refused(lab: Lab) -> None:
         lab.query("www.lab.example", server="2001:db8::1")
 
 
+@mark_lab
+def test_second_client_resolves_from_its_own_address(lab: Lab) -> None:
+    before = lab.unbound_queries_for("news.lab.example", source="198.18.0.4")
+    assert lab.dig("news.lab.example", client="cl2").rdata() == ["198.18.1.13"]
+    r = lab.query("news.lab.example", "AAAA", family=6, client="cl2")
+    assert r is not None and [rr.to_text() for rrset in r.answer for rr in rrset] == [
+        "fd00:cc:1::13"
+    ]
+    assert lab.unbound_queries_for("news.lab.example", source="198.18.0.4") == before + 1
+    assert lab.unbound_queries_for("news.lab.example", source="fd00:cc::4") >= 1
+
+
+@mark_lab
+def test_sinkhole_records_every_contact(lab: Lab) -> None:
+    before = len(lab.sinkhole_contacts())
+    # A port it listens on: the connection completes. Another: refused, but recorded too.
+    ok = lab.run("cli", ["bash", "-c", "exec 3<>/dev/tcp/198.18.0.53/80"])
+    assert ok.returncode == 0, ok.stderr
+    refused = lab.run("cl2", ["bash", "-c", "exec 3<>/dev/tcp/fd00:cc::53/9"])
+    assert refused.returncode != 0 and "refused" in refused.stderr
+    # A UDP datagram (a DNS query nobody answers there).
+    assert lab.query("x.test", server="198.18.0.53", source="198.18.0.3", timeout=0.2) is None
+    deadline = time.monotonic() + 5
+    while len(lab.sinkhole_contacts()) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    got = [(c["proto"], c["source"], c["destination"], c["destination_port"])
+           for c in lab.sinkhole_contacts()[before:]]  # fmt: skip
+    assert got == [
+        ("tcp", "198.18.0.2", "198.18.0.53", 80),
+        ("tcp", "fd00:cc::4", "fd00:cc::53", 9),
+        ("udp", "198.18.0.3", "198.18.0.53", 53),
+    ]
+    assert all(c["time"].endswith("Z") for c in lab.sinkhole_contacts())
+
+
+@mark_lab
+def test_named_lab_is_found_and_removed_through_its_record(tmp_path: Path) -> None:
+    """A named lab (ccxdp lab up) outlives the call that built it: its processes are not that
+    process's children, and another process removes exactly what its record lists."""
+    workdir = tmp_path / "lab" / "tn"
+    lab = Lab(name=f"tn{os.urandom(2).hex()}", workdir=workdir).build()
+    try:
+        assert lab.dig("www.lab.example").rdata() == ["198.18.1.10"]
+        for key in ("unbound", "sinkhole"):
+            pid = lab.service_pid(key)
+            assert pid is not None
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            assert ppid != os.getpid()
+        found = Lab.from_record(workdir)
+        assert found is not None and found.problems() == []
+        assert found.namespaces() == lab.namespaces() == found.made_namespaces
+        assert found.unbound_pid == lab.unbound_pid
+        assert found.sinkhole_log == lab.sinkhole_log
+        found.close()
+        assert _leftovers(lab.id) == [] and not workdir.exists()
+        assert Lab.from_record(workdir) is None
+    finally:
+        lab.close()  # nothing left to do: safe
+    assert _leftovers(lab.id) == []
+
+
 # ---- cleanup -------------------------------------------------------------------------------------
 
 
@@ -274,7 +336,9 @@ def test_bad_unbound_config_leaves_nothing() -> None:
 
 
 @mark_lab
-@pytest.mark.parametrize("step", ["_make_namespaces", "_start_unbound", "_wait_ready"])
+@pytest.mark.parametrize(
+    "step", ["_make_namespaces", "_start_unbound", "_start_sinkhole", "_wait_ready"]
+)
 def test_failure_inside_enter_leaves_nothing(step: str, monkeypatch: pytest.MonkeyPatch) -> None:
     real = getattr(Lab, step)
 

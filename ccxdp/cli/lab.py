@@ -109,9 +109,14 @@ def _teardown(app, lab: Lab) -> dict:
         if not any(a.prog_id for a in dp.attachments()):
             out["purged"] = dp.purge()
     lab.close()
-    with contextlib.suppress(OSError):  # the lab folder, once it holds no lab any more
-        (app.state_dir / "lab").rmdir()
+    _remove_lab_folder(app)
     return out
+
+
+def _remove_lab_folder(app) -> None:
+    """The folder of the labs' records, once it holds none."""
+    with contextlib.suppress(OSError):
+        (app.state_dir / "lab").rmdir()
 
 
 def _status(app, name: str) -> dict:
@@ -277,7 +282,11 @@ def up(app, name, mode, sinkhole_v4, sinkhole_v6, unbound_options, as_json):
         "sinkhole_before": [before.sinkhole_v4, before.sinkhole_v6],
         "sinkhole_set": [new.sinkhole_v4, new.sinkhole_v6],
     }
-    new.build()  # a failure removes whatever it made
+    try:
+        new.build()  # a failure removes whatever it made...
+    except BaseException:
+        _remove_lab_folder(app)  # ...and this folder, if no other lab is in it
+        raise
     try:
         new.native_tx_peer()
         attached = _attach(app, new, mode)
