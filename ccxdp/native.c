@@ -228,3 +228,37 @@ void ccxdp_bloom_set(const __u64 *h, size_t n, unsigned log2, __u64 *words)
 	for (size_t i = 0; i < n; i++)
 		words[h[i] >> (64 - log2)] |= (1ULL << (h[i] & 63)) | (1ULL << ((h[i] >> 6) & 63));
 }
+
+/*
+ * A keyed hash of each line of text ('\n' ends a line; a '\r' before it is not part of it),
+ * made like a name's (ASCII case folded): the line cut into pieces of at most 63 bytes, each
+ * hashed with NH and chained. Writes the hash and the start offset of each line; returns the number of lines.
+ * Feed syncs compare two versions of a file by these (feeds.py).
+ */
+size_t ccxdp_line_hashes(const char *text, size_t len, const struct hash_key *key, __u64 *out,
+			 __u64 *starts, size_t max_out)
+{
+	size_t pos = 0, count = 0;
+
+	while (pos < len && count < max_out) {
+		size_t end = pos, stop;
+		__u64 state = key->k0;
+
+		while (end < len && text[end] != '\n')
+			end++;
+		stop = end > pos && text[end - 1] == '\r' ? end - 1 : end;
+		for (size_t from = pos; from < stop || from == pos; from += MAX_LABEL_LEN) {
+			unsigned piece = stop - from > MAX_LABEL_LEN ? MAX_LABEL_LEN : stop - from;
+			__u64 a, b;
+
+			label_sums((const unsigned char *)text + from, piece, key, &a, &b);
+			state = chain_label(state, a, b);
+			if (from + piece >= stop)
+				break;
+		}
+		starts[count] = pos;
+		out[count++] = state ^ key->k1;
+		pos = end + 1;
+	}
+	return count;
+}

@@ -92,6 +92,8 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_merge.restype = sz
     so.ccxdp_diff.argtypes = [u64p, u64p, sz, u64p, u64p, sz, u64p, u64p, u64p, u64p]
     so.ccxdp_diff.restype = None
+    so.ccxdp_line_hashes.argtypes = [ct.c_char_p, sz, ct.c_char_p, u64p, u64p, sz]
+    so.ccxdp_line_hashes.restype = sz
     so.ccxdp_bloom_set.argtypes = [u64p, sz, ct.c_uint, u64p]
     so.ccxdp_bloom_set.restype = None
     return so
@@ -226,3 +228,30 @@ def bloom_words(h: array, log2: int, *, native: bool = True) -> array:
         return words
     so.ccxdp_bloom_set(_ptr(h), len(h), log2, _ptr(words))
     return words
+
+
+def line_hashes(text: bytes, key: HashKey, *, native: bool = True) -> tuple[array, array]:
+    """(hashes, start offsets) of the lines of text, a keyed hash per line ('\r\n' and
+    '\n' end lines alike; ASCII case is folded, as in names)."""
+    so = lib() if native else None
+    if so is None:
+        from .hashing import _mix, _nh_sums
+
+        hashes, starts, pos = array("Q"), array("Q"), 0
+        while pos < len(text):
+            end = text.find(b"\n", pos)
+            end = len(text) if end < 0 else end
+            line = text[pos:end].removesuffix(b"\r").lower()
+            state = key.k0
+            for piece in [line[i:i + 63] for i in range(0, len(line), 63)] or [b""]:
+                a, b = _nh_sums(bytes([len(piece)]) + piece, key.nh)
+                state = _mix(_mix(state ^ a) ^ b)
+            hashes.append(state ^ key.k1)
+            starts.append(pos)
+            pos = end + 1
+        return hashes, starts
+    n = text.count(b"\n") + 1
+    hashes, starts = array("Q", bytes(8 * n)), array("Q", bytes(8 * n))
+    got = so.ccxdp_line_hashes(text, len(text), key.to_bytes(), _ptr(hashes), _ptr(starts), n)
+    del hashes[got:], starts[got:]
+    return hashes, starts

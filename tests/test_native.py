@@ -102,3 +102,16 @@ def test_merge_and_diff(compiled):
 def test_bloom_words(compiled):
     h, _ = pairs(random.Random(4), 3000)
     assert compiled.bloom_words(h, 10) == compiled.bloom_words(h, 10, native=False)
+
+
+def test_line_hashes(compiled):
+    key = HashKey.generate()
+    text = ("one\ntwo\r\n\n" + "x" * 63 + "\n" + "y" * 200 + "\nTwo\ntwo\n" + "z" * 126
+            + "\nlast").encode()
+    got = compiled.line_hashes(text, key)
+    assert got == compiled.line_hashes(text, key, native=False)
+    hashes, starts = got
+    assert list(starts) == [0, 4, 9, 10, 74, 275, 279, 283, 410]
+    assert hashes[1] == hashes[6], "a line's '\\r' does not count"
+    assert hashes[5] == hashes[1], "ASCII case is folded, as in names"
+    assert len(set(hashes)) == 7
