@@ -30,11 +30,12 @@ every TCP connection attempt (SYN), UDP datagram and ping sent to the sinkhole a
 packet socket, whatever the port: that is how an ISP confirms an infection after a sinkhole
 answer.
 
-Cleanup is by construction: each resource is recorded the moment before (namespaces) or after
-(processes) it exists, and close() undoes exactly what was recorded: processes, then the
-namespaces (their veth ends and anything still running inside go with them), then the work
-folder. A failure half-way through building leaves nothing behind. Veths are created directly
-inside their namespaces, so the root namespace never holds any of them.
+Cleanup is by construction: each namespace is recorded the moment before it is made, each
+process the moment after it starts (it runs inside a recorded namespace, which takes it along
+in any case), and close() undoes exactly what was recorded: processes, then the namespaces
+(their veth ends and anything still running inside go with them), then the work folder. A
+failure half-way through building leaves nothing behind. Veths are created directly inside
+their namespaces, so the root namespace never holds any of them.
 
 Two lifetimes:
 - `with Lab() as lab:` (tests): a random id (prefix + 6 hex digits), a temp work folder whose
