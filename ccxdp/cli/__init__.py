@@ -87,9 +87,22 @@ def cli(ctx: click.Context, pin_dir: Path, state_dir: Path) -> None:
 
 
 def _register() -> None:
-    from . import allow, attach, block, config, debug, exempt, lab, records, stats
+    from . import (
+        allow,
+        attach,
+        block,
+        collect,
+        config,
+        debug,
+        exempt,
+        feed,
+        lab,
+        records,
+        stats,
+    )
 
-    for module in (attach, block, allow, exempt, config, stats, records, lab, debug):
+    for module in (attach, block, allow, feed, exempt, config, stats, collect, records, lab,
+                   debug):
         module.register(cli)
 
 

@@ -126,4 +126,8 @@ def block_list(app, as_json):
 
 
 def register(group: click.Group) -> None:
+    from .feed import block_export_command, block_import_command
+
+    block.add_command(block_import_command())
+    block.add_command(block_export_command())
     group.add_command(block)

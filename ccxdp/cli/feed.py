@@ -1,0 +1,289 @@
+"""feed add / list / sync / remove, and the import and export of lists (block import|export):
+threat feeds as named sources, refreshed by difference."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import feedformats, feeds
+from ..catalog import BLOCK, KINDS
+from . import pass_app
+from .output import console, emit, err_console, json_option
+from .types import ACTION, CATEGORY
+
+FORMAT = click.Choice(["auto", *feedformats.FORMATS])
+
+
+@contextmanager
+def progress_steps(as_json: bool):
+    """A spinner naming the current step of a long import, on a terminal only."""
+    if as_json or not sys.stderr.isatty():
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err_console(), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda text: bar.update(task, description=text)
+
+
+def result_json(r: feeds.ImportResult) -> dict:
+    a = r.applied
+    return {
+        "source": r.source,
+        "path": r.path,
+        "format": r.format,
+        "entries": r.entries,
+        "duplicates": r.duplicates,
+        "skipped": r.skipped,
+        "bad_lines": [str(b) for b in r.bad],
+        "unchanged": r.unchanged,
+        "added": dict(a.added) if a else dict.fromkeys(KINDS, 0),
+        "removed": dict(a.removed) if a else dict.fromkeys(KINDS, 0),
+        "changed": dict(a.changed) if a else dict.fromkeys(KINDS, 0),
+        "kernel_names": a.kernel_names if a else None,
+        "seconds": round(r.seconds, 3),
+    }
+
+
+def render_result(r: feeds.ImportResult) -> Table:
+    j = result_json(r)
+    t = Table(title=f"{r.source}: {r.path}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows = [("format", r.format), ("entries in the file", f"{r.entries:,}")]
+    if r.unchanged:
+        rows.append(("changes", "none: the file is as at the last sync"))
+    else:
+        for what in ("added", "removed", "changed"):
+            rows.append((f"{what} (block / allow)",
+                         f"{j[what]['block']:,} / {j[what]['allow']:,}"))
+    rows.append(("duplicate lines merged", f"{r.duplicates:,}"))
+    for reason, count in sorted(r.skipped.items()):
+        rows.append((f"skipped: {reason}", f"{count:,}"))
+    rows.append(("bad lines skipped", f"{len(r.bad):,}"))
+    if j["kernel_names"] is not None:
+        rows.append(("names in the kernel", f"{j['kernel_names']:,}"))
+    rows.append(("time", f"{r.seconds:.2f} s"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def report(r: feeds.ImportResult, as_json: bool) -> None:
+    emit(as_json, result_json(r), lambda: render_result(r))
+    if r.bad and not as_json:
+        for b in r.bad:
+            err_console().print(str(b), markup=False, highlight=False)
+
+
+def source_options(f):
+    f = click.option("--skip-invalid", is_flag=True,
+                     help="Import the good lines and list the bad ones (default: refuse the "
+                     "whole file if a line is bad).")(f)
+    f = click.option("--category", type=CATEGORY, help="Category of the entries.")(f)
+    f = click.option("--action", type=ACTION,
+                     help="Action of entries the file gives none (RPZ gives its own). "
+                     "Default: the configured default_action.")(f)
+    f = click.option("--column", help="CSV: the column holding names or URLs (header name or "
+                     "1-based number).")(f)
+    f = click.option("--format", "fmt", type=FORMAT, default="auto", show_default=True,
+                     help="File format; auto detects it from the content.")(f)
+    return f
+
+
+@click.group()
+def feed():
+    """Threat feeds: files of C&C names, each a named source, refreshed by difference.
+
+    \b
+    Examples:
+      ccxdp feed add threatfox /var/lib/feeds/threatfox.csv --column ioc_value
+      ccxdp feed add urlhaus-rpz /var/lib/feeds/urlhaus.rpz
+      ccxdp feed sync
+      ccxdp feed list
+      ccxdp feed remove urlhaus-rpz
+    """
+
+
+@feed.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@source_options
+@json_option
+@pass_app
+def feed_add(app, name, path, fmt, column, action, category, skip_invalid, as_json):
+    """Register the feed NAME read from PATH, and load it.
+
+    Its entries get --action (unless the file names one, as RPZ does) and --category
+    (default: the feed's name). A name several sources list stays listed until all drop it;
+    entries added by hand win over feeds, and earlier feeds over later ones.
+
+    \b
+    Example:
+      ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
+    """
+    with progress_steps(as_json) as step:
+        r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
+                           category, skip_invalid, step)
+    report(r, as_json)
+
+
+@feed.command("sync")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Read the file even if it has not changed.")
+@json_option
+@pass_app
+def feed_sync(app, names, force, as_json):
+    """Read feeds again (all, or the NAMES given) and apply what changed.
+
+    Only the difference against what each feed listed is written, in one atomic swap of the
+    kernel's list: names that stay listed are never unlisted for a moment.
+
+    \b
+    Examples:
+      ccxdp feed sync
+      ccxdp feed sync threatfox
+    """
+    catalog = app.catalog()
+    wanted = list(names) or [s.name for s in catalog.sources() if s.is_feed]
+    results = []
+    with progress_steps(as_json) as step:
+        for name in wanted:
+            results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force))
+    if as_json:
+        emit(True, [result_json(r) for r in results], None)
+        return
+    for r in results:
+        report(r, False)
+    if not results:
+        err_console().print("no feeds ('ccxdp feed add NAME PATH' adds one)")
+
+
+@feed.command("list")
+@json_option
+@pass_app
+def feed_list(app, as_json):
+    """List the feeds: file, format, action, category, names listed, last sync.
+
+    \b
+    Example:
+      ccxdp feed list --json
+    """
+    catalog = app.catalog()
+    categories = catalog.categories()
+    counts = feeds.feed_counts(catalog)
+    rows = [
+        {"name": s.name, "path": s.path, "format": s.format, "column": s.column,
+         "action": s.action, "category": categories.get(s.category),
+         "skip_invalid": s.skip_invalid, "block": counts[s.id]["block"],
+         "allow": counts[s.id]["allow"], "added_at": s.added_at, "synced_at": s.synced_at}
+        for s in catalog.sources() if s.is_feed
+    ]
+
+    def table() -> Table:
+        t = Table(title="feeds")
+        for col in ("name", "path", "format", "action", "category", "block", "allow",
+                    "synced_at"):
+            t.add_column(col, justify="right" if col in ("block", "allow") else "left")
+        for r in rows:
+            t.add_row(r["name"], r["path"], r["format"], r["action"], r["category"] or "-",
+                      f"{r['block']:,}", f"{r['allow']:,}", r["synced_at"] or "-")
+        return t
+
+    emit(as_json, rows, table)
+
+
+@feed.command("remove")
+@click.argument("name")
+@json_option
+@pass_app
+def feed_remove(app, name, as_json):
+    """Remove the feed NAME: names no other source lists stop being listed.
+
+    \b
+    Example:
+      ccxdp feed remove threatfox
+    """
+    a = feeds.remove_feed(app.datapath(), app.catalog(), name)
+    data = {"feed": name, "removed": dict(a.removed), "changed": dict(a.changed),
+            "kernel_names": a.kernel_names}
+    emit(as_json, data, lambda: f"feed {name} removed: {a.removed['block']:,} block and "
+         f"{a.removed['allow']:,} allow entries no other source lists are gone")
+
+
+def block_import_command():
+    @click.command("import")
+    @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+    @source_options
+    @click.option("--replace", is_flag=True,
+                  help="Make the file the whole list of entries added by hand (default: add "
+                  "to them).")
+    @json_option
+    @pass_app
+    def block_import(app, path, fmt, column, action, category, skip_invalid, replace, as_json):
+        """Import a file of names once, as entries added by hand (no feed is registered).
+
+        The swap is atomic: during it, names listed before and after stay blocked, and
+        afterwards removed names are no longer matched. A file with a bad line changes
+        nothing unless --skip-invalid.
+
+        \b
+        Examples:
+          ccxdp block import c2-names.txt --category emotet
+          ccxdp block import blocklist.hosts --replace
+        """
+        with progress_steps(as_json) as step:
+            r = feeds.import_file(app.datapath(), app.catalog(), path, fmt, column, action,
+                                  category, skip_invalid, replace, step)
+        report(r, as_json)
+
+    return block_import
+
+
+def block_export_command():
+    @click.command("export")
+    @click.option("--format", "fmt", type=click.Choice(feedformats.FORMATS), default="plain",
+                  show_default=True, help="File format to write.")
+    @click.option("--allow", "with_allow", is_flag=True, help="Include allow entries.")
+    @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+                  help="Write to this file (default: standard output).")
+    @pass_app
+    def block_export(app, fmt, with_allow, output):
+        """Write the listed names in a feed format, readable back by 'block import'.
+
+        \b
+        Examples:
+          ccxdp block export -o names.txt
+          ccxdp block export --format rpz --allow -o ccxdp.rpz
+        """
+        catalog = app.catalog()
+        categories = catalog.categories()
+        entries = catalog.entries(kind=None if with_allow else BLOCK)
+        items = (
+            feedformats.ExportEntry(
+                e.name, e.kind, e.match, None if e.action in ("default", "allow") else e.action,
+                categories.get(e.category))
+            for e in entries
+        )
+        lines = feedformats.export_feed(items, fmt)
+        out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+        try:
+            for line in lines:
+                out.write(line + "\n")
+        finally:
+            if output:
+                out.close()
+        if output:
+            console().print(f"{len(entries):,} entries written to {output}")
+
+    return block_export
+
+
+def register(group: click.Group) -> None:
+    group.add_command(feed)
