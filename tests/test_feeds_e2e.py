@@ -51,6 +51,7 @@ def test_a_full_replace_under_traffic_never_unblocks_a_staying_name(ccxdp, lab, 
     write_list(before, [*STAYING, *LEAVING, *(f"a{i}.filler.test" for i in range(LARGE))])
     write_list(after, [*STAYING, *(f"b{i}.filler.test" for i in range(LARGE))])
     ccxdp.json("attach", lab.res_if, *lab.res_netns_opt)
+    lab.native_tx_peer()  # a veth sends native XDP_TX answers only with a program on its peer
     first = ccxdp.json("block", "import", str(before), "--action", "nxdomain")
     assert first["kernel_names"] == LARGE + len(STAYING) + len(LEAVING)
 
