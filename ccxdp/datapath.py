@@ -143,6 +143,11 @@ class Datapath:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the state folder's lock (inside ``with``)."""
+        return self._lock_fd is not None
+
     # -- paths and maps --------------------------------------------------------------------
     @property
     def prog_pin(self) -> Path:
