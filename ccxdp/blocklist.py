@@ -14,6 +14,7 @@ the kernel was touched, or leaves the kernel on its old list.
 from __future__ import annotations
 
 import bisect
+import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,12 @@ from .catalog import (
     KINDS,
     MATCHES,
     Catalog,
-    CatalogEntry,
     Listing,
     normalize_category,
-    now,
     pack,
     signed,
     unpack,
+    unsigned,
 )
 from .datapath import Datapath
 from .errors import CcxdpError
@@ -157,24 +157,17 @@ def apply(
             added, removed, changed = native.diff(
                 old[kind].hashes, old[kind].values, new[kind].hashes, new[kind].values)
             n, o = new[kind], old[kind]
+            # Names come with the change, or from the catalog for an entry another source
+            # gives now; rows go in hash order (the listings are sorted).
             known = catalog.names_of(n.hashes[i] for p in (added, changed) for i in p
                                      if n.hashes[i] not in names)
-            looks: dict[int, tuple[str, str, int]] = {}  # few distinct values: unpack once
-            stamp = now()
-
-            def rows(positions, n=n, known=known, looks=looks, stamp=stamp, kind=kind):
-                for i in positions:
-                    h, v = n.hashes[i], n.values[i]
-                    look = looks.get(v)
-                    if look is None:
-                        match, action, category = unpack(v)
-                        look = looks[v] = (match, "allow" if kind == ALLOW else action,
-                                           category)
-                    yield (signed(h), kind, names.get(h) or known[h], *look, stamp)
-
-            catalog.delete_entries((o.hashes[i], kind) for i in removed)
-            catalog.insert_entries(rows(added))  # new (hash, kind) pairs, in hash order
-            catalog.update_entries(rows(changed))
+            known.update(names)
+            stamp = int(time.time())
+            catalog.unlist_entries(kind, (o.hashes[i] for i in removed))
+            catalog.upsert_entries(kind, ((signed(n.hashes[i]), known[n.hashes[i]],
+                                           n.values[i], stamp) for i in added))
+            catalog.upsert_entries(kind, ((signed(n.hashes[i]), known[n.hashes[i]],
+                                           n.values[i], stamp) for i in changed))
             result.added[kind] = len(added)
             result.removed[kind] = len(removed)
             result.changed[kind] = len(changed)
@@ -325,21 +318,20 @@ def rehash_if_needed(dp: Datapath, catalog: Catalog) -> None:
     if catalog.meta("key") == key.fingerprint:
         return
     with catalog.transaction():
-        entries = catalog.entries(kind=None)
-        names = list(dict.fromkeys(e.name for e in entries))
-        old_of = {e.name: e.hash for e in entries}
+        rows = catalog.db.execute(
+            "SELECT hash, name, block, allow, block_added, allow_added FROM entries").fetchall()
+        names = [r[1] for r in rows]
         new_hashes = native.hash_names(names, key) if names else array("Q")
-        moved = {old_of[n]: h for n, h in zip(names, new_hashes, strict=True)}
+        moved = {unsigned(r[0]): h for r, h in zip(rows, new_hashes, strict=True)}
         for (sid, kind), listing in catalog.listings().items():
             pairs = {moved[h]: v for h, v in zip(listing.hashes, listing.values, strict=True)
                      if h in moved}
             catalog.set_listing(sid, kind, listing_from(pairs))
         catalog.clear_entries()
-        catalog.write_entries(
-            sorted((CatalogEntry(e.name, moved[e.hash], e.match, e.action, e.category,
-                                 e.added_at, e.kind) for e in entries), key=lambda e: e.hash),
-            [],
-        )
+        catalog.db.executemany(
+            "INSERT INTO entries (hash, name, block, allow, block_added, allow_added) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            sorted((signed(h), *r[1:]) for r, h in zip(rows, new_hashes, strict=True)))
         catalog.set_meta("key", key.fingerprint)
 
 

@@ -48,19 +48,21 @@ CREATE TABLE {table} (
     PRIMARY KEY (kind, name),
     UNIQUE (kind, hash)
 )"""
-# Keyed by hash: rows go in sorted by it, the fastest way into a B-tree, and a name's hash
-# is how the control plane finds it (the key is the installation's own).
+# One row per listed name, keyed by its hash (the rowid: rows go in sorted by it, the fastest
+# way into a B-tree, and a name's hash is how the control plane finds it). block and allow
+# hold the effective entry of each kind as the packed kernel entry (layout.pack_entry:
+# action | flags << 8 | category << 16), NULL when the name is not listed as that kind;
+# *_added is when it was first listed so (Unix seconds). Small integer columns keep a
+# million rows quick to write.
 _ENTRIES = """
 CREATE TABLE entries (
-    hash     INTEGER NOT NULL,           -- the kernel key, stored as signed 64-bit
-    kind     TEXT NOT NULL CHECK (kind IN ('block', 'allow')),
-    name     TEXT NOT NULL,
-    match    TEXT NOT NULL CHECK (match IN ('exact', 'subtree', 'below')),
-    action   TEXT NOT NULL,              -- block: default, drop, nxdomain, ...; allow: allow
-    category INTEGER NOT NULL DEFAULT 0, -- categories.id, 0 = none
-    added_at TEXT NOT NULL,
-    PRIMARY KEY (hash, kind)
-) WITHOUT ROWID"""
+    hash        INTEGER PRIMARY KEY,  -- the kernel key, stored as signed 64-bit
+    name        TEXT NOT NULL,
+    block       INTEGER,
+    allow       INTEGER,
+    block_added INTEGER,
+    allow_added INTEGER
+)"""
 _SOURCES = """
 CREATE TABLE sources (
     id           INTEGER PRIMARY KEY,
@@ -200,6 +202,24 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _seconds(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
+
+
+def _iso(seconds: int | None) -> str:
+    return datetime.fromtimestamp(seconds or 0, UTC).isoformat(timespec="seconds")
+
+
+def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> CatalogEntry:
+    """A CatalogEntry from (name, hash, value, added); looks caches unpacked values."""
+    name, h, value, added = row
+    look = looks.get(value)
+    if look is None:
+        match, action, category = unpack(value)
+        look = looks[value] = (match, "allow" if kind == ALLOW else action, category)
+    return CatalogEntry(name, unsigned(h), look[0], look[1], look[2], _iso(added), kind)
+
+
 def _blob(a: array) -> bytes:
     return a.tobytes()
 
@@ -210,7 +230,6 @@ def _array(blob: bytes) -> array:
     return a
 
 
-_COLUMNS = "name, hash, match, action, category, added_at, kind"
 _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
                    "added_at, synced_at, digest")
 
@@ -261,14 +280,13 @@ class Catalog:
                 "CREATE TABLE", "CREATE TABLE IF NOT EXISTS")):
             self.db.execute(statement)
         self.db.execute("DROP TABLE entries_v2")
-        listings = {BLOCK: {}, ALLOW: {}}
-        entries = []
-        for kind, name, h, subtree, action, category, added_at in rows:
-            match = "subtree" if subtree else "exact"
-            listings[kind][unsigned(h)] = pack(kind, match, action, category)
-            entries.append(CatalogEntry(name, unsigned(h), match, action, category, added_at,
-                                        kind))
-        self.write_entries(entries, [])
+        listings: dict[str, dict[int, int]] = {BLOCK: {}, ALLOW: {}}
+        for kind, name, h, subtree, action, category, added_at in sorted(
+                rows, key=lambda r: signed(unsigned(r[2]))):
+            value = pack(kind, "subtree" if subtree else "exact", action, category)
+            listings[kind][unsigned(h)] = value
+            self.upsert_entries(kind, [(signed(unsigned(h)), name, value,
+                                        _seconds(added_at))])
         for kind, items in listings.items():
             keys = sorted(items)
             self.set_listing(1, kind, Listing(array("Q", keys),
@@ -319,9 +337,10 @@ class Catalog:
     def get(self, h: int, kind: str = BLOCK) -> CatalogEntry | None:
         """The entry of one name hash."""
         row = self.db.execute(
-            f"SELECT {_COLUMNS} FROM entries WHERE hash=? AND kind=?", (signed(h), kind)
+            f"SELECT name, hash, {kind}, {kind}_added FROM entries WHERE hash=? "
+            f"AND {kind} IS NOT NULL", (signed(h),)
         ).fetchone()
-        return self._entry(row) if row else None
+        return _entry(kind, row, {}) if row else None
 
     def names_of(self, hashes: Iterable[int]) -> dict[int, str]:
         """{hash: name} of the listed ones among these hashes (any kind)."""
@@ -345,59 +364,40 @@ class Catalog:
 
     def entries(self, kind: str | None = BLOCK) -> list[CatalogEntry]:
         """Entries of one kind (both with None), by name."""
-        if kind is None:
-            rows = self.db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY name, kind")
-        else:
+        kinds = KINDS if kind is None else (kind,)
+        out: list[CatalogEntry] = []
+        for k in kinds:
+            looks: dict[int, tuple[str, str, int]] = {}
             rows = self.db.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE kind=? ORDER BY name", (kind,)
-            )
-        return [self._entry(r) for r in rows]
+                f"SELECT name, hash, {k}, {k}_added FROM entries WHERE {k} IS NOT NULL")
+            out += [_entry(k, r, looks) for r in rows]
+        out.sort(key=lambda e: (e.name, e.kind))
+        return out
 
     def all_names(self) -> dict[int, str]:
         return {unsigned(h): n for h, n in self.db.execute("SELECT hash, name FROM entries")}
 
     def count(self, kind: str = BLOCK) -> int:
-        return self.db.execute("SELECT count(*) FROM entries WHERE kind=?", (kind,)).fetchone()[0]
+        return self.db.execute(
+            f"SELECT count(*) FROM entries WHERE {kind} IS NOT NULL").fetchone()[0]
 
-    @staticmethod
-    def _entry(row: tuple) -> CatalogEntry:
-        name, h, match, action, category, added_at, kind = row
-        return CatalogEntry(name, unsigned(h), match, action, category, added_at, kind)
-
-    def write_entries(self, upserts: Iterable[CatalogEntry], deletes: Iterable[tuple[int, str]],
-                      ) -> None:
-        """Insert or update entries by (hash, kind), keeping a row's first added_at; delete
-        (hash, kind) pairs."""
+    def upsert_entries(self, kind: str, rows: Iterable[tuple]) -> None:
+        """List rows (signed hash, name, value, added seconds) as entries of one kind; a
+        name listed before keeps its added time. Fastest in hash order."""
         self.db.executemany(
-            "DELETE FROM entries WHERE hash=? AND kind=?", ((signed(h), k) for h, k in deletes)
-        )
-        stamp = now()
-        self.db.executemany(
-            "INSERT INTO entries (hash, kind, name, match, action, category, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash, kind) DO UPDATE SET "
-            "name=excluded.name, match=excluded.match, action=excluded.action, "
-            "category=excluded.category",
-            ((signed(e.hash), e.kind, e.name, e.match, e.action, e.category,
-              e.added_at or stamp) for e in upserts),
-        )
+            f"INSERT INTO entries (hash, name, {kind}, {kind}_added) VALUES (?, ?, ?, ?) "
+            f"ON CONFLICT(hash) DO UPDATE SET {kind}=excluded.{kind}, "
+            f"{kind}_added=coalesce({kind}_added, excluded.{kind}_added)", rows)
 
-    def delete_entries(self, pairs: Iterable[tuple[int, str]]) -> None:
-        """Delete (hash, kind) pairs."""
-        self.db.executemany("DELETE FROM entries WHERE hash=? AND kind=?",
-                            ((signed(h), k) for h, k in pairs))
-
-    def insert_entries(self, rows: Iterable[tuple]) -> None:
-        """Insert rows (signed hash, kind, name, match, action, category, added_at) that are
-        not there yet; fastest in hash order."""
+    def unlist_entries(self, kind: str, hashes: Iterable[int]) -> None:
+        """Unlist names (unsigned hashes) as one kind; a row listed as neither goes."""
+        signed_hashes = [signed(h) for h in hashes]
         self.db.executemany(
-            "INSERT INTO entries (hash, kind, name, match, action, category, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-
-    def update_entries(self, rows: Iterable[tuple]) -> None:
-        """Update rows as insert_entries takes them, keeping each one's added_at."""
+            f"UPDATE entries SET {kind}=NULL, {kind}_added=NULL WHERE hash=?",
+            ((h,) for h in signed_hashes))
         self.db.executemany(
-            "UPDATE entries SET name=?3, match=?4, action=?5, category=?6 "
-            "WHERE hash=?1 AND kind=?2", (r[:6] for r in rows))
+            "DELETE FROM entries WHERE hash=? AND block IS NULL AND allow IS NULL",
+            ((h,) for h in signed_hashes))
 
     def clear_entries(self) -> None:
         self.db.execute("DELETE FROM entries")

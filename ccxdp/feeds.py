@@ -16,6 +16,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from . import feedformats
@@ -89,19 +90,19 @@ def listings_of(
     """The block and allow listings a file's entries make, and {hash: name}. Entries are
     grouped by what they give the kernel, so a million names cost a few array operations,
     not a million Python calls."""
+    attrs = list(map(attrgetter("kind", "match", "action", "category"), entries))
+    all_names = list(map(attrgetter("name"), entries))
     groups: dict[tuple[str, int], list[str]] = {}
-    own: dict[str, int] = {}  # categories the file names per entry (CSV exports may)
-    for e in entries:
-        if e.kind == ALLOW:
-            value = pack(ALLOW, e.match, "allow", 0)
-        else:
-            category = category_id
-            if e.category:
-                if e.category not in own:
-                    own[e.category] = catalog.category_id(normalize_category(e.category))
-                category = own[e.category]
-            value = pack(BLOCK, e.match, canonical_action(e.action or action), category)
-        groups.setdefault((e.kind, value), []).append(e.name)
+    if len(set(attrs)) == 1:  # the usual feed: every entry alike, one group, no loop
+        groups[(attrs[0][0], _value(attrs[0], action, category_id, catalog, {}))] = all_names
+    else:
+        own: dict[str, int] = {}
+        values: dict[tuple, int] = {}
+        for a, name in zip(attrs, all_names, strict=True):
+            value = values.get(a)
+            if value is None:
+                value = values[a] = _value(a, action, category_id, catalog, own)
+            groups.setdefault((a[0], value), []).append(name)
     key = dp.hash_key()
     names: dict[int, str] = {}
     out = {}
@@ -121,6 +122,19 @@ def listings_of(
                             "actions; nothing was imported")
         out[kind] = Listing(h, v)
     return out, names
+
+
+def _value(attrs: tuple, action: str, category_id: int, catalog: Catalog,
+           own: dict[str, int]) -> int:
+    """The listing value of entries with these (kind, match, action, category)."""
+    kind, match, entry_action, category = attrs
+    if kind == ALLOW:
+        return pack(ALLOW, match, "allow", 0)
+    if category:  # CSV exports may name a category per entry
+        if category not in own:
+            own[category] = catalog.category_id(normalize_category(category))
+        category_id = own[category]
+    return pack(BLOCK, match, canonical_action(entry_action or action), category_id)
 
 
 def _digest(path: Path, source: Source, dp: Datapath) -> str:
