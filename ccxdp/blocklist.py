@@ -18,6 +18,7 @@ import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from . import layout, native
 from .catalog import (
@@ -157,17 +158,25 @@ def apply(
             added, removed, changed = native.diff(
                 old[kind].hashes, old[kind].values, new[kind].hashes, new[kind].values)
             n, o = new[kind], old[kind]
-            # Names come with the change, or from the catalog for an entry another source
-            # gives now; rows go in hash order (the listings are sorted).
-            known = catalog.names_of(n.hashes[i] for p in (added, changed) for i in p
-                                     if n.hashes[i] not in names)
-            known.update(names)
-            stamp = int(time.time())
             catalog.unlist_entries(kind, (o.hashes[i] for i in removed))
-            catalog.upsert_entries(kind, ((signed(n.hashes[i]), known[n.hashes[i]],
-                                           n.values[i], stamp) for i in added))
-            catalog.upsert_entries(kind, ((signed(n.hashes[i]), known[n.hashes[i]],
-                                           n.values[i], stamp) for i in changed))
+            stamp = int(time.time())
+            for positions in (added, changed):
+                # Rows in hash order (the lists are sorted), built by C-level iteration: a
+                # million new names must not cost a million Python steps.
+                if len(positions) == len(n):
+                    hashes, values = n.hashes, n.values
+                else:
+                    hashes = array("Q", map(n.hashes.__getitem__, positions))
+                    values = array("Q", map(n.values.__getitem__, positions))
+                # Names come with the change, or from the catalog for an entry another
+                # source gives now.
+                missing = [h for h in hashes if h not in names]
+                known = catalog.names_of(missing) if missing else {}
+                lookup_name = names.__getitem__ if not known else (
+                    lambda h, known=known: names.get(h) or known[h])
+                catalog.upsert_entries(kind, zip(
+                    array("q", hashes.tobytes()), map(lookup_name, hashes), values,
+                    repeat(stamp)))
             result.added[kind] = len(added)
             result.removed[kind] = len(removed)
             result.changed[kind] = len(changed)
@@ -190,6 +199,8 @@ def _check_collisions(
 ) -> None:
     """A hash a source newly lists that the catalog already holds must be the same name."""
     suspects = []
+    if not any(len(lst) for lst in old.values()):
+        return  # nothing listed before: nothing to collide with
     for key, listing in changes.items():
         prior = before.get(key, Listing.empty())
         fresh, _, _ = native.diff(prior.hashes, prior.values, listing.hashes, listing.values)
