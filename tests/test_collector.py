@@ -16,6 +16,7 @@ import ctypes as ct
 import ipaddress
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -485,6 +486,20 @@ class Live:
         with self.store() as store:
             assert store.total_hits() + pending(self.dp, store) == self.traffic.total, where
 
+    def state(self) -> str:
+        """Where the last collection stopped, as the kernel and the store tell."""
+        epoch = kernel_epoch(self.dp)
+        with self.store() as store:
+            cp = store.checkpoint()
+        drained = cp.get(collector.DRAINED)
+        if drained is None:
+            return "never stored" if epoch == 0 else "switched, not stored"
+        if drained < epoch - 1:
+            return "switched, not stored"
+        if cp.get(collector.CLEARED) != drained:
+            return "stored, not cleared"
+        return "complete"
+
     def close(self) -> None:
         bpfsys.close(self.fd)
 
@@ -544,6 +559,11 @@ def test_ccxdp_collect_warns_when_hits_were_lost(ccxdp, bare_netns):
         lv.close()
 
 
+def _drained(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT value FROM checkpoint WHERE key = ?", (collector.DRAINED,))
+    return (row.fetchone() or (None,))[0]
+
+
 @pytest.mark.root
 def test_ccxdp_collect_killed_at_random_moments_while_traffic_flows(live):
     """kill -9 of `ccxdp collect` after a random delay, many times, with queries arriving
@@ -555,19 +575,35 @@ def test_ccxdp_collect_killed_at_random_moments_while_traffic_flows(live):
     duration = time.monotonic() - started
     outcomes = Counter()
     live.start()
-    for i in range(30):
+    drained = sqlite3.connect(f"file:{store_path(live.ccxdp.state_dir)}?mode=ro", uri=True)
+    for i in range(45):
         p = live.collector()
-        time.sleep(rng.uniform(0.3, 1.2) * duration)
+        if i % 3 == 0:  # anywhere in its life
+            time.sleep(rng.uniform(0, 1.5) * duration)
+        elif i % 3 == 1:  # once it has switched the epoch
+            before = kernel_epoch(live.dp)
+            while p.poll() is None and kernel_epoch(live.dp) == before:
+                time.sleep(0.0005)
+            time.sleep(rng.uniform(0, 0.05))
+        else:  # once it has stored a buffer: while it deletes it
+            before = _drained(drained)
+            while p.poll() is None and _drained(drained) == before:
+                time.sleep(0.0002)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        _out, err = p.communicate(timeout=120)
         outcomes["finished" if p.returncode == 0 else "killed"] += 1
-        assert p.returncode in (0, -signal.SIGKILL), p.stderr.read()
+        assert p.returncode in (0, -signal.SIGKILL), err
+        outcomes[live.state()] += 1
         if i % 5 == 4:
             live.stop()
             live.check_accounted(f"after kill {i}")
             live.start()
     live.stop()
+    drained.close()
+    # Kills landed before, inside and after the steps that matter (the deterministic test
+    # above dies at each step on purpose).
     assert outcomes["killed"] >= 10, outcomes
+    assert outcomes["switched, not stored"] + outcomes["stored, not cleared"] >= 1, outcomes
     live.ccxdp.run("collect")
     with live.store() as store:
         assert store.total_hits() == live.traffic.total
@@ -588,8 +624,8 @@ def test_concurrent_ccxdp_collects_count_exactly(live):
         victim = rng.choice(procs)
         victim.send_signal(signal.SIGKILL)
         for p in procs:
-            p.wait(timeout=120)
-            assert p.returncode in (0, -signal.SIGKILL), p.stderr.read()
+            _out, err = p.communicate(timeout=120)
+            assert p.returncode in (0, -signal.SIGKILL), err
             finished += p.returncode == 0
     live.stop()
     assert finished >= 10
