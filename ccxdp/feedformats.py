@@ -1144,6 +1144,8 @@ def _classify(line: str) -> str | None:
         s.endswith("^") or "^$" in s
     ):
         return "adblock"
+    if s[0] in "{[<":
+        return None  # JSON, HTML, XML: no feed format of ours
     if s[0] == "$" or s[0] == "@":
         return "rpz"
     words = s.split()
