@@ -336,7 +336,7 @@ def _runs(line: str) -> re.Pattern[str]:
 
 
 def _split_runs(text: str, runs: re.Pattern[str]) -> Iterator[tuple[int, str | None, str]]:
-    """(first line number, run, None) for each run of fast lines, (line number, None, line)
+    """(first line number, run, "") for each run of fast lines, (line number, None, line)
     for each other line."""
     pos, lineno, end = 0, 1, len(text)
     match = runs.match
@@ -726,9 +726,9 @@ def _csv_end(text: str, start: int) -> int:
     return start
 
 
-# One CSV field as csv.reader reads it, when it holds no quote and no line end. Rows of
+# One CSV field as csv.reader reads it, when it holds no quote and no line break. Rows of
 # such fields only are read by one pattern; any other row makes the reader do the file.
-_CSV_FIELD = r'(?:"[^"\n]*"|[^",\n]*)'
+_CSV_FIELD = r'(?:"[^"\r\n]*"|[^",\r\n]*)'
 
 
 def _pick_by_pattern(text: str, start: int, end: int, first_raw: str, col: int,
@@ -743,13 +743,13 @@ def _pick_by_pattern(text: str, start: int, end: int, first_raw: str, col: int,
     parts = []
     for i in range(max(wanted) + 1):
         if i in wanted:
-            parts.append(r'"([^"\n]*)"' if raw[i].startswith('"') else r'([^",\n]*)')
+            parts.append(r'"([^"\r\n]*)"' if raw[i].startswith('"') else r'([^",\r\n]*)')
         else:
             parts.append(_CSV_FIELD)
     # The match runs to the line's end, so findall goes on from the next line's start.
     # A comment, blank or indented line never matches: the count below then sends the file
     # to the reader.
-    pattern = re.compile("^(?![#\\s])" + ",[ ]*".join(parts) + r"(?=,|$)[^\n]*", re.M)
+    pattern = re.compile("^(?![#\\s])" + ",[ ]*".join(parts) + r"(?=,|$)[^\r\n]*$", re.M)
     found = pattern.findall(text, start, end)
     if len(found) != text.count("\n", start, end) + 1:
         return None
@@ -827,9 +827,11 @@ def _csv_rows(b: _Builder, lines: list[str], numbers: list[int] | None, first_li
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as e:
+        except csv.Error:  # a carriage return inside a field: the reader goes on after it
             line = numbers[consumed] if numbers is not None else first_line + consumed
-            raise FeedFormatError(f"{b.path}:{line}: {e}") from None
+            b.refuse(line, "unreadable CSV row (a line break inside a field)", lines[consumed])
+            consumed = reader.line_num
+            continue
         start, consumed = consumed, reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue

@@ -434,6 +434,7 @@ other.example CNAME .
         ("bad.example BOGUS x\n", ":{n}: unknown rdatatype 'BOGUS'"),
         ("$INCLUDE /etc/passwd\n", ":{n}: zone file directive '$INCLUDE' is not allowed"),
         ("bad.example CH CNAME .\n", ":{n}: RR class is not zone's class"),
+        (f"{LONG_LABEL}.example CNAME .\n", ":{n}: A DNS label is > 63 octets long."),
     ],
 )
 def test_rpz_that_dnspython_cannot_read(tmp_path, body, message):
@@ -628,6 +629,15 @@ d.example
     assert parsed.bad == []
 
 
+def test_csv_carriage_return_inside_a_field(tmp_path):
+    path = write(tmp_path, "cr.csv", "domain,n\na.example,1\nb.exa\rmple,2\nc.example,3\n")
+    parsed = parse_feed(path)
+    assert parsed.entries == [E("a.example", 2), E("c.example", 4)]
+    assert bad(parsed) == [
+        f"{path}:3: unreadable CSV row (a line break inside a field): b.exa\rmple,2"
+    ]
+
+
 def test_csv_of_an_export_reads_kind_match_action_category(tmp_path):
     text = """\
 name,kind,match,action,category
@@ -686,6 +696,8 @@ def test_detect_format(tmp_path, text, fmt):
     path = write(tmp_path, "feed", text)
     assert detect_format(path) == fmt
     assert parse_feed(path).format == fmt
+    windows = write(tmp_path, "feed.win", text, crlf=True, bom=True)
+    assert detect_format(windows) == fmt
 
 
 @pytest.mark.parametrize("text", ['{"data": [1, 2]}\n', "<html>\n<body>\n", "a b c d\n"])
