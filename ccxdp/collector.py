@@ -9,11 +9,13 @@ the maps it came from. One collection, under the datapath's lock, with E the ker
    was killed after it switched the epoch and before it committed. Wait for readers (it may
    have been killed before its own wait), store the buffer's hits with D = E - 1 in one
    transaction, then delete its entries.
-   If D = E - 1 and that buffer still has entries, they are in the store already (a
-   collector was killed after committing, before or while deleting): delete them unread.
+   If D = E - 1 and that buffer is not known empty, what it still holds is in the store
+   already (a collector was killed after committing, before or while deleting): delete it
+   without storing it again.
 2. Switch: write E + 1, so that new hits go to buffer (E + 1) & 1, which step 1 emptied.
-3. Wait for readers (membarrier: an RCU grace period), so that no XDP run still adds to
-   buffer E & 1. Its counters are final from here on.
+3. Wait for readers: membarrier(MEMBARRIER_CMD_GLOBAL) returns after an RCU grace period,
+   so every XDP run that began before the switch has ended (XDP runs under RCU), and every
+   later one reads E + 1. No query adds to buffer E & 1 any more: its counters are final.
 4. Store the buffer's hits with D = E in one transaction, then delete its entries, then note
    in the checkpoint that the buffer is empty (so the next collection need not look).
 
@@ -26,10 +28,12 @@ could not count as ``source_lost`` instead, and ``collect`` reports those.
 
 Why no hit is counted twice: a buffer's hits reach the store in the same transaction that
 moves D to its epoch, and a buffer is stored only while D is below its epoch; the entries that
-remain after that commit are deleted without being read into the store again. A kill at any
+remain after that commit are deleted without going into the store again. A kill at any
 point leaves either the old checkpoint with the hits not stored (step 1 stores them), or the
 new one with the hits stored (step 1 deletes the leftovers), never a mix, because SQLite
 commits both or neither. Collectors never run at once: the datapath's lock orders them.
+The kernel's source_lost counter is taken the same way: its value goes into the checkpoint
+with the hits, and a collection reports the difference from the value stored before.
 
 The checkpoint also names the maps (their kernel ids and the boot): maps made afresh (a purge,
 a reboot) start from nothing, however far the store's epoch had gone.
@@ -42,7 +46,7 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_ntop
 
@@ -59,7 +63,6 @@ DRAINED = "drained"  # the last epoch whose buffer is in the store
 CLEARED = "cleared"  # the last epoch whose buffer is known empty since
 LOST_SEEN = "lost_seen"  # the kernel's source_lost counter at the last collection
 LOST_TOTAL = "lost_total"  # every hit lost, over every collection into this store
-_IDENTITY = ("boot", "srcs_map", "epoch_map", "stats_map")
 
 _HOUR_US = 3600 * 1_000_000
 _KEY = struct.Struct("<16sHBx")
@@ -106,12 +109,12 @@ class CollectResult:
 class _Drained:
     """One buffer read: store rows, the raw keys to delete afterwards, and what they hold."""
 
-    rows: list
-    keys: bytearray
+    rows: list = field(default_factory=list)
+    keys: bytearray = field(default_factory=bytearray)
     hits: int = 0
-    counters: int = 0
-    addresses: set | None = None
-    categories: set | None = None
+    counters: int = 0  # kernel entries (source, category)
+    addresses: set = field(default_factory=set)
+    categories: set = field(default_factory=set)
 
 
 def boot_id() -> int:
@@ -131,8 +134,8 @@ def hour_rows(address: str, category: int, hits: int, first_us: int, last_us: in
     A counter knows only when its first and last hit came. Within one hour: one row. Across
     hours: the first hit goes to the first's hour, at that time, and the others to the last's
     hour, at the last's time. So every row's hour, first and last are times a hit certainly
-    came (the days with hits, which notification counts, are never made up), and the hits
-    whose times are unknown are put with the last, no earlier than they can have come."""
+    came (the days with hits, which notification counts, are never made up); the hits whose
+    times are unknown (somewhere between the two) go with the last."""
     first_hour = first_us // _HOUR_US
     last_hour = last_us // _HOUR_US
     if first_hour == last_hour:
@@ -160,7 +163,7 @@ def _drain(srcs: bpfsys.Map, buffer: int, offset_ns: int, rows: bool = True) -> 
 
     The loop is the collector's hot path (a million entries): one tuple per entry from
     struct, the hour split inlined for the usual case (hour_rows gives the rule)."""
-    out = _Drained([], bytearray(), addresses=set(), categories=set())
+    out = _Drained()
     append, categories = out.rows.append, out.categories
     ks, vs, at = _KEY.size, _HITS.size, _KEY_BUFFER_AT
     texts: dict[bytes, str] = {}
@@ -282,7 +285,7 @@ class Collector:
         previous = (epoch - 1) & 1
 
         # 1. What a killed collector left in the buffer that is about to go live again.
-        recovered = _Drained([], bytearray(), addresses=set(), categories=set())
+        recovered = _Drained()
         recovered_rows = 0
         if drained_epoch < epoch - 1:
             wait_for_readers()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccxdp import bpfsys, layout  # noqa: E402
+from ccxdp import bpfsys, collector, layout  # noqa: E402
 from ccxdp.collector import Collector  # noqa: E402
 from ccxdp.datapath import Datapath, Limits  # noqa: E402
 from ccxdp.store import Store  # noqa: E402
@@ -65,6 +65,35 @@ def fill_sources(dp: Datapath, count: int, seed: int) -> int:
     return total
 
 
+class Phases:
+    """Wall time spent in each step of a collection, by wrapping the collector's steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        for name, owner, attr in (
+            ("read (batch lookups, decode)", collector, "_drain"),
+            ("store (one transaction)", Collector, "_commit"),
+            ("delete (batch deletes)", Collector, "_delete"),
+            ("grace period", collector, "wait_for_readers"),
+        ):
+            setattr(owner, attr, self._timed(name, getattr(owner, attr)))
+
+    def _timed(self, name, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+        return timed
+
+    def report(self) -> str:
+        parts = [f"{name} {s:.2f} s" for name, s in self.seconds.items()]
+        self.seconds.clear()
+        return "; ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", type=int, default=1_000_000)
@@ -80,6 +109,7 @@ def main() -> None:
             bpfsys.close(fd)
             print(f"loaded the program in {time.perf_counter() - t:.1f} s")
             store = Store(state / "records.db")
+            phases = Phases()
             for n in range(args.rounds):
                 t = time.perf_counter()
                 hits = fill_sources(dp, args.sources, seed=n)
@@ -94,6 +124,7 @@ def main() -> None:
                 print(f"collected {result.counters:,} sources, {result.rows:,} rows, "
                       f"{result.hits:,} hits in {elapsed:.2f} s: {elapsed / TARGET_S:.2f} x "
                       f"the {TARGET_S:.0f} s target; store {size / 1e6:.0f} MB")
+                print(f"  {phases.report()}")
             assert store.total_hits() >= hits
             store.close()
     finally:
