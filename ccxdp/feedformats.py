@@ -446,7 +446,12 @@ _BOILERPLATE = frozenset({
 
 
 def _hosts_names(run: str) -> str:
-    return "\n".join(_HOSTS_NAME.findall(run)) + "\n"
+    if "\t" in run or "  " in run or " \n" in run:
+        return "\n".join(_HOSTS_NAME.findall(run)) + "\n"
+    # Each line is one of the four addresses, one space, a name with no space or colon: an
+    # address followed by its space is found nowhere else.
+    return run.replace("0.0.0.0 ", "").replace("127.0.0.1 ", "").replace("::1 ", "").replace(
+        ":: ", "")
 
 
 def _hosts_line(b: _Builder, line: str, lineno: int) -> None:
@@ -933,7 +938,8 @@ class _Zone:
 
     def __init__(self, b: _Builder, text: str):
         self.b = b
-        self.fast: list[tuple[int, dns.name.Name, list[tuple[str, str]]]] = []
+        # (first line, $ORIGIN, owners or (owner, policy) pairs) for each run of fast lines
+        self.fast: list[tuple[int, dns.name.Name, list]] = []
         self.slow: list[str] = []  # the zone text dnspython reads, a line each
         self.slow_lines: list[int] = []  # the file's number for each
         self.first_origin: dns.name.Name | None = None
@@ -986,21 +992,33 @@ class _Zone:
         return origin
 
     def _fast_run(self, run: str, lineno: int, origin: dns.name.Name) -> str | None:
-        pairs = _RPZ_PARTS.findall(run)
-        names = [owner[2:] if owner[0] == "*" else owner for owner, _ in pairs]
-        suspects = _suspects("\n".join(names) + "\n", names, (("rpz-", 0),))
+        """Keep a run of fast lines for later (the apex is not known yet): its owners (and
+        policies) by line. Suspects go to dnspython. Returns the absolute owner of the last
+        line, if it stays a fast one."""
+        count = run.count("\n")
+        if ("*" not in run and ";" not in run and "\t" not in run
+                and run.count(" ") == 2 * count and run.count(" CNAME .\n") == count):
+            block = run.replace(" CNAME .\n", "\n")  # all "name CNAME .", as feeds write
+            items: list = block[:-1].split("\n")
+            owners = items
+        else:
+            items = _RPZ_PARTS.findall(run)  # (owner, policy)
+            owners = [owner for owner, _ in items]
+            names = [owner[2:] if owner[0] == "*" else owner for owner in owners]
+            block = "\n".join(names) + "\n"
+        suspects = _suspects(block, block[:-1].split("\n"), (("rpz-", 0),))
         lines = run[:-1].split("\n") if suspects else []
         start = 0
-        for i in [*suspects, len(pairs)]:
+        for i in [*suspects, count]:
             if i > start:
-                self.fast.append((lineno + start, origin, pairs[start:i]))
-            if i < len(pairs):
+                self.fast.append((lineno + start, origin, items[start:i]))
+            if i < count:
                 self.slow.append(lines[i])
                 self.slow_lines.append(lineno + i)
             start = i + 1
-        if suspects and suspects[-1] == len(pairs) - 1:
+        if suspects and suspects[-1] == count - 1:
             return None  # the last line went to dnspython with its owner written out
-        owner = pairs[-1][0]
+        owner = owners[-1]
         return f"{owner}." if origin == dns.name.root else f"{owner}.{origin}"
 
     def _line(self, reduced: int) -> int:
@@ -1069,11 +1087,11 @@ class _Zone:
                 b.skip(f"{dns.rdatatype.to_text(rdtype)} record")
         queue = iter(slow)
         pending = next(queue, None)
-        for first, origin, pairs in self.fast:
+        for first, origin, items in self.fast:
             while pending is not None and pending[1] < first:
                 b.name(*pending)
                 pending = next(queue, None)
-            self._fast_entries(apex, first, origin, pairs)
+            self._fast_entries(apex, first, origin, items)
         while pending is not None:
             b.name(*pending)
             pending = next(queue, None)
@@ -1103,8 +1121,14 @@ class _Zone:
             return dns.name.Name(labels[1:]).to_text(), value, BELOW
         return value, value, EXACT
 
-    def _fast_entries(self, apex, first, origin, pairs) -> None:
+    def _fast_entries(self, apex, first, origin, items) -> None:
+        """Entries of a run of fast lines: owners of "name CNAME ." lines, or (owner, policy)
+        pairs."""
         b = self.b
+        if origin == apex and items and isinstance(items[0], str):
+            b.run(items, first)
+            return
+        pairs = [(item, ".") for item in items] if isinstance(items[0], str) else items
         if origin != apex:  # under another $ORIGIN: name by name, as dnspython's would be
             for i, (owner, target) in enumerate(pairs):
                 name = dns.name.from_text(owner, origin)
