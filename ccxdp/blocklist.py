@@ -18,7 +18,7 @@ import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import filterfalse, repeat
 
 from . import layout, native
 from .catalog import (
@@ -170,7 +170,7 @@ def apply(
                     values = array("Q", map(n.values.__getitem__, positions))
                 # Names come with the change, or from the catalog for an entry another
                 # source gives now.
-                missing = [h for h in hashes if h not in names]
+                missing = list(filterfalse(names.__contains__, hashes))
                 known = catalog.names_of(missing) if missing else {}
                 lookup_name = names.__getitem__ if not known else (
                     lambda h, known=known: names.get(h) or known[h])

@@ -76,11 +76,21 @@ CREATE TABLE sources (
     added_at     TEXT NOT NULL,
     synced_at    TEXT,
     digest       TEXT,              -- sha256 of the file and options last applied
-    block_hashes BLOB NOT NULL DEFAULT x'',
-    block_values BLOB NOT NULL DEFAULT x'',
-    allow_hashes BLOB NOT NULL DEFAULT x'',
-    allow_values BLOB NOT NULL DEFAULT x''
+    line_format  TEXT,              -- feeds: the format the lines were read as
+    line_options TEXT               -- and the options and key they were read with
 )"""
+# A source's arrays, one row each (SQLite rewrites a whole row to change one column, so
+# megabytes of arrays do not share a row with what changes at every sync):
+#   block_hashes, block_values, allow_hashes, allow_values: the listings (Listing);
+#   line_hashes, line_names, line_values: feeds only, what each line of the file last
+#   applied gave: keyed line hashes, sorted, with the name hash and listing value of each.
+_ARRAYS = """
+CREATE TABLE source_arrays (
+    source INTEGER NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    what   TEXT NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (source, what)
+) WITHOUT ROWID"""
 _CATEGORIES = """
 CREATE TABLE categories (
     id   INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 65535),
@@ -98,7 +108,7 @@ CREATE TABLE meta (
 )"""
 _MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', '')"
 
-_FRESH = [_ENTRIES, _SOURCES, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _META]
+_FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _META]
 
 # Version 1 had block entries only (name the primary key, action always 'drop', category an
 # unnamed number). Its rows become block entries; a category number in use gets a name.
@@ -276,7 +286,7 @@ class Catalog:
             "SELECT kind, name, hash, subtree, action, category, added_at FROM entries"
         ).fetchall()
         self.db.execute("ALTER TABLE entries RENAME TO entries_v2")
-        for statement in (_ENTRIES, _SOURCES, _MANUAL_ROW, _META.replace(
+        for statement in (_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _META.replace(
                 "CREATE TABLE", "CREATE TABLE IF NOT EXISTS")):
             self.db.execute(statement)
         self.db.execute("DROP TABLE entries_v2")
@@ -423,33 +433,49 @@ class Catalog:
         return source
 
     def remove_source(self, source_id: int) -> None:
+        self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))
         self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
 
     def mark_synced(self, source_id: int, digest: str | None) -> None:
         self.db.execute("UPDATE sources SET synced_at=?, digest=? WHERE id=?",
                         (now(), digest, source_id))
 
+    def _arrays(self, source_id: int, *what: str) -> list[array]:
+        found = dict(self.db.execute(
+            f"SELECT what, data FROM source_arrays WHERE source=? AND what IN "
+            f"({','.join('?' * len(what))})", (source_id, *what)))
+        return [_array(found.get(w, b"")) for w in what]
+
+    def _set_arrays(self, source_id: int, **arrays: array) -> None:
+        self.db.executemany(
+            "INSERT INTO source_arrays (source, what, data) VALUES (?, ?, ?) "
+            "ON CONFLICT(source, what) DO UPDATE SET data=excluded.data",
+            [(source_id, what, _blob(a)) for what, a in arrays.items()])
+
     def listing(self, source_id: int, kind: str) -> Listing:
-        row = self.db.execute(
-            f"SELECT {kind}_hashes, {kind}_values FROM sources WHERE id=?", (source_id,)
-        ).fetchone()
-        return Listing(_array(row[0]), _array(row[1])) if row else Listing.empty()
+        return Listing(*self._arrays(source_id, f"{kind}_hashes", f"{kind}_values"))
 
     def listings(self) -> dict[tuple[int, str], Listing]:
         """Every source's listings, keyed (source id, kind)."""
-        out = {}
-        for sid, bh, bv, ah, av in self.db.execute(
-                "SELECT id, block_hashes, block_values, allow_hashes, allow_values "
-                "FROM sources ORDER BY id"):
-            out[(sid, BLOCK)] = Listing(_array(bh), _array(bv))
-            out[(sid, ALLOW)] = Listing(_array(ah), _array(av))
-        return out
+        return {(s.id, kind): self.listing(s.id, kind) for s in self.sources() for kind in KINDS}
 
     def set_listing(self, source_id: int, kind: str, listing: Listing) -> None:
-        self.db.execute(
-            f"UPDATE sources SET {kind}_hashes=?, {kind}_values=? WHERE id=?",
-            (_blob(listing.hashes), _blob(listing.values), source_id),
-        )
+        self._set_arrays(source_id, **{f"{kind}_hashes": listing.hashes,
+                                       f"{kind}_values": listing.values})
+
+    def line_snapshot(self, source_id: int) -> tuple[str | None, str | None, array, array,
+                                                     array]:
+        """(format, options, line hashes, name hashes, values) of a feed's last sync."""
+        fmt, options = self.db.execute(
+            "SELECT line_format, line_options FROM sources WHERE id=?", (source_id,)).fetchone()
+        return (fmt, options,
+                *self._arrays(source_id, "line_hashes", "line_names", "line_values"))
+
+    def set_line_snapshot(self, source_id: int, fmt: str | None, options: str | None,
+                          lines: array, names: array, values: array) -> None:
+        self.db.execute("UPDATE sources SET line_format=?, line_options=? WHERE id=?",
+                        (fmt, options, source_id))
+        self._set_arrays(source_id, line_hashes=lines, line_names=names, line_values=values)
 
     # -- categories ------------------------------------------------------------------------
     def categories(self) -> dict[int, str]:

@@ -364,7 +364,7 @@ def _suspects(block: str, names: list[str], extra: tuple = ()) -> list[int]:
         while i >= 0:
             positions.append(i + offset)
             i = block.find(needle, i + 1)
-    if block.startswith("-"):
+    if block.startswith(("-", "\n")):  # a hyphen first; or a first line without a name
         positions.append(0)
     out = set()
     line, last = 0, 0
@@ -523,11 +523,14 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
 NAME_COLUMNS = ("ioc_value", "ioc", "url", "domain", "host", "hostname", "name")
 _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ -]*")
 # A value the fast path takes: a name, name:port or name/path, or a URL with such a host.
-# Anything else (upper case, user@, an address, …) goes to _csv_value, which _host() serves.
-_CSV_RUNS = _runs(rf"(?:{_NAME}(?::[0-9]+)?(?:/[^\n]*)?"
-                  rf"|[a-z][a-z0-9+.-]*://{_NAME}(?::[0-9]*)?(?:[/?#][^\n]*)?)")
+# Anything else (upper case, user@, an address, …) goes to _csv_value, which _host() serves
+# with the same result for what the fast path takes (tests compare the two).
+_CSV_RUNS = _runs(_NAME)
+_CSV_FAST_HOSTS = re.compile(
+    rf"^(?:({_NAME})(?::[0-9]+)?(?:/[^\n]*)?"
+    rf"|[a-z][a-z0-9+.-]*://({_NAME})(?::[0-9]*)?(?:[/?#][^\n]*)?"
+    r"|[^\n]*)$", re.M)
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_CSV_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?([^/:?#\n]+)", re.M)
 _IOC_TYPES = frozenset({"domain", "url", "hostname"})
 
 
@@ -798,27 +801,32 @@ def _csv_picked(b: _Builder, picked: list, numbers: Iterable[int], type_col: int
         numbers = numbers if isinstance(numbers, list) else list(numbers)
     if not values:
         return
-    for index, run, value in _split_runs("\n".join(values) + "\n", _CSV_RUNS):
-        if run is None:
-            _csv_value(b, value, numbers[index - 1])
-            continue
-        block = _csv_hosts(run)
-        hosts = block[:-1].split("\n")
-        suspects = _suspects(block, hosts)
-        start = 0
-        for i in [*suspects, len(hosts)]:
-            b.names += hosts[start:i]
-            b.lines += numbers[index - 1 + start : index - 1 + i]
-            if i < len(hosts):
-                _csv_value(b, values[index - 1 + i], numbers[index - 1 + i])
-            start = i + 1
+    joined = "\n".join(values)
+    if ":" not in joined and "/" not in joined:  # names only: runs of them, as in plain
+        for index, run, value in _split_runs(joined + "\n", _CSV_RUNS):
+            if run is None:
+                _csv_value(b, value, numbers[index - 1])
+            else:
+                _csv_hosts(b, run[:-1].split("\n"), values, numbers, index - 1)
+        return
+    # URLs, host:port: one pattern gives each value's host where the fast path takes it
+    # (the name in the first group, a URL's host in the second), "" where it does not.
+    hosts = [name or url for name, url in _CSV_FAST_HOSTS.findall(joined)]
+    _csv_hosts(b, hosts, values, numbers, 0)
 
 
-def _csv_hosts(run: str) -> str:
-    """The hosts of a run of fast CSV values, one a line."""
-    if ":" not in run and "/" not in run:
-        return run
-    return "\n".join(_CSV_HOST.findall(run)) + "\n"
+def _csv_hosts(b: _Builder, hosts: list[str], values: list[str], numbers: list[int],
+               offset: int) -> None:
+    """Hosts of values[offset:…] that the fast path took ("" where it did not): the names
+    go to the builder, the others and suspects to _csv_value."""
+    block = "\n".join(hosts) + "\n"
+    start = 0
+    for i in [*_suspects(block, hosts, (("\n\n", 1),)), len(hosts)]:
+        b.names += hosts[start:i]
+        b.lines += numbers[offset + start : offset + i]
+        if i < len(hosts):
+            _csv_value(b, values[offset + i], numbers[offset + i])
+        start = i + 1
 
 
 def _csv_rows(b: _Builder, lines: list[str], numbers: list[int] | None, first_line: int,

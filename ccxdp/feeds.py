@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from operator import attrgetter
 from pathlib import Path
 
-from . import feedformats
+from . import feedformats, layout
 from .blocklist import MANUAL_ID, Applied, apply, canonical_action, hash_entries
 from .catalog import ALLOW, BLOCK, KINDS, MANUAL, Catalog, Listing, Source, normalize_category, pack
 from .datapath import Datapath
 from .errors import CcxdpError
 from .feedformats import BadLine, FeedEntry, ParsedFeed
-from .native import first_repeat, merge, sort_pairs
+from .native import (
+    gather,
+    join,
+    merge,
+    sort_pairs,
+    sort_positions,
+    split_join,
+    unique,
+    unique_agreeing,
+)
+from .native import line_hashes as line_hashes_of
 
 # Shown on the terminal while a long import runs: (step description) -> None.
 Progress = Callable[[str], None]
@@ -50,6 +62,7 @@ class ImportResult:
     bad: list[BadLine] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     unchanged: bool = False  # the file and options were the same as at the last sync
+    lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
     seconds: float = 0.0
 
@@ -84,44 +97,62 @@ def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool) -> Parse
     return parsed
 
 
-def listings_of(
-    entries: list[FeedEntry], action: str, category_id: int, dp: Datapath, catalog: Catalog
-) -> tuple[dict[str, Listing], dict[int, str]]:
-    """The block and allow listings a file's entries make, and {hash: name}. Entries are
-    grouped by what they give the kernel, so a million names cost a few array operations,
-    not a million Python calls."""
+@dataclass
+class Hashed:
+    """A file's entries as arrays: each entry's name hash and listing value, in file order,
+    and {hash: name}."""
+
+    hashes: array
+    values: array
+    names: dict[int, str]
+
+
+def hash_feed(entries: list[FeedEntry], action: str, category_id: int, dp: Datapath,
+              catalog: Catalog) -> Hashed:
+    """Hash a file's entries and give each its listing value. Entries that are alike share
+    one value computed once, so a million names cost a few array operations, not a million
+    Python calls."""
     attrs = list(map(attrgetter("kind", "match", "action", "category"), entries))
     all_names = list(map(attrgetter("name"), entries))
-    groups: dict[tuple[str, int], list[str]] = {}
-    if len(set(attrs)) == 1:  # the usual feed: every entry alike, one group, no loop
-        groups[(attrs[0][0], _value(attrs[0], action, category_id, catalog, {}))] = all_names
+    distinct = set(attrs)
+    own: dict[str, int] = {}
+    looks = {a: _value(a, action, category_id, catalog, own) for a in distinct}
+    if len(distinct) == 1:  # the usual feed: every entry alike
+        values = array("Q", [looks[attrs[0]]]) * len(attrs)
     else:
-        own: dict[str, int] = {}
-        values: dict[tuple, int] = {}
-        for a, name in zip(attrs, all_names, strict=True):
-            value = values.get(a)
-            if value is None:
-                value = values[a] = _value(a, action, category_id, catalog, own)
-            groups.setdefault((a[0], value), []).append(name)
-    key = dp.hash_key()
-    names: dict[int, str] = {}
+        values = array("Q", map(looks.__getitem__, attrs))
+    hashes, names = hash_entries(all_names, dp.hash_key())
+    return Hashed(hashes, values, names)
+
+
+def split_listings(hashes: array, values: array) -> dict[str, Listing] | None:
+    """Block and allow listings from (name hash, value) pairs in any order, repeats merged;
+    None when one name is given two different values of one kind."""
+    allow_values = {v for v in set(values) if v & 0xFF == layout.Action.ALLOW}
+    if not allow_values:
+        groups = {BLOCK: (hashes, values), ALLOW: (array("Q"), array("Q"))}
+    else:
+        is_allow = [v in allow_values for v in values]
+        groups = {
+            kind: (array("Q", (h for h, a in zip(hashes, is_allow, strict=True) if a == want)),
+                   array("Q", (v for v, a in zip(values, is_allow, strict=True) if a == want)))
+            for kind, want in ((BLOCK, False), (ALLOW, True))
+        }
     out = {}
-    for kind in KINDS:
-        hashes, values = array("Q"), array("Q")
-        for (k, value), group in groups.items():
-            if k != kind:
-                continue
-            h, by_hash = hash_entries(group, key)
-            hashes.extend(h)
-            values.extend(array("Q", [value]) * len(h))
-            names.update(by_hash)
-        h, v = sort_pairs(hashes, values)
-        repeat = first_repeat(h)
-        if repeat is not None:
-            raise FeedError(f"{names[h[repeat]]!r} is listed twice with different matches or "
-                            "actions; nothing was imported")
-        out[kind] = Listing(h, v)
-    return out, names
+    for kind, (h, v) in groups.items():
+        agreed = unique_agreeing(*sort_pairs(h, v))
+        if agreed is None:
+            return None
+        out[kind] = Listing(*agreed)
+    return out
+
+
+def listings_of(hashed: Hashed) -> dict[str, Listing]:
+    listings = split_listings(hashed.hashes, hashed.values)
+    if listings is None:
+        raise FeedError("a name is listed twice with different matches or actions; "
+                        "nothing was imported")
+    return listings
 
 
 def _value(attrs: tuple, action: str, category_id: int, catalog: Catalog,
@@ -135,14 +166,6 @@ def _value(attrs: tuple, action: str, category_id: int, catalog: Catalog,
             own[category] = catalog.category_id(normalize_category(category))
         category_id = own[category]
     return pack(BLOCK, match, canonical_action(entry_action or action), category_id)
-
-
-def _digest(path: Path, source: Source, dp: Datapath) -> str:
-    h = hashlib.sha256()
-    h.update(repr((source.format, source.column, source.action, source.category,
-                   source.skip_invalid, dp.hash_key().fingerprint)).encode())
-    h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def _step(progress: Progress | None, text: str) -> None:
@@ -183,7 +206,9 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     path = Path(source.path or "")
     if not path.is_file():
         raise FeedError(f"feed {source.name!r}: {path}: no such file; nothing was changed")
-    digest = _digest(path, source, dp)
+    data = path.read_bytes()
+    options = _options(source, dp)
+    digest = hashlib.sha256(options.encode() + data).hexdigest()
     result = ImportResult(source.name, str(path), source.format or "auto")
     if not force and digest == source.digest:
         result.unchanged = True
@@ -191,18 +216,114 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         result.seconds = time.perf_counter() - started
         return result
     _step(progress, f"reading {path.name}")
-    parsed = parse(path, source.format or "auto", source.column, source.skip_invalid)
-    _fill(result, parsed)
-    _step(progress, f"hashing {len(parsed.entries):,} names")
-    listings, names = listings_of(parsed.entries, source.action or "default", source.category,
-                                  dp, catalog)
+    by_lines = None if force else _sync_by_lines(dp, catalog, source, path, data, options,
+                                                 result)
+    if by_lines is not None:
+        listings, names, snapshot = by_lines
+    else:
+        parsed = parse(path, source.format or "auto", source.column, source.skip_invalid)
+        _fill(result, parsed)
+        _step(progress, f"hashing {len(parsed.entries):,} names")
+        hashed = hash_feed(parsed.entries, source.action or "default", source.category, dp,
+                           catalog)
+        listings, names = listings_of(hashed), hashed.names
+        snapshot = _line_snapshot(parsed, hashed, data, dp)
     _step(progress, "writing the catalog and the kernel table")
     with catalog.transaction():
         result.applied = apply(dp, catalog, {(source.id, k): v for k, v in listings.items()},
                                names)
+        catalog.set_line_snapshot(source.id, result.format, options, *snapshot)
         catalog.mark_synced(source.id, digest)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# -- syncing by line ------------------------------------------------------------------------
+# A sync of a large feed reads the whole file, but only the lines that changed are parsed:
+# each line of the file last applied is kept as (keyed line hash, name hash, value), and a
+# line found again gives the same entry. The listing is then the union of every line's
+# entry, built with array operations. Formats where a line's meaning depends on other lines
+# (RPZ's $ORIGIN, a CSV header) and lines that give several names (hosts aliases) are always
+# parsed in full; so is any file where the fast way meets something it cannot settle alone
+# (a name given two values by two lines), where the full parse reports it properly.
+LINE_FORMATS = ("plain", "hosts", "adblock")
+NO_NAME = 0  # a line hash with this name gave no entry (never stored)
+
+
+def _options(source: Source, dp: Datapath) -> str:
+    return repr((source.format, source.column, source.action, source.category,
+                 source.skip_invalid, dp.hash_key().fingerprint))
+
+
+def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, dp: Datapath
+                   ) -> tuple[array, array, array]:
+    """(line hashes, name hashes, values) of the lines that gave exactly one entry."""
+    if parsed.format not in LINE_FORMATS or not parsed.entries:
+        return array("Q"), array("Q"), array("Q")
+    line_hashes, _ = line_hashes_of(data, dp.hash_key())
+    by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
+    lines = array("Q", map(attrgetter("line"), parsed.entries))
+    if parsed.format == "hosts" and len(set(lines)) != len(lines):
+        return array("Q"), array("Q"), array("Q")  # alias lines: always parse in full
+    keys, order = unique(*sort_positions(gather(by_line, lines)))
+    return keys, gather(hashed.hashes, order), gather(hashed.values, order)
+
+
+def _sync_by_lines(dp: Datapath, catalog: Catalog, source: Source, path: Path, data: bytes,
+                   options: str, result: ImportResult
+                   ) -> tuple[dict[str, Listing], dict[int, str], tuple] | None:
+    fmt, old_options, old_lines, old_names, old_values = catalog.line_snapshot(source.id)
+    if fmt not in LINE_FORMATS or old_options != options or not old_lines:
+        return None
+    line_hashes, starts = line_hashes_of(data, dp.hash_key())
+    hashes, first = unique(*sort_positions(line_hashes))
+    at = join(old_lines, hashes)
+    fresh_positions, matched, again = split_join(at, first, hashes)
+    fresh = sorted(fresh_positions)
+    if len(fresh) > 1000 and len(fresh) > len(line_hashes) // 5:
+        return None  # much of the file changed: a full parse is as quick
+    # Parse just the new lines, as a file of their own, then put back their line numbers.
+    ends = array("Q", starts[1:]) + array("Q", [len(data) + 1])
+    text = b"\n".join(data[starts[i]:ends[i] - 1] for i in fresh)
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / path.name
+        part.write_bytes(text)
+        parsed = feedformats.parse_feed(part, fmt, source.column)
+    if parsed.format != fmt:
+        return None
+    number = [i + 1 for i in fresh]
+    entries = [dc_replace(e, line=number[e.line - 1]) for e in parsed.entries]
+    bad = [dc_replace(b, path=str(path), line=number[b.line - 1]) for b in parsed.bad]
+    if bad and not source.skip_invalid:
+        _refuse_bad(ParsedFeed(str(path), fmt, entries, bad, parsed.skipped, 0))
+    hashed = hash_feed(entries, source.action or "default", source.category, dp, catalog)
+    found_names = gather(old_names, matched)
+    found_values = gather(old_values, matched)
+    all_hashes = found_names + hashed.hashes
+    all_values = found_values + hashed.values
+    listings = split_listings(all_hashes, all_values)
+    if listings is None:
+        return None
+    result.format = fmt
+    result.lines_read = len(fresh)
+    result.entries = sum(len(v) for v in listings.values())
+    result.bad = bad
+    result.skipped = dict(parsed.skipped)
+    # The new snapshot: lines found again keep theirs; new lines that gave one entry join.
+    by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
+    lines_of = array("Q", map(by_line.__getitem__, map(attrgetter("line"), entries)))
+    if fmt == "hosts" and len(set(lines_of)) != len(lines_of):
+        snapshot: tuple = (array("Q"), array("Q"), array("Q"))  # an alias line: parse in full
+    else:
+        # Lines found again, in line-hash order already, merged with the new lines.
+        new_keys, order = unique(*sort_positions(lines_of))
+        none = array("Q")
+        snapshot = (
+            merge(again, again, none, new_keys, new_keys)[0],
+            merge(again, found_names, none, new_keys, gather(hashed.hashes, order))[1],
+            merge(again, found_values, none, new_keys, gather(hashed.values, order))[1],
+        )
+    return listings, hashed.names, snapshot
 
 
 def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
@@ -249,7 +370,8 @@ def import_file(
     with catalog.transaction():
         category_id = catalog.category_id(category) if category else 0
         _step(progress, f"hashing {len(parsed.entries):,} names")
-        listings, names = listings_of(parsed.entries, action, category_id, dp, catalog)
+        hashed = hash_feed(parsed.entries, action, category_id, dp, catalog)
+        listings, names = listings_of(hashed), hashed.names
         if not replace:
             for kind in KINDS:
                 old = catalog.listing(MANUAL_ID, kind)

@@ -262,3 +262,84 @@ size_t ccxdp_line_hashes(const char *text, size_t len, const struct hash_key *ke
 	}
 	return count;
 }
+
+/* Keep the first of each run of equal hashes in a sorted array (and its value); returns the
+ * new length. */
+size_t ccxdp_unique(__u64 *h, __u64 *v, size_t n)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (o > 0 && h[i] == h[o - 1])
+			continue;
+		h[o] = h[i];
+		v[o++] = v[i];
+	}
+	return o;
+}
+
+/* For each hash of the sorted, unique array nh: its position in the sorted, unique array
+ * oh, or UINT64_MAX when oh lacks it. */
+void ccxdp_join(const __u64 *oh, size_t on, const __u64 *nh, size_t nn, __u64 *out)
+{
+	size_t i = 0;
+
+	for (size_t j = 0; j < nn; j++) {
+		while (i < on && oh[i] < nh[j])
+			i++;
+		out[j] = i < on && oh[i] == nh[j] ? i : UINT64_MAX;
+	}
+}
+
+/* Like ccxdp_unique, but equal hashes must carry equal values: returns the new length, or
+ * -(i + 1) when the hash at i repeats with another value. */
+long ccxdp_unique_agreeing(__u64 *h, __u64 *v, size_t n)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (o > 0 && h[i] == h[o - 1]) {
+			if (v[i] != v[o - 1])
+				return -(long)(i + 1);
+			continue;
+		}
+		h[o] = h[i];
+		v[o++] = v[i];
+	}
+	return (long)o;
+}
+
+/* out[i] = src[idx[i]]: values picked by position. */
+void ccxdp_gather(const __u64 *src, const __u64 *idx, size_t n, __u64 *out)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = src[idx[i]];
+}
+
+/* Sort hashes, carrying each one's position in the input along (out_pos). */
+int ccxdp_sort_positions(__u64 *h, __u64 *out_pos, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out_pos[i] = i;
+	return ccxdp_sort_pairs(h, out_pos, n);
+}
+
+/* Split the result of ccxdp_join: for each j, at[j] == UINT64_MAX puts first[j] in fresh,
+ * otherwise at[j] goes to found and keys[j] to found_keys. counts[0..1]: how many fresh and
+ * found. */
+void ccxdp_split_join(const __u64 *at, const __u64 *first, const __u64 *keys, size_t n,
+		      __u64 *fresh, __u64 *found, __u64 *found_keys, size_t *counts)
+{
+	size_t f = 0, m = 0;
+
+	for (size_t j = 0; j < n; j++) {
+		if (at[j] == UINT64_MAX) {
+			fresh[f++] = first[j];
+		} else {
+			found[m] = at[j];
+			found_keys[m++] = keys[j];
+		}
+	}
+	counts[0] = f;
+	counts[1] = m;
+}

@@ -94,6 +94,18 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_diff.restype = None
     so.ccxdp_line_hashes.argtypes = [ct.c_char_p, sz, ct.c_char_p, u64p, u64p, sz]
     so.ccxdp_line_hashes.restype = sz
+    so.ccxdp_unique.argtypes = [u64p, u64p, sz]
+    so.ccxdp_unique.restype = sz
+    so.ccxdp_unique_agreeing.argtypes = [u64p, u64p, sz]
+    so.ccxdp_unique_agreeing.restype = ct.c_long
+    so.ccxdp_join.argtypes = [u64p, sz, u64p, sz, u64p]
+    so.ccxdp_join.restype = None
+    so.ccxdp_gather.argtypes = [u64p, u64p, sz, u64p]
+    so.ccxdp_gather.restype = None
+    so.ccxdp_sort_positions.argtypes = [u64p, u64p, sz]
+    so.ccxdp_sort_positions.restype = ct.c_int
+    so.ccxdp_split_join.argtypes = [u64p, u64p, u64p, sz, u64p, u64p, u64p, u64p]
+    so.ccxdp_split_join.restype = None
     so.ccxdp_bloom_set.argtypes = [u64p, sz, ct.c_uint, u64p]
     so.ccxdp_bloom_set.restype = None
     return so
@@ -255,3 +267,89 @@ def line_hashes(text: bytes, key: HashKey, *, native: bool = True) -> tuple[arra
     got = so.ccxdp_line_hashes(text, len(text), key.to_bytes(), _ptr(hashes), _ptr(starts), n)
     del hashes[got:], starts[got:]
     return hashes, starts
+
+
+NOT_FOUND = (1 << 64) - 1
+
+
+def unique(h: array, v: array, *, native: bool = True) -> tuple[array, array]:
+    """The first of each run of equal hashes of a sorted array, with its value."""
+    _check_pair(h, v)
+    so = lib() if native else None
+    if so is None:
+        keep = [i for i in range(len(h)) if i == 0 or h[i] != h[i - 1]]
+        return array("Q", (h[i] for i in keep)), array("Q", (v[i] for i in keep))
+    h, v = array("Q", h), array("Q", v)
+    n = so.ccxdp_unique(_ptr(h), _ptr(v), len(h))
+    del h[n:], v[n:]
+    return h, v
+
+
+def unique_agreeing(h: array, v: array, *, native: bool = True) -> tuple[array, array] | None:
+    """unique(), or None when a repeated hash carries another value than its first."""
+    _check_pair(h, v)
+    so = lib() if native else None
+    if so is None:
+        if any(h[i] == h[i - 1] and v[i] != v[i - 1] for i in range(1, len(h))):
+            return None
+        return unique(h, v, native=False)
+    h, v = array("Q", h), array("Q", v)
+    n = so.ccxdp_unique_agreeing(_ptr(h), _ptr(v), len(h))
+    if n < 0:
+        return None
+    del h[n:], v[n:]
+    return h, v
+
+
+def join(old: array, new: array, *, native: bool = True) -> array:
+    """For each hash of ``new`` (sorted, unique): its position in ``old`` (sorted, unique),
+    or NOT_FOUND."""
+    so = lib() if native else None
+    if so is None:
+        at = {h: i for i, h in enumerate(old)}
+        return array("Q", (at.get(h, NOT_FOUND) for h in new))
+    out = array("Q", bytes(8 * len(new)))
+    so.ccxdp_join(_ptr(old), len(old), _ptr(new), len(new), _ptr(out))
+    return out
+
+
+def gather(src: array, idx: array, *, native: bool = True) -> array:
+    """src[i] for each i of idx."""
+    so = lib() if native else None
+    if so is None:
+        return array("Q", (src[i] for i in idx))
+    if len(idx) and max(idx) >= len(src):
+        raise IndexError("gather: position beyond the source")
+    out = array("Q", bytes(8 * len(idx)))
+    so.ccxdp_gather(_ptr(src), _ptr(idx), len(idx), _ptr(out))
+    return out
+
+
+def sort_positions(h: array, *, native: bool = True) -> tuple[array, array]:
+    """(h sorted, each one's position in h)."""
+    so = lib() if native else None
+    if so is None:
+        return sort_pairs(h, array("Q", range(len(h))), native=False)
+    h, pos = array("Q", h), array("Q", bytes(8 * len(h)))
+    if so.ccxdp_sort_positions(_ptr(h), _ptr(pos), len(h)) != 0:
+        raise MemoryError("sorting hashes")
+    return h, pos
+
+
+def split_join(at: array, first: array, keys: array, *, native: bool = True
+               ) -> tuple[array, array, array]:
+    """From join()'s result: (first[j] where at[j] is NOT_FOUND, the other at[j], and their
+    keys[j])."""
+    so = lib() if native else None
+    if so is None:
+        fresh = array("Q", (f for a, f in zip(at, first, strict=True) if a == NOT_FOUND))
+        found = array("Q", (a for a in at if a != NOT_FOUND))
+        found_keys = array("Q", (k for a, k in zip(at, keys, strict=True) if a != NOT_FOUND))
+        return fresh, found, found_keys
+    n = len(at)
+    fresh, found, found_keys = (array("Q", bytes(8 * n)) for _ in range(3))
+    counts = array("Q", bytes(16))
+    so.ccxdp_split_join(_ptr(at), _ptr(first), _ptr(keys), n, _ptr(fresh), _ptr(found),
+                        _ptr(found_keys), _ptr(counts))
+    del fresh[counts[0]:], found[counts[1]:], found_keys[counts[1]:]
+    return fresh, found, found_keys

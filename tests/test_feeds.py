@@ -197,3 +197,37 @@ def test_export_then_import_gives_the_same_list(policy, tmp_path):
     strip = [{k: v for k, v in e.items() if k != "added_at"} for e in before[1]]
     assert after[0] == before[0]
     assert [{k: v for k, v in e.items() if k != "added_at"} for e in after[1]] == strip
+
+
+@pytest.mark.parametrize("fmt, lines, changed", [
+    ("plain",
+     ["# feed", "one.test", "dup.test", "DUP.test.", "two.test", "bad..test", "",
+      "three.test"],
+     ["# feed, updated", "dup.test", "two.test", "bad..test", "", "three.test", "Four.Test",
+      "five.test", "five.test"]),
+    ("hosts",
+     ["127.0.0.1 localhost", "0.0.0.0 one.test", "0.0.0.0 two.test", "0.0.0.0 dup.test",
+      "0.0.0.0 dup.test"],
+     ["127.0.0.1 localhost", "0.0.0.0 two.test", "0.0.0.0 dup.test", "0.0.0.0 six.test",
+      "0.0.0.0 al1.test al2.test"]),
+    ("adblock",
+     ["[Adblock Plus 2.0]", "||one.test^", "||two.test^", "@@||ok.two.test^"],
+     ["[Adblock Plus 2.0]", "||two.test^", "@@||ok.two.test^", "||seven.test^"]),
+])
+def test_a_sync_by_lines_lists_what_a_full_parse_lists(policy, tmp_path, fmt, lines, changed):
+    """A sync parses only the lines that changed; the result must be exactly what reading the
+    whole file gives: a name another line still gives stays, duplicates and bad lines count
+    once, alias lines are read in full."""
+    cli = policy.cli
+    path = write(tmp_path / "feed.txt", *lines)
+    cli.run("feed", "add", "f", str(path), "--format", fmt, "--skip-invalid")
+    write(tmp_path / "feed.txt", *changed)
+    by_lines = cli.json("feed", "sync", "f")[0]
+    assert 0 < by_lines["lines_parsed"] < len(changed), "only the new lines were parsed"
+    listed_by_lines = (listed(policy), cli.json("allow", "list"), kernel(policy))
+    forced = cli.json("feed", "sync", "f", "--force")[0]
+    assert forced["lines_parsed"] is None
+    assert forced["added"] == forced["removed"] == {"block": 0, "allow": 0}
+    assert (listed(policy), cli.json("allow", "list"), kernel(policy)) == listed_by_lines
+    assert by_lines["bad_lines"] == forced["bad_lines"]
+    assert by_lines["entries"] == forced["entries"]

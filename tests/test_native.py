@@ -115,3 +115,41 @@ def test_line_hashes(compiled):
     assert hashes[1] == hashes[6], "a line's '\\r' does not count"
     assert hashes[5] == hashes[1], "ASCII case is folded, as in names"
     assert len(set(hashes)) == 7
+
+
+def test_unique_and_join(compiled):
+    rng = random.Random(6)
+    h = array("Q", sorted(rng.randrange(300) for _ in range(1000)))
+    v = array("Q", range(1000))
+    got = compiled.unique(h, v)
+    assert got == compiled.unique(h, v, native=False)
+    assert list(got[0]) == sorted(set(h)) and all(h[p] == x for x, p in zip(*got, strict=True))
+    assert all(p == min(i for i in range(1000) if h[i] == x) for x, p in zip(*got, strict=True))
+    old = got[0]
+    new = array("Q", sorted(rng.sample(range(400), 150)))
+    joined = compiled.join(old, new)
+    assert joined == compiled.join(old, new, native=False)
+    assert all((old[p] == x) if p != native.NOT_FOUND else x not in set(old)
+               for x, p in zip(new, joined, strict=True))
+
+
+def test_unique_agreeing(compiled):
+    h, v = array("Q", [1, 1, 2, 3, 3, 3]), array("Q", [7, 7, 8, 9, 9, 9])
+    for nat in (True, False):
+        assert compiled.unique_agreeing(h, v, native=nat) == (array("Q", [1, 2, 3]),
+                                                              array("Q", [7, 8, 9]))
+        assert compiled.unique_agreeing(h, array("Q", [7, 7, 8, 9, 9, 5]), native=nat) is None
+
+
+def test_gather_sort_positions_split_join(compiled):
+    rng = random.Random(8)
+    src = array("Q", (rng.getrandbits(64) for _ in range(500)))
+    idx = array("Q", (rng.randrange(500) for _ in range(800)))
+    assert compiled.gather(src, idx) == compiled.gather(src, idx, native=False)
+    assert list(compiled.gather(src, idx)) == [src[i] for i in idx]
+    assert compiled.sort_positions(src) == compiled.sort_positions(src, native=False)
+    keys = array("Q", sorted(rng.sample(range(1000), 300)))
+    at = compiled.join(array("Q", sorted(rng.sample(range(1000), 300))), keys)
+    first = array("Q", range(300))
+    assert compiled.split_join(at, first, keys) == compiled.split_join(at, first, keys,
+                                                                       native=False)

@@ -43,6 +43,7 @@ def result_json(r: feeds.ImportResult) -> dict:
         "skipped": r.skipped,
         "bad_lines": [str(b) for b in r.bad],
         "unchanged": r.unchanged,
+        "lines_parsed": r.lines_read,
         "added": dict(a.added) if a else dict.fromkeys(KINDS, 0),
         "removed": dict(a.removed) if a else dict.fromkeys(KINDS, 0),
         "changed": dict(a.changed) if a else dict.fromkeys(KINDS, 0),
@@ -57,6 +58,8 @@ def render_result(r: feeds.ImportResult) -> Table:
     t.add_column(style="bold")
     t.add_column(justify="right")
     rows = [("format", r.format), ("entries in the file", f"{r.entries:,}")]
+    if r.lines_read is not None:
+        rows.append(("lines parsed", f"{r.lines_read:,} (new since the last sync)"))
     if r.unchanged:
         rows.append(("changes", "none: the file is as at the last sync"))
     else:

@@ -16,6 +16,9 @@ from .output import emit, json_option
 def stats(app, as_json):
     """Show frames per outcome, malformed reasons and blocked queries per source.
 
+    The per-source hits are those the kernel holds: counted since the last 'ccxdp collect',
+    which moves them into the hits store.
+
     \b
     Examples:
       ccxdp stats
