@@ -210,13 +210,14 @@ def _drain(srcs: bpfsys.Map, buffer: int, offset_ns: int, rows: bool = True) -> 
 
 
 class Collector:
-    """One datapath's per-source map and the store it collects into. The caller holds the
-    datapath's lock (``with Datapath(...) as dp``) for as long as it uses this."""
+    """One datapath's per-source map, epoch and counters, opened (NotLoadedError when they are
+    not there). The caller holds the datapath's lock (``with Datapath(...) as dp``) for as long
+    as it uses this. ``categories``: the catalog's names of category ids."""
 
-    def __init__(self, dp: Datapath, store: Store, categories: Mapping[int, str] | None = None):
+    def __init__(self, dp: Datapath, categories: Mapping[int, str] | None = None):
         if not dp.locked:
             raise CollectError("collect needs the datapath's lock: open it with 'with dp:'")
-        self.store = store
+        self.store: Store | None = None
         self.category_names = dict(categories or {})
         self._maps = []
         try:
@@ -265,9 +266,10 @@ class Collector:
         return self.store.add_hit_counts(drained.rows, checkpoint, names)
 
     # -- one collection ---------------------------------------------------------------------
-    def collect(self) -> CollectResult:
-        """Steps 1-4 of the module's docstring."""
+    def collect(self, store: Store) -> CollectResult:
+        """One collection into ``store``: steps 1-4 of the module's docstring."""
         started = time.monotonic()
+        self.store = store
         ident = self.identity()
         cp = self.store.checkpoint()
         same = all(cp.get(k) == v for k, v in ident.items())
@@ -327,5 +329,5 @@ def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = N
             ) -> CollectResult:
     """One collection of the datapath's per-source counters into ``store``; the caller holds
     the datapath's lock. ``categories``: the catalog's names of category ids."""
-    with Collector(dp, store, categories) as collector:
-        return collector.collect()
+    with Collector(dp, categories) as collector:
+        return collector.collect(store)

@@ -115,9 +115,9 @@ def main() -> None:
                 hits = fill_sources(dp, args.sources, seed=n)
                 print(f"filled {args.sources:,} sources ({hits:,} hits) in "
                       f"{time.perf_counter() - t:.1f} s")
-                with Collector(dp, store, CATEGORIES) as collector:
+                with Collector(dp, CATEGORIES) as c:
                     t = time.perf_counter()
-                    result = collector.collect()
+                    result = c.collect(store)
                     elapsed = time.perf_counter() - t
                 assert result.hits == hits and result.counters == args.sources, result
                 size = sum(p.stat().st_size for p in state.glob("records.db*"))

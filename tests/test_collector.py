@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from conftest import make_pin_dir, remove_pins, set_entries
+from conftest import make_pin_dir, one_line_error, remove_pins, set_entries
 from frames import query, udp4, udp6
 
 from ccxdp import bpfsys, collector, layout
@@ -223,7 +223,7 @@ def test_collect_stores_every_hit_once(traffic, store):
 def test_collect_needs_the_lock(traffic, store):
     dp, _t = traffic
     with pytest.raises(CollectError, match="lock"):
-        Collector(dp, store)
+        Collector(dp)
 
 
 @pytest.mark.root
@@ -539,6 +539,13 @@ def test_ccxdp_collect_prints_what_it_took(live):
         assert stored(store) == {("198.18.0.2", t.names["a.test"]): 3,
                                  ("fd00:cc::2", t.names["b.test"]): 2}
         assert set(store.categories().values()) == {"emotet", "qakbot"}
+
+
+@pytest.mark.root
+def test_ccxdp_collect_before_anything_is_loaded(ccxdp):
+    cp = ccxdp.run("collect", check=False)
+    one_line_error(cp, 1, "ccxdp is not loaded", "ccxdp attach IFACE")
+    assert not store_path(ccxdp.state_dir).exists()
 
 
 @pytest.mark.root

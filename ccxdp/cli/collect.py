@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..collector import CollectResult, collect
+from ..collector import Collector, CollectResult
 from ..store import Store, store_path
 from . import pass_app
 from .output import emit, err_console, json_option
@@ -41,11 +41,12 @@ def collect_cmd(app, as_json):
       ccxdp collect
       ccxdp collect --json | jq .hits
     """
+    ctx = click.get_current_context()
     dp = app.datapath()
-    categories = app.catalog().categories()
-    store = Store(store_path(app.state_dir))
-    click.get_current_context().call_on_close(store.close)
-    result = collect(dp, store, categories)
+    collector = ctx.with_resource(Collector(dp, app.catalog().categories()))
+    # Made once the maps are known to be there: a failed collect leaves no empty store behind.
+    store = ctx.with_resource(Store(store_path(app.state_dir)))
+    result = collector.collect(store)
     emit(as_json, result.to_json(), lambda: render_collect(result))
     if result.lost:
         err_console().print(
