@@ -527,7 +527,7 @@ _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ -]*")
 # with the same result for what the fast path takes (tests compare the two).
 _CSV_RUNS = _runs(_NAME)
 _CSV_FAST_HOSTS = re.compile(
-    rf"^(?:({_NAME})(?::[0-9]+)?(?:/[^\n]*)?"
+    rf"^(?:({_NAME})(?::[0-9]+)?(?:[/?#][^\n]*)?"
     rf"|[a-z][a-z0-9+.-]*://({_NAME})(?::[0-9]*)?(?:[/?#][^\n]*)?"
     r"|[^\n]*)$", re.M)
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -606,11 +606,12 @@ def _csv_column(path: str, header: list[str] | None, first_row: list[str],
 
 
 def _host(value: str) -> str | None:
-    """The host a CSV value names: itself, a URL's host, host:port's host. None for a URL
-    without one; ValueError for a URL urllib cannot split."""
-    if _URL_SCHEME.match(value):
+    """The host a CSV value names: itself, a URL's host (with a scheme or starting with //),
+    host:port's host, host/path's host. None for a URL without one; ValueError for a URL
+    urllib cannot split."""
+    if _URL_SCHEME.match(value) or value.startswith("//"):
         return urlsplit(value).hostname
-    host = value.split("/", 1)[0]
+    host = re.split(r"[/?#]", value, maxsplit=1)[0]
     if host.startswith("[") and "]" in host:
         return host[1 : host.index("]")]
     if host.count(":") == 1:

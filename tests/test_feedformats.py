@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 
 import pytest
@@ -151,11 +152,52 @@ def test_fast_path_agrees_with_careful_path(tmp_path, monkeypatch, fmt, line, ru
     path = write(tmp_path, f"tricky.{fmt}", "\n".join(lines) + "\n")
     fast = parse_feed(path, fmt)
     _without_fast_path(monkeypatch, runs)
+    if fmt == "csv":  # and the pattern that finds hosts in URLs finds none
+        monkeypatch.setattr(ff, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
     careful = parse_feed(path, fmt)
     assert fast == careful
     assert [e.name for e in fast.entries][:3] == ["good.example", "xn--bcher-kva.example",
                                                  "x" * 63 + ".example"]
     assert fast.duplicates > 0 and fast.bad
+
+
+URL_VALUES = [
+    "http://good.example/x", "http://user@auth.example/", "http://x.example:80@evil.example/",
+    "https://UPPER.example/", "evil.example/redirect?u=http://x.example", "port.example:443",
+    "port.example:abc", "http://q.example?q=1", "http://f.example#frag", "http://-bad.example/",
+    "http://xn--zz.example/", "ftp://files.example", "http:///nohost", "http://[::1]/",
+    "http://1.2.3.4:80/", "//proto.example/path", "what.example?x", "http://good.example/y",
+    "http://port.example:8080", "HTTP://scheme.example/", "http://back.example\\x/",
+    "http://sp.example/a b", "plain.example", "http://xn--bcher-kva.example/", "",
+]
+
+
+BACKSLASHED = "example\\x"
+
+
+def test_csv_url_fast_path_agrees_with_careful_path(tmp_path, monkeypatch):
+    text = "url\n" + "".join(f'"{v}"\n' for v in URL_VALUES * 2)
+    path = write(tmp_path, "urls.csv", text)
+    fast = parse_feed(path, "csv")
+    monkeypatch.setattr(ff, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
+    assert parse_feed(path, "csv") == fast
+    assert [e.name for e in fast.entries] == [
+        "good.example", "auth.example", "evil.example", "upper.example", "port.example",
+        "q.example", "f.example", "files.example", "proto.example", "what.example",
+        "scheme.example", "sp.example", "plain.example", "xn--bcher-kva.example",
+    ]
+    assert fast.skipped == {"IP address host": 4}
+    p = str(path)
+    assert bad(fast)[:6] == [
+        f"{p}:8: label 'example:abc' has characters other than a-z 0-9 - _: port.example:abc",
+        f"{p}:11: label '-bad' starts or ends with a hyphen: http://-bad.example/",
+        f"{p}:12: label 'xn--zz' is not valid punycode: http://xn--zz.example/",
+        f"{p}:14: URL without a host: http:///nohost",
+        f"{p}:22: label {BACKSLASHED!r} has characters other than a-z 0-9 - _: "
+        "http://back.example\\x/",
+        f'{p}:26: empty value: ""',
+    ]
+    assert len(fast.bad) == 12
 
 
 def test_rpz_name_too_long_for_dnspython(tmp_path):
