@@ -44,11 +44,13 @@ csv
     abuse.ch exports (ThreatFox, URLhaus: ``#`` comment lines, the header as a comment,
     quoted fields, ", " separators) and any CSV with a header line. The column is chosen
     by ``column`` (a header name or a 1-based number), else by header: ioc_value, ioc, url,
-    domain, host, hostname, name, the first present. A URL gives its host, ``host:port`` its
-    host; an address is skipped as "IP address host". With ThreatFox's ``ioc_type`` column,
-    rows of other types than domain and url (hashes) are skipped by type. A header with
-    ``name`` and ``kind`` columns (what ``export_feed`` writes) also gives each entry's kind,
-    match, action and category.
+    domain, host, hostname, name, the first present. A value gives its host: a URL's (with
+    a scheme, or starting with ``//``), and ``host:port``'s, ``host/path``'s, ``host?query``'s;
+    an address is skipped as "IP address host" (ThreatFox's ip:port rows too). With
+    ThreatFox's ``ioc_type`` column, rows of other types than domain and url (hashes) are
+    skipped by type. A header with ``name`` and ``kind`` columns (what ``export_feed``
+    writes) also gives each entry's kind, match, action and category (the only format that
+    carries a category). A carriage return inside a field makes a bad line.
 
 In every format: UTF-8 (a BOM is dropped; bytes that are not UTF-8 make a bad line), LF or
 CRLF line ends, names normalized by ``names.normalize``. The same name and kind listed again
@@ -931,7 +933,6 @@ class _Recorder(dns.transaction.Transaction):
         super().__init__(_Origins())
         self.tok = tok
         self.records: list[tuple[int, dns.name.Name, object]] = []
-        self.origins: list[dns.name.Name] = []
 
     def add(self, *args) -> None:
         name, _ttl, rdata = args  # how the Reader calls it
@@ -939,7 +940,7 @@ class _Recorder(dns.transaction.Transaction):
         self.records.append((self.tok.line_number - 1, name, rdata))
 
     def _set_origin(self, origin: dns.name.Name) -> None:
-        self.origins.append(origin)
+        pass  # on $ORIGIN; the scan before reading keeps the first one
 
 
 class _Zone:

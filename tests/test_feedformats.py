@@ -299,7 +299,7 @@ example.com#@#.banner
 
 
 def test_adblock_quirks(tmp_path):
-    path = write(tmp_path, "filters.txt", ADBLOCK)
+    path = write(tmp_path, "filters.txt", ADBLOCK, crlf=True)
     parsed = parse_feed(path, "adblock")
     assert parsed.entries == [
         E("evil.example", 4, "subtree"),
@@ -364,7 +364,7 @@ deep.example CNAME .
 
 
 def test_rpz_every_trigger(tmp_path):
-    path = write(tmp_path, "zone.rpz", RPZ)
+    path = write(tmp_path, "zone.rpz", RPZ, crlf=True, bom=True)
     parsed = parse_feed(path, "rpz")
     assert parsed.entries == [
         E("evil.example", 8, "subtree", "nxdomain"),  # name and *.name, one entry
