@@ -79,16 +79,20 @@ CREATE TABLE sources (
     line_format  TEXT,              -- feeds: the format the lines were read as
     line_options TEXT               -- and the options and key they were read with
 )"""
-# A source's arrays, one row each (SQLite rewrites a whole row to change one column, so
-# megabytes of arrays do not share a row with what changes at every sync):
+# A source's arrays live in files beside the catalog (arrays/<source>-<what>-<gen>.u64),
+# one row each here naming the current generation: rewriting tens of megabytes inside
+# SQLite costs more than the rest of a sync. A change writes a new generation's file, the
+# row points to it in the same transaction as everything else, and files no row names
+# (an older generation, or a rolled-back one) are swept after. Like the catalog's commits
+# (synchronous=NORMAL), files survive a crash of ccxdp, not a power loss.
 #   block_hashes, block_values, allow_hashes, allow_values: the listings (Listing);
 #   line_hashes, line_names, line_values: feeds only, what each line of the file last
 #   applied gave: keyed line hashes, sorted, with the name hash and listing value of each.
 _ARRAYS = """
 CREATE TABLE source_arrays (
-    source INTEGER NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    source INTEGER NOT NULL,
     what   TEXT NOT NULL,
-    data   BLOB NOT NULL,
+    gen    INTEGER NOT NULL,
     PRIMARY KEY (source, what)
 ) WITHOUT ROWID"""
 _CATEGORIES = """
@@ -230,16 +234,6 @@ def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> Cat
     return CatalogEntry(name, unsigned(h), look[0], look[1], look[2], _iso(added), kind)
 
 
-def _blob(a: array) -> bytes:
-    return a.tobytes()
-
-
-def _array(blob: bytes) -> array:
-    a = array("Q")
-    a.frombytes(blob)
-    return a
-
-
 _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
                    "added_at, synced_at, digest")
 
@@ -329,8 +323,10 @@ class Catalog:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._sweep_arrays()
             raise
         self.db.execute("COMMIT")
+        self._sweep_arrays()
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -433,24 +429,54 @@ class Catalog:
         return source
 
     def remove_source(self, source_id: int) -> None:
-        self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))
+        self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))  # swept after
         self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
 
     def mark_synced(self, source_id: int, digest: str | None) -> None:
         self.db.execute("UPDATE sources SET synced_at=?, digest=? WHERE id=?",
                         (now(), digest, source_id))
 
+    @property
+    def arrays_dir(self) -> Path:
+        return self.path.parent / "arrays"
+
+    def _array_file(self, source_id: int, what: str, gen: int) -> Path:
+        return self.arrays_dir / f"{source_id}-{what}-{gen}.u64"
+
     def _arrays(self, source_id: int, *what: str) -> list[array]:
-        found = dict(self.db.execute(
-            f"SELECT what, data FROM source_arrays WHERE source=? AND what IN "
+        gens = dict(self.db.execute(
+            f"SELECT what, gen FROM source_arrays WHERE source=? AND what IN "
             f"({','.join('?' * len(what))})", (source_id, *what)))
-        return [_array(found.get(w, b"")) for w in what]
+        out = []
+        for w in what:
+            a = array("Q")
+            if w in gens:
+                a.frombytes(self._array_file(source_id, w, gens[w]).read_bytes())
+            out.append(a)
+        return out
 
     def _set_arrays(self, source_id: int, **arrays: array) -> None:
-        self.db.executemany(
-            "INSERT INTO source_arrays (source, what, data) VALUES (?, ?, ?) "
-            "ON CONFLICT(source, what) DO UPDATE SET data=excluded.data",
-            [(source_id, what, _blob(a)) for what, a in arrays.items()])
+        self.arrays_dir.mkdir(mode=0o700, exist_ok=True)
+        for what, a in arrays.items():
+            row = self.db.execute("SELECT gen FROM source_arrays WHERE source=? AND what=?",
+                                  (source_id, what)).fetchone()
+            gen = row[0] + 1 if row else 1
+            with open(self._array_file(source_id, what, gen), "wb") as f:
+                f.write(memoryview(a).cast("B"))
+            self.db.execute(
+                "INSERT INTO source_arrays (source, what, gen) VALUES (?, ?, ?) "
+                "ON CONFLICT(source, what) DO UPDATE SET gen=excluded.gen",
+                (source_id, what, gen))
+
+    def _sweep_arrays(self) -> None:
+        """Remove array files no row names (after a commit or a rollback)."""
+        if not self.arrays_dir.is_dir():
+            return
+        named = {self._array_file(*row).name for row in self.db.execute(
+            "SELECT source, what, gen FROM source_arrays")}
+        for f in self.arrays_dir.iterdir():
+            if f.name not in named:
+                f.unlink(missing_ok=True)
 
     def listing(self, source_id: int, kind: str) -> Listing:
         return Listing(*self._arrays(source_id, f"{kind}_hashes", f"{kind}_values"))
