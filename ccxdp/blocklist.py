@@ -307,6 +307,17 @@ def remove(dp: Datapath, catalog: Catalog, names: Sequence[str], kind: str = BLO
     return changes
 
 
+def sources_of(catalog: Catalog, kind: str = BLOCK) -> dict[int, list[tuple[str, str | None]]]:
+    """{hash: [(source name, when it was last synced)]} of every listed name of one kind,
+    sources in precedence order."""
+    out: dict[int, list[tuple[str, str | None]]] = {}
+    for source in catalog.sources():
+        stamp = (source.name, source.synced_at if source.is_feed else None)
+        for h in catalog.listing(source.id, kind).hashes:
+            out.setdefault(h, []).append(stamp)
+    return out
+
+
 def listed_by(catalog: Catalog, hashes: Iterable[int], kind: str = BLOCK) -> dict[int, list[str]]:
     """{hash: names of the sources listing it}, for the given hashes."""
     wanted = list(hashes)

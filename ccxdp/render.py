@@ -95,9 +95,11 @@ def render_attachments(attachments: list[Attachment], loaded: bool, names: int) 
 
 
 def render_entries(
-    entries: list[CatalogEntry], categories: Mapping[int, str] | None = None, kind: str = BLOCK
+    entries: list[CatalogEntry], categories: Mapping[int, str] | None = None, kind: str = BLOCK,
+    sources: Mapping[int, list[tuple[str, str | None]]] | None = None,
 ) -> Table:
-    """Block entries, with action and category name; or allow entries, which have neither."""
+    """Block entries, with action and category name; or allow entries, which have neither.
+    With sources: which sources list each name, and the last sync of a feed listing it."""
     blocks = kind == BLOCK
     table = Table(title=f"{kind} entries ({len(entries)})", title_justify="left")
     table.add_column("name")
@@ -106,11 +108,19 @@ def render_entries(
         table.add_column("action")
         table.add_column("category")
     table.add_column("added (UTC)")
+    if sources is not None:
+        table.add_column("sources")
+        table.add_column("last seen in a feed (UTC)")
     for e in entries:
         cells = [e.name, e.match]
         if blocks:
             cells += [e.action, (categories or {}).get(e.category, "-")]
-        table.add_row(*cells, e.added_at)
+        cells.append(e.added_at)
+        if sources is not None:
+            listed = sources.get(e.hash, [])
+            seen = [when for _, when in listed if when]
+            cells += [", ".join(name for name, _ in listed), max(seen) if seen else "-"]
+        table.add_row(*cells)
     return table
 
 

@@ -57,6 +57,11 @@ def test_a_name_two_feeds_list_stays_until_both_drop_it(policy, tmp_path):
                                                                            ("beta", 2)]
     assert policy.judge("shared.test").rcode == 3  # NXDOMAIN
 
+    both = {e["name"]: (e["sources"], e["last_seen"]) for e in cli.json("block", "list",
+                                                                         "--sources")}
+    synced = {f["name"]: f["synced_at"] for f in cli.json("feed", "list")}
+    assert both == {"shared.test": (["alpha", "beta"], max(synced.values())),
+                    "x.test": (["alpha"], synced["alpha"]), "z.test": (["beta"], synced["beta"])}
     removed = cli.json("feed", "remove", "alpha")
     assert removed["removed"] == {"block": 1, "allow": 0}  # x.test; shared.test stays
     assert listed(policy) == {"shared.test": ("exact", "drop", "beta"),

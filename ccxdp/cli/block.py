@@ -23,13 +23,19 @@ def changes_json(changes, kind: str = BLOCK) -> list[dict]:
     return out
 
 
-def entries_json(entries, categories: dict[int, str], kind: str = BLOCK) -> list[dict]:
+def entries_json(entries, categories: dict[int, str], kind: str = BLOCK,
+                 sources: dict | None = None) -> list[dict]:
     out = []
     for e in entries:
         item = {"name": e.name, "match": e.match}
         if kind == BLOCK:
             item.update(action=e.action, category=categories.get(e.category))
         item["added_at"] = e.added_at
+        if sources is not None:
+            listed = sources.get(e.hash, [])
+            item["sources"] = [name for name, _ in listed]
+            seen = [when for _, when in listed if when]
+            item["last_seen"] = max(seen) if seen else None
         out.append(item)
     return out
 
@@ -110,19 +116,25 @@ def block_remove(app, names, as_json):
 
 
 @block.command("list")
+@click.option("--sources", "with_sources", is_flag=True,
+              help="Also show which sources (manual, feeds) list each name, and when a feed "
+              "listing it was last synced.")
 @json_option
 @pass_app
-def block_list(app, as_json):
+def block_list(app, with_sources, as_json):
     """List the block entries, with action and category.
 
     \b
-    Example:
+    Examples:
       ccxdp block list --json
+      ccxdp block list --sources
     """
     catalog = app.catalog()
     entries = catalog.entries(BLOCK)
     categories = catalog.categories()
-    emit(as_json, entries_json(entries, categories), lambda: render_entries(entries, categories))
+    sources = blocklist.sources_of(catalog) if with_sources else None
+    emit(as_json, entries_json(entries, categories, BLOCK, sources),
+         lambda: render_entries(entries, categories, BLOCK, sources))
 
 
 def register(group: click.Group) -> None:
