@@ -39,8 +39,10 @@ from .native import (
 )
 from .native import line_hashes as line_hashes_of
 
-# Shown on the terminal while a long import runs: (step description) -> None.
+# Shown on the terminal while a long import runs: (step description) -> None, called as
+# each of STEPS steps starts (reading, hashing, writing).
 Progress = Callable[[str], None]
+STEPS = 3
 
 _FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 BAD_LINES_SHOWN = 20  # in an error message; --json and the result carry them all

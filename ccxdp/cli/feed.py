@@ -8,7 +8,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from .. import feedformats, feeds
@@ -21,15 +28,23 @@ FORMAT = click.Choice(["auto", *feedformats.FORMATS])
 
 
 @contextmanager
-def progress_steps(as_json: bool):
-    """A spinner naming the current step of a long import, on a terminal only."""
+def progress_steps(as_json: bool, files: int = 1):
+    """A progress bar over the steps of an import (read, hash, write the catalog and the
+    kernel), each named as it starts; on a terminal only, never with --json."""
     if as_json or not sys.stderr.isatty():
         yield None
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err_console(), transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-        yield lambda text: bar.update(task, description=text)
+    columns = (SpinnerColumn(), TextColumn("{task.description:<44}"), BarColumn(),
+               TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console(), transient=True) as bar:
+        task = bar.add_task("starting", total=feeds.STEPS * files)
+        started = [False]
+
+        def step(text: str) -> None:
+            bar.update(task, description=text, advance=1 if started[0] else 0)
+            started[0] = True
+
+        yield step
 
 
 def result_json(r: feeds.ImportResult) -> dict:
@@ -156,7 +171,7 @@ def feed_sync(app, names, force, as_json):
     catalog = app.catalog()
     wanted = list(names) or [s.name for s in catalog.sources() if s.is_feed]
     results = []
-    with progress_steps(as_json) as step:
+    with progress_steps(as_json, max(len(wanted), 1)) as step:
         for name in wanted:
             results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force))
     if as_json:
