@@ -537,7 +537,10 @@ _IOC_TYPES = frozenset({"domain", "url", "hostname"})
 
 
 def _csv_fields(line: str) -> list[str]:
-    row = next(csv.reader([line], skipinitialspace=True), [])
+    try:
+        row = next(csv.reader([line], skipinitialspace=True), [])
+    except csv.Error:  # a carriage return in it: good enough to look at a header
+        row = line.split(",")
     return [f.strip() for f in row]
 
 
@@ -757,10 +760,13 @@ def _pick_by_pattern(text: str, start: int, end: int, first_raw: str, col: int,
             parts.append(r'"([^"\r\n]*)"' if raw[i].startswith('"') else r'([^",\r\n]*)')
         else:
             parts.append(_CSV_FIELD)
-    # The match runs to the line's end, so findall goes on from the next line's start.
-    # A comment, blank or indented line never matches: the count below then sends the file
-    # to the reader.
-    pattern = re.compile("^(?![#\\s])" + ",[ ]*".join(parts) + r"(?=,|$)[^\r\n]*$", re.M)
+    # The match runs over every field to the line's end, so a quote the reader would take
+    # as opening a field over several lines makes no match; and findall goes on from the
+    # next line's start. A comment, blank or indented line never matches: the count below
+    # then sends the file to the reader.
+    pattern = re.compile(
+        "^(?![#\\s])" + ",[ ]*".join(parts) + rf"(?:,[ ]*{_CSV_FIELD})*$", re.M
+    )
     found = pattern.findall(text, start, end)
     if len(found) != text.count("\n", start, end) + 1:
         return None
@@ -780,7 +786,13 @@ def _pick_by_reader(lines: list[str], col: int, type_col: int | None) -> list | 
             picked = [(row[col], row[type_col]) for row in reader]
     except (IndexError, csv.Error):
         return None
-    return picked if len(picked) == len(lines) else None
+    if len(picked) != len(lines):
+        return None
+    if col == 0:  # a blank or whitespace-only line reads as one blank cell
+        values = picked if type_col is None else [value for value, _ in picked]
+        if "" in values or any(map(str.isspace, values)):
+            return None
+    return picked
 
 
 def _csv_picked(b: _Builder, picked: list, numbers: Iterable[int], type_col: int | None) -> None:
@@ -849,7 +861,7 @@ def _csv_rows(b: _Builder, lines: list[str], numbers: list[int] | None, first_li
             consumed = reader.line_num
             continue
         start, consumed = consumed, reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if not row or not lines[start].strip():  # a blank line
             continue
         lineno = numbers[start] if numbers is not None else first_line + start
         if col >= len(row):

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccxdp import feedformats as ff
 from ccxdp.feedformats import (
@@ -198,6 +200,73 @@ def test_csv_url_fast_path_agrees_with_careful_path(tmp_path, monkeypatch):
         f'{p}:26: empty value: ""',
     ]
     assert len(fast.bad) == 12
+
+
+FRAGMENTS = st.sampled_from([
+    "a", "bc", "d1", "-", "_", ".", "..", "xn--", "xn--bcher-kva", "xn--zz", "Up", "ü", "9",
+    "1.2.3.4", "*.", " ", "\t", "#", ";", "localhost", "rpz-ip", "x" * 63, "y" * 64, "/p",
+    ":80", "http://", "@", "?q",
+])
+
+
+@pytest.mark.parametrize(
+    "fmt, template, hooks",
+    [
+        ("plain", "{}", ["_PLAIN_RUNS"]),
+        ("hosts", "0.0.0.0 {}", ["_HOSTS_RUNS"]),
+        ("adblock", "||{}^", ["_ADBLOCK_RUNS"]),
+        ("rpz", "{} CNAME .", ["_RPZ_RUNS"]),
+        ("csv", "{}", ["_CSV_RUNS", "_CSV_FAST_HOSTS"]),
+    ],
+)
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.lists(FRAGMENTS, max_size=6).map("".join), max_size=25))
+def test_fast_path_agrees_on_any_lines(tmp_path, monkeypatch, fmt, template, hooks, values):
+    header = "domain\n" if fmt == "csv" else ""
+    path = write(tmp_path, f"any.{fmt}", header + "".join(template.format(v) + "\n"
+                                                          for v in values))
+
+    def outcome():
+        try:
+            return parse_feed(path, fmt)
+        except FeedFormatError as e:
+            return str(e)
+
+    fast = outcome()
+    with monkeypatch.context() as m:
+        for hook in hooks:
+            never = (re.compile(r"^()()[^\n]*$", re.M) if hook == "_CSV_FAST_HOSTS"
+                     else ff._runs("(?!)"))
+            m.setattr(ff, hook, never)
+        assert outcome() == fast
+
+
+CELLS = st.sampled_from([
+    "", "x", "evil.example", "Evil.example", "http://c2.example/x", '"q.example"', '"a,b"',
+    '"say ""hi"""', " ", "#", '"', "1.2.3.4:80", "y.example ", '"z.example", ', "\r",
+])
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(CELLS, min_size=1, max_size=4).map(",".join), max_size=12),
+       column=st.sampled_from([None, "1", "3"]))
+def test_csv_paths_agree_on_any_rows(tmp_path, monkeypatch, rows, column):
+    path = write(tmp_path, "any.csv", "a,b,domain\n" + "".join(r + "\n" for r in rows))
+
+    def outcome():
+        try:
+            return parse_feed(path, "csv", column=column)
+        except FeedFormatError as e:
+            return str(e)
+
+    expected = outcome()
+    with monkeypatch.context() as m:
+        m.setattr(ff, "_pick_by_pattern", lambda *a: None)
+        assert outcome() == expected
+        m.setattr(ff, "_pick_by_reader", lambda *a: None)
+        assert outcome() == expected
 
 
 def test_rpz_name_too_long_for_dnspython(tmp_path):
