@@ -54,21 +54,12 @@ inf4=$(addr cli 0) inf6=$(addr cli 2) # client 1 also has .3 and ::3; the first 
 cln4=$(addr cl2 0) cln6=$(addr cl2 1)
 sink4=$(addr snk 0) sink6=$(addr snk 1)
 
-step "Loading the sample feed from examples/feeds: C&C names in three categories, each with its own action."
-load() { # load FILE FORMAT CATEGORY ACTION: list every name of a feed file
-	local names=()
-	case $2 in
-	list) mapfile -t names < <(sed 's/#.*//' "$1" | awk 'NF { print $1 }') ;;
-	hosts) mapfile -t names < <(sed 's/#.*//' "$1" | awk '{ for (i = 2; i <= NF; i++) print $i }') ;;
-	esac
-	cx block add "${names[@]}" --category "$3" --action "$4" >/dev/null
-	echo "  ${#names[@]} names from $(basename "$1") ($2 format): category $3, action $4"
-}
-# TODO(feeds): switch to 'ccxdp feed add' / 'ccxdp block import' once they land.
-load "$repo/examples/feeds/emotet.txt" list emotet sinkhole
-load "$repo/examples/feeds/qakbot.hosts" hosts qakbot nxdomain
-load "$repo/examples/feeds/mirai.txt" list mirai drop
-cx block list
+step "Loading the sample feeds from examples/feeds: C&C names in three categories and two formats, each feed with its own action."
+cx feed add emotet "$repo/examples/feeds/emotet.txt" --action sinkhole >/dev/null
+cx feed add qakbot "$repo/examples/feeds/qakbot.hosts" --action nxdomain >/dev/null
+cx feed add mirai "$repo/examples/feeds/mirai.txt" --action drop >/dev/null
+cx feed list
+cx block list --sources
 
 step "The infected client ($inf4, $inf6) beacons to its C&C servers three times, a second apart, then connects to whatever addresses it was given."
 in_ns "$name-cli" "$repo/examples/malware-sim.sh" "$res4" "$res6" 3 1 \
@@ -96,12 +87,26 @@ cx lab sinkhole-log --name "$name" --json | json "'The sinkhole recorded %d TCP 
     sum(c['proto'] == 'tcp' and c['source'] in ('$inf4', '$inf6') for c in d),
     sum(c['proto'] == 'tcp' and c['source'] in ('$cln4', '$cln6') for c in d))"
 
-# ---- NOTIFICATION RECORDS: placeholder (issue 5, ccxdp notify / records) --------------------
-# When the records work lands, this step collects the counters into this month's records and
-# shows the infected line's record and its rendered e-mail (and that the clean line has none),
-# e.g. 'cx notify ...' then 'cx records --line ...'. Keep it to one step and one sentence.
-step "Notification records: the infected line's record and e-mail will be shown here once ccxdp's notification records land."
-# ---- end of the placeholder ------------------------------------------------------------------
+step "Collecting the counters into the hits store and building this month's notification records: the infected line gets one e-mail, the clean line none."
+month=$(date -u +%Y-%m)
+cx collect
+# --min-days 1: the demo's hits all fall on one day; the default (2 days) resists spoofing.
+cx notify --period "$month" --sessions "$repo/examples/lines/sessions.csv" \
+	--subscribers "$repo/examples/lines/subscribers.csv" --min-days 1 \
+	--from "security-notice@isp.example" --out "$state/outbox"
+cx records --period "$month"
+cx records --period "$month" --json | json "'Notified this month: %s; not notified: %s.' % (
+    ', '.join(sorted(r['line'] for r in d['records'] if r.get('notification'))) or 'none',
+    ', '.join(sorted(r['line'] for r in d['records'] if not r.get('notification'))) or 'none')"
+for eml in "$state"/outbox/*.eml; do
+	echo "  --- the e-mail to the infected line, as written to the outbox ($(basename "$eml")) ---"
+	"$venv/bin/python" -c "import email, email.policy, sys
+m = email.message_from_binary_file(open(sys.argv[1], 'rb'), policy=email.policy.default)
+for h in ('From', 'To', 'Subject', 'Date'):
+    print(f'  {h}: {m[h]}')
+print()
+print('\n'.join('  ' + line for line in m.get_body(('plain',)).get_content().splitlines()))" "$eml"
+done
 
 step "Removing the lab, its processes and namespaces, and the demo's pinned maps and state."
 trap - EXIT

@@ -69,7 +69,13 @@ def test_demo_shows_the_product_and_leaves_nothing() -> None:
     assert re.search(r"The sinkhole recorded 2 TCP connection attempts from the infected "
                      r"client and 0 from the clean client\.", out)  # fmt: skip
     assert "198.18.0.53:443" in out and "[fd00:cc::53]:443" in out
-    assert "Notification records" in out  # the place kept for the records work
+    # The feeds were loaded as feeds, in two formats.
+    assert re.search(r"emotet .* plain .* sinkhole", out) and re.search(r"qakbot .* hosts", out)
+    # The infected line is notified once, by an e-mail naming no domain; the clean one not.
+    assert "Notified this month: L-1001; not notified: none." in out
+    assert "To: household-1001@subscriber.example" in out
+    mail = out[out.index("Subject: A device on your internet line"):]
+    assert ".test" not in mail[:mail.index("[9/9]")], "the e-mail names no domain"
     assert "nothing of the demo is left on this machine" in out
 
     # And indeed nothing is.

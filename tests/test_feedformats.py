@@ -269,6 +269,34 @@ def test_csv_paths_agree_on_any_rows(tmp_path, monkeypatch, rows, column):
         assert outcome() == expected
 
 
+ZONE_LINES = st.sampled_from([
+    "a.example CNAME .", "*.a.example CNAME .", "a.example CNAME rpz-drop.", "b.example CNAME *.",
+    "b.example 60 IN CNAME rpz-passthru.", "c.example in 60 cname rpz-tcp-only. ; note",
+    "  TXT \"why\"", "  A 192.0.2.1", "d.example A 192.0.2.2", "D.example CNAME .",
+    "$ORIGIN sub.rpz.test.", "$ORIGIN rpz.test.", "$TTL 60", "; comment", "",
+    "@ SOA ns. host. ( 1 2", "  3 4 5 )", "e-.example CNAME .", "x.rpz-ip CNAME .",
+    "f.example CNAME elsewhere.example.", "g.example. CNAME .", "xn--bcher-kva.example CNAME .",
+])
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(ZONE_LINES, max_size=20))
+def test_rpz_fast_lines_agree_on_any_zone(tmp_path, monkeypatch, lines):
+    path = write(tmp_path, "any.rpz", "\n".join(lines) + "\n")
+
+    def outcome():
+        try:
+            return parse_feed(path, "rpz")
+        except FeedFormatError as e:
+            return str(e)
+
+    fast = outcome()
+    with monkeypatch.context() as m:
+        m.setattr(ff, "_RPZ_RUNS", ff._runs("(?!)"))
+        assert outcome() == fast
+
+
 def test_rpz_name_too_long_for_dnspython(tmp_path):
     name = ".".join(["a" * 63] * 3 + ["b" * 62])
     path = write(tmp_path, "long.rpz", f"ok.example CNAME .\n{name} CNAME .\n")
