@@ -18,6 +18,8 @@ pins=/sys/fs/bpf/ccxdp-$name
 state=/run/ccxdp-$name
 steps=9
 step_no=0
+# Tables as wide as they need when the output goes to a file or a pipe (a terminal sets it).
+[ -t 1 ] || export COLUMNS=${COLUMNS:-160}
 
 step() { # one plain sentence per step
 	step_no=$((step_no + 1))
