@@ -809,11 +809,13 @@ def _csv_picked(b: _Builder, picked: list, numbers: Iterable[int], type_col: int
                 else:
                     b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}")
             kept.sort()
-        values = [picked[i][0] for i in kept]
-        numbers = [numbers[i] for i in kept]
+            values = [picked[i][0] for i in kept]
+            numbers = [numbers[i] for i in kept]
+        else:
+            values = [value for value, _ in picked]
     else:
         values = picked
-        numbers = numbers if isinstance(numbers, list) else list(numbers)
+    numbers = numbers if isinstance(numbers, list) else list(numbers)
     if not values:
         return
     joined = "\n".join(values)
