@@ -1190,6 +1190,8 @@ _NAME_LIKE = re.compile(r"[\w*.-]+")
 def _classify(line: str) -> str | None:
     """The format a data line (not a comment) belongs to, or None."""
     s = re.split(r"[ \t]#", line, maxsplit=1)[0].strip()  # a trailing comment
+    if not s:
+        return None
     if s.startswith(("||", "@@", "|", "/")) or any(c in s for c in _COSMETIC) or (
         s.endswith("^") or "^$" in s
     ):
@@ -1302,7 +1304,13 @@ def _cannot(fmt: str, e: ExportEntry, what: str, hint: str = "use csv") -> FeedF
     return FeedFormatError(f"{fmt} cannot hold {e.name} ({what}); {hint}")
 
 
-def _check_entry(e: ExportEntry) -> None:
+def _check_entry(e: ExportEntry, fmt: str) -> None:
+    """What every format needs of an entry; and names a format would read as something
+    else (an address in all but RPZ, hosts-file boilerplate in hosts)."""
+    if fmt != "rpz" and _is_ip(e.name):
+        raise _cannot(fmt, e, f"{fmt} reads it as an IP address", "use rpz")
+    if fmt == "hosts" and (e.name in _BOILERPLATE or e.name.startswith("ip6-")):
+        raise _cannot(fmt, e, "hosts files skip it as boilerplate", "use plain, rpz or csv")
     if e.kind not in KINDS:
         raise FeedFormatError(f"{e.name}: unknown kind {e.kind!r}")
     if e.match not in MATCHES:
@@ -1316,7 +1324,7 @@ def _check_entry(e: ExportEntry) -> None:
 def _plain_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
     prefix = {EXACT: "", SUBTREE: ".", BELOW: "*."}
     for e in entries:
-        _check_entry(e)
+        _check_entry(e, "plain")
         if e.kind != BLOCK:
             raise _cannot("plain", e, "an allow entry")
         if e.action is not None:
@@ -1328,7 +1336,7 @@ def _plain_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
 
 def _hosts_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
     for e in entries:
-        _check_entry(e)
+        _check_entry(e, "hosts")
         if e.kind != BLOCK:
             raise _cannot("hosts", e, "an allow entry")
         if e.match != EXACT:
@@ -1344,7 +1352,7 @@ def _hosts_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
 def _adblock_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
     yield "[Adblock Plus 2.0]"
     for e in entries:
-        _check_entry(e)
+        _check_entry(e, "adblock")
         if e.match != SUBTREE:
             raise _cannot("adblock", e, f"match {e.match}: ||name^ is a subtree",
                           "use plain, rpz or csv")
@@ -1361,7 +1369,7 @@ def _rpz_lines(entries: Iterable[ExportEntry], origin: str, serial: int) -> Iter
     yield f"@ SOA localhost. hostmaster.localhost. {serial} 3600 600 86400 300"
     yield "@ NS localhost."
     for e in entries:
-        _check_entry(e)
+        _check_entry(e, "rpz")
         if e.category is not None:
             raise _cannot("rpz", e, f"category {e.category}")
         if e.name.rsplit(".", 1)[-1] in _TRIGGER_LABELS:
@@ -1397,7 +1405,7 @@ def _csv_cell(value: str | None) -> str:
 def _csv_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
     yield "name,kind,match,action,category"
     for e in entries:
-        _check_entry(e)
+        _check_entry(e, "csv")
         action = _canonical_action(e.action) if e.action is not None else None
         cells = (e.name, e.kind, e.match, action, e.category)
         yield ",".join(map(_csv_cell, cells))

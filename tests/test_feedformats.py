@@ -960,6 +960,13 @@ def test_export_lines():
          "rpz cannot hold r.example (action refused: RPZ has no such policy); use csv"),
         ("rpz", ExportEntry("x.rpz-ip", action="drop"),
          "rpz cannot hold x.rpz-ip (its last label names an RPZ trigger); use csv"),
+        ("hosts", ExportEntry("localhost.localdomain"),
+         "hosts cannot hold localhost.localdomain (hosts files skip it as boilerplate); "
+         "use plain, rpz or csv"),
+        ("plain", ExportEntry("192.0.2.1"),
+         "plain cannot hold 192.0.2.1 (plain reads it as an IP address); use rpz"),
+        ("csv", ExportEntry("192.0.2.1"),
+         "csv cannot hold 192.0.2.1 (csv reads it as an IP address); use rpz"),
         ("csv", ExportEntry("k.example", kind="maybe"), "k.example: unknown kind 'maybe'"),
         ("csv", ExportEntry("a.example", action="explode"), "a.example: unknown action 'explode'"),
         ("csv", ExportEntry("g.example", kind="allow", action="drop"),
