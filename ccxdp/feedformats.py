@@ -71,11 +71,12 @@ import csv
 import gc
 import ipaddress
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
+from operator import itemgetter, not_
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -798,21 +799,7 @@ def _pick_by_reader(lines: list[str], col: int, type_col: int | None) -> list | 
 def _csv_picked(b: _Builder, picked: list, numbers: Iterable[int], type_col: int | None) -> None:
     """Cells of the chosen column, one per row, in the runs a plain list has."""
     if type_col is not None:
-        kept = [i for i, (_, ioc_type) in enumerate(picked) if ioc_type in _IOC_TYPES]
-        if len(kept) < len(picked):
-            for i, (_, ioc_type) in enumerate(picked):
-                if ioc_type in _IOC_TYPES:
-                    continue
-                ioc_type = ioc_type.strip().lower()  # as written by hand: " Domain"
-                if ioc_type in _IOC_TYPES:
-                    kept.append(i)
-                else:
-                    b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}")
-            kept.sort()
-            values = [picked[i][0] for i in kept]
-            numbers = [numbers[i] for i in kept]
-        else:
-            values = [value for value, _ in picked]
+        values, numbers = _ioc_rows(b, picked, numbers)
     else:
         values = picked
     numbers = numbers if isinstance(numbers, list) else list(numbers)
@@ -830,6 +817,25 @@ def _csv_picked(b: _Builder, picked: list, numbers: Iterable[int], type_col: int
     # (the name in the first group, a URL's host in the second), "" where it does not.
     hosts = [name or url for name, url in _CSV_FAST_HOSTS.findall(joined)]
     _csv_hosts(b, hosts, values, numbers, 0)
+
+
+def _ioc_rows(b: _Builder, picked: list[tuple[str, str]],
+              numbers: Iterable[int]) -> tuple[list[str], Iterable[int]]:
+    """The values (and line numbers) of the rows whose ioc_type is one we take; the others
+    counted by type. Done in C-level passes: a ThreatFox export is mostly other types."""
+    types = list(map(itemgetter(1), picked))
+    taken = list(map(_IOC_TYPES.__contains__, types))
+    others = Counter(compress(types, map(not_, taken)))
+    if any(t.strip().lower() in _IOC_TYPES for t in others):  # " Domain", by hand: slowly
+        taken = [t.strip().lower() in _IOC_TYPES for t in types]
+        others = Counter(t for t, ok in zip(types, taken, strict=True) if not ok)
+    for ioc_type, count in others.items():
+        ioc_type = ioc_type.strip().lower()
+        b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}", count)
+    if not others:
+        return list(map(itemgetter(0), picked)), numbers
+    return (list(compress(map(itemgetter(0), picked), taken)),
+            list(compress(numbers, taken)))
 
 
 def _csv_hosts(b: _Builder, hosts: list[str], values: list[str], numbers: list[int],

@@ -646,6 +646,14 @@ def test_threatfox_csv(tmp_path):
     assert bad(parsed) == [f"{path}:17: label 'bad_-' starts or ends with a hyphen: bad_-.example"]
 
 
+def test_ioc_types_written_by_hand(tmp_path):
+    text = ('ioc_value,ioc_type\n"a.example","domain"\n"b.example"," Domain "\n'
+            '"1.2.3.4:80","ip:port"\n"ffff","MD5_hash"\n"c.example","md5_hash"\n')
+    parsed = parse_feed(write(tmp_path, "iocs.csv", text))
+    assert parsed.entries == [E("a.example", 2), E("b.example", 3)]
+    assert parsed.skipped == {"IP address host": 1, "ioc_type md5_hash": 2}
+
+
 URLHAUS = """\
 ################################################################
 # abuse.ch URLhaus Database Dump (CSV - recent URLs only)      #
