@@ -525,10 +525,10 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
 # -- csv -------------------------------------------------------------------------------------
 NAME_COLUMNS = ("ioc_value", "ioc", "url", "domain", "host", "hostname", "name")
 _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_ -]*")
+_CSV_RUNS = _runs(_NAME)  # a column of names only
 # A value the fast path takes: a name, name:port or name/path, or a URL with such a host.
 # Anything else (upper case, user@, an address, …) goes to _csv_value, which _host() serves
 # with the same result for what the fast path takes (tests compare the two).
-_CSV_RUNS = _runs(_NAME)
 _CSV_FAST_HOSTS = re.compile(
     rf"^(?:({_NAME})(?::[0-9]+)?(?:[/?#][^\n]*)?"
     rf"|[a-z][a-z0-9+.-]*://({_NAME})(?::[0-9]*)?(?:[/?#][^\n]*)?"
