@@ -236,3 +236,29 @@ def test_a_sync_by_lines_lists_what_a_full_parse_lists(policy, tmp_path, fmt, li
     assert (listed(policy), cli.json("allow", "list"), kernel(policy)) == listed_by_lines
     assert by_lines["bad_lines"] == forced["bad_lines"]
     assert by_lines["entries"] == forced["entries"]
+
+
+def test_export_refuses_what_the_format_cannot_mean_and_writes_nothing(policy, tmp_path):
+    cli = policy.cli
+    cli.run("block", "add", "exact.test")
+    out = tmp_path / "export.adblock"
+    cp = cli.run("block", "export", "--format", "adblock", "-o", str(out), check=False)
+    assert cp.returncode == 1 and "adblock cannot hold exact.test" in cp.stderr
+    assert not out.exists() and not list(tmp_path.glob("*export*"))
+
+
+@pytest.mark.parametrize("fmt", ["plain", "hosts", "rpz"])
+def test_export_in_a_format_that_keeps_less_says_what_it_left_out(policy, tmp_path, fmt):
+    cli = policy.cli
+    cli.run("feed", "add", "f", str(write(tmp_path / "f.txt", "a.test", "b.test")),
+            "--action", "nxdomain")
+    out = tmp_path / f"export.{fmt}"
+    cp = cli.run("block", "export", "--format", fmt, "-o", str(out))
+    assert "2 entries written" in cp.stdout
+    kept = "no categories" if fmt == "rpz" else "no actions or categories"
+    assert f"{fmt} keeps {kept}: 2 entries were written without theirs" in cp.stderr
+    cli.run("feed", "remove", "f")
+    cli.run("block", "import", str(out), "--format", fmt)
+    action = "nxdomain" if fmt == "rpz" else "default"
+    assert listed(policy) == {"a.test": ("exact", action, None),
+                              "b.test": ("exact", action, None)}

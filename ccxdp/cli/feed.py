@@ -283,22 +283,38 @@ def block_export_command():
         catalog = app.catalog()
         categories = catalog.categories()
         entries = catalog.entries(kind=None if with_allow else BLOCK)
-        items = (
-            feedformats.ExportEntry(
-                e.name, e.kind, e.match, None if e.action in ("default", "allow") else e.action,
-                categories.get(e.category))
-            for e in entries
-        )
-        lines = feedformats.export_feed(items, fmt)
-        out = open(output, "w") if output else sys.stdout  # noqa: SIM115
-        try:
-            for line in lines:
-                out.write(line + "\n")
-        finally:
-            if output:
-                out.close()
+        # What a format cannot hold is left out, and said: only CSV keeps categories, only
+        # CSV and RPZ keep actions (RPZ needs one for every entry: the configured default
+        # stands in for "default").
+        keeps_action = fmt in ("csv", "rpz")
+        default = app.datapath().settings().default_action if fmt == "rpz" else None
+        dropped = 0
+
+        def item(e):
+            nonlocal dropped
+            action = None if e.action in ("default", "allow") else e.action
+            if fmt == "rpz" and e.kind == BLOCK and action is None:
+                action = default
+            category = categories.get(e.category)
+            if (category and fmt != "csv") or (action and not keeps_action):
+                dropped += 1
+            return feedformats.ExportEntry(e.name, e.kind, e.match,
+                                           action if keeps_action else None,
+                                           category if fmt == "csv" else None)
+
+        lines = list(feedformats.export_feed((item(e) for e in entries), fmt))
+        text = "".join(line + "\n" for line in lines)
         if output:
+            tmp = output.with_name(f".{output.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(output)  # a failed export leaves no half-written file
             console().print(f"{len(entries):,} entries written to {output}")
+        else:
+            sys.stdout.write(text)
+        if dropped:
+            err_console().print(
+                f"{fmt} keeps {'no categories' if keeps_action else 'no actions or categories'}"
+                f": {dropped:,} entries were written without theirs (csv keeps every field)")
 
     return block_export
 
