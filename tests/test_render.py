@@ -86,9 +86,9 @@ def test_attachments_entries_and_changes():
     assert row(out, "eth0", "-", "native", "17")
     assert row(out, "veth1", "res", "detached", "-")
     added = "2026-11-27T19:05:01+00:00"
-    out = text(render_entries([CatalogEntry("evil.test", 1, True, added_at=added)]))
+    out = text(render_entries([CatalogEntry("evil.test", 1, "subtree", added_at=added)]))
     assert row(out, "evil.test", "subtree", "drop", "-", "2026-11-27T19:05:01+00:00")
-    out = text(render_changes([Change("a.test", "added", False), Change("b.test", "not listed")]))
+    out = text(render_changes([Change("a.test", "added", "exact"), Change("b.test", "not listed")]))
     assert row(out, "a.test", "exact", "added")
     assert row(out, "b.test", "-", "not listed")
 
@@ -101,18 +101,18 @@ def test_stats_table_names_categories_it_knows():
 
 def test_block_and_allow_entries_and_their_changes():
     added = "2026-11-27T19:05:01+00:00"
-    entries = [CatalogEntry("evil.test", 1, True, "nxdomain", 2, added),
-               CatalogEntry("plain.test", 2, False, "default", 0, added)]
+    entries = [CatalogEntry("evil.test", 1, "subtree", "nxdomain", 2, added),
+               CatalogEntry("plain.test", 2, "exact", "default", 0, added)]
     out = text(render_entries(entries, {2: "emotet"}))
     assert "block entries (2)" in out
     assert row(out, "evil.test", "subtree", "nxdomain", "emotet", added)
     assert row(out, "plain.test", "exact", "default", "-", added)
-    out = text(render_entries([CatalogEntry("cdn.evil.test", 3, False, "allow", 0, added,
+    out = text(render_entries([CatalogEntry("cdn.evil.test", 3, "exact", "allow", 0, added,
                                             "allow")], kind="allow"))
     assert "allow entries (1)" in out
     assert row(out, "cdn.evil.test", "exact", added)
     assert "action" not in out and "category" not in out
-    out = text(render_changes([Change("a.test", "added", True, "sinkhole", "emotet"),
+    out = text(render_changes([Change("a.test", "added", "subtree", "sinkhole", "emotet"),
                                Change("b.test", "not listed")]))
     assert row(out, "a.test", "subtree", "sinkhole", "emotet", "added")
     assert row(out, "b.test", "-", "-", "-", "not listed")
