@@ -309,11 +309,15 @@ long ccxdp_unique_agreeing(__u64 *h, __u64 *v, size_t n)
 	return (long)o;
 }
 
-/* out[i] = src[idx[i]]: values picked by position. */
-void ccxdp_gather(const __u64 *src, const __u64 *idx, size_t n, __u64 *out)
+/* out[i] = src[idx[i]]: values picked by position; -1 when a position is beyond src. */
+int ccxdp_gather(const __u64 *src, size_t sn, const __u64 *idx, size_t n, __u64 *out)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		if (idx[i] >= sn)
+			return -1;
 		out[i] = src[idx[i]];
+	}
+	return 0;
 }
 
 /* Sort hashes, carrying each one's position in the input along (out_pos). */

@@ -100,8 +100,8 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_unique_agreeing.restype = ct.c_long
     so.ccxdp_join.argtypes = [u64p, sz, u64p, sz, u64p]
     so.ccxdp_join.restype = None
-    so.ccxdp_gather.argtypes = [u64p, u64p, sz, u64p]
-    so.ccxdp_gather.restype = None
+    so.ccxdp_gather.argtypes = [u64p, sz, u64p, sz, u64p]
+    so.ccxdp_gather.restype = ct.c_int
     so.ccxdp_sort_positions.argtypes = [u64p, u64p, sz]
     so.ccxdp_sort_positions.restype = ct.c_int
     so.ccxdp_split_join.argtypes = [u64p, u64p, u64p, sz, u64p, u64p, u64p, u64p]
@@ -318,10 +318,9 @@ def gather(src: array, idx: array, *, native: bool = True) -> array:
     so = lib() if native else None
     if so is None:
         return array("Q", (src[i] for i in idx))
-    if len(idx) and max(idx) >= len(src):
-        raise IndexError("gather: position beyond the source")
     out = array("Q", bytes(8 * len(idx)))
-    so.ccxdp_gather(_ptr(src), _ptr(idx), len(idx), _ptr(out))
+    if so.ccxdp_gather(_ptr(src), len(src), _ptr(idx), len(idx), _ptr(out)) != 0:
+        raise IndexError("gather: a position beyond the source")
     return out
 
 

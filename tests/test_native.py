@@ -153,3 +153,8 @@ def test_gather_sort_positions_split_join(compiled):
     first = array("Q", range(300))
     assert compiled.split_join(at, first, keys) == compiled.split_join(at, first, keys,
                                                                        native=False)
+
+
+def test_gather_refuses_a_position_beyond_the_source(compiled):
+    with pytest.raises(IndexError):
+        compiled.gather(array("Q", [1, 2]), array("Q", [0, 2]))
