@@ -98,11 +98,13 @@ def _register() -> None:
         feed,
         lab,
         records,
+        run,
         stats,
+        top,
     )
 
-    for module in (attach, block, allow, feed, exempt, config, stats, collect, records, lab,
-                   debug):
+    for module in (attach, block, allow, feed, exempt, config, stats, top, collect, records,
+                   run, lab, debug):
         module.register(cli)
 
 
