@@ -37,26 +37,43 @@ with the hits, and a collection reports the difference from the value stored bef
 
 The checkpoint also names the maps (their kernel ids and the boot): maps made afresh (a purge,
 a reboot) start from nothing, however far the store's epoch had gone.
+
+"Store" in steps 1 and 4 means stage (Store.stage_counters): the buffer's entries go in as
+the batch lookups returned them, the kernel's bytes, appended to the store's ``staged`` table
+in the transaction that moves the checkpoint, with no index to keep up and no object made per
+entry. That is all the collection path does with them, so a million sources commit in a
+fraction of a second. Store.fold turns staged counters into ``hits`` rows (addresses as text,
+the hour rule, merged into rows already there), and deletes them from ``staged`` in the same
+transaction: a hit is in ``staged`` or in ``hits``, never both and never neither. ``collect``
+folds after its collection (timed apart), and every reader of hits folds first.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
-import struct
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from socket import AF_INET, AF_INET6, inet_ntop
 
 from . import bpfsys, layout
 from .datapath import Datapath
 from .errors import CcxdpError
 from .nametable import wait_for_readers
-from .store import Store, address_text
+from .store import (
+    COUNTER_BUFFER_AT,
+    COUNTER_KEY,
+    COUNTER_VALUE,
+    FoldResult,
+    Store,
+    counter_categories,
+    counter_hits,
+)
 
 CHUNK = 1 << 16  # entries per batch syscall: a million sources in 16 calls
+DELETE_THREADS = 2  # the kernel deletes under per-bucket locks: threads scale
 
 # Checkpoint keys (the store keeps them opaque).
 DRAINED = "drained"  # the last epoch whose buffer is in the store
@@ -64,12 +81,8 @@ CLEARED = "cleared"  # the last epoch whose buffer is known empty since
 LOST_SEEN = "lost_seen"  # the kernel's source_lost counter at the last collection
 LOST_TOTAL = "lost_total"  # every hit lost, over every collection into this store
 
-_HOUR_US = 3600 * 1_000_000
-_KEY = struct.Struct("<16sHBx")
-_KEY_SPLIT = struct.Struct("<12s4sHBx")  # the IPv4 of an IPv4-mapped address apart
-_KEY_BUFFER_AT = 18  # offset of SourceKey.buffer
-_HITS = struct.Struct("<QQQ")
-_MAPPED = bytes(10) + b"\xff\xff"
+_KEY_SIZE = COUNTER_KEY.size
+_VALUE_SIZE = COUNTER_VALUE.size
 _ZERO = ct.c_uint32(0)
 
 
@@ -82,14 +95,15 @@ class CollectResult:
     """One collection, in exact integers."""
 
     epoch: int  # the epoch stored by this collection; the kernel now counts into epoch + 1
-    rows: int  # store rows taken: one per source address, category and hour
+    rows: int  # hits rows the fold after it wrote: one per address, category and hour
     hits: int  # hits stored (recovered included)
-    sources: int  # distinct source addresses among them
+    sources: int  # distinct source addresses the fold saw
     counters: int  # kernel entries stored
     recovered: int  # of hits, those a killed collector had left in the kernel
     lost: int  # hits the kernel could not count (map full) since the last collection
     lost_total: int  # ... and over every collection into this store
-    seconds: float
+    seconds: float  # the collection: kernel to store, committed, and the buffer deleted
+    fold_seconds: float  # the fold of staged counters into hits that followed (0: none)
 
     def to_json(self) -> dict:
         return {
@@ -102,18 +116,19 @@ class CollectResult:
             "lost": self.lost,
             "lost_total": self.lost_total,
             "seconds": round(self.seconds, 3),
+            "fold_seconds": round(self.fold_seconds, 3),
         }
 
 
 @dataclass
 class _Drained:
-    """One buffer read: store rows, the raw keys to delete afterwards, and what they hold."""
+    """One buffer read: the kernel's bytes of its entries, batch by batch (keys, counters),
+    the keys again in one piece to delete afterwards, and what they hold."""
 
-    rows: list = field(default_factory=list)
+    batches: list = field(default_factory=list)
     keys: bytearray = field(default_factory=bytearray)
     hits: int = 0
     counters: int = 0  # kernel entries (source, category)
-    addresses: set = field(default_factory=set)
     categories: set = field(default_factory=set)
 
 
@@ -127,85 +142,50 @@ def boot_clock_offset_ns() -> int:
     return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
-def hour_rows(address: str, category: int, hits: int, first_us: int, last_us: int) -> list:
-    """Store rows (hour, address, category, hits, first_us, last_us) for one kernel counter
-    of ``hits`` between ``first_us`` and ``last_us`` (Unix microseconds).
-
-    A counter knows only when its first and last hit came. Within one hour: one row. Across
-    hours: the first hit goes to the first's hour, at that time, and the others to the last's
-    hour, at the last's time. So every row's hour, first and last are times a hit certainly
-    came (the days with hits, which notification counts, are never made up); the hits whose
-    times are unknown (somewhere between the two) go with the last."""
-    first_hour = first_us // _HOUR_US
-    last_hour = last_us // _HOUR_US
-    if first_hour == last_hour:
-        return [(first_hour * 3600, address, category, hits, first_us, last_us)]
-    rows = [(first_hour * 3600, address, category, 1, first_us, first_us)]
-    if hits > 1:
-        rows.append((last_hour * 3600, address, category, hits - 1, last_us, last_us))
-    return rows
+def _without(raw: bytes, size: int, skip: list[int]) -> bytes:
+    """``raw``, entries of ``size`` bytes, less the entries at the indexes ``skip`` (sorted):
+    a slice per run of kept entries, not one per entry."""
+    parts, start = [], 0
+    for i in skip:
+        parts.append(raw[start * size : i * size])
+        start = i + 1
+    parts.append(raw[start * size :])
+    return b"".join(parts)
 
 
-def _address_text(raw: bytes) -> str:
-    """As the store keeps addresses: IPv4-mapped as IPv4, IPv6 as ipaddress prints it."""
-    if raw[:12] == _MAPPED:
-        return inet_ntop(AF_INET, raw[12:])
-    text = inet_ntop(AF_INET6, raw)
-    if "." in text:  # libc writes ::a.b.c.d forms that ipaddress does not
-        return address_text(text)
-    return text
-
-
-def _drain(srcs: bpfsys.Map, buffer: int, offset_ns: int, rows: bool = True) -> _Drained:
+def _drain(srcs: bpfsys.Map, buffer: int) -> _Drained:
     """Every entry of one buffer, read in batches. Only call it for a buffer no query writes
     (its epoch is over and a grace period has passed): then each entry is read exactly once,
-    with its final count. Entries of the live buffer are skipped. rows=False: keys only.
+    with its final count. Entries of the live buffer are left out.
 
-    The loop is the collector's hot path (a million entries): one tuple per entry from
-    struct, the hour split inlined for the usual case (hour_rows gives the rule)."""
+    The collector's hot path (a million entries), so nothing here makes an object per entry:
+    the batch arrays' bytes are kept as they are (the store stages them, its fold decodes
+    them), the buffer bytes are one strided slice, and live-buffer entries, usually few, are
+    found with bytes.find and cut out run by run."""
     out = _Drained()
-    append, categories = out.rows.append, out.categories
-    ks, vs, at = _KEY.size, _HITS.size, _KEY_BUFFER_AT
-    texts: dict[bytes, str] = {}
+    ks, vs, at = _KEY_SIZE, _VALUE_SIZE, COUNTER_BUFFER_AT
+    other = bytes([buffer ^ 1])
     for keys, values, count in srcs.lookup_batch_arrays(CHUNK):
         kraw = bytes(memoryview(keys).cast("B")[: count * ks])
-        vraw = memoryview(values).cast("B")[: count * vs]
-        skipped = 0
-        hits_in = 0
-        for (head, v4, category, buf), (hits, first_ns, last_ns) in zip(
-            _KEY_SPLIT.iter_unpack(kraw), _HITS.iter_unpack(vraw), strict=True
-        ):
-            if buf != buffer:
-                skipped += 1
-                continue
-            if not rows or not hits:
-                continue
-            hits_in += hits
-            if head == _MAPPED:
-                text = inet_ntop(AF_INET, v4)
-            else:
-                text = texts.get(head + v4)
-                if text is None:
-                    text = texts[head + v4] = _address_text(head + v4)
-            categories.add(category)
-            first_us = (first_ns + offset_ns) // 1000
-            # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
-            last_us = ((last_ns if last_ns > first_ns else first_ns) + offset_ns) // 1000
-            hour = first_us // _HOUR_US
-            if hour == last_us // _HOUR_US:
-                append((hour * 3600, text, category, hits, first_us, last_us))
-            else:
-                out.rows.extend(hour_rows(text, category, hits, first_us, last_us))
-        out.hits += hits_in
-        out.counters += count - skipped
-        if not skipped:
-            out.keys += kraw
-        elif skipped < count:
-            for i in range(at, count * ks, ks):
-                if kraw[i] == buffer:
-                    out.keys += kraw[i - at : i - at + ks]
-    if rows:
-        out.addresses = {row[1] for row in out.rows}
+        vraw = bytes(memoryview(values).cast("B")[: count * vs])
+        buffers = kraw[at::ks]
+        kept = buffers.count(buffer)
+        if kept + buffers.count(other) != count:
+            raise CollectError(f"{srcs.label}: an entry of a buffer other than 0 or 1")
+        if not kept:
+            continue
+        if kept < count:
+            skip = []
+            i = buffers.find(other)
+            while i >= 0:
+                skip.append(i)
+                i = buffers.find(other, i + 1)
+            kraw, vraw = _without(kraw, ks, skip), _without(vraw, vs, skip)
+        out.batches.append((kraw, vraw))
+        out.keys += kraw
+        out.counters += kept
+        out.hits += counter_hits(vraw)
+        out.categories |= counter_categories(kraw)
     return out
 
 
@@ -218,6 +198,7 @@ class Collector:
         if not dp.locked:
             raise CollectError("collect needs the datapath's lock: open it with 'with dp:'")
         self.store: Store | None = None
+        self._offset_ns = 0
         self.category_names = dict(categories or {})
         self._maps = []
         try:
@@ -255,19 +236,44 @@ class Collector:
         return self.stats.lookup_sum(index).value
 
     def _delete(self, drained: _Drained) -> None:
-        if drained.counters:
-            self.srcs.delete_batch(bytes(drained.keys))
+        """Delete a stored buffer's entries, in DELETE_THREADS parallel batches (ctypes lets
+        the GIL go during the syscall, and the kernel's time is most of the cost). Any order
+        and any split will do: the buffer is over and its hits are committed; a kill midway
+        leaves entries the next collection deletes unread."""
+        if not drained.counters:
+            return
+        keys = bytes(drained.keys)
+        per = -(-drained.counters // DELETE_THREADS) * _KEY_SIZE
+        parts = [keys[i : i + per] for i in range(0, len(keys), per)]
+        errors: list[BaseException] = []
+
+        def delete(part: bytes) -> None:
+            try:
+                self.srcs.delete_batch(part)
+            except BaseException as e:  # noqa: BLE001 - raised below, in the caller
+                errors.append(e)
+
+        threads = [threading.Thread(target=delete, args=(p,)) for p in parts[1:]]
+        for t in threads:
+            t.start()
+        delete(parts[0])
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def _mark_cleared(self, epoch: int) -> None:
         self.store.add_hit_counts([], {CLEARED: epoch})
 
     def _commit(self, drained: _Drained, checkpoint: dict[str, int | None]) -> int:
+        """Stage the buffer's counters with the checkpoint, in one transaction."""
         names = {c: self.category_names[c] for c in drained.categories if c in self.category_names}
-        return self.store.add_hit_counts(drained.rows, checkpoint, names)
+        return self.store.stage_counters(drained.batches, self._offset_ns, checkpoint, names)
 
     # -- one collection ---------------------------------------------------------------------
-    def collect(self, store: Store) -> CollectResult:
-        """One collection into ``store``: steps 1-4 of the module's docstring."""
+    def collect(self, store: Store, fold: bool = True) -> CollectResult:
+        """One collection into ``store``: steps 1-4 of the module's docstring; then, with
+        ``fold``, the store's fold of what it staged into hits (timed apart)."""
         started = time.monotonic()
         self.store = store
         ident = self.identity()
@@ -283,45 +289,49 @@ class Collector:
                 f"the store holds epoch {drained_epoch} of these maps but the kernel is at "
                 f"epoch {epoch}: was {layout.MAP_SOURCE_EPOCH} written by hand?"
             )
-        offset_ns = boot_clock_offset_ns()
+        self._offset_ns = boot_clock_offset_ns()
         previous = (epoch - 1) & 1
 
         # 1. What a killed collector left in the buffer that is about to go live again.
         recovered = _Drained()
-        recovered_rows = 0
         if drained_epoch < epoch - 1:
             wait_for_readers()
-            recovered = _drain(self.srcs, previous, offset_ns)
-            recovered_rows = self._commit(recovered, {
+            recovered = _drain(self.srcs, previous)
+            self._commit(recovered, {
                 **ident, DRAINED: epoch - 1, CLEARED: None, LOST_SEEN: lost_seen,
                 LOST_TOTAL: lost_total})
             self._delete(recovered)
         elif cleared != epoch - 1:
-            self._delete(_drain(self.srcs, previous, offset_ns, rows=False))
+            self._delete(_drain(self.srcs, previous))
 
         # 2, 3. Switch, then wait until no query adds to the old buffer.
         self.epoch_map.update(_ZERO, ct.c_uint64(epoch + 1))
         wait_for_readers()
 
         # 4. Store it, then delete it.
-        drained = _drain(self.srcs, epoch & 1, offset_ns)
+        drained = _drain(self.srcs, epoch & 1)
         lost_now = self.lost_counter()
         lost = max(0, lost_now - lost_seen)
-        rows = self._commit(drained, {**ident, DRAINED: epoch, CLEARED: None,
-                                      LOST_SEEN: lost_now, LOST_TOTAL: lost_total + lost})
+        self._commit(drained, {**ident, DRAINED: epoch, CLEARED: None,
+                               LOST_SEEN: lost_now, LOST_TOTAL: lost_total + lost})
         self._delete(drained)
         self._mark_cleared(epoch)
+        seconds = time.monotonic() - started
 
+        # The hits are in the store (staged); readers would fold them anyway, but the
+        # collection that staged them folds them now, off the kernel's path.
+        folded = self.store.fold() if fold else FoldResult(0, 0, 0, 0, 0, 0.0)
         return CollectResult(
             epoch=epoch,
-            rows=rows + recovered_rows,
+            rows=folded.rows,
             hits=drained.hits + recovered.hits,
-            sources=len(drained.addresses | recovered.addresses),
+            sources=folded.sources,
             counters=drained.counters + recovered.counters,
             recovered=recovered.hits,
             lost=lost,
             lost_total=lost_total + lost,
-            seconds=time.monotonic() - started,
+            seconds=seconds,
+            fold_seconds=folded.seconds,
         )
 
 

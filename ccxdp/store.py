@@ -2,12 +2,15 @@
 file (``records.db`` in the state folder), and what attribution and notification need.
 
 Rows come from the collector, which reads the kernel's per-source counters and calls
-``Store.add_hits(rows, checkpoint)``: the hits and the collector's checkpoint ("counters
-already taken") are written in one transaction, so after a kill -9 at any point the store
-holds either both or neither, and the collector resumes from a checkpoint that matches the
-hits. The checkpoint is opaque to the store: names to integers of any width. A call updates
-the keys it gives and deletes those given as None; the others stay, so a collector that keeps
-"already taken" per source writes only the sources that moved.
+``Store.stage_counters(batches, checkpoint)``: the counters, as the kernel's bytes, and the
+collector's checkpoint ("counters already taken") are written in one transaction, so after a
+kill -9 at any point the store holds either both or neither, and the collector resumes from
+a checkpoint that matches the hits. ``fold`` then turns staged counters into ``hits`` rows;
+every reader of hits folds first, so what is staged is never missing from what they read.
+``add_hits`` writes rows directly (same transaction rule). The checkpoint is opaque to the
+store: names to integers of any width. A call updates the keys it gives and deletes those
+given as None; the others stay, so a collector that keeps "already taken" per source writes
+only the sources that moved.
 
 Times are UTC, kept as integer microseconds since the Unix epoch; an hour is the Unix second
 of its start. Addresses are kept as ``ipaddress`` prints them (IPv4 as IPv4, never mapped).
@@ -22,21 +25,38 @@ from __future__ import annotations
 import ipaddress
 import json
 import sqlite3
+import struct
+import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import NamedTuple
 
 from .errors import CcxdpError
 
 RECORDS_DB = "records.db"  # in the state folder, beside the catalog
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the staged table
 HOUR = 3600
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Schema 2: counters staged by the collector, not yet folded into hits. One row per batch
+# the collector read: the kernel's entries (COUNTER_KEY, COUNTER_VALUE) as it read them,
+# only those of the drained buffer, and the boot-clock offset taken at that collection.
+# Appended without an index, so a collection commits in a fraction of an upsert's time.
+_SCHEMA_2 = [
+    """CREATE TABLE staged (
+        id        INTEGER PRIMARY KEY,   -- in staging order
+        offset_ns INTEGER NOT NULL,      -- CLOCK_BOOTTIME + offset_ns = Unix nanoseconds
+        keys      BLOB NOT NULL,         -- n x COUNTER_KEY
+        counters  BLOB NOT NULL          -- n x COUNTER_VALUE, in the same order
+    )""",
+]
 
 # Keys start with the hour: a month is one key range, and a collection, whose rows share an
 # hour or two, writes into one region of the tree. No secondary index to keep up.
@@ -100,6 +120,7 @@ _SCHEMA = [
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL             -- an integer, as text: any width survives
     ) WITHOUT ROWID""",
+    *_SCHEMA_2,
 ]
 
 
@@ -186,6 +207,102 @@ def address_text(address: Address | str) -> str:
 _IPV4, _IPV6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 _HOUR_US = HOUR * 1_000_000
 
+# -- the kernel's counters, as staged ---------------------------------------------------------
+# One entry of the kernel's per-source map (layout.SourceKey, layout.SourceHits; a test checks
+# sizes and offsets): the address, IPv4-mapped for IPv4, in two parts, the category, the
+# buffer, a pad byte; hits, first and last hit in CLOCK_BOOTTIME nanoseconds. Native byte
+# order, as the kernel writes them.
+COUNTER_KEY = struct.Struct("=12s4sHBx")
+COUNTER_VALUE = struct.Struct("=QQQ")
+COUNTER_BUFFER_AT = 18  # offset of the buffer byte in a key
+COUNTER_CATEGORY_AT = 16  # offset of the category (u16) in a key
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def packed_address_text(raw: bytes) -> str:
+    """A 16-byte address as the store keeps it: IPv4-mapped as IPv4, IPv6 as ipaddress
+    prints it."""
+    if raw[:12] == _MAPPED:
+        return inet_ntop(AF_INET, raw[12:])
+    text = inet_ntop(AF_INET6, raw)
+    if "." in text:  # libc writes ::a.b.c.d forms that ipaddress does not
+        return address_text(text)
+    return text
+
+
+def hour_rows(address: str, category: int, hits: int, first_us: int, last_us: int) -> list:
+    """Store rows (hour, address, category, hits, first_us, last_us) for one kernel counter
+    of ``hits`` between ``first_us`` and ``last_us`` (Unix microseconds).
+
+    A counter knows only when its first and last hit came. Within one hour: one row. Across
+    hours: the first hit goes to the first's hour, at that time, and the others to the last's
+    hour, at the last's time. So every row's hour, first and last are times a hit certainly
+    came (the days with hits, which notification counts, are never made up); the hits whose
+    times are unknown (somewhere between the two) go with the last."""
+    first_hour = first_us // _HOUR_US
+    last_hour = last_us // _HOUR_US
+    if first_hour == last_hour:
+        return [(first_hour * 3600, address, category, hits, first_us, last_us)]
+    rows = [(first_hour * 3600, address, category, 1, first_us, first_us)]
+    if hits > 1:
+        rows.append((last_hour * 3600, address, category, hits - 1, last_us, last_us))
+    return rows
+
+
+def counter_rows(keys: bytes, counters: bytes, offset_ns: int, texts: dict | None = None
+                 ) -> list[tuple[int, str, int, int, int, int]]:
+    """Store rows (add_hit_counts' form) of staged kernel counters, by the hour rule
+    (hour_rows). ``texts``: IPv6 address texts already made, kept across calls.
+
+    The fold's hot loop (a million counters): one tuple per counter from struct, the hour
+    split inlined for the usual case."""
+    rows: list = []
+    append = rows.append
+    texts = {} if texts is None else texts
+    for (head, v4, category, _buffer), (hits, first_ns, last_ns) in zip(
+        COUNTER_KEY.iter_unpack(keys), COUNTER_VALUE.iter_unpack(counters), strict=True
+    ):
+        if not hits:
+            continue
+        if head == _MAPPED:
+            text = inet_ntop(AF_INET, v4)
+        else:
+            text = texts.get(head + v4)
+            if text is None:
+                text = texts[head + v4] = packed_address_text(head + v4)
+        first_us = (first_ns + offset_ns) // 1000
+        # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
+        last_us = ((last_ns if last_ns > first_ns else first_ns) + offset_ns) // 1000
+        hour = first_us // _HOUR_US
+        if hour == last_us // _HOUR_US:
+            append((hour * 3600, text, category, hits, first_us, last_us))
+        else:
+            rows.extend(hour_rows(text, category, hits, first_us, last_us))
+    return rows
+
+
+def counter_hits(counters: bytes) -> int:
+    """The hits of staged counters, summed without a tuple per counter."""
+    return sum(array("Q", counters)[0::3])
+
+
+def counter_categories(keys: bytes) -> set[int]:
+    """The category ids of staged counters' keys."""
+    step, at = COUNTER_KEY.size // 2, COUNTER_CATEGORY_AT // 2
+    return set(array("H", keys)[at::step])
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold of staged counters into hits, in exact integers."""
+
+    batches: int  # staged rows folded (one per batch a collector read)
+    counters: int  # kernel counters in them
+    rows: int  # hits rows written or added to: one per address, category and hour
+    hits: int
+    sources: int  # distinct addresses
+    seconds: float
+
 
 def _row(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[str]]:
     """Check one add_hits row; returns (address, category, name, hour, hits, first, last,
@@ -267,6 +384,10 @@ class Store:
             if version == 0:
                 for statement in _SCHEMA:
                     self.db.execute(statement)
+            elif version == 1:
+                for statement in _SCHEMA_2:
+                    self.db.execute(statement)
+            if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -332,6 +453,86 @@ class Store:
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
         return self._write(list(rows), dict(categories or {}), [], cp)
 
+    def stage_counters(
+        self,
+        batches: Iterable[tuple[bytes, bytes]],
+        offset_ns: int,
+        checkpoint: Mapping[str, int | None] | None = None,
+        categories: Mapping[int, str] | None = None,
+    ) -> int:
+        """The collector's fast path: stage kernel counters as read, ``(keys, counters)``
+        byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the boot-clock offset of
+        this collection, and update the checkpoint, in one transaction (both or neither).
+        Nothing is decoded or merged here: ``fold`` does it, and every reader of hits folds
+        first. Returns the number of counters staged."""
+        cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
+        staged, total = [], 0
+        for keys, counters in batches:
+            n, rest = divmod(len(keys), COUNTER_KEY.size)
+            if rest or len(counters) != n * COUNTER_VALUE.size:
+                raise StoreError(
+                    f"staged counters: {len(keys)} key bytes and {len(counters)} counter "
+                    f"bytes are not n x {COUNTER_KEY.size} and n x {COUNTER_VALUE.size}"
+                )
+            if n:
+                staged.append((offset_ns, keys, counters))
+                total += n
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)", staged
+            )
+            self._upsert([], dict(categories or {}), [], cp)
+        return total
+
+    def staged(self) -> int:
+        """Counters staged and not yet folded."""
+        size = COUNTER_KEY.size
+        return self.db.execute(
+            f"SELECT coalesce(sum(length(keys)), 0) / {size} FROM staged"
+        ).fetchone()[0]
+
+    def fold(self) -> FoldResult:
+        """Move every staged counter into hits, merged as add_hit_counts merges rows, in one
+        transaction.
+
+        Exactly once: the rows added to hits and the DELETE of the staged rows they came
+        from commit together (SQLite commits both or neither), so a kill at any point leaves
+        either everything staged and nothing of it in hits (a later fold adds it, once), or
+        all of it in hits and nothing staged (nothing to add again). BEGIN IMMEDIATE takes
+        the write lock before the staged rows are read, and the DELETE names the rows read
+        (id up to the last one read), so a row staged by a later collection is never deleted
+        without being folded."""
+        started = time.monotonic()
+        batches = counters = rows = hits = 0
+        addresses: set[str] = set()
+        texts: dict[bytes, str] = {}
+        try:
+            with self.transaction():
+                last = None
+                for id_, offset_ns, keys, values in self.db.execute(
+                    "SELECT id, offset_ns, keys, counters FROM staged ORDER BY id"
+                ).fetchall():
+                    batch = counter_rows(keys, values, offset_ns, texts)
+                    self._upsert(batch, {}, [], None)
+                    addresses.update([r[1] for r in batch])
+                    batches += 1
+                    counters += len(keys) // COUNTER_KEY.size
+                    rows += len(batch)
+                    hits += counter_hits(values)
+                    last = id_
+                if last is not None:
+                    self.db.execute("DELETE FROM staged WHERE id <= ?", (last,))
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"a staged counter breaks the store's rules: {e}") from e
+        return FoldResult(batches, counters, rows, hits, len(addresses),
+                          time.monotonic() - started)
+
+    def _fold_first(self) -> None:
+        """What every reader of hits does first: fold what a collection staged (a check of
+        an empty table when there is nothing, and no write lock)."""
+        if self.db.execute("SELECT 1 FROM staged LIMIT 1").fetchone():
+            self.fold()
+
     def _write(self, upserts: list, names: Mapping[int, str], feeds: list, cp) -> int:
         # Measured here: sorting a million rows into key order first costs more (about
         # 1.5 s) than the random order costs the tree (about 0.5 s).
@@ -382,6 +583,7 @@ class Store:
 
     def hits(self, start: int | None = None, end: int | None = None) -> list[StoredHit]:
         """Raw rows whose hour lies in [start, end) (Unix seconds), by address and hour."""
+        self._fold_first()
         lo = start if start is not None else -(1 << 62)
         hi = end if end is not None else 1 << 62
         rows = self.db.execute(
@@ -393,6 +595,7 @@ class Store:
 
     def periods(self) -> list[str]:
         """Every month (YYYY-MM, UTC) with hits or notifications in the store."""
+        self._fold_first()
         days = self.db.execute(
             "SELECT DISTINCT hour / 86400 FROM (SELECT hour FROM hits UNION "
             "SELECT hour FROM line_hits)"
@@ -403,6 +606,7 @@ class Store:
 
     def total_hits(self) -> int:
         """Every hit the store holds, raw and folded: what the collector has added."""
+        self._fold_first()
         raw = self.db.execute("SELECT coalesce(sum(hits), 0) FROM hits").fetchone()[0]
         folded = self.db.execute("SELECT coalesce(sum(hits), 0) FROM line_hits").fetchone()[0]
         return raw + folded
@@ -410,6 +614,7 @@ class Store:
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         """Attributed hits in [start, end), raw and folded alike: (line, category, hour, hits,
         first_us, last_us, address or None)."""
+        self._fold_first()
         where = "hour >= ? AND hour < ?" + (" AND line = ?" if line is not None else "")
         args = (start, end) + ((line,) if line is not None else ())
         return list(
@@ -424,6 +629,7 @@ class Store:
 
     def line_feeds(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         """(line, feed) pairs of attributed hits in [start, end), raw and folded."""
+        self._fold_first()
         where = "h.hour >= ? AND h.hour < ?" + (" AND h.line = ?" if line is not None else "")
         args = (start, end) + ((line,) if line is not None else ())
         return list(
@@ -436,6 +642,7 @@ class Store:
         )
 
     def feeds_of(self, address: str, category: int, hour: int) -> list[str]:
+        self._fold_first()
         rows = self.db.execute(
             "SELECT feed FROM hit_feeds WHERE address=? AND category=? AND hour=? ORDER BY feed",
             (address, category, hour),
@@ -532,6 +739,7 @@ class Store:
         of raw rows deleted."""
         cutoff = to_us(older_than) // 1_000_000 - HOUR  # the hour must have ended
         with self.transaction():
+            self._fold_first()  # staged hits are raw rows too: they may be old enough
             self.db.execute(
                 "INSERT INTO line_hits (line, category, hour, hits, first_us, last_us) "
                 "SELECT line, category, hour, sum(hits), min(first_us), max(last_us) FROM hits "

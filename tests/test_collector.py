@@ -28,11 +28,22 @@ from conftest import make_pin_dir, one_line_error, remove_pins, set_entries
 from frames import query, udp4, udp6
 
 from ccxdp import bpfsys, collector, layout
-from ccxdp.collector import CollectError, Collector, collect, hour_rows
+from ccxdp.collector import CollectError, Collector, collect
 from ccxdp.datapath import Datapath, Limits
 from ccxdp.hashing import name_hash
 from ccxdp.stats import read_stats
-from ccxdp.store import Store, address_text, store_path, to_us
+from ccxdp.store import (
+    COUNTER_BUFFER_AT,
+    COUNTER_CATEGORY_AT,
+    COUNTER_KEY,
+    COUNTER_VALUE,
+    Store,
+    address_text,
+    hour_rows,
+    packed_address_text,
+    store_path,
+    to_us,
+)
 
 XDP_DROP, XDP_PASS = 1, 2
 HOUR_US = 3600 * 1_000_000
@@ -220,6 +231,30 @@ def test_collect_stores_every_hit_once(traffic, store):
 
 
 @pytest.mark.root
+def test_a_collection_stages_and_the_fold_or_any_reader_makes_rows(traffic, store):
+    """Without its fold, a collection leaves the kernel's counters staged: committed with
+    the checkpoint, in no hits row yet. A reader folds them first; the fold takes them once."""
+    dp, t = traffic
+    t.send("198.18.0.2", "a.test", 3)
+    t.send("fd00:cc::2", "b.test", 2)
+    with dp, Collector(dp, CATEGORIES) as c:
+        result = c.collect(store, fold=False)
+    assert (result.hits, result.counters, result.rows, result.fold_seconds) == (5, 2, 0, 0.0)
+    assert kernel_entries(dp) == {}
+    assert store.staged() == 2
+    assert store.db.execute("SELECT count(*) FROM hits").fetchone()[0] == 0
+    assert stored(store) == {("198.18.0.2", 7): 3, ("fd00:cc::2", 9): 2}  # hits() folds
+    assert store.staged() == 0
+    t.send("198.18.0.2", "a.test")
+    with dp, Collector(dp, CATEGORIES) as c:
+        c.collect(store, fold=False)
+    folded = store.fold()
+    assert (folded.counters, folded.rows, folded.hits, folded.sources) == (1, 1, 1, 1)
+    assert store.fold().counters == 0
+    assert store.total_hits() == 6 == t.total
+
+
+@pytest.mark.root
 def test_collect_needs_the_lock(traffic, store):
     dp, _t = traffic
     with pytest.raises(CollectError, match="lock"):
@@ -266,7 +301,8 @@ class Killed(BaseException):
 
 # Where a collection can die, and what it has done by then. Traffic arrives at each point, as
 # it would on a live resolver.
-CRASH_POINTS = ["start", "switched", "drained", "committed", "half_deleted", "deleted"]
+CRASH_POINTS = ["start", "switched", "drained", "committed", "half_deleted", "deleted",
+                "folding"]
 
 
 def arm(monkeypatch, point: str, t: Traffic, when: int = 1) -> None:
@@ -282,6 +318,7 @@ def arm(monkeypatch, point: str, t: Traffic, when: int = 1) -> None:
     real_epoch, real_commit = Collector.epoch, Collector._commit
     real_delete, real_cleared = Collector._delete, Collector._mark_cleared
     real_wait = collector.wait_for_readers
+    real_fold = Store.fold
 
     def epoch(self):
         here("start")
@@ -299,7 +336,7 @@ def arm(monkeypatch, point: str, t: Traffic, when: int = 1) -> None:
 
     def delete(self, drained):
         if point == "half_deleted" and drained.counters > 1:
-            half = drained.counters // 2 * collector._KEY.size
+            half = drained.counters // 2 * COUNTER_KEY.size
             self.srcs.delete_batch(bytes(drained.keys[:half]))
         here("half_deleted")
         real_delete(self, drained)
@@ -308,11 +345,16 @@ def arm(monkeypatch, point: str, t: Traffic, when: int = 1) -> None:
         here("deleted")
         real_cleared(self, epoch)
 
+    def fold(self):  # collected and committed (staged), not yet folded into hits
+        here("folding")
+        return real_fold(self)
+
     monkeypatch.setattr(Collector, "epoch", epoch)
     monkeypatch.setattr(Collector, "_commit", commit)
     monkeypatch.setattr(Collector, "_delete", delete)
     monkeypatch.setattr(Collector, "_mark_cleared", cleared)
     monkeypatch.setattr(collector, "wait_for_readers", wait)
+    monkeypatch.setattr(Store, "fold", fold)
 
 
 def pending(dp, store) -> int:
@@ -334,8 +376,9 @@ def test_a_collection_killed_anywhere_loses_and_doubles_nothing(
     traffic, store, monkeypatch, first, second
 ):
     """Die at `first`, then (a collection that recovers from it) die at `second`; then a
-    clean collection. At every point the store plus what the kernel holds beyond it is
-    exactly what was sent; at the end the store alone is."""
+    clean collection. At every point the store (staged hits included: total_hits folds
+    them) plus what the kernel holds beyond it is exactly what was sent; at the end the
+    store alone is."""
     dp, t = traffic
     t.burst()
     run_collect(dp, store)  # a checkpoint to start from
@@ -420,13 +463,57 @@ def test_addresses_as_the_store_keeps_them(text):
     raw = ipaddress.ip_address(text)
     if raw.version == 4:
         raw = ipaddress.IPv6Address("::ffff:" + text)
-    assert collector._address_text(raw.packed) == address_text(raw)
+    assert packed_address_text(raw.packed) == address_text(raw)
 
 
-def test_key_layout_of_the_hot_loop():
-    assert collector._KEY.size == collector._KEY_SPLIT.size == ct.sizeof(layout.SourceKey)
-    assert collector._HITS.size == ct.sizeof(layout.SourceHits)
-    assert collector._KEY_BUFFER_AT == layout.SourceKey.buffer.offset
+class FakeMap:
+    """lookup_batch_arrays as bpfsys.Map gives it, over fixed entries, in small batches."""
+
+    label = "fake map"
+
+    def __init__(self, entries):
+        self.entries = entries  # (address, category, buffer, hits)
+
+    def lookup_batch_arrays(self, chunk):
+        for at in range(0, len(self.entries), 3):
+            part = self.entries[at : at + 3]
+            keys = (layout.SourceKey * 4)()  # one spare, as the kernel leaves them
+            values = (layout.SourceHits * 4)()
+            for i, (address, category, buffer, hits) in enumerate(part):
+                ct.memmove(keys[i].addr, ipaddress.IPv6Address(address).packed, 16)
+                keys[i].category, keys[i].buffer = category, buffer
+                values[i].hits, values[i].first_seen_ns, values[i].last_seen_ns = hits, 1, 2
+            yield keys, values, len(part)
+
+
+def test_drain_keeps_the_bytes_of_one_buffer_only():
+    entries = [(f"fd00::{i}", i % 3, b, i) for i, b in enumerate(
+        [0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0], start=1)]
+    for buffer in (0, 1):
+        drained = collector._drain(FakeMap(entries), buffer)
+        mine = [e for e in entries if e[2] == buffer]
+        keys = b"".join(k for k, _v in drained.batches)
+        values = b"".join(v for _k, v in drained.batches)
+        assert bytes(drained.keys) == keys
+        got = [(str(ipaddress.IPv6Address(bytes(k.addr))), k.category, k.buffer, v.hits)
+               for k, v in zip((layout.SourceKey * len(mine)).from_buffer_copy(keys),
+                               (layout.SourceHits * len(mine)).from_buffer_copy(values),
+                               strict=True)]
+        assert got == mine
+        assert (drained.counters, drained.hits) == (len(mine), sum(e[3] for e in mine))
+        assert drained.categories == {e[1] for e in mine}
+    with pytest.raises(CollectError, match="a buffer other than 0 or 1"):
+        collector._drain(FakeMap([("fd00::1", 1, 2, 1)]), 0)
+
+
+def test_key_layout_of_the_staged_counters():
+    """The store stages the kernel's bytes and decodes them with these."""
+    assert COUNTER_KEY.size == ct.sizeof(layout.SourceKey)
+    assert COUNTER_VALUE.size == ct.sizeof(layout.SourceHits)
+    assert COUNTER_BUFFER_AT == layout.SourceKey.buffer.offset
+    assert COUNTER_CATEGORY_AT == layout.SourceKey.category.offset
+    assert COUNTER_VALUE.format[1:] == "QQQ" and layout.SourceHits.hits.offset == 0
+    assert layout.SourceKey.addr.offset == 0 and layout.SourceKey.addr.size == 16
 
 
 # -- the real `ccxdp collect` ------------------------------------------------------------------
@@ -531,7 +618,8 @@ def test_ccxdp_collect_prints_what_it_took(live):
     t.send("fd00:cc::2", "b.test", 2)
     out = live.ccxdp.json("collect")
     assert out == {"epoch": 0, "rows": 2, "hits": 5, "sources": 2, "counters": 2,
-                   "recovered": 0, "lost": 0, "lost_total": 0, "seconds": out["seconds"]}
+                   "recovered": 0, "lost": 0, "lost_total": 0, "seconds": out["seconds"],
+                   "fold_seconds": out["fold_seconds"]}
     text = live.ccxdp.run("collect")
     assert "collected epoch 1" in text.stdout and "hits" in text.stdout
     assert text.stderr == ""
