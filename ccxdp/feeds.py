@@ -249,7 +249,12 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
 # parsed in full; so is any file where the fast way meets something it cannot settle alone
 # (a name given two values by two lines), where the full parse reports it properly.
 LINE_FORMATS = ("plain", "hosts", "adblock")
-NO_NAME = 0  # a line hash with this name gave no entry (never stored)
+
+
+def _lines_stand_alone(fmt: str, data: bytes) -> bool:
+    """Whether each line's entry depends on that line alone. In a plain list, "name" and
+    "*.name" on two lines merge into one subtree entry: such files are always read whole."""
+    return fmt in LINE_FORMATS and not (fmt == "plain" and b"*." in data)
 
 
 def _options(source: Source, dp: Datapath) -> str:
@@ -260,7 +265,7 @@ def _options(source: Source, dp: Datapath) -> str:
 def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, dp: Datapath
                    ) -> tuple[array, array, array]:
     """(line hashes, name hashes, values) of the lines that gave exactly one entry."""
-    if parsed.format not in LINE_FORMATS or not parsed.entries:
+    if not _lines_stand_alone(parsed.format, data) or not parsed.entries:
         return array("Q"), array("Q"), array("Q")
     line_hashes, _ = line_hashes_of(data, dp.hash_key())
     by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
@@ -275,7 +280,7 @@ def _sync_by_lines(dp: Datapath, catalog: Catalog, source: Source, path: Path, d
                    options: str, result: ImportResult
                    ) -> tuple[dict[str, Listing], dict[int, str], tuple] | None:
     fmt, old_options, old_lines, old_names, old_values = catalog.line_snapshot(source.id)
-    if fmt not in LINE_FORMATS or old_options != options or not old_lines:
+    if not _lines_stand_alone(fmt or "", data) or old_options != options or not old_lines:
         return None
     line_hashes, starts = line_hashes_of(data, dp.hash_key())
     hashes, first = unique(*sort_positions(line_hashes))
