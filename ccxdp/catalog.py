@@ -243,10 +243,6 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(self.path, isolation_level=None)
-        # Small pages: a feed sync changes thousands of rows spread at random over a million
-        # (rows are keyed by hash), and each changed row writes its whole page. Takes effect
-        # only in a new file.
-        self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL: a commit survives a crash of ccxdp (only a power loss may undo the
         # last one), at a fraction of FULL's fsyncs on million-row imports.
