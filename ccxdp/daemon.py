@@ -250,33 +250,29 @@ class Daemon:
                 and bool(source.skip_invalid) == feed.skip_invalid)
 
     def _ensure_feed(self, feed: Feed) -> None:
-        """Registered with the config's options (added, or removed and added again when they
-        changed), then synced."""
+        self._sync(feed, "start")
+
+    def _sync(self, feed: Feed, why: str) -> None:
+        """Sync a feed, registering it first with the config's options: added when it is not
+        registered (its file may have been refused before), removed and added again when its
+        options in the config changed."""
+        self._file_stat[feed.name] = _file_stat(feed.path)
         try:
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
                                                                                     catalog):
                     remove_feed(self.dp, catalog, feed.name)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
+                    why = "options changed"
                 if catalog.source(feed.name) is None:
-                    self._file_stat[feed.name] = _file_stat(feed.path)
                     r = add_feed(self.dp, catalog, feed.name, feed.path, feed.format,
                                  feed.column, feed.action, feed.category, feed.skip_invalid)
-                    self._synced(feed, catalog, r, "added")
-                    return
-        except CcxdpError as e:
-            self._sync_failed(feed, e)
-            return
-        self._sync(feed, "start")
-
-    def _sync(self, feed: Feed, why: str) -> None:
-        self._file_stat[feed.name] = _file_stat(feed.path)
-        try:
-            with self.dp, Catalog(self.dp.catalog_path) as catalog:
-                r = sync_feed(self.dp, catalog, feed.name)
+                    why = "added"
+                else:
+                    r = sync_feed(self.dp, catalog, feed.name)
                 self._synced(feed, catalog, r, why)
         except CcxdpError as e:
-            self._sync_failed(feed, e)
+            self._sync_failed(feed, e, why)
 
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
         self._next_sync[feed.name] = time.monotonic() + feed.refresh
@@ -296,13 +292,13 @@ class Daemon:
             fields["bad_lines"] = len(r.bad)
         self.log("feed_sync", **fields)
 
-    def _sync_failed(self, feed: Feed, e: Exception) -> None:
+    def _sync_failed(self, feed: Feed, e: Exception, why: str) -> None:
         self._next_sync[feed.name] = time.monotonic() + feed.refresh
         with self.state.lock:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
             fs.last_sync, fs.last_ok = time.time(), False
             fs.syncs["error"] += 1
-        self.log("feed_sync", level="error", feed=feed.name, result="error",
+        self.log("feed_sync", level="error", feed=feed.name, why=why, result="error",
                  error=str(e).splitlines()[0])
 
     # -- collection ---------------------------------------------------------------------

@@ -55,7 +55,8 @@ class DaemonProc:
                 out.append({"event": "?", "line": line})
         return out
 
-    def wait_for(self, event: str, since: int = 0, timeout: float = 120, **fields: str) -> dict:
+    def wait_for(self, event: str, since: int = 0, timeout: float = 120, poll: float = 0.05,
+                 **fields: str) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for e in self.events()[since:]:
@@ -64,7 +65,7 @@ class DaemonProc:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"the daemon exited {self.proc.returncode}:\n"
                                      f"{self.log_path.read_text()}")
-            time.sleep(0.05)
+            time.sleep(poll)
         raise AssertionError(f"no {event} {fields} within {timeout} s:\n"
                              f"{self.log_path.read_text()}")
 
@@ -130,16 +131,20 @@ def test_the_daemon_attaches_filters_and_applies_feed_changes_on_schedule(ccxdp,
     feed.write_text("evil.test\n")
     ticking = tmp_path / "tick.txt"
     ticking.write_text("www.bad.test\n")
+    late = tmp_path / "late.txt"
+    late.write_text("x.y.evil.test\nhttp://not-a-name/\n")  # refused: a URL is a bad line
     cfg = tmp_path / "ccxdp.toml"
     cfg.write_text(config_text(lab, [
         {"name": "cc", "path": str(feed), "category": "emotet", "refresh": 3600},
         {"name": "tick", "path": str(ticking), "refresh": 1},
+        {"name": "late", "path": str(late), "refresh": 3600},
     ]))
     d = daemons(cfg).start()
     start = d.events()
     assert [e["event"] for e in start if e["event"] in ("attach", "adopt")] == ["attach"]
-    assert {(e["feed"], e["why"]) for e in start if e["event"] == "feed_sync"} == {
-        ("cc", "added"), ("tick", "added")}
+    assert {(e["feed"], e["why"], e["result"]) for e in start if e["event"] == "feed_sync"} == {
+        ("cc", "added", "ok"), ("tick", "added", "ok"), ("late", "start", "error")}
+    assert [e["level"] for e in start if e.get("feed") == "late"] == ["error"]
     status = ccxdp.json("status")
     assert [a["attached"] for a in status["attachments"]] == [True]
 
@@ -160,6 +165,12 @@ def test_the_daemon_attaches_filters_and_applies_feed_changes_on_schedule(ccxdp,
     d.wait_for("feed_sync", since=mark, timeout=10, feed="tick", why="interval",
                result="unchanged")
     assert lab.unbound_queries_for("bad.test") == 0
+    # The refused file, mended: the feed is added as soon as it changes.
+    assert [str(r) for r in lab.query("x.y.evil.test").answer[0]] == ["198.18.2.2"]
+    mark = len(d.events())
+    late.write_text("x.y.evil.test\n")
+    d.wait_for("feed_sync", since=mark, timeout=10, feed="late", result="ok", why="added")
+    assert rcode(lab, "x.y.evil.test") == "NXDOMAIN"
 
     # SIGTERM: stops cleanly, the filter stays (on_stop = "keep") and still blocks.
     assert d.stop() == 0
@@ -234,6 +245,9 @@ while not os.path.exists(stop):
 """
 
 
+KILL_DELAYS = (0.0, 0.002, 0.005, 0.01, 0.02)
+
+
 def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp_path):
     lab.native_tx_peer()
     feed = tmp_path / "cc.txt"
@@ -241,6 +255,7 @@ def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp
     cfg = tmp_path / "ccxdp.toml"
     cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2))
     d = daemons(cfg).start()
+    killed_in: list[str] = []  # the daemon's last event before each kill
 
     stop = tmp_path / "stop"
     out = tmp_path / "stream.jsonl"
@@ -249,14 +264,18 @@ def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp
                                    "evil.test"], stdout=log)
         try:
             time.sleep(1.0)
-            for _ in range(3):  # kill it as a collection starts, three times over
+            # Kill it at and just after the start of a collection (one takes 10-100 ms here),
+            # each time with the client querying on.
+            for delay in KILL_DELAYS:
                 mark = len(d.events())
-                d.wait_for("collect_start", since=mark, timeout=10)
+                d.wait_for("collect_start", since=mark, timeout=10, poll=0.001)
+                time.sleep(delay)
                 d.proc.kill()
                 d.proc.wait(timeout=10)
-                time.sleep(0.5)  # no daemon: the pinned filter goes on alone
+                killed_in.append(d.events()[-1]["event"])
+                time.sleep(0.3)  # no daemon: the pinned filter goes on alone
                 d.start()
-                time.sleep(0.5)
+                time.sleep(0.3)
         finally:
             stop.touch()
             client.wait(timeout=10)
@@ -271,3 +290,7 @@ def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp
         assert store.total_hits() == len(answers)
     collects = [e for e in d.events() if e["event"] == "collect"]
     assert all(e["result"] == "ok" and e["lost"] == "0" for e in collects), collects
+    # Kills landed inside collections: started, never logged as done, and the next one
+    # recovered what the killed one had switched away from but not stored.
+    assert "collect_start" in killed_in, killed_in
+    assert any(int(e["recovered"]) > 0 for e in collects), collects

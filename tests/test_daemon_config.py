@@ -118,3 +118,24 @@ def test_a_config_error_names_file_and_key(tmp_path):
     path.write_text("[collect]\ninterval = -5\n")
     with pytest.raises(ConfigError, match=r"c\.toml: collect\.interval: -5 must be 0 or more"):
         load_config(path)
+
+
+def test_log_lines_are_logfmt_or_json():
+    import io
+    import json
+    import shlex
+
+    from ccxdp.daemon import Log
+
+    out = io.StringIO()
+    log = Log("logfmt", out)
+    log("feed_sync", feed="cc", error='bad "line" here', seconds=0.12345, skipped=None)
+    line = out.getvalue().splitlines()[0]
+    fields = dict(w.split("=", 1) for w in shlex.split(line))
+    assert list(fields)[1:] == ["level", "event", "feed", "error", "seconds"]
+    assert (fields["event"], fields["error"], fields["seconds"]) == (
+        "feed_sync", 'bad "line" here', "0.123")
+    out = io.StringIO()
+    Log("json", out)("collect", level="warning", hits=3)
+    record = json.loads(out.getvalue())
+    assert (record["level"], record["event"], record["hits"]) == ("warning", "collect", 3)
