@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -210,7 +211,7 @@ class Daemon:
             with self.dp:
                 self.dp.detach(iface.name, iface.netns)
             self.log("detach", interface=iface.name, netns=iface.netns)
-        except CcxdpError as e:
+        except (CcxdpError, OSError) as e:
             self.log("detach", level="error", interface=iface.name, netns=iface.netns,
                      error=str(e))
 
@@ -271,7 +272,7 @@ class Daemon:
                 else:
                     r = sync_feed(self.dp, catalog, feed.name)
                 self._synced(feed, catalog, r, why)
-        except CcxdpError as e:
+        except (CcxdpError, OSError, sqlite3.Error) as e:  # OSError: BpfError too
             self._sync_failed(feed, e, why)
 
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
@@ -316,7 +317,7 @@ class Daemon:
                         Store(self._store_path()) as store:
                     r = collector.collect(store)
                     stored = _stored_per_category(store)
-        except CcxdpError as e:
+        except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
                 self.state.collections["error"] += 1
             self.log("collect", level="error", result="error", error=str(e))
@@ -370,10 +371,13 @@ class Daemon:
             if old_ifaces.get(key) != iface:
                 try:
                     self._attach(iface)
-                except CcxdpError as e:
+                except (CcxdpError, OSError) as e:
                     self.log("attach", level="error", interface=iface.name, netns=iface.netns,
                              error=str(e))
-        self._apply_filter(new)
+        try:
+            self._apply_filter(new)
+        except (CcxdpError, OSError) as e:
+            self.log("settings", level="error", error=str(e))
         old_feeds = {f.name: f for f in old.feeds}
         new_names = {f.name for f in new.feeds}
         for name in old_feeds:
@@ -382,7 +386,7 @@ class Daemon:
                     with self.dp, Catalog(self.dp.catalog_path) as catalog:
                         remove_feed(self.dp, catalog, name)
                     self.log("feed_remove", feed=name, reason="not in the config")
-                except CcxdpError as e:
+                except (CcxdpError, OSError, sqlite3.Error) as e:
                     self.log("feed_remove", level="error", feed=name, error=str(e))
                 self._next_sync.pop(name, None)
                 with self.state.lock:

@@ -6,7 +6,9 @@ without any one of them it fails with nothing attached. Run in a namespace of th
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,19 @@ def test_the_unit_file_is_complete():
     assert re.search(r"^ExecStart=\S*ccxdp run --config /etc/ccxdp/ccxdp.toml$", text, re.M)
     assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", text, re.M)
     assert "KillSignal=SIGTERM" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_accepts_the_unit_file(tmp_path):
+    """systemd's own checker: every key known, every value valid (with ExecStart pointed at
+    this venv's ccxdp, which exists here)."""
+    unit = tmp_path / "ccxdp.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/ccxdp",
+                                             str(Path(sys.executable).parent / "ccxdp")))
+    cp = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                        text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert "ccxdp.service" not in cp.stderr + cp.stdout, cp.stderr + cp.stdout
 
 
 def run_daemon(ccxdp, netns: str, config: Path, caps: list[str]) -> subprocess.CompletedProcess:
