@@ -15,6 +15,7 @@ collector.py), and the next start adopts what is pinned.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -38,6 +39,10 @@ from .metrics import DaemonState, FeedState, MetricsServer, make_registry
 from .store import Store, store_path
 
 POLL = 1.0  # seconds between looks at the feed files
+
+
+class DaemonError(CcxdpError):
+    pass
 
 
 class Log:
@@ -99,6 +104,7 @@ class Daemon:
         self._next_sync: dict[str, float] = {}
         self._file_stat: dict[str, tuple | None] = {}
         self._next_collect: float | None = None
+        self._pid_fd: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +112,7 @@ class Daemon:
         config = load_config(self.config_path)
         check_root()
         check_interfaces(config)
+        self._claim_state_dir()
         self.log.fmt = config.log_format
         self.log("start", config=str(config.path), pid=os.getpid(), pin_dir=str(self.dp.pin_dir),
                  state_dir=str(self.dp.state_dir))
@@ -117,6 +124,26 @@ class Daemon:
             self._ensure_feed(feed)
         self._start_metrics(config)
         self._schedule_collect(config)
+
+    def _claim_state_dir(self) -> None:
+        """One daemon per state folder: a lock of its own (never the datapath's, which is
+        taken per operation), held while the process lives and released by the kernel
+        however it ends."""
+        state = self.dp.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state / "daemon.pid", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(
+                f"another 'ccxdp run' (pid {other}) uses the state folder {state}: stop it "
+                f"first, or send it SIGHUP to reload its config"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._pid_fd = fd
 
     def run(self) -> None:
         """start(), then serve until SIGTERM/SIGINT."""
@@ -158,6 +185,9 @@ class Daemon:
             self.metrics = None
         self.log("stop", on_stop=config.on_stop)
         self.config = None
+        if self._pid_fd is not None:
+            os.close(self._pid_fd)  # releases the claim
+            self._pid_fd = None
 
     # -- the schedule -------------------------------------------------------------------
     def _timeout(self) -> float:

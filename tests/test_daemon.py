@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
+from conftest import one_line_error
 
 from ccxdp.store import Store, store_path
 
@@ -147,6 +148,10 @@ def test_the_daemon_attaches_filters_and_applies_feed_changes_on_schedule(ccxdp,
     assert [e["level"] for e in start if e.get("feed") == "late"] == ["error"]
     status = ccxdp.json("status")
     assert [a["attached"] for a in status["attachments"]] == [True]
+    # One daemon per state folder: a second is refused, and the first runs on.
+    second = ccxdp.run("run", "--config", str(cfg), check=False)
+    one_line_error(second, 1, "another 'ccxdp run'", f"pid {d.proc.pid}")
+    assert d.proc.poll() is None
 
     # Traffic flows: listed names answered by XDP, others by unbound.
     assert rcode(lab, "evil.test") == "NXDOMAIN"
