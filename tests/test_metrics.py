@@ -18,16 +18,25 @@ SCRAPE = ("import sys, urllib.request; "
           "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
 
 
+def url(host: str) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{PORT}/metrics"
+
+
+def refused(lab, host: str) -> bool:
+    cp = lab.run("res", [sys.executable, "-c", SCRAPE, url(host)], timeout=30)
+    return cp.returncode != 0 and "Connection refused" in cp.stderr
+
+
 @pytest.fixture
 def daemons(ccxdp, lab, tmp_path):
     with daemon_factory(ccxdp, lab, tmp_path) as make:
         yield make
 
 
-def scrape(lab) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} from one scrape."""
-    url = f"http://{lab.res_v4}:{PORT}/metrics"
-    cp = lab.run("res", [sys.executable, "-c", SCRAPE, url], timeout=30)
+def scrape(lab, host: str | None = None) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} from one scrape, from inside the resolver's
+    namespace."""
+    cp = lab.run("res", [sys.executable, "-c", SCRAPE, url(host or lab.res_v4)], timeout=30)
     assert cp.returncode == 0, cp.stderr
     out = {}
     for family in text_string_to_metric_families(cp.stdout):
@@ -57,6 +66,8 @@ def test_metrics_match_the_traffic_sent(ccxdp, lab, daemons, tmp_path):
 
     m = scrape(lab)
     assert m["ccxdp_loaded", ()] == 1
+    # Served on the configured address only.
+    assert refused(lab, "127.0.0.1") and refused(lab, lab.res_v6)
     frames = {k[1][0][1]: v for k, v in m.items() if k[0] == "ccxdp_frames_total"}
     assert (frames["blocked"], frames["monitored"], frames["passed"]) == (4, 2, 1)
     assert frames["malformed"] == 0
@@ -78,13 +89,15 @@ def test_metrics_match_the_traffic_sent(ccxdp, lab, daemons, tmp_path):
                                 ("netns", netns))] == 1
     assert m["ccxdp_collections_total", (("result", "ok"),)] == 0
 
-    # A reload that collects often: the hits move to the store, per category, exactly.
-    cfg.write_text(config_text(lab, feeds, metrics=f"{lab.res_v4}:{PORT}", collect=0.5))
+    # A reload that collects often, served on the IPv6 address now: the hits move to the
+    # store, per category, exactly.
+    cfg.write_text(config_text(lab, feeds, metrics=f"[{lab.res_v6}]:{PORT}", collect=0.5))
     mark = len(d.events())
     d.send(signal.SIGHUP)
     d.wait_for("reload", since=mark, result="ok")
     d.wait_for("collect", since=mark, result="ok", hits="6")
-    m = scrape(lab)
+    assert refused(lab, lab.res_v4)
+    m = scrape(lab, lab.res_v6)
     assert m["ccxdp_category_stored_hits", (("category", "emotet"),)] == 4
     assert m["ccxdp_category_stored_hits", (("category", "watch"),)] == 2
     assert not [k for k in m if k[0] == "ccxdp_category_pending_hits"]

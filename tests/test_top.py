@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import one_line_error
 from rich.console import Console
 
 from ccxdp import layout
@@ -116,3 +117,9 @@ def test_top_quits_cleanly_on_ctrl_c(ccxdp, lab):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "map fill" in out
+
+
+@pytest.mark.root
+def test_top_without_a_loaded_filter_is_one_clear_error(ccxdp):
+    cp = ccxdp.run("top", "--once", check=False)
+    one_line_error(cp, 1, "not loaded", "ccxdp attach")
