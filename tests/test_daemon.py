@@ -107,11 +107,14 @@ def daemons(ccxdp, lab, tmp_path):
 
 
 def config_text(lab, feeds: list[dict], on_stop: str = "keep", collect: float = 3600,
-                default_action: str = "nxdomain", metrics: str | None = None) -> str:
+                default_action: str = "nxdomain", metrics: str | None = None,
+                interfaces: list[dict] = ()) -> str:
     lines = [f'on_stop = "{on_stop}"', "", "[filter]", f'default_action = "{default_action}"',
              "", "[[interfaces]]", f'name = "{lab.res_if}"']
     if lab.res_ns:
         lines.append(f'netns = "{lab.res_ns}"')
+    for i in interfaces:
+        lines += ["", "[[interfaces]]", *(f"{k} = {json.dumps(v)}" for k, v in i.items())]
     for f in feeds:
         lines += ["", "[[feeds]]", *(f"{k} = {json.dumps(v)}" for k, v in f.items())]
     lines += ["", "[collect]", f"interval = {collect}"]
@@ -194,7 +197,7 @@ def test_the_daemon_attaches_filters_and_applies_feed_changes_on_schedule(ccxdp,
 
 
 def test_sighup_applies_a_changed_config_and_keeps_the_old_one_when_bad(ccxdp, lab, daemons,
-                                                                        tmp_path):
+                                                                        bare_netns, tmp_path):
     lab.native_tx_peer()
     one = tmp_path / "one.txt"
     one.write_text("evil.test\n")
@@ -206,13 +209,19 @@ def test_sighup_applies_a_changed_config_and_keeps_the_old_one_when_bad(ccxdp, l
     assert rcode(lab, "evil.test") == "NXDOMAIN"
     assert rcode(lab, "www.bad.test") == "NOERROR"
 
-    # A changed config: another default action, feed one gone, feed two added, and the
-    # filter is to come off when the daemon stops.
+    # A changed config: another default action, feed one gone, feed two added, a second
+    # interface, and the filter is to come off when the daemon stops.
+    lo = {"name": "lo", "netns": bare_netns, "mode": "generic"}
     cfg.write_text(config_text(lab, [{"name": "two", "path": str(two), "action": "refused"}],
-                               default_action="nodata", on_stop="detach"))
+                               default_action="nodata", on_stop="detach", interfaces=[lo]))
     mark = len(d.events())
     d.send(signal.SIGHUP)
     d.wait_for("reload", since=mark, result="ok")
+    assert {(e["event"], e["interface"]) for e in d.events()[mark:] if "interface" in e} == {
+        ("attach", "lo")}
+    attached = {(a["interface"], a["netns"]): a for a in ccxdp.json("status")["attachments"]}
+    assert attached[("lo", bare_netns)]["mode"] == "generic"
+    assert all(a["attached"] for a in attached.values()) and len(attached) == 2
     assert ccxdp.json("config", "show")["settings"]["default_action"] == "nodata"
     assert {f["name"] for f in ccxdp.json("feed", "list")} == {"two"}
     assert rcode(lab, "www.bad.test") == "REFUSED"
@@ -227,6 +236,16 @@ def test_sighup_applies_a_changed_config_and_keeps_the_old_one_when_bad(ccxdp, l
     assert "filter.default_action" in e["error"] and str(cfg) in e["error"]
     assert ccxdp.json("config", "show")["settings"]["default_action"] == "nodata"
     assert rcode(lab, "www.bad.test") == "REFUSED"
+
+    # The second interface out of the config again: detached at the next SIGHUP.
+    cfg.write_text(config_text(lab, [{"name": "two", "path": str(two), "action": "refused"}],
+                               default_action="nodata", on_stop="detach"))
+    mark = len(d.events())
+    d.send(signal.SIGHUP)
+    d.wait_for("reload", since=mark, result="ok")
+    assert [(e["event"], e["interface"]) for e in d.events()[mark:] if "interface" in e] == [
+        ("detach", "lo")]
+    assert [a["interface"] for a in ccxdp.json("status")["attachments"]] == [lab.res_if]
 
     # SIGTERM with on_stop = "detach": the filter comes off.
     assert d.stop() == 0
