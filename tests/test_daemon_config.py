@@ -139,3 +139,15 @@ def test_log_lines_are_logfmt_or_json():
     Log("json", out)("collect", level="warning", hits=3)
     record = json.loads(out.getvalue())
     assert (record["level"], record["event"], record["hits"]) == ("warning", "collect", 3)
+
+
+@pytest.mark.root
+def test_check_passes_a_good_config_and_attaches_nothing(ccxdp, tmp_path):
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    path = tmp_path / "good.toml"
+    path.write_text(IFACE + f'[[feeds]]\nname = "cc"\npath = "{feed}"\n')
+    cp = ccxdp.run("run", "--config", str(path), "--check")
+    assert cp.stdout == f"{path}: ok (1 interfaces, 1 feeds)\n"
+    assert not ccxdp.pin_dir.exists()
+    assert not (ccxdp.state_dir / "catalog.db").exists()
