@@ -20,9 +20,10 @@ fi
 # python3-bpfcc is bcc's Python binding for the system python (the PyPI "bcc" is unrelated);
 # unbound, dig, kdig are the real resolver and clients of the end-to-end tests; gcc builds
 # the small native helper that hashes and sorts a million feed names (ccxdp/native.py);
-# vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here.
+# vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here; systemd
+# brings systemd-analyze, which checks the unit file.
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
-	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant)
+	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
