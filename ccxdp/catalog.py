@@ -243,6 +243,11 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(self.path, isolation_level=None)
+        # 1 KB pages: a feed sync changes thousands of rows spread at random over a million
+        # (rows are keyed by hash), and each writes its whole page to the WAL; measured with
+        # scripts/bench_feeds.py, a 1% sync of a million names takes ~0.59 s with 1 KB pages
+        # against ~0.70 s with 4 KB, and the import ~5.1 s against ~4.8 s. New files only.
+        self.db.execute("PRAGMA page_size=1024")
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL: a commit survives a crash of ccxdp (only a power loss may undo the
         # last one), at a fraction of FULL's fsyncs on million-row imports.
