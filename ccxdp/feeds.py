@@ -114,15 +114,15 @@ def hash_feed(entries: list[FeedEntry], action: str, category_id: int, dp: Datap
     """Hash a file's entries and give each its listing value. Entries that are alike share
     one value computed once, so a million names cost a few array operations, not a million
     Python calls."""
-    attrs = list(map(attrgetter("kind", "match", "action", "category"), entries))
+    attrs = attrgetter("kind", "match", "action", "category")
     all_names = list(map(attrgetter("name"), entries))
-    distinct = set(attrs)
+    distinct = set(map(attrs, entries))
     own: dict[str, int] = {}
     looks = {a: _value(a, action, category_id, catalog, own) for a in distinct}
-    if len(distinct) == 1:  # the usual feed: every entry alike
-        values = array("Q", [looks[attrs[0]]]) * len(attrs)
+    if len(distinct) == 1:  # the usual feed: every entry alike, no list of attributes
+        values = array("Q", list(looks.values())) * len(entries)
     else:
-        values = array("Q", map(looks.__getitem__, attrs))
+        values = array("Q", map(looks.__getitem__, map(attrs, entries)))
     hashes, names = hash_entries(all_names, dp.hash_key())
     return Hashed(hashes, values, names)
 
