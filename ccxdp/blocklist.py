@@ -369,10 +369,3 @@ def reconcile(dp: Datapath, catalog: Catalog) -> int:
         if live_h != hashes or live_v != values:
             table.publish(hashes, values)
     return len(hashes)
-
-
-def kernel_entry(dp: Datapath, h: int) -> tuple[int, int, int] | None:
-    """(action, flags, category) the live kernel list holds for one hash, or None."""
-    with NameTable(dp) as table:
-        return table.lookup(h)
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import mmap
+import struct
 from array import array
 
 from . import bpfsys, layout, native
@@ -89,13 +90,16 @@ class NameTable:
         return words[0::2], words[1::2]
 
     def lookup(self, h: int) -> tuple[int, int, int] | None:
-        """(action, flags, category) the live list holds for one hash, or None."""
-        hashes, values = self.read()
-        import bisect
-
-        i = bisect.bisect_left(hashes, h)
-        if i < len(hashes) and hashes[i] == h:
-            return layout.unpack_entry(values[i])
+        """(action, flags, category) the live list holds for one hash, or None: the range
+        of its top bits, then its slots, as the program reads them."""
+        b = self.active()
+        r = (b << self.index_bits) | (h >> (64 - self.index_bits))
+        start, end = struct.unpack_from("<II", self._ranges, 8 * r)
+        base = 16 * b * self.capacity
+        for i in range(start, end):
+            slot_hash, value = struct.unpack_from("<QQ", self._slots, base + 16 * i)
+            if slot_hash == h:
+                return layout.unpack_entry(value)
         return None
 
     # -- writing ---------------------------------------------------------------------------

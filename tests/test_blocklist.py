@@ -175,3 +175,16 @@ def test_attach_mends_a_kernel_map_that_drifted_from_the_catalog(ccxdp, bare_net
                          12345: (layout.Action.DROP, 0, 0)})
     ccxdp.run("attach", "lo", "--netns", bare_netns)
     assert kernel_hashes(dp) == {name_hash("kept.test", key), name_hash("lost.test", key)}
+
+
+@pytest.mark.root
+def test_a_lookup_in_the_name_table_finds_what_the_program_finds(datapath):
+    from ccxdp.nametable import NameTable
+
+    dp, _ = datapath
+    publish_entries(dp, {h: (A.NXDOMAIN, 0, h & 0xFF) for h in (5, 1 << 63, (1 << 64) - 1)})
+    with NameTable(dp) as table:
+        assert table.lookup(5) == (A.NXDOMAIN, 0, 5)
+        assert table.lookup((1 << 64) - 1) == (A.NXDOMAIN, 0, 0xFF)
+        assert table.lookup(1 << 63) == (A.NXDOMAIN, 0, 0)
+        assert table.lookup(6) is None
