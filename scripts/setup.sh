@@ -21,9 +21,11 @@ fi
 # unbound, dig, kdig are the real resolver and clients of the end-to-end tests; gcc builds
 # the small native helper that hashes and sorts a million feed names (ccxdp/native.py);
 # vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here; systemd
-# brings systemd-analyze, which checks the unit file.
+# brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
+# scripts/bench.sh (the load generator, the chart).
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
-	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd)
+	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd dnsperf
+	python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
