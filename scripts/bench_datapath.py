@@ -3,16 +3,21 @@
 """Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, beside an empty program.
 
 Prints ns per packet and the ratio to an empty XDP program measured in the same run, for: a
-non-DNS frame, a DNS query that misses with N names loaded, and a blocked query. Rounds are
-interleaved and the median is reported, because these machines are noisy.
+non-DNS frame, DNS queries of 1, 3 and 6 labels that miss with N names loaded, a blocked query,
+a blocked name asked from an exempt source, and the answers, with N sources in the per-source
+map. Rounds are interleaved and the median is reported, because these machines are noisy.
+--json writes the figures (ns per packet and ratio to the empty program) for scripts/bench.sh.
 
-    .venv/bin/python scripts/bench_datapath.py [--names 1000000] [--repeat 1000000]
+    .venv/bin/python scripts/bench_datapath.py [--names 1000000] [--sources 1000000]
+        [--repeat 1000000] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import ipaddress
+import json
 import secrets
 import shutil
 import statistics
@@ -24,9 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench_collect import fill_sources  # noqa: E402
 from frames import query, tcp4, udp4, udp6  # noqa: E402
 
-from ccxdp import bpfsys, layout, native  # noqa: E402
+from ccxdp import bpfsys, exempt, layout, native  # noqa: E402
 from ccxdp.datapath import Datapath, Limits  # noqa: E402
 from ccxdp.hashing import name_hash  # noqa: E402
 from ccxdp.nametable import NameTable  # noqa: E402
@@ -34,6 +40,8 @@ from ccxdp.settings import Settings  # noqa: E402
 
 BPF_PROG_TYPE_XDP = 6
 XDP_PASS = 2
+EXEMPT_NET = "198.18.7.0/24"  # an opted-out customer range; the frame below comes from it
+EXEMPT_SRC = "198.18.7.7"
 
 
 def empty_program() -> int:
@@ -76,6 +84,19 @@ def set_answer_entries(dp: Datapath) -> dict[str, str]:
     return names
 
 
+def xlated_insns(fd: int) -> int | None:
+    """The program's instruction count after the verifier (bpftool prog dump xlated)."""
+    import subprocess
+
+    prog_id = bpfsys.prog_info(fd).id
+    out = subprocess.run(["bpftool", "-j", "prog", "dump", "xlated", "id", str(prog_id)],
+                         capture_output=True, text=True, check=False).stdout
+    try:
+        return len(json.loads(out))
+    except ValueError:
+        return None
+
+
 def table_memory(dp: Datapath) -> str:
     total = 0
     for name in (layout.MAP_NAME_SLOTS, layout.MAP_NAME_RANGES, layout.MAP_NAME_ACTIVE,
@@ -90,7 +111,11 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sources", type=int, default=1_000_000,
+                    help="entries put in the per-source map before measuring")
+    ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = ap.parse_args()
+    figures: dict[str, dict[str, float]] = {}
 
     pin_dir = Path("/sys/fs/bpf") / f"ccxdp-bench-{secrets.token_hex(4)}"
     state = Path(tempfile.mkdtemp(prefix="ccxdp-bench-"))
@@ -98,20 +123,31 @@ def main() -> int:
     fds = []
     try:
         with dp:
-            fd = dp.load(Limits(max_names=args.names + 16, max_sources=1 << 16))
+            fd = dp.load(Limits(max_names=args.names + 16,
+                                max_sources=max(args.sources + 16, 1 << 16)))
         fds.append(fd)
         empty = empty_program()
         fds.append(empty)
         blocked_name = fill_names(dp, args.names)
-        miss, deep = "www.example.com", "a.b.c.d.example.com"
+        if args.sources:
+            t = time.perf_counter()
+            fill_sources(dp, args.sources, seed=1)
+            print(f"filled {args.sources:,} sources in {time.perf_counter() - t:.1f} s")
+        exempt._write(dp, [exempt.lpm_key(ipaddress.ip_network(EXEMPT_NET))])
+        one, miss, deep = "localhost", "www.example.com", "a.b.c.d.example.com"
         answered = set_answer_entries(dp)
         frames = {
             "non-DNS (UDP to port 123)": (fd, udp4(b"\0" * 48, dport=123)),
             "non-DNS (TCP to port 443)": (fd, tcp4(b"\0" * 48, dport=443)),
-            f"DNS miss, {miss}, {args.names:,} names": (fd, udp4(query(miss))),
-            f"DNS miss, {deep} (5 labels)": (fd, udp4(query(deep))),
-            f"DNS blocked, {blocked_name}": (fd, udp4(query(blocked_name))),
+            f"DNS miss, {one} (1 label)": (fd, udp4(query(one))),
+            f"DNS miss, {miss} (3 labels), {args.names:,} names": (fd, udp4(query(miss))),
+            f"DNS miss, {deep} (6 labels)": (fd, udp4(query(deep))),
+            f"DNS blocked (drop), {blocked_name}": (fd, udp4(query(blocked_name))),
+            f"exempt source {EXEMPT_SRC}, blocked name": (
+                fd, udp4(query(blocked_name), src=EXEMPT_SRC)),
         }
+        keys = dict(zip(frames, ["non_dns_udp", "non_dns_tcp", "miss_1_label", "miss_3_labels",
+                                 "miss_6_labels", "blocked_drop", "exempt_source"], strict=True))
         # An answer rewrites the frame in place, so a repeated test run would judge the
         # answer, not the query: these run once per call, many calls, beside the empty
         # program measured the same way.
@@ -147,6 +183,9 @@ def main() -> int:
         for name, values in samples.items():
             med = statistics.median(values)
             print(f"{name:<48} {med:>8} {med / base:>8.2f}")
+            if name in keys:
+                figures[keys[name]] = {"ns": med, "ratio": med / base}
+        figures["empty"] = {"ns": base, "ratio": 1.0}
         calls = max(args.repeat // 50, 1000)
         single_ns = {name: [] for name in single}
         for _ in range(calls):
@@ -162,12 +201,23 @@ def main() -> int:
             med = statistics.median(values)
             net = med - single_base + repeated_base
             print(f"{name:<48} {med:>8} {net:>8} {net / repeated_base:>8.2f}")
+            key = {"answer: NXDOMAIN (IPv4)": "answer_nxdomain",
+                   "answer: sinkhole A (IPv4)": "answer_sinkhole_a",
+                   "answer: sinkhole AAAA (IPv6)": "answer_sinkhole_aaaa"}.get(name)
+            if key:
+                figures[key] = {"ns": net, "ratio": net / repeated_base}
         mean = statistics.mean(mix_ns)
         print(f"{'DNS miss, mean over 64 three-label names':<48} {mean:>8.1f} {mean / base:>8.2f}")
         print(
             f"bloom: {len(words):,} words, {fill:.1%} of bits set, "
             f"expected false positives per suffix {false_positive:.2%}"
         )
+        figures["miss_mean_64_names"] = {"ns": mean, "ratio": mean / base}
+        if args.json:
+            args.json.write_text(json.dumps({
+                "names": args.names, "sources": args.sources, "repeat": args.repeat,
+                "rounds": args.rounds, "cases": figures,
+                "insns_xlated": xlated_insns(fd)}, indent=1))
     finally:
         for f in fds:
             bpfsys.close(f)
