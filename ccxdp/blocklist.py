@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import filterfalse, repeat
 
@@ -128,13 +128,6 @@ def listing_from(entries: dict[int, int]) -> Listing:
     hashes = array("Q", entries.keys())
     values = array("Q", entries.values())
     return Listing(*native.sort_pairs(hashes, values))
-
-
-def lookup(listing: Listing, h: int) -> int | None:
-    i = bisect.bisect_left(listing.hashes, h)
-    if i < len(listing.hashes) and listing.hashes[i] == h:
-        return listing.values[i]
-    return None
 
 
 # -- the one way listings change -------------------------------------------------------------
@@ -315,19 +308,6 @@ def sources_of(catalog: Catalog, kind: str = BLOCK) -> dict[int, list[tuple[str,
         stamp = (source.name, source.synced_at if source.is_feed else None)
         for h in catalog.listing(source.id, kind).hashes:
             out.setdefault(h, []).append(stamp)
-    return out
-
-
-def listed_by(catalog: Catalog, hashes: Iterable[int], kind: str = BLOCK) -> dict[int, list[str]]:
-    """{hash: names of the sources listing it}, for the given hashes."""
-    wanted = list(hashes)
-    out: dict[int, list[str]] = {h: [] for h in wanted}
-    listings = catalog.listings()
-    for source in catalog.sources():
-        listing = listings[(source.id, kind)]
-        for h in wanted:
-            if lookup(listing, h) is not None:
-                out[h].append(source.name)
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import layout
 from .errors import CcxdpError
+from .settings import action_name
 
 BLOCK = "block"
 ALLOW = "allow"
@@ -390,9 +391,6 @@ class Catalog:
         out.sort(key=lambda e: (e.name, e.kind))
         return out
 
-    def all_names(self) -> dict[int, str]:
-        return {unsigned(h): n for h, n in self.db.execute("SELECT hash, name FROM entries")}
-
     def count(self, kind: str = BLOCK) -> int:
         return self.db.execute(
             f"SELECT count(*) FROM entries WHERE {kind} IS NOT NULL").fetchone()[0]
@@ -563,12 +561,6 @@ def action_code(action: str) -> int:
     if action == "default":
         return layout.Action.DEFAULT
     return layout.Action[action.upper()]
-
-
-def action_name(code: int) -> str:
-    if code == layout.Action.DEFAULT:
-        return "default"
-    return layout.Action(code).name.lower()
 
 
 def pack(kind: str, match: str, action: str, category: int) -> int:
