@@ -27,9 +27,10 @@
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
-#define CCXDP_MAP_CONFIG "ccxdp_config_v2"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v3"
+#define CCXDP_MAP_CONFIG_ACTIVE "ccxdp_cact_v1"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
-#define CCXDP_MAP_EXEMPT_COUNT "ccxdp_exn_v1"
+#define CCXDP_MAP_EXEMPT_GATE "ccxdp_exgate_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */
@@ -154,7 +155,7 @@ struct ccxdp_source_key {
 
 struct ccxdp_source_hits {
 	__u64 hits;
-	__u64 first_seen_ns; /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME */
+	__u64 first_seen_ns; /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE */
 	__u64 last_seen_ns;
 };
 
@@ -169,5 +170,15 @@ struct ccxdp_hash_key {
 	__u64 k1; /* xored into each suffix's state to give its map key */
 	__u32 nh[CCXDP_NH_KEY_WORDS];
 };
+
+/*
+ * The exempt gate's index of a source (ccxdp_exgate, maps.h): 16 bits of the address that
+ * tell subscriber lines apart, the low half of an IPv4 address (a line has one address, and
+ * the top half is shared by whole pools), bits 32-47 of an IPv6 one (ISPs hand out /48 to /64
+ * from a /32 or wider). ccxdp/exempt.py computes the same indexes for each prefix.
+ */
+#define CCXDP_EXEMPT_GATE_BITS 16
+#define CCXDP_EXEMPT_GATE_V4_BYTE 2 /* the IPv4 index is bytes 2 and 3 of the address */
+#define CCXDP_EXEMPT_GATE_V6_BYTE 4 /* the IPv6 index is bytes 4 and 5 */
 
 #endif /* CCXDP_SHARED_H */

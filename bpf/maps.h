@@ -121,12 +121,17 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_L
 		 CCXDP_PIN(CCXDP_MAP_BLOOM), BPF_F_MMAPABLE);
 
 /*
- * Run-time settings: key 0, one struct ccxdp_config. Written by the control plane. A hash map
- * without preallocation, because its update swaps in a whole new element (RCU): a packet sees
- * the old settings or the new ones, never a mix (an array map's value is copied in place).
+ * Run-time settings, double-buffered like the name table: ccxdp_cact (one __u32, 0 or 1) says
+ * which of the two struct ccxdp_config is live. The control plane writes the other one,
+ * switches the word, and waits for an RCU grace period before it may write again
+ * (ccxdp/datapath.py); a packet reads the word once, so it sees the old settings or the new
+ * ones, never a mix. Arrays, so both reads are inlined: the hash map this replaces cost a call
+ * and a hash of the key on every matched query. A live entry whose default_action is 0 was
+ * never written.
  */
-BPF_TABLE_PINNED("hash", __u32, struct ccxdp_config, ccxdp_config_v2, 1,
-		 CCXDP_PIN(CCXDP_MAP_CONFIG), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v3, 2,
+		 CCXDP_PIN(CCXDP_MAP_CONFIG));
+BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_cact_v1, 1, CCXDP_PIN(CCXDP_MAP_CONFIG_ACTIVE));
 
 /* Opted-out source prefixes, looked up once per judged query. Key: struct ccxdp_lpm_key
  * (address in network order). Value: 1. Written by the control plane. */
@@ -136,10 +141,15 @@ BPF_TABLE_PINNED("hash", __u32, struct ccxdp_config, ccxdp_config_v2, 1,
 BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_exempt_v1, CCXDP_MAX_EXEMPT,
 		 CCXDP_PIN(CCXDP_MAP_EXEMPT), BPF_F_NO_PREALLOC);
 
-/* How many prefixes ccxdp_exempt holds, one __u32; 0 spares every judged query the trie
- * lookup (a helper call, about 10 ns). The control plane raises it before inserting and
- * lowers it after deleting, so it is never 0 while the trie holds a prefix. */
-BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_exn_v1, 1, CCXDP_PIN(CCXDP_MAP_EXEMPT_COUNT));
+/*
+ * Which sources the trie may hold, by the gate index of the address (ccxdp_shared.h): 1 where
+ * some exempt prefix covers an address with that index. A query from any other line (nearly
+ * all of them) skips the trie lookup, a helper call of 10-15 ns per judged query. The control
+ * plane sets a prefix's indexes before inserting it and clears them only after deleting it,
+ * so the gate is never 0 for an address the trie holds.
+ */
+BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_exgate_v1, 1 << CCXDP_EXEMPT_GATE_BITS,
+		 CCXDP_PIN(CCXDP_MAP_EXEMPT_GATE));
 
 /* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));

@@ -426,6 +426,20 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+_MEMBARRIER = 324  # x86-64 syscall number
+_MEMBARRIER_CMD_GLOBAL = 1  # the kernel runs synchronize_rcu() for it
+
+
+def wait_for_readers() -> None:
+    """Return once every XDP run that started before the call has finished. XDP programs run
+    inside RCU read-side sections, and MEMBARRIER_CMD_GLOBAL waits for a grace period: what
+    makes a switch of a live word (name table, settings, collection epoch) complete."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, "membarrier(MEMBARRIER_CMD_GLOBAL) failed")
+
+
 @functools.cache
 def _lib() -> ctypes.CDLL:
     try:

@@ -59,9 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bpfsys, layout
+from .bpfsys import wait_for_readers
 from .datapath import Datapath
 from .errors import CcxdpError
-from .nametable import wait_for_readers
 from .store import (
     COUNTER_BUFFER_AT,
     COUNTER_KEY,
@@ -136,10 +136,11 @@ def boot_id() -> int:
     return uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).int
 
 
-def boot_clock_offset_ns() -> int:
-    """Nanoseconds to add to CLOCK_BOOTTIME (what the program stamps) to get Unix time. Taken
-    once per collection, so that first_seen <= last_seen holds after the conversion."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+def hit_clock_offset_ns() -> int:
+    """Nanoseconds to add to CLOCK_MONOTONIC (the program stamps hits with its coarse
+    reading) to get Unix time. Taken once per collection, so that first_seen <= last_seen
+    holds after the conversion."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def _without(raw: bytes, size: int, skip: list[int]) -> bytes:
@@ -289,7 +290,7 @@ class Collector:
                 f"the store holds epoch {drained_epoch} of these maps but the kernel is at "
                 f"epoch {epoch}: was {layout.MAP_SOURCE_EPOCH} written by hand?"
             )
-        self._offset_ns = boot_clock_offset_ns()
+        self._offset_ns = hit_clock_offset_ns()
         previous = (epoch - 1) & 1
 
         # 1. What a killed collector left in the buffer that is about to go live again.

@@ -322,9 +322,7 @@ class Datapath:
             self.set_dns_ports(dns_ports)
         elif not self.dns_ports():
             self.set_dns_ports(DEFAULT_DNS_PORTS)
-        with self.open_map(layout.MAP_CONFIG) as config:
-            fresh = config.lookup(ct.c_uint32(0)) is None
-        if fresh:
+        if self._kernel_settings() is None:
             # New maps: the settings last saved here (say, before a purge), or the defaults.
             self.set_settings(self._saved_settings())
 
@@ -341,18 +339,42 @@ class Datapath:
         except (ValueError, TypeError, SettingError) as e:
             raise DatapathError(f"{self._settings_file}: {e}") from e
 
+    def _kernel_settings(self) -> layout.Config | None:
+        """The live entry of the pinned settings (maps.h), or None if never written."""
+        with self.open_map(layout.MAP_CONFIG_ACTIVE) as active:
+            live = active.lookup(ct.c_uint32(0)).value & 1
+        with self.open_map(layout.MAP_CONFIG) as config:
+            current = config.lookup(ct.c_uint32(live))
+        return None if current.default_action == 0 else current
+
+    def _write_kernel_settings(self, settings: Settings) -> None:
+        """Write the spare entry, switch the live word to it, and wait until no packet can
+        still read the old one, so the next change may write there (maps.h). Changes from
+        different processes take turns on a lock of their own: a caller may hold the state
+        folder's lock or not."""
+        fd = os.open(self.state_dir / "settings.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self.open_map(layout.MAP_CONFIG_ACTIVE) as active, \
+                    self.open_map(layout.MAP_CONFIG) as config:
+                spare = (active.lookup(ct.c_uint32(0)).value & 1) ^ 1
+                config.update(ct.c_uint32(spare), settings.to_kernel())
+                active.update(ct.c_uint32(0), ct.c_uint32(spare))
+            bpfsys.wait_for_readers()
+        finally:
+            os.close(fd)
+
     def settings(self) -> Settings:
         """The settings the program uses now (from the pinned map when loaded)."""
         if not (self.pin_dir / layout.MAP_CONFIG).exists():
             return self._saved_settings()
-        with self.open_map(layout.MAP_CONFIG) as config:
-            current = config.lookup(ct.c_uint32(0))
+        current = self._kernel_settings()
         return self._saved_settings() if current is None else Settings.from_kernel(current)
 
     def set_settings(self, settings: Settings) -> None:
-        """Apply at once (one element swapped in, so a packet sees all of them or none) and
-        keep a copy in the state folder for maps made afresh. The copy is written first, so a
-        failure leaves the program as it was."""
+        """Apply at once (a whole new set switched in, so a packet sees all of them or none)
+        and keep a copy in the state folder for maps made afresh. The copy is written first,
+        so a failure leaves the program as it was."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self._settings_file.with_suffix(".tmp")
         with open(tmp, "w") as f:
@@ -363,8 +385,7 @@ class Datapath:
         os.replace(tmp, self._settings_file)
         if (self.pin_dir / layout.MAP_CONFIG).exists():
             try:
-                with self.open_map(layout.MAP_CONFIG) as config:
-                    config.update(ct.c_uint32(0), settings.to_kernel())
+                self._write_kernel_settings(settings)
             except OSError:
                 if previous is None:
                     self._settings_file.unlink()

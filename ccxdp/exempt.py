@@ -111,25 +111,53 @@ def remove(dp: Datapath, catalog: Catalog, prefixes: Sequence[str]) -> list[Pref
             with dp.open_map(layout.MAP_EXEMPT) as m:
                 for n in gone:
                     m.delete(lpm_key(n))
-            _set_count(dp)
+            _set_gate(dp)
     return changes
 
 
-def _set_count(dp: Datapath, at_least: int = 0) -> None:
-    """Tell the program how many prefixes the trie holds (0: it skips the lookup). Raised
-    before inserting (at_least) and set from the trie after any change, so it is never 0 while
-    the trie holds a prefix."""
+def gate_indexes(key: layout.LpmKey) -> range:
+    """The exempt gate's indexes (ccxdp_shared.h) of every address an LPM key covers: 16 bits
+    of the address, the low half of an IPv4 one, bits 32-47 of an IPv6 one. A prefix that
+    leaves some of those bits free covers every value of them."""
+    addr, plen = bytes(key.addr), key.prefixlen
+    if addr[:12] == _MAPPED.network_address.packed[:12] and plen >= 96:
+        at = 12 + layout.EXEMPT_GATE_V4_BYTE
+        fixed = plen - 8 * at  # of the index's bits, how many the prefix fixes
+    else:
+        at, fixed = layout.EXEMPT_GATE_V6_BYTE, plen - 8 * layout.EXEMPT_GATE_V6_BYTE
+    bits = layout.EXEMPT_GATE_BITS
+    fixed = max(0, min(bits, fixed))
+    free = bits - fixed
+    first = (int.from_bytes(addr[at:at + 2], "big") >> free) << free
+    return range(first, first + (1 << free))
+
+
+def _set_gate(dp: Datapath, adding: Sequence[layout.LpmKey] = ()) -> None:
+    """Make the gate open exactly where the trie's prefixes, and those about to be inserted
+    (adding), may hold a source; indexes are opened before their prefixes go in and closed
+    only after they left, so the program never skips the trie for an exempt source."""
     with dp.open_map(layout.MAP_EXEMPT) as m:
-        held = sum(1 for _ in m.keys())
-    with dp.open_map(layout.MAP_EXEMPT_COUNT) as count:
-        count.update(ct.c_uint32(0), ct.c_uint32(max(held, at_least)))
+        keys = [*m.keys(), *adding]
+    wanted = bytearray(1 << layout.EXEMPT_GATE_BITS)
+    for k in keys:
+        r = gate_indexes(k)
+        wanted[r.start:r.stop] = b"\1" * len(r)
+    with dp.open_map(layout.MAP_EXEMPT_GATE) as gate:
+        present = bytearray(len(wanted))
+        for idx, values, count in gate.lookup_batch_arrays(chunk=len(wanted)):
+            for j in range(count):
+                present[idx[j]] = values[j]
+        changed = [i for i in range(len(wanted)) if wanted[i] != present[i]]
+        if changed:
+            gate.update_batch((ct.c_uint32 * len(changed))(*changed),
+                              (ct.c_uint8 * len(changed))(*(wanted[i] for i in changed)))
 
 
 def _write(dp: Datapath, keys: list[layout.LpmKey]) -> None:
     """Insert LPM keys; if the kernel refuses one (trie full), the ones this call inserted
     are taken out again, so the trie is never left half-changed."""
     if keys:
-        _set_count(dp, at_least=1)
+        _set_gate(dp, adding=keys)
     with dp.open_map(layout.MAP_EXEMPT) as m:
         present = {_key_tuple(k) for k in m.keys()}
         inserted = []
@@ -142,13 +170,13 @@ def _write(dp: Datapath, keys: list[layout.LpmKey]) -> None:
         except OSError as e:
             for k in inserted:
                 m.delete(k)
-            _set_count(dp)
+            _set_gate(dp)
             raise CcxdpError(
                 f"cannot write {len(keys)} prefixes to the kernel map {layout.MAP_EXEMPT}: "
                 f"{e.strerror or e} (full? it holds at most {m.info.max_entries}); "
                 "nothing was changed"
             ) from e
-    _set_count(dp)
+    _set_gate(dp)
 
 
 def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
@@ -163,5 +191,5 @@ def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
             m.delete(k)
     missing = [k for t, k in wanted.items() if t not in present]
     _write(dp, missing)
-    _set_count(dp)
+    _set_gate(dp)
     return len(missing), len(stale)

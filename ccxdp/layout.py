@@ -23,12 +23,13 @@ MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v2"
-MAP_CONFIG = "ccxdp_config_v2"
+MAP_CONFIG = "ccxdp_config_v3"
+MAP_CONFIG_ACTIVE = "ccxdp_cact_v1"
 MAP_EXEMPT = "ccxdp_exempt_v1"
-MAP_EXEMPT_COUNT = "ccxdp_exn_v1"
+MAP_EXEMPT_GATE = "ccxdp_exgate_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v5"
+PROG_PIN = "ccxdp_xdp_v6"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -81,6 +82,11 @@ ENTRY_ALLOW_NAME = 0x02
 ENTRY_NOT_SELF = 0x04
 ENTRY_ALLOW_BELOW = 0x08
 NAME_RUN_MAX = 16
+
+# The exempt gate (ccxdp_exgate): which 16 bits of a source index it (ccxdp_shared.h).
+EXEMPT_GATE_BITS = 16
+EXEMPT_GATE_V4_BYTE = 2
+EXEMPT_GATE_V6_BYTE = 4
 
 
 class Entry(ct.Structure):
@@ -160,6 +166,7 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_HASH_KEY: (ct.c_uint32, HashKey),
     MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
     MAP_CONFIG: (ct.c_uint32, Config),
+    MAP_CONFIG_ACTIVE: (ct.c_uint32, ct.c_uint32),
     MAP_EXEMPT: (LpmKey, ct.c_uint8),
-    MAP_EXEMPT_COUNT: (ct.c_uint32, ct.c_uint32),
+    MAP_EXEMPT_GATE: (ct.c_uint32, ct.c_uint8),
 }

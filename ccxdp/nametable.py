@@ -18,24 +18,13 @@ import struct
 from array import array
 
 from . import bpfsys, layout, native
+from .bpfsys import wait_for_readers
 from .datapath import Datapath
 from .errors import CcxdpError
-
-_MEMBARRIER = 324  # x86-64 syscall number
-_MEMBARRIER_CMD_GLOBAL = 1  # the kernel runs synchronize_rcu() for it
-_libc = ct.CDLL(None, use_errno=True)
 
 
 class TableError(CcxdpError):
     pass
-
-
-def wait_for_readers() -> None:
-    """Return once every XDP run that started before the call has finished. XDP programs run
-    inside RCU read-side sections, and MEMBARRIER_CMD_GLOBAL waits for a grace period."""
-    if _libc.syscall(_MEMBARRIER, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
-        err = ct.get_errno()
-        raise TableError(f"membarrier(MEMBARRIER_CMD_GLOBAL) failed: errno {err}")
 
 
 def _mmap(m: bpfsys.Map, value_size: int) -> mmap.mmap:

@@ -70,10 +70,11 @@ def address_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
-def boot_clock_offset() -> float:
-    """Seconds to add to CLOCK_BOOTTIME (what the program stamps) to get Unix time. Taken once
-    per snapshot: two readings differ a little, and first_seen <= last_seen must survive."""
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+def hit_clock_offset() -> float:
+    """Seconds to add to CLOCK_MONOTONIC (the program stamps hits with its coarse reading)
+    to get Unix time. Taken once per snapshot: two readings differ a little, and
+    first_seen <= last_seen must survive."""
+    return time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 def read_stats(dp: Datapath) -> StatsSnapshot:
@@ -100,7 +101,7 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
             seen[0] += hits
             seen[1] = min(seen[1], first)
             seen[2] = max(seen[2], last)
-    offset = boot_clock_offset()
+    offset = hit_clock_offset()
     sources = [
         SourceStat(address_text(addr), category, hits, offset + first / 1e9, offset + last / 1e9)
         for (addr, category), (hits, first, last) in merged.items()

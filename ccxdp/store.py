@@ -47,12 +47,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Schema 2: counters staged by the collector, not yet folded into hits. One row per batch
 # the collector read: the kernel's entries (COUNTER_KEY, COUNTER_VALUE) as it read them,
-# only those of the drained buffer, and the boot-clock offset taken at that collection.
+# only those of the drained buffer, and the hit-clock offset taken at that collection.
 # Appended without an index, so a collection commits in a fraction of an upsert's time.
 _SCHEMA_2 = [
     """CREATE TABLE staged (
         id        INTEGER PRIMARY KEY,   -- in staging order
-        offset_ns INTEGER NOT NULL,      -- CLOCK_BOOTTIME + offset_ns = Unix nanoseconds
+        offset_ns INTEGER NOT NULL,      -- CLOCK_MONOTONIC + offset_ns = Unix ns
         keys      BLOB NOT NULL,         -- n x COUNTER_KEY
         counters  BLOB NOT NULL          -- n x COUNTER_VALUE, in the same order
     )""",
@@ -210,7 +210,7 @@ _HOUR_US = HOUR * 1_000_000
 # -- the kernel's counters, as staged ---------------------------------------------------------
 # One entry of the kernel's per-source map (layout.SourceKey, layout.SourceHits; a test checks
 # sizes and offsets): the address, IPv4-mapped for IPv4, in two parts, the category, the
-# buffer, a pad byte; hits, first and last hit in CLOCK_BOOTTIME nanoseconds. Native byte
+# buffer, a pad byte; hits, first and last hit in CLOCK_MONOTONIC nanoseconds. Native byte
 # order, as the kernel writes them.
 COUNTER_KEY = struct.Struct("=12s4sHBx")
 COUNTER_VALUE = struct.Struct("=QQQ")
@@ -461,7 +461,7 @@ class Store:
         categories: Mapping[int, str] | None = None,
     ) -> int:
         """The collector's fast path: stage kernel counters as read, ``(keys, counters)``
-        byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the boot-clock offset of
+        byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the hit-clock offset of
         this collection, and update the checkpoint, in one transaction (both or neither).
         Nothing is decoded or merged here: ``fold`` does it, and every reader of hits folds
         first. Returns the number of counters staged."""

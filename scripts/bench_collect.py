@@ -43,7 +43,7 @@ def fill_sources(dp: Datapath, count: int, seed: int) -> int:
     rng = random.Random(seed)
     with dp.open_map(layout.MAP_SOURCE_EPOCH) as epoch_map:
         buffer = epoch_map.lookup(ct.c_uint32(0)).value & 1
-    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     keys = (layout.SourceKey * count)()
     values = (layout.SourceHits * count)()
     total = 0

@@ -83,8 +83,11 @@ class Policy:
             return {(k.prefixlen, bytes(k.addr)) for k in m.keys()}
 
     def config_map(self) -> bytes:
+        """The live settings (maps.h: two entries, the live one named by a word)."""
+        with self.dp.open_map(layout.MAP_CONFIG_ACTIVE) as active:
+            live = active.lookup(ct.c_uint32(0)).value & 1
         with self.dp.open_map(layout.MAP_CONFIG) as m:
-            return bytes(m.lookup(ct.c_uint32(0)))
+            return bytes(m.lookup(ct.c_uint32(live)))
 
     def sources(self) -> dict[str, int]:
         return {f"{s.address}#{s.category}": s.hits for s in read_stats(self.dp).sources}
@@ -165,6 +168,30 @@ def test_entries_without_action_follow_the_configured_default(policy):
     cli.run("config", "set", "default_action", "tc")
     v = policy.judge("a.c2.test")
     assert v.retval == XDP_TX and v.answer.flags & dns.flags.TC
+
+
+@pytest.mark.root
+def test_a_settings_change_writes_the_spare_entry_and_switches_to_it(policy):
+    """A packet reads the live word once: the entry it may still be reading keeps the whole
+    old set, and the new set is complete before the switch (maps.h)."""
+    def entries() -> tuple[int, list[layout.Config]]:
+        with policy.dp.open_map(layout.MAP_CONFIG_ACTIVE) as active:
+            live = active.lookup(ct.c_uint32(0)).value
+        with policy.dp.open_map(layout.MAP_CONFIG) as m:
+            return live, [m.lookup(ct.c_uint32(i)) for i in (0, 1)]
+
+    live, before = entries()
+    old = bytes(before[live])
+    policy.cli.run("config", "set", "sinkhole_v6", "fd00:9::53")
+    now, after = entries()
+    assert now == live ^ 1
+    assert bytes(after[live]) == old, "the entry packets may still read is untouched"
+    assert bytes(after[now].sinkhole_v6) == bytes.fromhex("fd000009" + "0" * 20 + "0053")
+    assert policy.dp.settings().sinkhole_v6 == "fd00:9::53"
+    policy.cli.run("config", "set", "answer_ttl", "77")
+    assert entries()[0] == live
+    assert policy.dp.settings().sinkhole_v6 == "fd00:9::53", "the new entry holds every setting"
+    assert policy.dp.settings().answer_ttl == 77
 
 
 # -- allow entries ----------------------------------------------------------------------------
@@ -590,22 +617,52 @@ def test_a_version_1_catalog_is_listed_and_attached_with_its_rows(ccxdp, bare_ne
 
 
 @pytest.mark.root
-def test_exempt_count_follows_the_trie(policy):
-    """The program skips the trie lookup while the count is 0: it must follow every change
-    (and come back with the prefixes after a purge)."""
+def test_exempt_gate_follows_the_trie(policy):
+    """The program looks a source up in the trie only where the gate is open: the gate must
+    open exactly the indexes of the listed prefixes, follow every change (and come back with
+    the prefixes after a purge), and a source beside an exempt one under the same index must
+    still be judged."""
     cli = policy.cli
+    cli.run("block", "add", "evil.test", "--action", "nxdomain")
 
-    def count() -> int:
-        with policy.dp.open_map(layout.MAP_EXEMPT_COUNT) as m:
-            return m.lookup(ct.c_uint32(0)).value
+    def gate() -> set[int]:
+        with policy.dp.open_map(layout.MAP_EXEMPT_GATE) as m:
+            return {k.value for k, v in m.lookup_batch() if v.value}
 
-    assert count() == 0
-    cli.run("exempt", "add", "198.18.7.0/24", "fd00:7::/64")
-    assert count() == 2
+    assert gate() == set()
+    cli.run("exempt", "add", "198.18.7.0/24", "fd00:7:12:3400::/56")
+    # 7.0-7.255, the low half of 198.18.7.x, and bits 32-47 of fd00:7:12:34xx::
+    low = set(range(0x0700, 0x0800))
+    assert gate() == low | {0x0012}
+    cli.run("exempt", "add", "10.1.2.3", "fd00:9::/40")
+    assert gate() == low | {0x0203} | set(range(0x0000, 0x0100))
+    for src, exempt in [("198.18.7.9", True), ("198.18.8.9", False), ("10.1.2.3", True),
+                        ("10.2.2.3", False), ("11.0.0.1", False), ("fd00:7:12:34ff::1", True),
+                        ("fd00:7:12:3500::1", False), ("fd00:9:0:ff::1", True),
+                        ("fd00:9:100::1", False)]:
+        verdict = policy.judge("evil.test", src)
+        assert (verdict.retval == XDP_PASS) is exempt, src
+        assert exempt or verdict.rcode == dns.rcode.NXDOMAIN, src
+    cli.run("exempt", "remove", "10.1.2.3", "fd00:9::/40")
+    assert gate() == low | {0x0012}
+    assert policy.judge("evil.test", "10.1.2.3").rcode == dns.rcode.NXDOMAIN
     cli.run("exempt", "remove", "198.18.7.0/24")
-    assert count() == 1
+    assert gate() == {0x0012}
     cli.run("detach", "lo", "--netns", policy.netns, "--purge")
     policy.attach()
-    assert count() == 1
-    cli.run("exempt", "remove", "fd00:7::/64")
-    assert count() == 0
+    assert gate() == {0x0012}
+    assert policy.judge("evil.test", "fd00:7:12:3456::1").retval == XDP_PASS
+    cli.run("exempt", "remove", "fd00:7:12:3400::/56")
+    assert gate() == set()
+
+
+@pytest.mark.parametrize("prefix, first, count", [
+    ("198.18.7.7/32", 0x0707, 1), ("198.18.7.0/24", 0x0700, 256), ("198.18.4.0/22", 0x0400, 1024),
+    ("198.18.0.0/16", 0, 65536), ("0.0.0.0/0", 0, 65536), ("2001:db8:1234::/48", 0x1234, 1),
+    ("2001:db8:1234:5600::/56", 0x1234, 1), ("2001:db8:1200::/40", 0x1200, 256),
+    ("2001:db8::/32", 0, 65536), ("2000::/3", 0, 65536),
+])
+def test_exempt_gate_indexes(prefix, first, count):
+    from ccxdp.exempt import gate_indexes
+
+    assert gate_indexes(lpm_key(ipaddress.ip_network(prefix))) == range(first, first + count)

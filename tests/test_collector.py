@@ -435,8 +435,8 @@ def test_a_counter_across_an_hour_is_split_by_the_rule(traffic, store):
     """A kernel counter whose first and last hit straddle an hour (times written into the
     map as the program writes them) becomes the rule's two rows."""
     dp, _t = traffic
-    offset = collector.boot_clock_offset_ns()
-    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    offset = collector.hit_clock_offset_ns()
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     boundary_us = (now + offset) // 1000 // HOUR_US * HOUR_US  # this hour's start
     first_ns = boundary_us * 1000 - offset - 2_000_000_000  # 2 s before the hour
     last_ns = boundary_us * 1000 - offset + 3_000_000_000  # 3 s after

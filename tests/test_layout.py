@@ -179,6 +179,13 @@ def test_entry_flags_match_header():
     assert layout.NAME_RUN_MAX == _int_define(defines, "CCXDP_NAME_RUN_MAX")
 
 
+def test_exempt_gate_index_matches_header():
+    defines = _defines(_header())
+    assert layout.EXEMPT_GATE_BITS == _int_define(defines, "CCXDP_EXEMPT_GATE_BITS")
+    assert layout.EXEMPT_GATE_V4_BYTE == _int_define(defines, "CCXDP_EXEMPT_GATE_V4_BYTE")
+    assert layout.EXEMPT_GATE_V6_BYTE == _int_define(defines, "CCXDP_EXEMPT_GATE_V6_BYTE")
+
+
 def _pinned_in_maps_h() -> dict[str, tuple[str, str, str]]:
     """BPF_TABLE_PINNED declarations of maps.h:
     {identifier: (bcc map type, max_entries expression, CCXDP_MAP_* suffix)}"""
