@@ -7,11 +7,14 @@ One lab (ccxdp/lab.py: resolver, client and switch namespaces, nothing routed ou
 unbound loads an RPZ zone of the same N names that ccxdp later imports. In order:
   1. blocked names answered by Unbound from the RPZ (no XDP program on the resolver's NIC);
   2. ccxdp attached, the N names imported as NXDOMAIN (timed: the time to its first answer);
-  3. blocked names answered by ccxdp, with kernel.bpf_stats_enabled=1 (the program's own run
-     time per packet, in place; the sysctl is restored afterwards);
-  4. legitimate names (unbound's local zone) with ccxdp attached, with nothing attached, and
-     with an empty XDP program attached, alternated;
-  5. ccxdp detached, a trivial XDP program that answers every query attached: the ceiling.
+  3. with kernel.bpf_stats_enabled=1 (each program's own run time per packet, in place; the
+     sysctl is restored afterwards): blocked names answered by ccxdp, names nobody lists
+     (passed to unbound, which refuses them), blocked names answered by the ceiling program
+     (below), and the unlisted names through an empty program;
+  4. blocked names answered by ccxdp (no bpf_stats) and by a trivial XDP program that answers
+     every query (the ceiling), alternated;
+  5. legitimate names (unbound's local zone) with ccxdp attached, with nothing attached, and
+     with an empty XDP program attached, alternated.
 Each dnsperf run reports qps, and unbound's own CPU (utime + stime from /proc) per query; a
 short rate-limited run with -v gives latency percentiles. Everything goes on any exit.
 
@@ -81,7 +84,8 @@ def block_names(n: int) -> list[str]:
 
 def write_inputs(work: Path, names: list[str]) -> dict[str, Path]:
     files = {"list": work / "names.txt", "rpz": work / "rpz.zone",
-             "blocked": work / "q-blocked.txt", "legit": work / "q-legit.txt"}
+             "blocked": work / "q-blocked.txt", "legit": work / "q-legit.txt",
+             "unlisted": work / "q-unlisted.txt"}
     files["list"].write_text("".join(n + "\n" for n in names))
     with open(files["rpz"], "w") as f:
         f.write("$ORIGIN rpz.bench.\n$TTL 60\n"
@@ -91,6 +95,10 @@ def write_inputs(work: Path, names: list[str]) -> dict[str, Path]:
     step = max(len(names) // 100_000, 1)
     files["blocked"].write_text("".join(f"{n} A\n" for n in names[::step]))
     files["legit"].write_text("".join(f"{n} A\n" for n in LEGIT))
+    # Names nobody lists, each different (unbound refuses them): the program's miss path with
+    # its memory reads as under real traffic, not the four cached names above.
+    files["unlisted"].write_text("".join(f"host{i}.site{i % 1000}.example A\n"
+                                         for i in range(min(len(names), 100_000))))
     return files
 
 
@@ -217,7 +225,8 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--legit-rounds", type=int, default=2,
-                    help="alternated runs of legitimate queries with and without ccxdp")
+                    help="alternated runs of legitimate queries with and without ccxdp, and "
+                         "of blocked names answered by ccxdp and by the ceiling")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
 
@@ -253,12 +262,40 @@ def main() -> int:
             subprocess.run([*cx, "block", "import", str(files["list"]), "--action", "nxdomain"],
                            check=True, capture_output=True)
             out["ccxdp_import"] = {"s": time.perf_counter() - t}
-            prog = xdp_prog_id(lab)
+            # The program's own run time, in a run of its own: bpf_stats costs every packet
+            # two clock reads, which the qps runs below must not pay.
+            # The same for the ceiling's answers and for an empty program: what any program
+            # pays in place here (bpf_stats' own clock reads, the frame's first touch).
             BPF_STATS.write_text("1\n")
             try:
-                out["ccxdp_blocked"] = bench.dnsperf(files["blocked"], bpf_prog=prog)
+                prog = xdp_prog_id(lab)
+                in_place = bench.dnsperf(files["blocked"], bpf_prog=prog)
+                out["ccxdp_in_place_unlisted"] = bench.dnsperf(files["unlisted"], bpf_prog=prog)
+                subprocess.run(detach, check=True, capture_output=True)
+                attach_answer_all(lab)
+                out["ceiling_in_place"] = bench.dnsperf(files["blocked"],
+                                                        bpf_prog=xdp_prog_id(lab))
+                attach_pass(lab)
+                out["empty_in_place"] = bench.dnsperf(files["unlisted"],
+                                                      bpf_prog=xdp_prog_id(lab))
+                set_xdp(lab, -1)
+                subprocess.run(attach, check=True, capture_output=True)
             finally:
                 BPF_STATS.write_text(stats_was + "\n")
+            # Blocked names answered by ccxdp and by the ceiling, alternated, qps averaged.
+            blocked: dict[str, list[dict]] = {"ccxdp_blocked": [], "ceiling": []}
+            for _ in range(args.legit_rounds):
+                blocked["ccxdp_blocked"].append(bench.dnsperf(files["blocked"]))
+                subprocess.run(detach, check=True, capture_output=True)
+                attach_answer_all(lab)
+                blocked["ceiling"].append(bench.dnsperf(files["blocked"]))
+                set_xdp(lab, -1)
+                subprocess.run(attach, check=True, capture_output=True)
+            for key, done in blocked.items():
+                out[key] = {**done[-1], "qps": sum(r["qps"] for r in done) / len(done),
+                            "qps_rounds": [r["qps"] for r in done]}
+            out["ccxdp_blocked"]["prog_ns_per_packet"] = in_place.get("prog_ns_per_packet")
+            out["ccxdp_in_place"] = in_place
             # Legitimate queries with and without ccxdp, alternated, the qps averaged: the
             # difference sought is smaller than this machine's drift over a minute.
             runs: dict[str, list[dict]] = {"legit_with": [], "legit_without": [],
@@ -274,9 +311,6 @@ def main() -> int:
             for key, done in runs.items():
                 out[key] = {**done[-1], "qps": sum(r["qps"] for r in done) / len(done),
                             "qps_rounds": [r["qps"] for r in done]}
-            subprocess.run(detach, check=True, capture_output=True)
-            attach_answer_all(lab)
-            out["ceiling"] = bench.dnsperf(files["blocked"])
     finally:
         BPF_STATS.write_text(stats_was + "\n")
         if pins.exists():

@@ -140,11 +140,21 @@ def main(argv: list[str]) -> int:
     e2e = d["e2e"]
     print(f"\n{'dnsperf run':<28} {'qps':>9} {'p50 us':>7} {'p99 us':>7} {'p99.9':>7} "
           f"{'unbound us/q':>12}  rcodes")
-    for key in ("unbound_blocked", "ccxdp_blocked", "ceiling", "legit_without",
-                "legit_empty_xdp", "legit_with"):
+    for key in ("unbound_blocked", "ccxdp_in_place", "ceiling_in_place", "ccxdp_in_place_unlisted",
+                "empty_in_place", "ccxdp_blocked", "ceiling", "legit_without", "legit_empty_xdp",
+                "legit_with"):
+        if key not in e2e:  # figures of an older run
+            continue
         r = e2e[key]
         print(f"{key:<28} {r['qps']:>9,.0f} {r['p50_us']:>7.0f} {r['p99_us']:>7.0f} "
               f"{r['p999_us']:>7.0f} {r['unbound_cpu_us_per_query']:>12.2f}  {r['rcodes']}")
+    for key, what in (("ccxdp_in_place", "ccxdp, a blocked query (answered)"),
+                      ("ceiling_in_place", "the ceiling program, the same queries (answered)"),
+                      ("ccxdp_in_place_unlisted", "ccxdp, an unlisted name (passed)"),
+                      ("empty_in_place", "an empty program, the same names (passed)")):
+        if key in e2e:
+            print(f"program in place (bpf_stats), {what}: "
+                  f"{e2e[key]['prog_ns_per_packet']:.0f} ns per packet")
     print(f"\nUnbound RPZ: {e2e['unbound_rpz']['rss_mb']:.0f} MB resident; figures in {out_json}, "
           f"chart in {out_png}")
     return 0
