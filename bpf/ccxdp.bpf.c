@@ -72,7 +72,8 @@ static __always_inline int record_verdict(int outcome, int malformed, int action
 static __always_inline void count_source(struct ccxdp_source_key *key)
 {
 	/* The coarse clock (to a tick) costs a few ns where the fine one reads the TSC (20-30 ns in
-	 * a VM); a hit's time only has to place it in a day. */
+	 * a VM); a hit's time only has to place it in a day. CLOCK_MONOTONIC stops while the
+	 * machine is suspended, which a resolver is not. Kernel 5.11 or later. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 zero = 0;
 	__u64 *epoch = ccxdp_sepoch_v1.lookup(&zero);
@@ -170,6 +171,12 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(source.addr, &ip6->saddr, 16);
 		gate = (source.addr[CCXDP_EXEMPT_GATE_V6_BYTE] << 8) |
 		       source.addr[CCXDP_EXEMPT_GATE_V6_BYTE + 1];
+		/* An IPv4-mapped source is the same key as the IPv4 one: the trie's IPv4 prefixes
+		 * cover it, so it takes the IPv4 index. */
+		if (ip6->saddr.in6_u.u6_addr32[0] == 0 && ip6->saddr.in6_u.u6_addr32[1] == 0 &&
+		    ip6->saddr.in6_u.u6_addr32[2] == bpf_htonl(0xffff))
+			gate = (source.addr[12 + CCXDP_EXEMPT_GATE_V4_BYTE] << 8) |
+			       source.addr[12 + CCXDP_EXEMPT_GATE_V4_BYTE + 1];
 	} else {
 		goto out;
 	}

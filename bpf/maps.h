@@ -122,8 +122,8 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_L
 
 /*
  * Run-time settings, double-buffered like the name table: ccxdp_cact (one __u32, 0 or 1) says
- * which of the two struct ccxdp_config is live. The control plane writes the other one,
- * switches the word, and waits for an RCU grace period before it may write again
+ * which of the two struct ccxdp_config is live. The control plane waits for an RCU grace
+ * period since the last switch, writes the other one and switches the word
  * (ccxdp/datapath.py); a packet reads the word once, so it sees the old settings or the new
  * ones, never a mix. Arrays, so both reads are inlined: the hash map this replaces cost a call
  * and a hash of the key on every matched query. A live entry whose default_action is 0 was

@@ -339,28 +339,44 @@ class Datapath:
         except (ValueError, TypeError, SettingError) as e:
             raise DatapathError(f"{self._settings_file}: {e}") from e
 
+    def _settings_lock(self, how: int) -> int:
+        """An fd holding the settings' own lock (closing it releases it): writers take turns
+        on it whether or not they hold the state folder's lock, and a reader holds it shared
+        so that the entry it reads is not rewritten meanwhile."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "settings.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, how)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _kernel_settings(self) -> layout.Config | None:
         """The live entry of the pinned settings (maps.h), or None if never written."""
-        with self.open_map(layout.MAP_CONFIG_ACTIVE) as active:
-            live = active.lookup(ct.c_uint32(0)).value & 1
-        with self.open_map(layout.MAP_CONFIG) as config:
-            current = config.lookup(ct.c_uint32(live))
+        fd = self._settings_lock(fcntl.LOCK_SH)
+        try:
+            with self.open_map(layout.MAP_CONFIG_ACTIVE) as active:
+                live = active.lookup(ct.c_uint32(0)).value & 1
+            with self.open_map(layout.MAP_CONFIG) as config:
+                current = config.lookup(ct.c_uint32(live))
+        finally:
+            os.close(fd)
         return None if current.default_action == 0 else current
 
     def _write_kernel_settings(self, settings: Settings) -> None:
-        """Write the spare entry, switch the live word to it, and wait until no packet can
-        still read the old one, so the next change may write there (maps.h). Changes from
-        different processes take turns on a lock of their own: a caller may hold the state
-        folder's lock or not."""
-        fd = os.open(self.state_dir / "settings.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Wait until no packet can still read the spare entry (the last switch made it
+        spare), write it, and switch the live word to it (maps.h). Waiting first means a
+        failure changes nothing, and a writer killed after its switch leaves the next one
+        waiting as it should."""
+        fd = self._settings_lock(fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            bpfsys.wait_for_readers()
             with self.open_map(layout.MAP_CONFIG_ACTIVE) as active, \
                     self.open_map(layout.MAP_CONFIG) as config:
                 spare = (active.lookup(ct.c_uint32(0)).value & 1) ^ 1
                 config.update(ct.c_uint32(spare), settings.to_kernel())
                 active.update(ct.c_uint32(0), ct.c_uint32(spare))
-            bpfsys.wait_for_readers()
         finally:
             os.close(fd)
 

@@ -4,7 +4,7 @@
 
 Loads the program under a private pin folder, fills the per-source map's live buffer with
 --sources entries written from Python in batches, exactly as the kernel would have made them
-(the same key and value layout, boot-clock times within the last hour, 90% IPv4, 10% IPv6,
+(the same key and value layout, monotonic-clock times within the last hour, 90% IPv4, 10% IPv6,
 a few categories), then times one collection (ccxdp/collector.py: kernel to store,
 committed, buffer deleted) and prints it beside the 2 s target, then times the fold of the
 staged counters into the hits table apart (Store.fold, off the collection path), with the

@@ -194,6 +194,27 @@ def test_a_settings_change_writes_the_spare_entry_and_switches_to_it(policy):
     assert policy.dp.settings().answer_ttl == 77
 
 
+@pytest.mark.root
+def test_a_settings_change_that_cannot_wait_for_readers_changes_nothing(policy, monkeypatch):
+    """The grace period comes before the write: if it fails, neither the program nor the saved
+    copy has changed."""
+    import errno
+
+    def fail() -> None:
+        raise bpfsys.BpfError(errno.EPERM, "membarrier(MEMBARRIER_CMD_GLOBAL) failed")
+
+    before = policy.config_map()
+    saved = (policy.dp.state_dir / "settings.json").read_bytes()
+    monkeypatch.setattr(bpfsys, "wait_for_readers", fail)
+    with pytest.raises(bpfsys.BpfError, match="membarrier"):
+        policy.dp.set_settings(policy.dp.settings().with_value("answer_ttl", "99"))
+    assert policy.config_map() == before
+    assert (policy.dp.state_dir / "settings.json").read_bytes() == saved
+    monkeypatch.undo()
+    policy.dp.set_settings(policy.dp.settings().with_value("answer_ttl", "99"))
+    assert policy.dp.settings().answer_ttl == 99
+
+
 # -- allow entries ----------------------------------------------------------------------------
 
 
@@ -637,7 +658,9 @@ def test_exempt_gate_follows_the_trie(policy):
     cli.run("exempt", "add", "10.1.2.3", "fd00:9::/40")
     assert gate() == low | {0x0203} | set(range(0x0000, 0x0100))
     for src, exempt in [("198.18.7.9", True), ("198.18.8.9", False), ("10.1.2.3", True),
-                        ("10.2.2.3", False), ("11.0.0.1", False), ("fd00:7:12:34ff::1", True),
+                        ("10.2.2.3", False), ("11.0.0.1", False),
+                        ("::ffff:198.18.7.9", True), ("::ffff:198.18.8.9", False),
+                        ("fd00:7:12:34ff::1", True),
                         ("fd00:7:12:3500::1", False), ("fd00:9:0:ff::1", True),
                         ("fd00:9:100::1", False)]:
         verdict = policy.judge("evil.test", src)

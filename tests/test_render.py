@@ -126,11 +126,11 @@ def test_exempt_prefixes_and_settings():
     assert row(out, "fd00:7::/64", "added")
     settings = Settings(default_action="sinkhole", sinkhole_v4="198.18.0.53")
     out = text(render_settings(settings, loaded=True,
-                               map_path="/sys/fs/bpf/ccxdp/ccxdp_config_v2",
+                               map_path="/sys/fs/bpf/ccxdp/ccxdp_config_v3",
                                file_path="/var/lib/ccxdp/settings.json"))
     assert row(out, "default_action", "sinkhole", "action of block entries listed without --action")
     assert row(out, "sinkhole_v4", "198.18.0.53")
     assert row(out, "edns_udp_size", "1232")
-    assert "in the kernel map /sys/fs/bpf/ccxdp/ccxdp_config_v2 (in use)" in out
+    assert "in the kernel map /sys/fs/bpf/ccxdp/ccxdp_config_v3 (in use)" in out
     out = text(render_settings(Settings(), loaded=False, map_path="m", file_path="f.json"))
     assert "not loaded: the program gets them at the next attach" in out

@@ -277,7 +277,7 @@ def test_kill_minus_9_never_splits_hits_from_checkpoint(tmp_path):
 
 # -- staged counters and the fold ---------------------------------------------------------------
 
-BOOT = 1_790_000_000 * 10**9  # the boot clock's offset to Unix time, in ns, for these tests
+BOOT = 1_790_000_000 * 10**9  # the hit clock's offset to Unix time, in ns, for these tests
 H_US = to_us(H)
 
 

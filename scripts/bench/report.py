@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
                       ("ceiling_in_place", "the ceiling program, the same queries (answered)"),
                       ("ccxdp_in_place_unlisted", "ccxdp, an unlisted name (passed)"),
                       ("empty_in_place", "an empty program, the same names (passed)")):
-        if key in e2e:
+        if e2e.get(key, {}).get("prog_ns_per_packet") is not None:
             print(f"program in place (bpf_stats), {what}: "
                   f"{e2e[key]['prog_ns_per_packet']:.0f} ns per packet")
     print(f"\nUnbound RPZ: {e2e['unbound_rpz']['rss_mb']:.0f} MB resident; figures in {out_json}, "
