@@ -55,7 +55,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bpfsys, layout
@@ -104,6 +104,11 @@ class CollectResult:
     lost_total: int  # ... and over every collection into this store
     seconds: float  # the collection: kernel to store, committed, and the buffer deleted
     fold_seconds: float  # the fold of staged counters into hits that followed (0: none)
+
+    def with_fold(self, folded: FoldResult) -> CollectResult:
+        """This collection with the fold that followed it (rows, sources, its time)."""
+        return replace(self, rows=folded.rows, sources=folded.sources,
+                       fold_seconds=folded.seconds)
 
     def to_json(self) -> dict:
         return {
@@ -319,21 +324,23 @@ class Collector:
         self._mark_cleared(epoch)
         seconds = time.monotonic() - started
 
-        # The hits are in the store (staged); readers would fold them anyway, but the
-        # collection that staged them folds them now, off the kernel's path.
-        folded = self.store.fold() if fold else FoldResult(0, 0, 0, 0, 0, 0.0)
-        return CollectResult(
+        result = CollectResult(
             epoch=epoch,
-            rows=folded.rows,
+            rows=0,
             hits=drained.hits + recovered.hits,
-            sources=folded.sources,
+            sources=0,
             counters=drained.counters + recovered.counters,
             recovered=recovered.hits,
             lost=lost,
             lost_total=lost_total + lost,
             seconds=seconds,
-            fold_seconds=folded.seconds,
+            fold_seconds=0.0,
         )
+        # The hits are in the store (staged); readers would fold them anyway, but the
+        # collection that staged them folds them now, off the kernel's path. Callers that
+        # hold the datapath's lock only for the kernel part fold after releasing it
+        # (fold=False here, then Store.fold and with_fold).
+        return result.with_fold(self.store.fold()) if fold else result
 
 
 def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = None

@@ -345,8 +345,12 @@ class Daemon:
                     categories = catalog.categories()
                 with Collector(self.dp, categories) as collector, \
                         Store(self._store_path()) as store:
-                    r = collector.collect(store)
-                    stored = _stored_per_category(store)
+                    r = collector.collect(store, fold=False)
+            # The fold only touches the store, in a transaction of its own: off the
+            # datapath's lock, so feed syncs and CLI calls do not wait seconds for it.
+            with Store(self._store_path()) as store:
+                r = r.with_fold(store.fold())
+                stored = _stored_per_category(store)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
                 self.state.collections["error"] += 1

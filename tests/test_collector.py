@@ -13,7 +13,10 @@ exact counts.
 from __future__ import annotations
 
 import ctypes as ct
+import fcntl
 import ipaddress
+import json
+import os
 import random
 import signal
 import sqlite3
@@ -627,6 +630,39 @@ def test_ccxdp_collect_prints_what_it_took(live):
         assert stored(store) == {("198.18.0.2", t.names["a.test"]): 3,
                                  ("fd00:cc::2", t.names["b.test"]): 2}
         assert set(store.categories().values()) == {"emotet", "qakbot"}
+
+
+@pytest.mark.root
+def test_ccxdp_collect_folds_after_releasing_the_lock(live, monkeypatch):
+    """The fold (seconds for a million sources) only touches the store: `ccxdp collect` runs
+    it after releasing the state folder's lock, so a feed sync or `block add` need not wait."""
+    from click.testing import CliRunner
+
+    from ccxdp.cli import cli
+
+    t = live.traffic
+    t.send("198.18.0.2", "a.test", 3)
+    lock_free_during_fold = []
+    real_fold = Store.fold
+
+    def fold(self):
+        fd = os.open(live.ccxdp.state_dir / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_free_during_fold.append(True)
+        except BlockingIOError:
+            lock_free_during_fold.append(False)
+        finally:
+            os.close(fd)
+        return real_fold(self)
+
+    monkeypatch.setattr(Store, "fold", fold)
+    result = CliRunner().invoke(cli, ["--pin-dir", str(live.ccxdp.pin_dir), "--state-dir",
+                                      str(live.ccxdp.state_dir), "collect", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert (out["rows"], out["hits"], out["sources"]) == (1, 3, 1)
+    assert lock_free_during_fold == [True]
 
 
 @pytest.mark.root
