@@ -182,8 +182,7 @@ struct ccxdp_scratch {
 	__u32 matched;  /* 1 once an entry matched; match then holds the most specific */
 	__u32 buffer;   /* the name-table buffer this packet reads (ccxdp_nact) */
 	struct ccxdp_entry match;
-	/* The UDP datagram of an answer, zero-padded to 4 bytes, for its checksum (answer.h). */
-	__u8 csum_buf[CCXDP_MAX_ANSWER_UDP + 4];
+	__u32 csum_off; /* offset in the answer's UDP datagram of the next word to sum */
 	/* Headers and question of a query moved to make room at the head (answer.h). */
 	__u8 move_buf[CCXDP_MAX_MOVE];
 };

@@ -9,6 +9,7 @@ import struct
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -184,6 +185,29 @@ def test_answer(answering, action, rdtype, family, vlans, edns):
     assert after.outcomes["blocked"] - before.outcomes["blocked"] == 1
     assert after.actions[action] - before.actions[action] == 1
     assert after.events["answer_failed"] == before.events["answer_failed"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_checksums_hold_for_every_datagram_length(answering, family):
+    """The program sums the datagram in 8-byte words and then 4, 2 and 1 bytes: names of 1 to
+    8 bytes more cover every remainder, and the longest name the most words, with and without
+    an OPT, for A (sinkholed, or nodata over IPv6) and NXDOMAIN answers."""
+    dp, fd = answering
+    key = dp.hash_key()
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 51]) + ".evil.test"
+    assert len(dns.name.from_text(longest).to_wire()) == 255
+    names = [("x" * n) + ".evil.test" for n in range(1, 9)] + [longest]
+    lengths = set()
+    for action in ("sinkhole", "nxdomain"):
+        publish_entries(dp, {name_hash("evil.test", key): (layout.Action[action.upper()],
+                                                           layout.ENTRY_SUBTREE, 7)})
+        for name, edns in itertools.product(names, [False, True]):
+            q = dns.message.make_query(name, "A", use_edns=0 if edns else False)
+            retval, answer = answer_for(fd, q, frame_of=udp4 if family == 4 else udp6)
+            assert retval == XDP_TX, (name, edns)
+            assert answer.question == q.question
+            lengths.add(len(answer.to_wire()) % 8)
+    assert lengths == set(range(8))
 
 
 def answer_for(fd, q: dns.message.Message, frame_of=udp4, **kw):
