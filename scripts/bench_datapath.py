@@ -157,6 +157,7 @@ def main() -> int:
             "answer: sinkhole A (IPv4)": (fd, udp4(query(answered["sinkhole"]))),
             "answer: sinkhole AAAA (IPv6)": (fd, udp6(query(answered["sinkhole"], qtype=28))),
             "DNS miss, one run a call": (fd, udp4(query(miss))),
+            "DNS blocked (drop), one run a call": (fd, udp4(query(blocked_name))),
         }
         cases = {"empty XDP program": (empty, udp4(query("www.example.com"))), **frames}
         samples: dict[str, list[int]] = {name: [] for name in cases}
@@ -201,9 +202,13 @@ def main() -> int:
             med = statistics.median(values)
             net = med - single_base + repeated_base
             print(f"{name:<48} {med:>8} {net:>8} {net / repeated_base:>8.2f}")
+            # The miss and the drop timed the same way show what a call's cold start adds
+            # to them, and so what an answer costs beyond the drop it replaces.
             key = {"answer: NXDOMAIN (IPv4)": "answer_nxdomain",
                    "answer: sinkhole A (IPv4)": "answer_sinkhole_a",
-                   "answer: sinkhole AAAA (IPv6)": "answer_sinkhole_aaaa"}.get(name)
+                   "answer: sinkhole AAAA (IPv6)": "answer_sinkhole_aaaa",
+                   "DNS miss, one run a call": "miss_one_run_a_call",
+                   "DNS blocked (drop), one run a call": "blocked_drop_one_run_a_call"}.get(name)
             if key:
                 figures[key] = {"ns": net, "ratio": net / repeated_base}
         mean = statistics.mean(mix_ns)

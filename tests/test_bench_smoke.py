@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.root, pytest.mark.netns]
 REPO = Path(__file__).resolve().parent.parent
 CASES = {"empty", "non_dns_udp", "non_dns_tcp", "miss_1_label", "miss_3_labels",
          "miss_6_labels", "miss_mean_64_names", "blocked_drop", "exempt_source",
-         "answer_nxdomain", "answer_sinkhole_a", "answer_sinkhole_aaaa"}
+         "answer_nxdomain", "answer_sinkhole_a", "answer_sinkhole_aaaa", "miss_one_run_a_call",
+         "blocked_drop_one_run_a_call"}
 RUNS = {"unbound_blocked", "ccxdp_blocked", "ceiling", "legit_without", "legit_with",
         "legit_empty_xdp"}
 RUN_FIGURES = {"qps", "completed", "avg_latency_us", "p50_us", "p99_us", "p999_us",
