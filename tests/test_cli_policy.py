@@ -24,8 +24,10 @@ from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
 from ccxdp import bpfsys, layout
+from ccxdp import exempt as exempt_lib
 from ccxdp.catalog import SCHEMA_VERSION, Catalog, CatalogError, unpack
 from ccxdp.datapath import Datapath
+from ccxdp.errors import CcxdpError
 from ccxdp.exempt import PrefixError, lpm_key, parse_prefix
 from ccxdp.hashing import name_hash
 from ccxdp.stats import read_stats
@@ -689,3 +691,83 @@ def test_exempt_gate_indexes(prefix, first, count):
     from ccxdp.exempt import gate_indexes
 
     assert gate_indexes(lpm_key(ipaddress.ip_network(prefix))) == range(first, first + count)
+
+
+def _open_gate(dp) -> set[int]:
+    with dp.open_map(layout.MAP_EXEMPT_GATE) as m:
+        return {k.value for k, v in m.lookup_batch() if v.value}
+
+
+def _trie(dp) -> set[tuple[int, bytes]]:
+    with dp.open_map(layout.MAP_EXEMPT) as m:
+        return {(k.prefixlen, bytes(k.addr)) for k in m.keys()}
+
+
+@pytest.mark.root
+def test_the_gate_opens_before_a_prefix_goes_in_and_closes_after_it_left(policy, monkeypatch):
+    """The program skips the trie where the gate is closed: a prefix in the trie behind a
+    closed gate would be judged, not exempt. At every trie write the gate must already be
+    open for the prefix, and at every delete still open."""
+    from ccxdp.exempt import gate_indexes
+
+    dp = policy.dp
+    seen = []
+    real_update, real_delete = bpfsys.Map.update, bpfsys.Map.delete
+
+    def is_trie(m) -> bool:
+        return m.info.name == layout.MAP_EXEMPT[:15]
+
+    def update(self, key, value, flags=bpfsys.BPF_ANY):
+        if is_trie(self):
+            seen.append(("insert", key.prefixlen, set(gate_indexes(key)) <= _open_gate(dp)))
+        return real_update(self, key, value, flags)
+
+    def delete(self, key):
+        if is_trie(self):
+            seen.append(("delete", key.prefixlen, set(gate_indexes(key)) <= _open_gate(dp)))
+        return real_delete(self, key)
+
+    monkeypatch.setattr(bpfsys.Map, "update", update)
+    monkeypatch.setattr(bpfsys.Map, "delete", delete)
+    with dp, Catalog(dp.catalog_path) as catalog:
+        exempt_lib.add(dp, catalog, ["198.18.7.0/24", "fd00:7:12:3400::/56"])
+        exempt_lib.remove(dp, catalog, ["198.18.7.0/24", "fd00:7:12:3400::/56"])
+    assert seen == [("insert", 120, True), ("insert", 56, True),
+                    ("delete", 120, True), ("delete", 56, True)]
+    assert _open_gate(dp) == set() and _trie(dp) == set()
+
+
+@pytest.fixture
+def small_trie(tmp_path):
+    """ccxdp loaded (not attached) with room for four exempt prefixes."""
+    from conftest import make_pin_dir, remove_pins
+
+    from ccxdp.datapath import Limits
+
+    pin_dir = make_pin_dir()
+    dp = Datapath(pin_dir, tmp_path / "state", ("-DCCXDP_MAX_EXEMPT=4",))
+    try:
+        with dp:
+            bpfsys.close(dp.load(Limits(max_names=1024, max_sources=64)))
+        yield dp
+    finally:
+        remove_pins(pin_dir)
+
+
+@pytest.mark.root
+def test_a_full_trie_changes_nothing(small_trie):
+    """Five prefixes for a trie of four: the kernel refuses the fifth, the ones this call
+    inserted come out again, the gate closes behind them, the catalog keeps its three."""
+    dp = small_trie
+    first = ["198.18.1.0/24", "198.18.2.0/24", "fd00:1::/48"]
+    with dp, Catalog(dp.catalog_path) as catalog:
+        exempt_lib.add(dp, catalog, first)
+    trie, gate = _trie(dp), _open_gate(dp)
+    assert len(trie) == 3 and gate == set(range(0x0100, 0x0300)) | {0x0000}
+    with dp, Catalog(dp.catalog_path) as catalog:
+        with pytest.raises(CcxdpError, match=r"cannot write 3 prefixes .* nothing was changed"):
+            exempt_lib.add(dp, catalog, ["198.18.2.0/24", "198.18.3.0/24", "198.18.4.0/24"])
+    assert _trie(dp) == trie
+    assert _open_gate(dp) == gate
+    with Catalog(dp.catalog_path) as catalog:
+        assert sorted(e.prefix for e in catalog.exempt()) == sorted(first)
