@@ -527,6 +527,7 @@ class ProgInfo:
     id: int
     name: str
     tag: str  # 16 hex digits, as bpftool prints it
+    verified_insns: int  # instructions the verifier processed to load it (0: kernel < 5.16)
 
 
 def _get_info(fd: int, info: ctypes.Structure, what: str) -> None:
@@ -572,6 +573,7 @@ def prog_info(fd: int) -> ProgInfo:
         id=raw.id,
         name=raw.name.decode(errors="replace"),
         tag=bytes(raw.tag).hex(),
+        verified_insns=raw.verified_insns,
     )
 
 

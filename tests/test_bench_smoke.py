@@ -55,6 +55,7 @@ def test_bench_smoke_writes_every_figure_and_leaves_nothing(tmp_path):
     for case in d["datapath"]["cases"].values():
         assert case["ns"] > 0 and case["ratio"] > 0
     assert d["datapath"]["insns_xlated"] > 0
+    assert d["datapath"]["insns_verified"] > d["datapath"]["insns_xlated"]
     e2e = d["e2e"]
     for run in RUNS:
         assert RUN_FIGURES <= set(e2e[run]), run

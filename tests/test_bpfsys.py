@@ -436,6 +436,7 @@ def test_prog_load_info_and_test_run(pin_dir: str, fds: list[int]) -> None:
     info = bpfsys.prog_info(prog)
     assert info.type == ProgType.XDP and info.name == "ccxdp_pass"
     assert len(info.tag) == 16 and int(info.tag, 16) != 0
+    assert info.verified_insns == 2  # r0 = XDP_PASS; exit: one path, two instructions
     assert bpfsys.prog_map_ids(prog) == []
 
     by_id = bpfsys.prog_get_fd_by_id(info.id)
