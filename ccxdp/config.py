@@ -70,6 +70,10 @@ class Config:
     feeds: tuple[Feed, ...] = ()
     collect_interval: float = DEFAULT_COLLECT_INTERVAL  # 0: the daemon never collects
     store: Path | None = None  # None: records.db in the state folder
+    # Per-address hit rows older than this many days are expired after each collection:
+    # attributed ones fold into per-line totals first. 0: kept until `ccxdp expire`.
+    retention_days: float = 0.0
+    expire_unattributed: bool = False  # rows no line claimed go too once that old
     metrics_listen: tuple[str, int] | None = None
     on_stop: str = "keep"
     log_format: str = "logfmt"
@@ -235,6 +239,10 @@ def parse_config(path: Path, data: dict) -> Config:
 
     interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
     store = collect.get("store", (str,), None, "a string")
+    retention = collect.get("retention_days", (int, float), 0, "a number of days")
+    if retention < 0:
+        collect.fail("retention_days", f"{retention} must be 0 (keep) or more")
+    expire_unattributed = collect.get("expire_unattributed", (bool,), False, "true or false")
     collect.done()
 
     listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
@@ -249,6 +257,8 @@ def parse_config(path: Path, data: dict) -> Config:
         feeds=tuple(feeds),
         collect_interval=interval,
         store=Path(store) if store else None,
+        retention_days=float(retention),
+        expire_unattributed=expire_unattributed,
         metrics_listen=_listen(path, listen) if listen is not None else None,
         on_stop=on_stop,
         log_format=log_format,

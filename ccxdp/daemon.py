@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -350,6 +351,7 @@ class Daemon:
             # datapath's lock, so feed syncs and CLI calls do not wait seconds for it.
             with Store(self._store_path()) as store:
                 r = r.with_fold(store.fold())
+                expired = self._expire(store)
                 stored = _stored_per_category(store)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
@@ -366,6 +368,18 @@ class Daemon:
         self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
+        if expired is not None:
+            self.log("expire", rows=expired[1], before=expired[0].isoformat(timespec="seconds"),
+                     unattributed=self.config.expire_unattributed)
+
+    def _expire(self, store: Store) -> tuple[datetime, int] | None:
+        """Apply the retention (config: collect.retention_days) to the per-address rows;
+        (cut-off, rows deleted) when any went, None otherwise."""
+        if self.config.retention_days <= 0:
+            return None
+        before = datetime.now(UTC) - timedelta(days=self.config.retention_days)
+        rows = store.expire(before, attributed_only=not self.config.expire_unattributed)
+        return (before, rows) if rows else None
 
     # -- metrics ------------------------------------------------------------------------
     def _categories(self) -> dict[int, str]:

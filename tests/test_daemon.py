@@ -318,3 +318,47 @@ def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp
     # recovered what the killed one had switched away from but not stored.
     assert "collect_start" in killed_in, killed_in
     assert any(int(e["recovered"]) > 0 for e in collects), collects
+
+
+def test_the_daemon_expires_old_rows_after_collecting(ccxdp, lab, daemons, tmp_path):
+    """collect.retention_days: after each collection, per-address rows older than that go,
+    attributed ones into per-line totals; rows no line claimed stay unless
+    expire_unattributed. Fresh hits are kept."""
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from ccxdp.store import HitRow
+
+    lab.native_tx_peer()
+    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    rows = [HitRow(ipaddress.ip_address(a), 1, "emotet", old, 2, old, old, ())
+            for a in ("198.18.0.77", "198.18.0.78")]
+    ccxdp.state_dir.mkdir(mode=0o700, exist_ok=True)
+    with Store(store_path(ccxdp.state_dir)) as store:
+        store.add_hits(rows)
+        h = next(h for h in store.hits() if h.address == "198.18.0.77")
+        assert store.attribute([(h.address, h.category, h.hour, h.hits, "L-7")]) == 1
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    cfg = tmp_path / "ccxdp.toml"
+    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.3)
+                   + "retention_days = 2\n")
+    d = daemons(cfg).start()
+    assert rcode(lab, "evil.test") == "NXDOMAIN"
+    e = d.wait_for("expire", timeout=10)
+    assert (e["rows"], e["unattributed"]) == ("1", "False")
+    d.wait_for("collect", result="ok", hits="1", timeout=10)  # the dig's blocked query
+    assert d.stop() == 0
+    with Store(store_path(ccxdp.state_dir)) as store:
+        left = {(h.address, h.line): h.hits for h in store.hits()}
+        assert left == {("198.18.0.78", None): 2, (lab.cli_v4_addrs[0], None): 1}
+        assert store.total_hits() == 5  # the expired row's 2 are in the line totals
+
+    cfg.write_text(cfg.read_text() + "expire_unattributed = true\n")
+    mark = len(d.events())
+    d.start()
+    e = d.wait_for("expire", since=mark, timeout=10)
+    assert (e["rows"], e["unattributed"]) == ("1", "True")
+    assert d.stop() == 0
+    with Store(store_path(ccxdp.state_dir)) as store:
+        assert {h.address for h in store.hits()} == {lab.cli_v4_addrs[0]}

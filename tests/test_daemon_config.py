@@ -26,6 +26,7 @@ def test_the_example_config_parses_to_what_it_says():
     assert c.feeds == (Feed("emotet", (REPO / "examples/feeds/emotet.txt").resolve(), "auto",
                             None, "nxdomain", "emotet", False, 3600.0),)
     assert (c.collect_interval, c.store) == (60.0, None)
+    assert (c.retention_days, c.expire_unattributed) == (90.0, False)
     assert c.metrics_listen == ("127.0.0.1", 9108)
     assert (c.on_stop, c.log_format) == ("keep", "logfmt")
 
@@ -38,6 +39,7 @@ def test_defaults_of_a_minimal_config(tmp_path):
     assert c.interfaces == (Interface("eth0", None, "generic"),)
     assert (c.settings, c.dns_ports, c.feeds) == ({}, None, ())
     assert (c.collect_interval, c.on_stop) == (60.0, "keep")
+    assert (c.retention_days, c.expire_unattributed) == (0.0, False)
     assert c.metrics_listen == ("fd00::10", 9100)
 
 
@@ -78,6 +80,12 @@ BAD = [
      "feeds[0].format", "not one of"),
     ("collect-interval-type", IFACE + '[collect]\ninterval = "1m"\n', "collect.interval",
      "number of seconds"),
+    ("retention-negative", IFACE + '[collect]\nretention_days = -1\n', "collect.retention_days",
+     "0 (keep) or more"),
+    ("retention-type", IFACE + '[collect]\nretention_days = "90d"\n', "collect.retention_days",
+     "number of days"),
+    ("expire-unattributed-type", IFACE + '[collect]\nexpire_unattributed = "yes"\n',
+     "collect.expire_unattributed", "true or false"),
     ("on-stop", 'on_stop = "forget"\n' + IFACE, "on_stop", "keep, detach"),
     ("metrics-listen", IFACE + '[metrics]\nlisten = "localhost"\n', "metrics.listen",
      "ADDRESS:PORT"),

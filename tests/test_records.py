@@ -534,3 +534,36 @@ def test_state_folder_of_root_refuses_others(world, args):
     assert "Traceback" not in cp.stderr
     (line,) = cp.stderr.splitlines()
     assert line.startswith("Error: Permission denied") and "root" in line
+
+
+def test_expire_keeps_the_records_and_drops_the_addresses(world):
+    """After notify attributed the month, `ccxdp expire` deletes the per-address rows: the
+    records keep their hits, categories, days and feeds, only the addresses are gone. The
+    hits no line was found for stay until --unattributed."""
+    out = world["dir"] / "outbox"
+    ccxdp(world["state"], *notify_args(world, "--from", SENDER, "--out", str(out)))
+    before = json.loads(ccxdp(world["state"], "records", "--period", PERIOD, "--json").stdout)
+    data = json.loads(ccxdp(world["state"], "expire", "--older-than", "0.01", "--json").stdout)
+    assert (data["rows"], data["unattributed"]) == (8, False)
+    after = json.loads(ccxdp(world["state"], "records", "--period", PERIOD, "--json").stdout)
+    assert after["records"] == [{**r, "addresses": []} for r in before["records"]]
+    assert after["unattributed"] == before["unattributed"] != []
+    rep = json.loads(ccxdp(world["state"], "report", "--period", PERIOD, "--json").stdout)
+    assert (rep["lines_seen"], rep["hits"]) == (4, 31)
+    # Notified once a month still: nothing is sent again.
+    again = json.loads(ccxdp(world["state"], *notify_args(
+        world, "--from", SENDER, "--out", str(out), "--json")).stdout)
+    assert again["notified"] == [] and again["already_notified"] == ["L-1", "L-3"]
+
+    text = ccxdp(world["state"], "expire", "--older-than", "0.01", "--unattributed").stdout
+    assert text.startswith("expired 1 per-address rows whose hour ended before 20")
+    final = json.loads(ccxdp(world["state"], "records", "--period", PERIOD, "--json").stdout)
+    assert final["unattributed"] == [] and final["records"] == after["records"]
+    with Store(store_path(world["state"])) as store:
+        assert store.hits() == []
+
+
+def test_expire_refuses_a_bad_age(tmp_path):
+    cp = ccxdp(tmp_path / "state", "expire", "--older-than", "0", check=False)
+    assert cp.returncode == 2 and "--older-than" in cp.stderr
+    assert not (tmp_path / "state").exists()

@@ -7,9 +7,11 @@ the state folder.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from .. import attribution, mail
 from .. import records as rec
@@ -217,6 +219,39 @@ def report(app, period, as_json):
     emit(as_json, data, lambda: rec.render_report(data))
 
 
+@click.command()
+@click.option("--older-than", "days", type=click.FloatRange(min=0, min_open=True),
+              required=True, metavar="DAYS",
+              help="Expire rows whose hour ended more than DAYS days ago.")
+@click.option("--unattributed", is_flag=True,
+              help="Also expire rows no line was found for (they are gone for good).")
+@json_option
+@pass_app
+def expire(app, days, unattributed, as_json):
+    """Delete old per-address hit rows from the store (privacy: addresses kept no longer
+    than needed).
+
+    Rows 'ccxdp notify' attributed to a line are folded into per-line totals first, so
+    records, reports and the once-a-month rule are unchanged; their addresses are gone. Rows
+    no line was found for stay (a later notify with more sessions may still attribute them)
+    unless --unattributed. The daemon does this after each collection when
+    collect.retention_days is set.
+
+    \b
+    Examples:
+      ccxdp expire --older-than 90
+      ccxdp expire --older-than 90 --unattributed --json
+    """
+    before = datetime.now(UTC) - timedelta(days=days)
+    with open_store(store_path(app.state_dir)) as store:
+        rows = store.expire(before, attributed_only=not unattributed)
+    data = {"rows": rows, "before": before.isoformat(timespec="seconds"),
+            "unattributed": unattributed}
+    kept = "" if unattributed else "; rows no line was found for are kept"
+    emit(as_json, data, lambda: Text(
+        f"expired {rows} per-address rows whose hour ended before {data['before']}{kept}"))
+
+
 def register(group: click.Group) -> None:
-    for command in (notify, records, report):
+    for command in (notify, records, report, expire):
         group.add_command(command)
