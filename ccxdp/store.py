@@ -607,9 +607,11 @@ class Store:
     def total_hits(self) -> int:
         """Every hit the store holds, raw and folded: what the collector has added."""
         self._fold_first()
-        raw = self.db.execute("SELECT coalesce(sum(hits), 0) FROM hits").fetchone()[0]
-        folded = self.db.execute("SELECT coalesce(sum(hits), 0) FROM line_hits").fetchone()[0]
-        return raw + folded
+        # One statement, one snapshot: an expire between two reads would move rows from hits
+        # to line_hits and count them twice.
+        return self.db.execute(
+            "SELECT (SELECT coalesce(sum(hits), 0) FROM hits) + "
+            "(SELECT coalesce(sum(hits), 0) FROM line_hits)").fetchone()[0]
 
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         """Attributed hits in [start, end), raw and folded alike: (line, category, hour, hits,
