@@ -26,7 +26,8 @@
 #endif
 
 /* An answer's UDP datagram: header 8, DNS header 12, question up to 255 + 4, an AAAA
- * record 28 or an SOA 34, an OPT 11; rounded up to a multiple of 4. */
+ * record 28 or an SOA 34, an OPT 11 (324 in all); a multiple of 8, the words its checksum
+ * loop reads (answer.h). */
 #define CCXDP_MAX_ANSWER_UDP 352
 
 /* The most a query's headers and question take when they must move: Ethernet 14, two VLAN

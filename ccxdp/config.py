@@ -7,6 +7,7 @@ bad file never attaches, syncs or detaches anything. ``examples/ccxdp.toml`` sho
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ SETTING_KEYS = ("default_action", "sinkhole_v4", "sinkhole_v6", "answer_ttl", "n
                 "edns_udp_size")
 DEFAULT_FEED_REFRESH = 3600.0
 DEFAULT_COLLECT_INTERVAL = 60.0
+MAX_RETENTION_DAYS = 36500  # a century: beyond it the cut-off date does not exist
 _FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 _CATEGORY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -104,6 +106,8 @@ class _Reader:
 
     def seconds(self, name: str, default: float, allow_zero: bool = False) -> float:
         value = self.get(name, (int, float), default, "a number of seconds")
+        if not math.isfinite(value):  # TOML has nan and inf; neither is a time
+            self.fail(name, f"{value} is not a finite number of seconds")
         if value < 0 or (value == 0 and not allow_zero):
             self.fail(name, f"{value} must be {'0 or more' if allow_zero else 'more than 0'}")
         return float(value)
@@ -240,8 +244,9 @@ def parse_config(path: Path, data: dict) -> Config:
     interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
     store = collect.get("store", (str,), None, "a string")
     retention = collect.get("retention_days", (int, float), 0, "a number of days")
-    if retention < 0:
-        collect.fail("retention_days", f"{retention} must be 0 (keep) or more")
+    if not math.isfinite(retention) or not 0 <= retention <= MAX_RETENTION_DAYS:
+        collect.fail("retention_days",
+                     f"{retention} must be 0 (keep) or more, up to {MAX_RETENTION_DAYS}")
     expire_unattributed = collect.get("expire_unattributed", (bool,), False, "true or false")
     collect.done()
 

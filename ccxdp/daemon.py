@@ -96,6 +96,7 @@ class Daemon:
         self.config_path = Path(config_path)
         self.dp = Datapath(pin_dir, state_dir)
         self.state = DaemonState()
+        self._expired_for: tuple | None = None  # the hour and retention last expired for
         self.log = Log(out=log_out)
         self.config: Config | None = None
         self.metrics: MetricsServer | None = None
@@ -351,7 +352,6 @@ class Daemon:
             # datapath's lock, so feed syncs and CLI calls do not wait seconds for it.
             with Store(self._store_path()) as store:
                 r = r.with_fold(store.fold())
-                expired = self._expire(store)
                 stored = _stored_per_category(store)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
@@ -368,18 +368,33 @@ class Daemon:
         self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
-        if expired is not None:
-            self.log("expire", rows=expired[1], before=expired[0].isoformat(timespec="seconds"),
-                     unattributed=self.config.expire_unattributed)
+        self.expire()
 
-    def _expire(self, store: Store) -> tuple[datetime, int] | None:
-        """Apply the retention (config: collect.retention_days) to the per-address rows;
-        (cut-off, rows deleted) when any went, None otherwise."""
-        if self.config.retention_days <= 0:
-            return None
-        before = datetime.now(UTC) - timedelta(days=self.config.retention_days)
-        rows = store.expire(before, attributed_only=not self.config.expire_unattributed)
-        return (before, rows) if rows else None
+    def expire(self) -> None:
+        """Apply the retention (collect.retention_days) to the per-address rows, after a
+        collection. Its own step: the collection is stored and counted whatever happens here,
+        and a failure (the store locked by a long notify) is logged and retried next time.
+        Rows become old enough by the hour, so it runs once an hour (or when the retention
+        changes), not at every collection: each run takes the store's write lock."""
+        config = self.config
+        if config.retention_days <= 0:
+            return
+        before = datetime.now(UTC) - timedelta(days=config.retention_days)
+        due = (int(before.timestamp()) // 3600, config.retention_days,
+               config.expire_unattributed)
+        if due == self._expired_for:
+            return
+        try:
+            with Store(self._store_path()) as store:
+                rows = store.expire(before, attributed_only=not config.expire_unattributed)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("expire", level="error", result="error", error=str(e))
+            return
+        self._expired_for = due
+        if rows:
+            self.log("expire", result="ok", rows=rows,
+                     before=before.isoformat(timespec="seconds"),
+                     unattributed=config.expire_unattributed)
 
     # -- metrics ------------------------------------------------------------------------
     def _categories(self) -> dict[int, str]:

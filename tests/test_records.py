@@ -563,7 +563,12 @@ def test_expire_keeps_the_records_and_drops_the_addresses(world):
         assert store.hits() == []
 
 
-def test_expire_refuses_a_bad_age(tmp_path):
-    cp = ccxdp(tmp_path / "state", "expire", "--older-than", "0", check=False)
-    assert cp.returncode == 2 and "--older-than" in cp.stderr
+@pytest.mark.parametrize("age, reason", [("0", "not in the range 0<x<=36500"),
+                                         ("inf", "not in the range 0<x<=36500"),
+                                         ("1e6", "not in the range 0<x<=36500"),
+                                         ("nan", "nan is not a number of days")])
+def test_expire_refuses_a_bad_age(tmp_path, age, reason):
+    cp = ccxdp(tmp_path / "state", "expire", "--older-than", age, check=False)
+    assert cp.returncode == 2 and "--older-than" in cp.stderr and reason in cp.stderr
+    assert "Traceback" not in cp.stderr
     assert not (tmp_path / "state").exists()

@@ -7,6 +7,7 @@ the state folder.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from .. import attribution, mail
 from .. import records as rec
+from ..config import MAX_RETENTION_DAYS
 from ..store import Store, StoreError, open_store, period_bounds, store_path
 from . import pass_app
 from .output import emit, json_option
@@ -219,9 +221,16 @@ def report(app, period, as_json):
     emit(as_json, data, lambda: rec.render_report(data))
 
 
+def _finite(param, value: float) -> float:
+    if not math.isfinite(value):  # FloatRange lets nan through: it compares false
+        raise click.BadParameter(f"{value} is not a number of days", param=param)
+    return value
+
+
 @click.command()
-@click.option("--older-than", "days", type=click.FloatRange(min=0, min_open=True),
-              required=True, metavar="DAYS",
+@click.option("--older-than", "days", required=True, metavar="DAYS",
+              type=click.FloatRange(min=0, min_open=True, max=MAX_RETENTION_DAYS),
+              callback=lambda ctx, param, v: _finite(param, v),
               help="Expire rows whose hour ended more than DAYS days ago.")
 @click.option("--unattributed", is_flag=True,
               help="Also expire rows no line was found for (they are gone for good).")
