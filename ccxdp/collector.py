@@ -60,6 +60,7 @@ from pathlib import Path
 
 from . import bpfsys, layout
 from .bpfsys import wait_for_readers
+from .catalog import Catalog
 from .datapath import Datapath
 from .errors import CcxdpError
 from .store import (
@@ -339,7 +340,7 @@ class Collector:
         # The hits are in the store (staged); readers would fold them anyway, but the
         # collection that staged them folds them now, off the kernel's path. Callers that
         # hold the datapath's lock only for the kernel part fold after releasing it
-        # (fold=False here, then Store.fold and with_fold).
+        # (collect_then_fold).
         return result.with_fold(self.store.fold()) if fold else result
 
 
@@ -349,3 +350,18 @@ def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = N
     the datapath's lock. ``categories``: the catalog's names of category ids."""
     with Collector(dp, categories) as collector:
         return collector.collect(store)
+
+
+def collect_then_fold(dp: Datapath, store_file: Path) -> CollectResult:
+    """One collection into the store at ``store_file``, as `ccxdp collect` and the daemon run
+    it: the kernel part under the datapath's lock, the fold after the lock is released. The
+    fold touches only the store (its own transaction) and takes seconds for a million sources,
+    so feed syncs and other commands do not wait for it. The store file is made only once
+    the maps are known to be there: a failed collection leaves no empty store behind."""
+    with dp:
+        with Catalog(dp.catalog_path) as catalog:
+            categories = catalog.categories()
+        with Collector(dp, categories) as collector, Store(store_file) as store:
+            result = collector.collect(store, fold=False)
+    with Store(store_file) as store:
+        return result.with_fold(store.fold())

@@ -31,7 +31,7 @@ from typing import TextIO
 from . import blocklist, exempt
 from .blocklist import canonical_action
 from .catalog import Catalog, normalize_category
-from .collector import Collector
+from .collector import collect_then_fold
 from .config import Config, ConfigError, Feed, Interface, load_config
 from .datapath import Datapath, Limits, Mode, check_root
 from .errors import CcxdpError
@@ -342,16 +342,8 @@ class Daemon:
         self.log("collect_start")
         started = time.monotonic()
         try:
-            with self.dp:
-                with Catalog(self.dp.catalog_path) as catalog:
-                    categories = catalog.categories()
-                with Collector(self.dp, categories) as collector, \
-                        Store(self._store_path()) as store:
-                    r = collector.collect(store, fold=False)
-            # The fold only touches the store, in a transaction of its own: off the
-            # datapath's lock, so feed syncs and CLI calls do not wait seconds for it.
+            r = collect_then_fold(self.dp, self._store_path())
             with Store(self._store_path()) as store:
-                r = r.with_fold(store.fold())
                 stored = _stored_per_category(store)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:

@@ -175,8 +175,9 @@ def main() -> int:
         with dp.open_map(layout.MAP_BLOOM) as b:
             words = [v.value for _, v in b.lookup_batch()]
         print(f"kernel memory of the name table and bloom filter: {table_memory(dp)}")
-        print(f"program: {xlated_insns(fd)} instructions after the verifier, which processed "
-              f"{bpfsys.prog_info(fd).verified_insns:,} to load it")
+        insns = {"xlated": xlated_insns(fd), "verified": bpfsys.prog_info(fd).verified_insns}
+        print(f"program: {insns['xlated']} instructions after the verifier, which processed "
+              f"{insns['verified']:,} to load it")
         fill = sum(bin(w).count("1") for w in words) / (64 * len(words))
         # Both bits of a hash fall in one word, so the rate is the mean of each word's fill².
         false_positive = statistics.mean((bin(w).count("1") / 64) ** 2 for w in words)
@@ -224,8 +225,8 @@ def main() -> int:
             args.json.write_text(json.dumps({
                 "names": args.names, "sources": args.sources, "repeat": args.repeat,
                 "rounds": args.rounds, "cases": figures,
-                "insns_xlated": xlated_insns(fd),
-                "insns_verified": bpfsys.prog_info(fd).verified_insns}, indent=1))
+                "insns_xlated": insns["xlated"], "insns_verified": insns["verified"]},
+                indent=1))
     finally:
         for f in fds:
             bpfsys.close(f)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..catalog import Catalog
-from ..collector import Collector, CollectResult
+from ..collector import CollectResult, collect_then_fold
 from ..datapath import Datapath, check_root
-from ..store import Store, store_path
+from ..store import store_path
 from . import pass_app
 from .output import emit, err_console, json_option
 
@@ -43,19 +42,9 @@ def collect_cmd(app, as_json):
       ccxdp collect
       ccxdp collect --json | jq .hits
     """
+    # Not app.datapath(): that holds the lock until the command ends, fold included.
     check_root()
-    with Datapath(app.pin_dir, app.state_dir) as dp:
-        with Catalog(dp.catalog_path) as catalog:
-            categories = catalog.categories()
-        with Collector(dp, categories) as collector:
-            # Made once the maps are known to be there: a failed collect leaves no empty
-            # store behind.
-            with Store(store_path(app.state_dir)) as store:
-                result = collector.collect(store, fold=False)
-    # The fold only touches the store (its own transaction): after the datapath's lock is
-    # released, so other ccxdp commands do not wait for it.
-    with Store(store_path(app.state_dir)) as store:
-        result = result.with_fold(store.fold())
+    result = collect_then_fold(Datapath(app.pin_dir, app.state_dir), store_path(app.state_dir))
     emit(as_json, result.to_json(), lambda: render_collect(result))
     if result.lost:
         err_console().print(
