@@ -5,7 +5,7 @@
 Loads the program under a private pin folder, fills the per-source map's live buffer with
 --sources entries written from Python in batches, exactly as the kernel would have made them
 (the same key and value layout, monotonic-clock times within the last hour, 90% IPv4, 10% IPv6,
-a few categories), then times one collection (ccxdp/collector.py: kernel to store,
+a few categories), then times one collection (ccxdp/hits/collector.py: kernel to store,
 committed, buffer deleted) and prints it beside the 2 s target, then times the fold of the
 staged counters into the hits table apart (Store.fold, off the collection path), with the
 store's size. Round n collects into the store the rounds before filled. Everything is removed
@@ -28,10 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccxdp import bpfsys, collector, layout  # noqa: E402
-from ccxdp.collector import Collector  # noqa: E402
-from ccxdp.datapath import Datapath, Limits  # noqa: E402
-from ccxdp.store import Store  # noqa: E402
+from ccxdp.datapath import libbpf, shared
+from ccxdp.datapath.loader import Datapath, Limits  # noqa: E402
+from ccxdp.hits import collector
+from ccxdp.hits.collector import Collector  # noqa: E402
+from ccxdp.hits.store import Store  # noqa: E402
 
 TARGET_S = 2.0
 CATEGORIES = {i: f"family-{i}" for i in range(1, 9)}
@@ -41,11 +42,11 @@ def fill_sources(dp: Datapath, count: int, seed: int) -> int:
     """Write `count` distinct (source, category) entries into the live buffer; returns their
     hits."""
     rng = random.Random(seed)
-    with dp.open_map(layout.MAP_SOURCE_EPOCH) as epoch_map:
+    with dp.open_map(shared.MAP_SOURCE_EPOCH) as epoch_map:
         buffer = epoch_map.lookup(ct.c_uint32(0)).value & 1
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    keys = (layout.SourceKey * count)()
-    values = (layout.SourceHits * count)()
+    keys = (shared.SourceKey * count)()
+    values = (shared.SourceHits * count)()
     total = 0
     v6 = count // 10
     for i in range(count):
@@ -63,7 +64,7 @@ def fill_sources(dp: Datapath, count: int, seed: int) -> int:
         v.hits, v.first_seen_ns = hits, first
         v.last_seen_ns = first if hits == 1 else rng.randrange(first, now)
         total += hits
-    with dp.open_map(layout.MAP_SOURCES) as srcs:
+    with dp.open_map(shared.MAP_SOURCES) as srcs:
         srcs.update_batch(keys, values)
     return total
 
@@ -109,7 +110,7 @@ def main() -> None:
         with Datapath(pin_dir, state) as dp:
             t = time.perf_counter()
             fd = dp.load(Limits(max_names=65536, max_sources=max(args.sources, 1 << 20)))
-            bpfsys.close(fd)
+            libbpf.close(fd)
             print(f"loaded the program in {time.perf_counter() - t:.1f} s")
             store = Store(state / "records.db")
             phases = Phases()

@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench_collect import fill_sources  # noqa: E402
-from frames import query, tcp4, udp4, udp6  # noqa: E402
 
-from ccxdp import bpfsys, exempt, layout, native  # noqa: E402
-from ccxdp.datapath import Datapath, Limits  # noqa: E402
-from ccxdp.hashing import name_hash  # noqa: E402
-from ccxdp.nametable import NameTable  # noqa: E402
-from ccxdp.settings import Settings  # noqa: E402
+from ccxdp.datapath import bulk, libbpf, shared
+from ccxdp.datapath.hashing import name_hash  # noqa: E402
+from ccxdp.datapath.loader import Datapath, Limits  # noqa: E402
+from ccxdp.datapath.nametable import NameTable  # noqa: E402
+from ccxdp.datapath.settings import Settings  # noqa: E402
+from ccxdp.policy import exempt
+from tests.harness.frames import query, tcp4, udp4, udp6  # noqa: E402
 
 BPF_PROG_TYPE_XDP = 6
 XDP_PASS = 2
@@ -46,8 +47,8 @@ EXEMPT_SRC = "198.18.7.7"
 
 def empty_program() -> int:
     # r0 = XDP_PASS; exit
-    insns = bpfsys.pack_insn(0xB7, dst=0, imm=XDP_PASS) + bpfsys.pack_insn(0x95)
-    return bpfsys.prog_load(BPF_PROG_TYPE_XDP, insns, name="ccxdp_empty")
+    insns = libbpf.pack_insn(0xB7, dst=0, imm=XDP_PASS) + libbpf.pack_insn(0x95)
+    return libbpf.prog_load(BPF_PROG_TYPE_XDP, insns, name="ccxdp_empty")
 
 
 def fill_names(dp: Datapath, count: int) -> str:
@@ -56,9 +57,9 @@ def fill_names(dp: Datapath, count: int) -> str:
     key = dp.hash_key()
     started = time.perf_counter()
     names = [f"c2-{i}.example{i % 97}.test" for i in range(count)]
-    hashes = native.hash_names(names, key)
-    values = array.array("Q", [layout.pack_entry(layout.Action.DROP, 0, 1)]) * count
-    publish(dp, *native.sort_pairs(hashes, values))
+    hashes = bulk.hash_names(names, key)
+    values = array.array("Q", [shared.pack_entry(shared.Action.DROP, 0, 1)]) * count
+    publish(dp, *bulk.sort_pairs(hashes, values))
     print(f"loaded {count:,} names in {time.perf_counter() - started:.1f} s")
     return f"c2-{count // 2}.example{(count // 2) % 97}.test"
 
@@ -75,10 +76,10 @@ def set_answer_entries(dp: Datapath) -> dict[str, str]:
     key = dp.hash_key()
     with NameTable(dp) as table:
         hashes, values = table.read()
-    extra = {name_hash(n, key): layout.pack_entry(layout.Action[a.upper()], 0, 1)
+    extra = {name_hash(n, key): shared.pack_entry(shared.Action[a.upper()], 0, 1)
              for a, n in names.items()}
-    hashes, values = native.merge(hashes, values, array.array("Q"),
-                                  *native.sort_pairs(array.array("Q", extra),
+    hashes, values = bulk.merge(hashes, values, array.array("Q"),
+                                  *bulk.sort_pairs(array.array("Q", extra),
                                                      array.array("Q", extra.values())))
     publish(dp, hashes, values)
     return names
@@ -88,7 +89,7 @@ def xlated_insns(fd: int) -> int | None:
     """The program's instruction count after the verifier (bpftool prog dump xlated)."""
     import subprocess
 
-    prog_id = bpfsys.prog_info(fd).id
+    prog_id = libbpf.prog_info(fd).id
     out = subprocess.run(["bpftool", "-j", "prog", "dump", "xlated", "id", str(prog_id)],
                          capture_output=True, text=True, check=False).stdout
     try:
@@ -99,10 +100,10 @@ def xlated_insns(fd: int) -> int | None:
 
 def table_memory(dp: Datapath) -> str:
     total = 0
-    for name in (layout.MAP_NAME_SLOTS, layout.MAP_NAME_RANGES, layout.MAP_NAME_ACTIVE,
-                 layout.MAP_BLOOM):
+    for name in (shared.MAP_NAME_SLOTS, shared.MAP_NAME_RANGES, shared.MAP_NAME_ACTIVE,
+                 shared.MAP_BLOOM):
         with dp.open_map(name) as m:
-            total += bpfsys.map_memlock(m.fd)
+            total += libbpf.map_memlock(m.fd)
     return f"{total / 2**20:.1f} MiB"
 
 
@@ -163,19 +164,19 @@ def main() -> int:
         samples: dict[str, list[int]] = {name: [] for name in cases}
         for _ in range(args.rounds):
             for name, (prog, frame) in cases.items():
-                run = bpfsys.prog_test_run(prog, frame, repeat=args.repeat)
+                run = libbpf.prog_test_run(prog, frame, repeat=args.repeat)
                 samples[name].append(run.duration_ns)
         # One name either is or is not a bloom false positive under this run's key; the mean
         # over many names includes the false-positive lookups a real query mix pays for.
         mix = [f"host{i}.site{i * 7919 % 1000}.example" for i in range(64)]
         mix_ns = [
-            bpfsys.prog_test_run(fd, udp4(query(n)), repeat=max(args.repeat // 16, 1)).duration_ns
+            libbpf.prog_test_run(fd, udp4(query(n)), repeat=max(args.repeat // 16, 1)).duration_ns
             for n in mix
         ]
-        with dp.open_map(layout.MAP_BLOOM) as b:
+        with dp.open_map(shared.MAP_BLOOM) as b:
             words = [v.value for _, v in b.lookup_batch()]
         print(f"kernel memory of the name table and bloom filter: {table_memory(dp)}")
-        insns = {"xlated": xlated_insns(fd), "verified": bpfsys.prog_info(fd).verified_insns}
+        insns = {"xlated": xlated_insns(fd), "verified": libbpf.prog_info(fd).verified_insns}
         print(f"program: {insns['xlated']} instructions after the verifier, which processed "
               f"{insns['verified']:,} to load it")
         fill = sum(bin(w).count("1") for w in words) / (64 * len(words))
@@ -194,7 +195,7 @@ def main() -> int:
         single_ns = {name: [] for name in single}
         for _ in range(calls):
             for name, (prog, frame) in single.items():
-                single_ns[name].append(bpfsys.prog_test_run(prog, frame).duration_ns)
+                single_ns[name].append(libbpf.prog_test_run(prog, frame).duration_ns)
         single_base = statistics.median(single_ns["empty XDP program, one run a call"])
         repeated_base = statistics.median(samples["empty XDP program"])
         print(f"one run per call, median of {calls:,} calls; each call carries a fixed cost")
@@ -229,7 +230,7 @@ def main() -> int:
                 indent=1))
     finally:
         for f in fds:
-            bpfsys.close(f)
+            libbpf.close(f)
         if pin_dir.exists():
             for pin in pin_dir.iterdir():
                 pin.unlink()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccxdp.feedformats import parse_feed  # noqa: E402
+from ccxdp.policy.formats import parse_feed  # noqa: E402
 
 COMMENT_EVERY = 1000
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccxdp import bpfsys, layout  # noqa: E402
-from ccxdp.catalog import Catalog  # noqa: E402
-from ccxdp.datapath import Datapath, Limits  # noqa: E402
-from ccxdp.feeds import add_feed, sync_feed  # noqa: E402
+from ccxdp.datapath import libbpf, shared
+from ccxdp.datapath.loader import Datapath, Limits  # noqa: E402
+from ccxdp.policy.catalog import Catalog  # noqa: E402
+from ccxdp.policy.feeds import add_feed, sync_feed  # noqa: E402
 
 TARGET_IMPORT_S = 4.5  # what Unbound takes here to load a 1M-name RPZ
 TARGET_BYTES_PER_NAME = 64
 TARGET_SYNC_S = 0.5
 
-NAME_MAPS = (layout.MAP_NAME_SLOTS, layout.MAP_NAME_RANGES, layout.MAP_NAME_ACTIVE,
-             layout.MAP_BLOOM)
+NAME_MAPS = (shared.MAP_NAME_SLOTS, shared.MAP_NAME_RANGES, shared.MAP_NAME_ACTIVE,
+             shared.MAP_BLOOM)
 
 
 def name(i: int) -> str:
@@ -47,7 +47,7 @@ def kernel_bytes(dp: Datapath) -> int:
     total = 0
     for m in NAME_MAPS:
         with dp.open_map(m) as opened:
-            total += bpfsys.map_memlock(opened.fd)
+            total += libbpf.map_memlock(opened.fd)
     return total
 
 
@@ -62,7 +62,7 @@ def main() -> int:
     dp = Datapath(pin_dir, work / "state")
     try:
         with dp:
-            bpfsys.close(dp.load(Limits(max_names=1 << (args.names - 1).bit_length(),
+            libbpf.close(dp.load(Limits(max_names=1 << (args.names - 1).bit_length(),
                                         max_sources=1 << 16)))
         feed = work / "feed.txt"
         write_feed(feed, range(args.names))

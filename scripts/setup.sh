@@ -19,7 +19,7 @@ fi
 
 # python3-bpfcc is bcc's Python binding for the system python (the PyPI "bcc" is unrelated);
 # unbound, dig, kdig are the real resolver and clients of the end-to-end tests; gcc builds
-# the small native helper that hashes and sorts a million feed names (ccxdp/native.py);
+# the small native helper that hashes and sorts a million feed names (ccxdp/datapath/bulk.py);
 # vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here; systemd
 # brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
 # scripts/bench.sh (the load generator, the chart).
@@ -67,7 +67,7 @@ if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 fi
 
 # Merge the fallback header tree (no-op when the kernel's own headers exist).
-"$venv/bin/python" -m ccxdp.headers prepare
+"$venv/bin/python" -m ccxdp.datapath.kernel_headers prepare
 
 if ! mountpoint -q /sys/fs/bpf; then
 	say "mounting bpffs on /sys/fs/bpf"

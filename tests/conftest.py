@@ -64,8 +64,8 @@ def remove_pins(pin_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def loaded(state_root):
     """One compiled, pinned program (small maps) for the BPF_PROG_TEST_RUN tests."""
-    from ccxdp import bpfsys
-    from ccxdp.datapath import Datapath, Limits
+    from ccxdp.datapath import libbpf
+    from ccxdp.datapath.loader import Datapath, Limits
 
     pin_dir = make_pin_dir()
     dp = Datapath(pin_dir, state_root / "testrun")
@@ -73,7 +73,7 @@ def loaded(state_root):
         with dp:
             fd = dp.load(Limits(max_names=65536, max_sources=4096))
         yield dp, fd
-        bpfsys.close(fd)
+        libbpf.close(fd)
     finally:
         remove_pins(pin_dir)
 
@@ -81,11 +81,11 @@ def loaded(state_root):
 @pytest.fixture
 def datapath(loaded):
     """The loaded program with empty name and source maps and default ports."""
-    from ccxdp import layout
+    from ccxdp.datapath import shared
 
     dp, fd = loaded
     clear_entries(dp)
-    with dp.open_map(layout.MAP_SOURCES) as m:
+    with dp.open_map(shared.MAP_SOURCES) as m:
         for k in list(m.keys()):
             m.delete(k)
     dp.set_dns_ports([53])
@@ -94,7 +94,7 @@ def datapath(loaded):
 
 def clear_entries(dp) -> None:
     """Empty the kernel's name table (and so its bloom filter)."""
-    from ccxdp.nametable import NameTable
+    from ccxdp.datapath.nametable import NameTable
 
     with NameTable(dp) as table:
         table.publish(array("Q"), array("Q"))
@@ -102,30 +102,30 @@ def clear_entries(dp) -> None:
 
 def set_entries(dp, entries: dict[int, tuple[int, int]]) -> None:
     """Make {hash: (flags, category)} the kernel's list, as drop entries."""
-    from ccxdp import layout
+    from ccxdp.datapath import shared
 
-    publish_entries(dp, {h: (layout.Action.DROP, f, c) for h, (f, c) in entries.items()})
+    publish_entries(dp, {h: (shared.Action.DROP, f, c) for h, (f, c) in entries.items()})
 
 
 def publish_entries(dp, entries: dict[int, tuple[int, int, int]]) -> None:
     """Make {hash: (action, flags, category)} the kernel's list, the way the control plane
     publishes lists."""
-    from ccxdp import layout
-    from ccxdp.nametable import NameTable
+    from ccxdp.datapath import shared
+    from ccxdp.datapath.nametable import NameTable
 
-    pairs = sorted((h, layout.pack_entry(*v)) for h, v in entries.items())
+    pairs = sorted((h, shared.pack_entry(*v)) for h, v in entries.items())
     with NameTable(dp) as table:
         table.publish(array("Q", (h for h, _ in pairs)), array("Q", (v for _, v in pairs)))
 
 
 def kernel_names(dp) -> dict[int, tuple[int, int, int]]:
     """{hash: (action, flags, category)} of the kernel's live list."""
-    from ccxdp import layout
-    from ccxdp.nametable import NameTable
+    from ccxdp.datapath import shared
+    from ccxdp.datapath.nametable import NameTable
 
     with NameTable(dp) as table:
         hashes, values = table.read()
-    return {h: layout.unpack_entry(v) for h, v in zip(hashes, values, strict=True)}
+    return {h: shared.unpack_entry(v) for h, v in zip(hashes, values, strict=True)}
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def lab():
     (a resolver with a real unbound, clients, a sinkhole, on one switch); with
     CCXDP_E2E_TOPOLOGY=hosts, this host as the resolver and a client VM (vagrant/README.md).
     Everything it makes is removed when the test ends, passed or failed."""
-    from ccxdp.lab import from_env
+    from ccxdp.lab.core import from_env
 
     with from_env() as topology:
         yield topology
@@ -167,7 +167,7 @@ def ccxdp(tmp_path):
     try:
         yield tool
     finally:
-        from ccxdp.datapath import Datapath
+        from ccxdp.datapath.loader import Datapath
         from ccxdp.errors import DatapathError
 
         try:

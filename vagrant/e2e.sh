@@ -38,5 +38,5 @@ export CCXDP_E2E_CLIENT_EXEC="${client_exec[*]}"
 echo "[e2e] resolver: this VM, $iface ($RESOLVER_V4, $RESOLVER_V6), kernel $(uname -r)"
 echo "[e2e] client: ${clients4[0]} over ssh, $client_if ($CLIENT_V4 $CLIENT_V6)"
 cd "$repo"
-exec "$repo/.venv/bin/python" -m pytest -p no:cacheprovider tests/test_e2e.py \
-	tests/test_e2e_answers.py "$@"
+exec "$repo/.venv/bin/python" -m pytest -p no:cacheprovider tests/e2e/test_filter.py \
+	tests/e2e/test_answers.py "$@"

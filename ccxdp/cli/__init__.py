@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from ..bpfsys import BpfError
-from ..catalog import Catalog
-from ..datapath import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Datapath, check_root
-from ..errors import CcxdpError
+from ccxdp.datapath.libbpf import BpfError
+from ccxdp.datapath.loader import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Datapath, check_root
+from ccxdp.errors import CcxdpError
+from ccxdp.policy.catalog import Catalog
 
 
 @dataclass

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .. import blocklist
-from ..catalog import ALLOW
-from ..render import render_changes, render_entries
+from ccxdp.cli.render import render_changes, render_entries
+from ccxdp.policy import lists
+from ccxdp.policy.catalog import ALLOW
+
 from . import pass_app
 from .block import changes_json, entries_json, note_not_loaded
 from .output import emit, json_option
@@ -47,7 +48,7 @@ def allow_add(app, names, subtree, as_json):
       ccxdp allow add partner.example --subtree
     """
     dp = app.datapath()
-    changes = blocklist.add(dp, app.catalog(), names, subtree, kind=ALLOW)
+    changes = lists.add(dp, app.catalog(), names, subtree, kind=ALLOW)
     emit(as_json, changes_json(changes, ALLOW), lambda: render_changes(changes))
     note_not_loaded(dp, as_json)
 
@@ -63,7 +64,7 @@ def allow_remove(app, names, as_json):
     Example:
       ccxdp allow remove cdn.evil.example
     """
-    changes = blocklist.remove(app.datapath(), app.catalog(), names, kind=ALLOW)
+    changes = lists.remove(app.datapath(), app.catalog(), names, kind=ALLOW)
     emit(as_json, changes_json(changes, ALLOW), lambda: render_changes(changes))
     missing = [c.name for c in changes if c.status == "not listed"]
     if missing:

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import click
 
-from .. import blocklist, exempt
-from ..datapath import Attachment, Datapath, Limits, Mode
-from ..render import render_attachments
+from ccxdp.cli.render import render_attachments
+from ccxdp.datapath.loader import Attachment, Datapath, Limits, Mode
+from ccxdp.policy import exempt, lists
+
 from . import pass_app
 from .output import emit, json_option
 from .types import ACTION, INTERFACE, IPV4, IPV6
@@ -90,7 +91,7 @@ def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, action, s
         # Before the program is attached, so its first query already sees all of it.
         if given:
             loaded.set_settings(replace(loaded.settings(), **given))
-        blocklist.reconcile(loaded, catalog)
+        lists.reconcile(loaded, catalog)
         exempt.reconcile(loaded, catalog)
 
     try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .. import blocklist
-from ..catalog import ALLOW, BLOCK
-from ..hashing import name_hash
-from ..render import render_changes, render_entries
+from ccxdp.cli.render import render_changes, render_entries
+from ccxdp.datapath.hashing import name_hash
+from ccxdp.policy import lists
+from ccxdp.policy.catalog import ALLOW, BLOCK
+
 from . import pass_app
 from .output import emit, err_console, json_option
 from .types import ACTION, CATEGORY, DOMAIN
@@ -85,7 +86,7 @@ def block_add(app, names, subtree, action, category, as_json):
     """
     dp = app.datapath()
     catalog = app.catalog()
-    changes = blocklist.add(dp, catalog, names, subtree, action or "default", category)
+    changes = lists.add(dp, catalog, names, subtree, action or "default", category)
     emit(as_json, changes_json(changes), lambda: render_changes(changes))
     note_not_loaded(dp, as_json)
     if not as_json:
@@ -108,7 +109,7 @@ def block_remove(app, names, as_json):
     Example:
       ccxdp block remove evil.example
     """
-    changes = blocklist.remove(app.datapath(), app.catalog(), names)
+    changes = lists.remove(app.datapath(), app.catalog(), names)
     emit(as_json, changes_json(changes), lambda: render_changes(changes))
     missing = [c.name for c in changes if c.status == "not listed"]
     if missing:
@@ -132,7 +133,7 @@ def block_list(app, with_sources, as_json):
     catalog = app.catalog()
     entries = catalog.entries(BLOCK)
     categories = catalog.categories()
-    sources = blocklist.sources_of(catalog) if with_sources else None
+    sources = lists.sources_of(catalog) if with_sources else None
     emit(as_json, entries_json(entries, categories, BLOCK, sources),
          lambda: render_entries(entries, categories, BLOCK, sources))
 

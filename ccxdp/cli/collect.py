@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..collector import CollectResult, collect_then_fold
-from ..datapath import Datapath, check_root
-from ..store import store_path
+from ccxdp.datapath.loader import Datapath, check_root
+from ccxdp.hits.collector import CollectResult, collect_then_fold
+from ccxdp.hits.store import store_path
+
 from . import pass_app
 from .output import emit, err_console, json_option
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import click
 
-from .. import layout
-from ..render import render_settings
-from ..settings import SettingError, Settings
+from ccxdp.cli.render import render_settings
+from ccxdp.datapath import shared
+from ccxdp.datapath.settings import SettingError, Settings
+
 from . import pass_app
 from .output import emit, json_option
 from .types import SETTING_KEY
 
 
 def _where(dp) -> dict:
-    loaded = (dp.pin_dir / layout.MAP_CONFIG).exists()
+    loaded = (dp.pin_dir / shared.MAP_CONFIG).exists()
     return {
         "loaded": loaded,
-        "map": str(dp.pin_dir / layout.MAP_CONFIG),
+        "map": str(dp.pin_dir / shared.MAP_CONFIG),
         "file": str(dp.state_dir / "settings.json"),
     }
 

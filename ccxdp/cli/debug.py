@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..datapath import Limits, bpf_dir
+from ccxdp.datapath.loader import Limits, bpf_dir
+
 from . import pass_app
 
 
@@ -22,7 +23,7 @@ def bpf_source(app):
     Example:
       ccxdp debug bpf-source | less
     """
-    from ..datapath import Datapath
+    from ccxdp.datapath.loader import Datapath
 
     dp = Datapath(app.pin_dir, app.state_dir)
     click.echo("// cflags: " + " ".join(dp.build_cflags(Limits())))

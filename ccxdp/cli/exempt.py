@@ -6,8 +6,9 @@ import ipaddress
 
 import click
 
-from .. import exempt as exempt_lib
-from ..render import render_exempt, render_prefix_changes
+from ccxdp.cli.render import render_exempt, render_prefix_changes
+from ccxdp.policy import exempt as exempt_lib
+
 from . import pass_app
 from .block import note_not_loaded
 from .output import emit, json_option

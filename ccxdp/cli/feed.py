@@ -18,13 +18,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import feedformats, feeds
-from ..catalog import BLOCK, KINDS
+from ccxdp.policy import feeds, formats
+from ccxdp.policy.catalog import BLOCK, KINDS
+
 from . import pass_app
 from .output import console, emit, err_console, json_option
 from .types import ACTION, CATEGORY
 
-FORMAT = click.Choice(["auto", *feedformats.FORMATS])
+FORMAT = click.Choice(["auto", *formats.FORMATS])
 
 
 @contextmanager
@@ -266,7 +267,7 @@ def block_import_command():
 
 def block_export_command():
     @click.command("export")
-    @click.option("--format", "fmt", type=click.Choice(feedformats.FORMATS), default="plain",
+    @click.option("--format", "fmt", type=click.Choice(formats.FORMATS), default="plain",
                   show_default=True, help="File format to write.")
     @click.option("--allow", "with_allow", is_flag=True, help="Include allow entries.")
     @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
@@ -298,11 +299,11 @@ def block_export_command():
             category = categories.get(e.category)
             if (category and fmt != "csv") or (action and not keeps_action):
                 dropped += 1
-            return feedformats.ExportEntry(e.name, e.kind, e.match,
+            return formats.ExportEntry(e.name, e.kind, e.match,
                                            action if keeps_action else None,
                                            category if fmt == "csv" else None)
 
-        lines = list(feedformats.export_feed((item(e) for e in entries), fmt))
+        lines = list(formats.export_feed((item(e) for e in entries), fmt))
         text = "".join(line + "\n" for line in lines)
         if output:
             tmp = output.with_name(f".{output.name}.tmp")

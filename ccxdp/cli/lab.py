@@ -20,10 +20,11 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from .. import bpfsys
-from ..datapath import Datapath, Mode
-from ..errors import DatapathError
-from ..lab import Lab, LabError, LabSpec, check_lab_name, list_netns, read_contacts
+from ccxdp.datapath import libbpf
+from ccxdp.datapath.loader import Datapath, Mode
+from ccxdp.errors import DatapathError
+from ccxdp.lab.core import Lab, LabError, LabSpec, check_lab_name, list_netns, read_contacts
+
 from . import pass_app
 from .output import emit, json_option
 from .types import IPV4, IPV6
@@ -62,11 +63,11 @@ def _lab_dir(app, name: str) -> Path:
 def _pinned_prog_id(dp: Datapath) -> int | None:
     if not dp.is_loaded():
         return None
-    fd = bpfsys.obj_get(dp.prog_pin, "program")
+    fd = libbpf.obj_get(dp.prog_pin, "program")
     try:
-        return bpfsys.prog_info(fd).id
+        return libbpf.prog_info(fd).id
     finally:
-        bpfsys.close(fd)
+        libbpf.close(fd)
 
 
 def _attach(app, lab: Lab, mode: str) -> dict:

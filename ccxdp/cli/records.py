@@ -14,10 +14,11 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from .. import attribution, mail
-from .. import records as rec
-from ..config import MAX_RETENTION_DAYS
-from ..store import Store, StoreError, open_store, period_bounds, store_path
+from ccxdp.hits.store import Store, StoreError, open_store, period_bounds, store_path
+from ccxdp.notify import attribution, mail
+from ccxdp.notify import records as rec
+from ccxdp.ops.daemon_config import MAX_RETENTION_DAYS
+
 from . import pass_app
 from .output import emit, json_option
 

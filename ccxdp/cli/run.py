@@ -35,8 +35,8 @@ def run(app, config_path, check):
       ccxdp run --config /etc/ccxdp/ccxdp.toml
       ccxdp run --config examples/ccxdp.toml --check
     """
-    from ..config import load_config
-    from ..daemon import Daemon, check_interfaces
+    from ccxdp.ops.daemon import Daemon, check_interfaces
+    from ccxdp.ops.daemon_config import load_config
 
     if check:
         config = load_config(config_path)

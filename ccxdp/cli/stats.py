@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..render import render_stats
-from ..stats import read_stats
+from ccxdp.cli.render import render_stats
+from ccxdp.hits.stats import read_stats
+
 from . import pass_app
 from .output import emit, json_option
 

@@ -15,8 +15,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..metrics import MapFill, map_fill
-from ..stats import StatsSnapshot, read_stats
+from ccxdp.hits.stats import StatsSnapshot, read_stats
+from ccxdp.ops.metrics import MapFill, map_fill
+
 from . import pass_app
 from .output import console
 
@@ -116,8 +117,8 @@ def top(app, interval, top_n, iterations, once):
       ccxdp top --interval 5 --top 20
       ccxdp top --once
     """
-    from ..catalog import Catalog
-    from ..datapath import Datapath, check_root
+    from ccxdp.datapath.loader import Datapath, check_root
+    from ccxdp.policy.catalog import Catalog
 
     check_root()
     dp = Datapath(app.pin_dir, app.state_dir)  # never entered: reading needs no lock

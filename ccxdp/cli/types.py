@@ -7,11 +7,11 @@ from dataclasses import fields
 
 import click
 
-from ..catalog import CatalogError, normalize_category
-from ..errors import InvalidNameError
-from ..exempt import PrefixError, parse_prefix
-from ..names import normalize
-from ..settings import ACTION_NAMES, BLOCK_ACTIONS, Settings
+from ccxdp.datapath.settings import ACTION_NAMES, BLOCK_ACTIONS, Settings
+from ccxdp.errors import InvalidNameError
+from ccxdp.policy.catalog import CatalogError, normalize_category
+from ccxdp.policy.exempt import PrefixError, parse_prefix
+from ccxdp.policy.names import normalize
 
 
 class DomainNameType(click.ParamType):

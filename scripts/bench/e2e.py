@@ -3,7 +3,7 @@
 """End to end in namespaces, under dnsperf: ccxdp against Unbound RPZ, and the load generator's
 ceiling. Part of scripts/bench.sh, which runs it; it writes its figures as JSON.
 
-One lab (ccxdp/lab.py: resolver, client and switch namespaces, nothing routed out of them) whose
+One lab (ccxdp/lab/: resolver, client and switch namespaces, nothing routed out of them) whose
 unbound loads an RPZ zone of the same N names that ccxdp later imports. In order:
   1. blocked names answered by Unbound from the RPZ (no XDP program on the resolver's NIC);
   2. ccxdp attached, the N names imported as NXDOMAIN (timed: the time to its first answer);
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ccxdp.lab import Lab, LabSpec  # noqa: E402
+from ccxdp.lab.core import Lab, LabSpec  # noqa: E402
 
 VENV = Path(sys.executable).parent
 CCXDP = VENV / "ccxdp"
@@ -199,20 +199,20 @@ def set_xdp(lab: Lab, fd: int) -> None:
 def attach_pass(lab: Lab) -> None:
     """An empty program (r0 = XDP_PASS): what any XDP program on a veth costs by itself (the
     veth then takes its frames through NAPI and an skb-to-xdp conversion; a NIC does not)."""
-    from ccxdp import bpfsys
+    from ccxdp.datapath import libbpf
 
-    fd = bpfsys.prog_load(6, bpfsys.pack_insn(0xB7, dst=0, imm=2) + bpfsys.pack_insn(0x95),
+    fd = libbpf.prog_load(6, libbpf.pack_insn(0xB7, dst=0, imm=2) + libbpf.pack_insn(0x95),
                           name="bench_pass")
     try:
         set_xdp(lab, fd)
     finally:
-        bpfsys.close(fd)
+        libbpf.close(fd)
 
 
 def attach_answer_all(lab: Lab) -> None:
     from bcc import BPF
 
-    from ccxdp.headers import configure_environment
+    from ccxdp.datapath.kernel_headers import configure_environment
 
     configure_environment()  # bcc finds the kernel headers as ccxdp's own build does
     b = BPF(text=ANSWER_ALL)

@@ -1,0 +1,134 @@
+"""Run-time settings of the data path (the ccxdp_config map): the default action, the
+sinkhole addresses, the TTLs of synthesized answers. Changed without reloading the program."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+from dataclasses import asdict, dataclass, fields, replace
+
+from ccxdp.datapath import shared
+from ccxdp.errors import CcxdpError
+
+# What users type for actions; "redirect" is RPZ's other name for a sinkhole.
+ACTION_NAMES = {
+    "drop": shared.Action.DROP,
+    "nxdomain": shared.Action.NXDOMAIN,
+    "nodata": shared.Action.NODATA,
+    "sinkhole": shared.Action.SINKHOLE,
+    "redirect": shared.Action.SINKHOLE,
+    "tc": shared.Action.TC,
+    "refused": shared.Action.REFUSED,
+    "monitor": shared.Action.MONITOR,
+}
+BLOCK_ACTIONS = sorted(ACTION_NAMES)
+
+
+# What each setting does, for 'ccxdp config show'.
+DESCRIPTIONS = {
+    "default_action": "action of block entries listed without --action",
+    "sinkhole_v4": "address in sinkhole answers to A queries",
+    "sinkhole_v6": "address in sinkhole answers to AAAA queries",
+    "answer_ttl": "TTL of sinkhole answers (seconds)",
+    "negative_ttl": "TTL and SOA MINIMUM of NXDOMAIN/NODATA answers (seconds)",
+    "edns_udp_size": "UDP payload size in the OPT record of answers",
+}
+
+
+def action_name(action: int) -> str:
+    if action == shared.Action.DEFAULT:
+        return "default"
+    return shared.Action(action).name.lower()
+
+
+class SettingError(CcxdpError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_action: str = "drop"
+    sinkhole_v4: str = "0.0.0.0"
+    sinkhole_v6: str = "::"
+    answer_ttl: int = 300  # seconds a client may cache a sinkhole address
+    negative_ttl: int = 300  # seconds caches keep NXDOMAIN/NODATA (RFC 2308 SOA MINIMUM)
+    edns_udp_size: int = 1232  # the DNS flag day 2020 value: no fragmentation
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
+    def to_kernel(self) -> shared.Config:
+        c = shared.Config()
+        c.default_action = ACTION_NAMES[self.default_action]
+        c.edns_udp_size = socket.htons(self.edns_udp_size)
+        c.answer_ttl = socket.htonl(self.answer_ttl)
+        c.negative_ttl = socket.htonl(self.negative_ttl)
+        ct.memmove(c.sinkhole_v4, ipaddress.IPv4Address(self.sinkhole_v4).packed, 4)
+        ct.memmove(c.sinkhole_v6, ipaddress.IPv6Address(self.sinkhole_v6).packed, 16)
+        return c
+
+    @classmethod
+    def from_kernel(cls, c: shared.Config) -> Settings:
+        try:
+            action = shared.Action(c.default_action)
+        except ValueError:
+            raise SettingError(
+                f"the kernel's config map holds unknown action code {c.default_action}"
+            ) from None
+        return cls(
+            default_action=action.name.lower() if action != shared.Action.DEFAULT else "drop",
+            sinkhole_v4=str(ipaddress.IPv4Address(bytes(c.sinkhole_v4))),
+            sinkhole_v6=str(ipaddress.IPv6Address(bytes(c.sinkhole_v6))),
+            answer_ttl=socket.ntohl(c.answer_ttl),
+            negative_ttl=socket.ntohl(c.negative_ttl),
+            edns_udp_size=socket.ntohs(c.edns_udp_size),
+        )
+
+    def with_value(self, key: str, text: str) -> Settings:
+        """A copy with one setting changed from its text form; errors name the key."""
+        names = [f.name for f in fields(self)]
+        if key not in names:
+            raise SettingError(f"unknown setting {key!r}; the settings are: {', '.join(names)}")
+        current = getattr(self, key)
+        if isinstance(current, int):
+            try:
+                value: object = int(text)
+            except ValueError:
+                raise SettingError(f"{key}: {text!r} is not a whole number") from None
+        else:
+            value = text.strip().lower()
+            if key == "default_action" and value == "redirect":
+                value = "sinkhole"
+        return replace(self, **{key: value})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_TTL_MAX = 2**31 - 1  # RFC 2181 8
+
+
+def _check(key: str, value: object) -> None:
+    if key == "default_action":
+        if value not in ACTION_NAMES:
+            raise SettingError(
+                f"default_action: {value!r} is not an action ({', '.join(BLOCK_ACTIONS)})"
+            )
+    elif key == "sinkhole_v4":
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise SettingError(f"sinkhole_v4: {value!r} is not an IPv4 address") from None
+    elif key == "sinkhole_v6":
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise SettingError(f"sinkhole_v6: {value!r} is not an IPv6 address") from None
+    elif key in ("answer_ttl", "negative_ttl"):
+        if not 0 <= value <= _TTL_MAX:
+            raise SettingError(f"{key}: {value} is outside 0..{_TTL_MAX}")
+    elif key == "edns_udp_size":
+        if not 512 <= value <= 65535:
+            raise SettingError(f"edns_udp_size: {value} is outside 512..65535")

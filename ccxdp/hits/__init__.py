@@ -1,0 +1,1 @@
+"""What was blocked: the kernel's counters, their collection into the hits store, the store."""

@@ -1,0 +1,805 @@
+"""The hits store: blocked queries per source address, category and hour, in its own SQLite
+file (``records.db`` in the state folder), and what attribution and notification need.
+
+Rows come from the collector, which reads the kernel's per-source counters and calls
+``Store.stage_counters(batches, checkpoint)``: the counters, as the kernel's bytes, and the
+collector's checkpoint ("counters already taken") are written in one transaction, so after a
+kill -9 at any point the store holds either both or neither, and the collector resumes from
+a checkpoint that matches the hits. ``fold`` then turns staged counters into ``hits`` rows;
+every reader of hits folds first, so what is staged is never missing from what they read.
+``add_hits`` writes rows directly (same transaction rule). The checkpoint is opaque to the
+store: names to integers of any width. A call updates the keys it gives and deletes those
+given as None; the others stay, so a collector that keeps "already taken" per source writes
+only the sources that moved.
+
+Times are UTC, kept as integer microseconds since the Unix epoch; an hour is the Unix second
+of its start. Addresses are kept as ``ipaddress`` prints them (IPv4 as IPv4, never mapped).
+
+Privacy: a raw row names an address. Once ``notify`` has attributed it to a subscriber line,
+``expire`` folds it into per-line aggregates (line, category, hour: no address) and deletes
+it when it is older than the retention. Unattributed rows stay until a retention of their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+import struct
+import time
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from socket import AF_INET, AF_INET6, inet_ntop
+from typing import NamedTuple
+
+from ccxdp.errors import CcxdpError
+
+RECORDS_DB = "records.db"  # in the state folder, beside the catalog
+SCHEMA_VERSION = 2  # 2: the staged table
+HOUR = 3600
+CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Schema 2: counters staged by the collector, not yet folded into hits. One row per batch
+# the collector read: the kernel's entries (COUNTER_KEY, COUNTER_VALUE) as it read them,
+# only those of the drained buffer, and the hit-clock offset taken at that collection.
+# Appended without an index, so a collection commits in a fraction of an upsert's time.
+_SCHEMA_2 = [
+    """CREATE TABLE staged (
+        id        INTEGER PRIMARY KEY,   -- in staging order
+        offset_ns INTEGER NOT NULL,      -- CLOCK_MONOTONIC + offset_ns = Unix ns
+        keys      BLOB NOT NULL,         -- n x COUNTER_KEY
+        counters  BLOB NOT NULL          -- n x COUNTER_VALUE, in the same order
+    )""",
+]
+
+# Keys start with the hour: a month is one key range, and a collection, whose rows share an
+# hour or two, writes into one region of the tree. No secondary index to keep up.
+_SCHEMA = [
+    # Raw rows: one per source address, category and hour. line is NULL until notify has
+    # attributed the row to a subscriber line.
+    """CREATE TABLE hits (
+        hour     INTEGER NOT NULL CHECK (hour % 3600 = 0),  -- Unix second of the hour (UTC)
+        address  TEXT NOT NULL,
+        category INTEGER NOT NULL CHECK (category BETWEEN 0 AND 65535),  -- 0 = none
+        hits     INTEGER NOT NULL CHECK (hits > 0),
+        first_us INTEGER NOT NULL,      -- first and last hit, Unix microseconds (UTC)
+        last_us  INTEGER NOT NULL CHECK (first_us <= last_us),
+        line     TEXT,
+        PRIMARY KEY (hour, address, category)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE hit_feeds (
+        hour     INTEGER NOT NULL,
+        address  TEXT NOT NULL,
+        category INTEGER NOT NULL,
+        feed     TEXT NOT NULL,
+        PRIMARY KEY (hour, address, category, feed)
+    ) WITHOUT ROWID""",
+    # Attributed rows folded by expire(): the same, less the address.
+    """CREATE TABLE line_hits (
+        hour     INTEGER NOT NULL,
+        line     TEXT NOT NULL,
+        category INTEGER NOT NULL,
+        hits     INTEGER NOT NULL,
+        first_us INTEGER NOT NULL,
+        last_us  INTEGER NOT NULL,
+        PRIMARY KEY (hour, line, category)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE line_feeds (
+        hour     INTEGER NOT NULL,
+        line     TEXT NOT NULL,
+        category INTEGER NOT NULL,
+        feed     TEXT NOT NULL,
+        PRIMARY KEY (hour, line, category, feed)
+    ) WITHOUT ROWID""",
+    # Category names as the collector last gave them (the catalog's names).
+    """CREATE TABLE categories (
+        id   INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 65535),
+        name TEXT NOT NULL
+    )""",
+    # At most one notification per line and period (a calendar month, 'YYYY-MM', UTC).
+    # state 'pending': claimed before delivery began; 'sent': delivery confirmed.
+    """CREATE TABLE notifications (
+        line       TEXT NOT NULL,
+        period     TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('pending', 'sent')),
+        channel    TEXT NOT NULL,       -- 'smtp' or 'outbox'
+        recipient  TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        record     TEXT NOT NULL,       -- the notification record, JSON
+        claimed_at TEXT NOT NULL,
+        sent_at    TEXT,
+        PRIMARY KEY (line, period)
+    )""",
+    """CREATE TABLE checkpoint (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL             -- an integer, as text: any width survives
+    ) WITHOUT ROWID""",
+    *_SCHEMA_2,
+]
+
+
+class StoreError(CcxdpError):
+    pass
+
+
+class HitRow(NamedTuple):
+    """What the collector gives add_hits for one source address, category and hour."""
+
+    address: Address
+    category_id: int
+    category_name: str | None
+    hour_start: datetime  # UTC, on the hour
+    hits: int
+    first_seen: datetime  # UTC
+    last_seen: datetime
+    feeds: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class StoredHit:
+    address: str
+    category: int
+    hour: int
+    hits: int
+    first_us: int
+    last_us: int
+    line: str | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    line: str
+    period: str
+    state: str
+    channel: str
+    recipient: str
+    message_id: str
+    record: dict
+    claimed_at: str
+    sent_at: str | None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_us(t: datetime) -> int:
+    """Unix microseconds of an aware datetime, exactly (integer timedelta arithmetic)."""
+    try:
+        return (t - _EPOCH) // _US
+    except TypeError:  # naive, or not a datetime at all
+        text = t.isoformat() if isinstance(t, datetime) else repr(t)
+        raise StoreError(f"time without a time zone: {text}") from None
+
+
+def from_us(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def iso(us: int) -> str:
+    """ISO 8601 in UTC with a Z; microseconds only when there are any."""
+    t = from_us(us)
+    spec = "microseconds" if t.microsecond else "seconds"
+    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def now_iso() -> str:
+    return iso(to_us(datetime.now(UTC)))
+
+
+def address_text(address: Address | str) -> str:
+    """An address as stored: IPv4-mapped IPv6 (the kernel's form) becomes IPv4."""
+    addr = ipaddress.ip_address(address)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            raise StoreError(f"address with a zone index: {address}")
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+_IPV4, _IPV6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+_HOUR_US = HOUR * 1_000_000
+
+# -- the kernel's counters, as staged ---------------------------------------------------------
+# One entry of the kernel's per-source map (layout.SourceKey, layout.SourceHits; a test checks
+# sizes and offsets): the address, IPv4-mapped for IPv4, in two parts, the category, the
+# buffer, a pad byte; hits, first and last hit in CLOCK_MONOTONIC nanoseconds. Native byte
+# order, as the kernel writes them.
+COUNTER_KEY = struct.Struct("=12s4sHBx")
+COUNTER_VALUE = struct.Struct("=QQQ")
+COUNTER_BUFFER_AT = 18  # offset of the buffer byte in a key
+COUNTER_CATEGORY_AT = 16  # offset of the category (u16) in a key
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def packed_address_text(raw: bytes) -> str:
+    """A 16-byte address as the store keeps it: IPv4-mapped as IPv4, IPv6 as ipaddress
+    prints it."""
+    if raw[:12] == _MAPPED:
+        return inet_ntop(AF_INET, raw[12:])
+    text = inet_ntop(AF_INET6, raw)
+    if "." in text:  # libc writes ::a.b.c.d forms that ipaddress does not
+        return address_text(text)
+    return text
+
+
+def hour_rows(address: str, category: int, hits: int, first_us: int, last_us: int) -> list:
+    """Store rows (hour, address, category, hits, first_us, last_us) for one kernel counter
+    of ``hits`` between ``first_us`` and ``last_us`` (Unix microseconds).
+
+    A counter knows only when its first and last hit came. Within one hour: one row. Across
+    hours: the first hit goes to the first's hour, at that time, and the others to the last's
+    hour, at the last's time. So every row's hour, first and last are times a hit certainly
+    came (the days with hits, which notification counts, are never made up); the hits whose
+    times are unknown (somewhere between the two) go with the last."""
+    first_hour = first_us // _HOUR_US
+    last_hour = last_us // _HOUR_US
+    if first_hour == last_hour:
+        return [(first_hour * 3600, address, category, hits, first_us, last_us)]
+    rows = [(first_hour * 3600, address, category, 1, first_us, first_us)]
+    if hits > 1:
+        rows.append((last_hour * 3600, address, category, hits - 1, last_us, last_us))
+    return rows
+
+
+def counter_rows(keys: bytes, counters: bytes, offset_ns: int, texts: dict | None = None
+                 ) -> list[tuple[int, str, int, int, int, int]]:
+    """Store rows (add_hit_counts' form) of staged kernel counters, by the hour rule
+    (hour_rows). ``texts``: IPv6 address texts already made, kept across calls.
+
+    The fold's hot loop (a million counters): one tuple per counter from struct, the hour
+    split inlined for the usual case."""
+    rows: list = []
+    append = rows.append
+    texts = {} if texts is None else texts
+    for (head, v4, category, _buffer), (hits, first_ns, last_ns) in zip(
+        COUNTER_KEY.iter_unpack(keys), COUNTER_VALUE.iter_unpack(counters), strict=True
+    ):
+        if not hits:
+            continue
+        if head == _MAPPED:
+            text = inet_ntop(AF_INET, v4)
+        else:
+            text = texts.get(head + v4)
+            if text is None:
+                text = texts[head + v4] = packed_address_text(head + v4)
+        first_us = (first_ns + offset_ns) // 1000
+        # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
+        last_us = ((last_ns if last_ns > first_ns else first_ns) + offset_ns) // 1000
+        hour = first_us // _HOUR_US
+        if hour == last_us // _HOUR_US:
+            append((hour * 3600, text, category, hits, first_us, last_us))
+        else:
+            rows.extend(hour_rows(text, category, hits, first_us, last_us))
+    return rows
+
+
+def counter_hits(counters: bytes) -> int:
+    """The hits of staged counters, summed without a tuple per counter."""
+    return sum(array("Q", counters)[0::3])
+
+
+def counter_categories(keys: bytes) -> set[int]:
+    """The category ids of staged counters' keys."""
+    step, at = COUNTER_KEY.size // 2, COUNTER_CATEGORY_AT // 2
+    return set(array("H", keys)[at::step])
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold of staged counters into hits, in exact integers."""
+
+    batches: int  # staged rows folded (one per batch a collector read)
+    counters: int  # kernel counters in them
+    rows: int  # hits rows written or added to: one per address, category and hour
+    hits: int
+    sources: int  # distinct addresses
+    seconds: float
+
+
+def _row(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[str]]:
+    """Check one add_hits row; returns (address, category, name, hour, hits, first, last,
+    feeds) in stored form. Kept lean: the collector hands over a million rows at a time."""
+    n = len(raw)
+    if n == 8:
+        address, category, name, hour_start, hits, first, last, feeds = raw
+        feeds = feeds or ()
+    elif n == 7:
+        address, category, name, hour_start, hits, first, last = raw
+        feeds = ()
+    else:
+        raise StoreError(f"a hit row has 7 or 8 fields, not {n}: {raw!r}")
+    cls = type(address)
+    if cls is _IPV4:
+        text = str(address)
+    elif cls is _IPV6 or isinstance(address, _IPV4 | _IPV6):
+        text = address_text(address)
+    else:
+        raise StoreError(f"not an IPv4Address or IPv6Address: {address!r}")
+    if type(category) is not int or not 0 <= category <= CATEGORY_MAX:
+        raise StoreError(f"category id out of range 0-{CATEGORY_MAX}: {category!r}")
+    if name is not None and (type(name) is not str or not name):
+        raise StoreError(f"category name must be a non-empty string or None: {name!r}")
+    if type(hits) is not int or hits < 0:
+        raise StoreError(f"hits must be a non-negative integer: {hits!r}")
+    hour_us = to_us(hour_start)
+    if hour_us % _HOUR_US:
+        raise StoreError(f"hour_start is not on the hour: {hour_start.isoformat()}")
+    first_us, last_us = to_us(first), to_us(last)
+    if first_us > last_us:
+        raise StoreError(
+            f"first_seen after last_seen: {first.isoformat()} > {last.isoformat()}"
+        )
+    for feed in feeds:
+        if type(feed) is not str or not feed:
+            raise StoreError(f"feed names must be non-empty strings: {feed!r}")
+    return text, category, name, hour_us // 1_000_000, hits, first_us, last_us, feeds
+
+
+def period_bounds(period: str) -> tuple[int, int]:
+    """A calendar month 'YYYY-MM' (UTC) as [start, end) in Unix seconds."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise StoreError(f"invalid period {period!r}: give a month as YYYY-MM") from None
+    if f"{start.year:04d}-{start.month:02d}" != period:
+        raise StoreError(f"invalid period {period!r}: give a month as YYYY-MM")
+    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return to_us(start) // 1_000_000, to_us(end) // 1_000_000
+
+
+class Store:
+    """The hits store. ``path`` may be ``":memory:"`` (an empty store, nothing on disk)."""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            # The collector and a CLI call may write at once: wait for the other's transaction.
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # A committed checkpoint survives a power loss, not only a kill.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: a million rows at a time
+            self._upgrade()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from e
+
+    def _upgrade(self) -> None:
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: records schema {version} is newer than this ccxdp "
+                    f"(which knows up to {SCHEMA_VERSION})"
+                )
+            if version == 0:
+                for statement in _SCHEMA:
+                    self.db.execute(statement)
+            elif version == 1:
+                for statement in _SCHEMA_2:
+                    self.db.execute(statement)
+            if version < SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing; nested use joins the outer transaction."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- the collector's side ---------------------------------------------------------------
+    def add_hits(
+        self, rows: Iterable[Sequence], checkpoint: Mapping[str, int | None] | None = None
+    ) -> int:
+        """Add hit rows (see HitRow) to the store and update the collector's checkpoint with
+        ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
+        both or neither are kept.
+
+        A row for an (address, category, hour) already stored adds to it: hits are summed,
+        first_seen is the earlier, last_seen the later; feeds are added to its feed set. A row
+        that changes an attributed row sends it back to attribution (its hits may have come
+        after the address moved to another line). Invalid rows raise StoreError and nothing
+        is written. Returns the number of rows taken (rows of 0 hits are skipped)."""
+        cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
+        names: dict[int, str] = {}
+        feeds: list[tuple[str, int, int, str]] = []
+        upserts: list[tuple[str, int, int, int, int, int]] = []
+        for r in rows:  # every row is checked before anything is written
+            address, category, name, hour, hits, first_us, last_us, row_feeds = _row(r)
+            if name is not None and category:
+                names[category] = name
+            if hits:
+                upserts.append((hour, address, category, hits, first_us, last_us))
+                feeds.extend((hour, address, category, f) for f in row_feeds)
+        return self._write(upserts, names, feeds, cp)
+
+    def add_hit_counts(
+        self,
+        rows: Iterable[tuple[int, str, int, int, int, int]],
+        checkpoint: Mapping[str, int | None] | None = None,
+        categories: Mapping[int, str] | None = None,
+    ) -> int:
+        """add_hits for a collector in a hurry: rows already in stored form, (hour, address,
+        category, hits, first_us, last_us), with the hour in Unix seconds on the hour, the
+        address as ``address_text`` gives it, times in Unix microseconds (UTC), hits > 0.
+        The store's constraints still refuse a malformed row (and then nothing is written);
+        the address text is the caller's to get right. Same merging, same transaction."""
+        cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
+        return self._write(list(rows), dict(categories or {}), [], cp)
+
+    def stage_counters(
+        self,
+        batches: Iterable[tuple[bytes, bytes]],
+        offset_ns: int,
+        checkpoint: Mapping[str, int | None] | None = None,
+        categories: Mapping[int, str] | None = None,
+    ) -> int:
+        """The collector's fast path: stage kernel counters as read, ``(keys, counters)``
+        byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the hit-clock offset of
+        this collection, and update the checkpoint, in one transaction (both or neither).
+        Nothing is decoded or merged here: ``fold`` does it, and every reader of hits folds
+        first. Returns the number of counters staged."""
+        cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
+        staged, total = [], 0
+        for keys, counters in batches:
+            n, rest = divmod(len(keys), COUNTER_KEY.size)
+            if rest or len(counters) != n * COUNTER_VALUE.size:
+                raise StoreError(
+                    f"staged counters: {len(keys)} key bytes and {len(counters)} counter "
+                    f"bytes are not n x {COUNTER_KEY.size} and n x {COUNTER_VALUE.size}"
+                )
+            if n:
+                staged.append((offset_ns, keys, counters))
+                total += n
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)", staged
+            )
+            self._upsert([], dict(categories or {}), [], cp)
+        return total
+
+    def staged(self) -> int:
+        """Counters staged and not yet folded."""
+        size = COUNTER_KEY.size
+        return self.db.execute(
+            f"SELECT coalesce(sum(length(keys)), 0) / {size} FROM staged"
+        ).fetchone()[0]
+
+    def fold(self) -> FoldResult:
+        """Move every staged counter into hits, merged as add_hit_counts merges rows, in one
+        transaction.
+
+        Exactly once: the rows added to hits and the DELETE of the staged rows they came
+        from commit together (SQLite commits both or neither), so a kill at any point leaves
+        either everything staged and nothing of it in hits (a later fold adds it, once), or
+        all of it in hits and nothing staged (nothing to add again). BEGIN IMMEDIATE takes
+        the write lock before the staged rows are read, and the DELETE names the rows read
+        (id up to the last one read), so a row staged by a later collection is never deleted
+        without being folded."""
+        started = time.monotonic()
+        batches = counters = rows = hits = 0
+        addresses: set[str] = set()
+        texts: dict[bytes, str] = {}
+        try:
+            with self.transaction():
+                last = None
+                for id_, offset_ns, keys, values in self.db.execute(
+                    "SELECT id, offset_ns, keys, counters FROM staged ORDER BY id"
+                ).fetchall():
+                    batch = counter_rows(keys, values, offset_ns, texts)
+                    self._upsert(batch, {}, [], None)
+                    addresses.update([r[1] for r in batch])
+                    batches += 1
+                    counters += len(keys) // COUNTER_KEY.size
+                    rows += len(batch)
+                    hits += counter_hits(values)
+                    last = id_
+                if last is not None:
+                    self.db.execute("DELETE FROM staged WHERE id <= ?", (last,))
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"a staged counter breaks the store's rules: {e}") from e
+        return FoldResult(batches, counters, rows, hits, len(addresses),
+                          time.monotonic() - started)
+
+    def _fold_first(self) -> None:
+        """What every reader of hits does first: fold what a collection staged (a check of
+        an empty table when there is nothing, and no write lock)."""
+        if self.db.execute("SELECT 1 FROM staged LIMIT 1").fetchone():
+            self.fold()
+
+    def _write(self, upserts: list, names: Mapping[int, str], feeds: list, cp) -> int:
+        # Measured here: sorting a million rows into key order first costs more (about
+        # 1.5 s) than the random order costs the tree (about 0.5 s).
+        try:
+            with self.transaction():
+                self._upsert(upserts, names, feeds, cp)
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"a hit row breaks the store's rules: {e}") from e
+        return len(upserts)
+
+    def _upsert(self, upserts: list, names: Mapping[int, str], feeds: list, cp) -> None:
+        self.db.executemany(
+            "INSERT INTO categories (id, name) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name=excluded.name",
+            names.items(),
+        )
+        self.db.executemany(
+            "INSERT INTO hits (hour, address, category, hits, first_us, last_us) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(hour, address, category) DO UPDATE SET "
+            "hits = hits + excluded.hits, "
+            "first_us = min(first_us, excluded.first_us), "
+            "last_us = max(last_us, excluded.last_us), "
+            "line = NULL",
+            upserts,
+        )
+        self.db.executemany(
+            "INSERT OR IGNORE INTO hit_feeds (hour, address, category, feed) "
+            "VALUES (?, ?, ?, ?)",
+            feeds,
+        )
+        if cp is not None:
+            sets, deletes = cp
+            self.db.executemany(
+                "INSERT INTO checkpoint (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                sets,
+            )
+            self.db.executemany("DELETE FROM checkpoint WHERE key=?", deletes)
+
+    def checkpoint(self) -> dict[str, int]:
+        """The checkpoint as add_hits left it ({} before the first)."""
+        return {k: int(v) for k, v in self.db.execute("SELECT key, value FROM checkpoint")}
+
+    # -- reading ----------------------------------------------------------------------------
+    def categories(self) -> dict[int, str]:
+        return dict(self.db.execute("SELECT id, name FROM categories ORDER BY id"))
+
+    def hits(self, start: int | None = None, end: int | None = None) -> list[StoredHit]:
+        """Raw rows whose hour lies in [start, end) (Unix seconds), by address and hour."""
+        self._fold_first()
+        lo = start if start is not None else -(1 << 62)
+        hi = end if end is not None else 1 << 62
+        rows = self.db.execute(
+            "SELECT address, category, hour, hits, first_us, last_us, line FROM hits "
+            "WHERE hour >= ? AND hour < ? ORDER BY address, hour, category",
+            (lo, hi),
+        )
+        return [StoredHit(*r) for r in rows]
+
+    def periods(self) -> list[str]:
+        """Every month (YYYY-MM, UTC) with hits or notifications in the store."""
+        self._fold_first()
+        days = self.db.execute(
+            "SELECT DISTINCT hour / 86400 FROM (SELECT hour FROM hits UNION "
+            "SELECT hour FROM line_hits)"
+        )
+        months = {from_us(d * 86400 * 1_000_000).strftime("%Y-%m") for (d,) in days}
+        months |= {p for (p,) in self.db.execute("SELECT DISTINCT period FROM notifications")}
+        return sorted(months)
+
+    def total_hits(self) -> int:
+        """Every hit the store holds, raw and folded: what the collector has added."""
+        self._fold_first()
+        # One statement, one snapshot: an expire between two reads would move rows from hits
+        # to line_hits and count them twice.
+        return self.db.execute(
+            "SELECT (SELECT coalesce(sum(hits), 0) FROM hits) + "
+            "(SELECT coalesce(sum(hits), 0) FROM line_hits)").fetchone()[0]
+
+    def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
+        """Attributed hits in [start, end), raw and folded alike: (line, category, hour, hits,
+        first_us, last_us, address or None)."""
+        self._fold_first()
+        where = "hour >= ? AND hour < ?" + (" AND line = ?" if line is not None else "")
+        args = (start, end) + ((line,) if line is not None else ())
+        return list(
+            self.db.execute(
+                f"SELECT line, category, hour, hits, first_us, last_us, address FROM hits "
+                f"WHERE line IS NOT NULL AND {where} "
+                f"UNION ALL SELECT line, category, hour, hits, first_us, last_us, NULL "
+                f"FROM line_hits WHERE {where}",
+                args + args,
+            )
+        )
+
+    def line_feeds(self, start: int, end: int, line: str | None = None) -> list[tuple]:
+        """(line, feed) pairs of attributed hits in [start, end), raw and folded."""
+        self._fold_first()
+        where = "h.hour >= ? AND h.hour < ?" + (" AND h.line = ?" if line is not None else "")
+        args = (start, end) + ((line,) if line is not None else ())
+        return list(
+            self.db.execute(
+                f"SELECT DISTINCT h.line, f.feed FROM hits h JOIN hit_feeds f "
+                f"USING (address, category, hour) WHERE h.line IS NOT NULL AND {where} "
+                f"UNION SELECT line, feed FROM line_feeds h WHERE {where}",
+                args + args,
+            )
+        )
+
+    def feeds_of(self, address: str, category: int, hour: int) -> list[str]:
+        self._fold_first()
+        rows = self.db.execute(
+            "SELECT feed FROM hit_feeds WHERE address=? AND category=? AND hour=? ORDER BY feed",
+            (address, category, hour),
+        )
+        return [r[0] for r in rows]
+
+    # -- attribution ------------------------------------------------------------------------
+    def attribute(self, assignments: Iterable[tuple[str, int, int, int, str]]) -> int:
+        """Give raw rows their line: (address, category, hour, hits, line). A row whose hits
+        changed since it was read (the collector added to it) is left for the next run.
+        Returns the number of rows attributed."""
+        done = 0
+        with self.transaction():
+            for address, category, hour, hits, line in assignments:
+                cur = self.db.execute(
+                    "UPDATE hits SET line=? WHERE address=? AND category=? AND hour=? "
+                    "AND hits=? AND line IS NULL",
+                    (line, address, category, hour, hits),
+                )
+                done += cur.rowcount
+        return done
+
+    # -- notifications ----------------------------------------------------------------------
+    def notification(self, line: str, period: str) -> Notification | None:
+        row = self.db.execute(
+            f"SELECT {_NOTIFICATION} FROM notifications WHERE line=? AND period=?",
+            (line, period),
+        ).fetchone()
+        return _notification(row) if row else None
+
+    def notifications(
+        self, period: str | None = None, line: str | None = None
+    ) -> list[Notification]:
+        where, args = [], []
+        if period is not None:
+            where.append("period = ?")
+            args.append(period)
+        if line is not None:
+            where.append("line = ?")
+            args.append(line)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(
+            f"SELECT {_NOTIFICATION} FROM notifications {clause} ORDER BY period, line", args
+        )
+        return [_notification(r) for r in rows]
+
+    def claim(
+        self, line: str, period: str, channel: str, recipient: str, message_id: str,
+        record: dict,
+    ) -> bool:
+        """Record, before any delivery starts, that this line gets its message for the period.
+        False when the line already has one (pending or sent): the caller must not send."""
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO notifications (line, period, state, channel, recipient, "
+                "message_id, record, claimed_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+                (line, period, channel, recipient, message_id,
+                 json.dumps(record, sort_keys=True), now_iso()),
+            )
+        return cur.rowcount == 1
+
+    def mark_sent(self, line: str, period: str, message_id: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE notifications SET state='sent', sent_at=? "
+                "WHERE line=? AND period=? AND message_id=?",
+                (now_iso(), line, period, message_id),
+            )
+
+    def release(self, line: str, period: str, message_id: str) -> None:
+        """Drop a pending claim whose message certainly never left (refused, or never sent)."""
+        with self.transaction():
+            self.db.execute(
+                "DELETE FROM notifications WHERE line=? AND period=? AND message_id=? "
+                "AND state='pending'",
+                (line, period, message_id),
+            )
+
+    def reclaim(self, line: str, period: str, message_id: str, record: dict) -> None:
+        """A pending claim taken over by a new attempt (--resend-unconfirmed)."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE notifications SET message_id=?, record=?, claimed_at=? "
+                "WHERE line=? AND period=? AND state='pending'",
+                (message_id, json.dumps(record, sort_keys=True), now_iso(), line, period),
+            )
+
+    # -- retention --------------------------------------------------------------------------
+    def expire(self, older_than: datetime, attributed_only: bool = True) -> int:
+        """Delete raw rows whose hour ended before ``older_than``. Attributed rows are folded
+        into the per-line aggregates first (line, category, hour: no address), so records,
+        reports and the once-a-month rule keep working. With ``attributed_only=False``,
+        unattributed rows that old go too (they had no line to fold into). Returns the number
+        of raw rows deleted."""
+        cutoff = to_us(older_than) // 1_000_000 - HOUR  # the hour must have ended
+        with self.transaction():
+            self._fold_first()  # staged hits are raw rows too: they may be old enough
+            self.db.execute(
+                "INSERT INTO line_hits (line, category, hour, hits, first_us, last_us) "
+                "SELECT line, category, hour, sum(hits), min(first_us), max(last_us) FROM hits "
+                "WHERE line IS NOT NULL AND hour < ? GROUP BY line, category, hour "
+                "ON CONFLICT(hour, line, category) DO UPDATE SET "
+                "hits = hits + excluded.hits, first_us = min(first_us, excluded.first_us), "
+                "last_us = max(last_us, excluded.last_us)",
+                (cutoff + 1,),
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO line_feeds (line, category, hour, feed) "
+                "SELECT h.line, h.category, h.hour, f.feed FROM hits h JOIN hit_feeds f "
+                "USING (address, category, hour) WHERE h.line IS NOT NULL AND h.hour < ?",
+                (cutoff + 1,),
+            )
+            which = "hour < ?" + (" AND line IS NOT NULL" if attributed_only else "")
+            self.db.execute(
+                f"DELETE FROM hit_feeds WHERE (hour, address, category) IN "
+                f"(SELECT hour, address, category FROM hits WHERE {which})",
+                (cutoff + 1,),
+            )
+            cur = self.db.execute(f"DELETE FROM hits WHERE {which}", (cutoff + 1,))
+        return cur.rowcount
+
+
+_NOTIFICATION = (
+    "line, period, state, channel, recipient, message_id, record, claimed_at, sent_at"
+)
+
+
+def _notification(row: tuple) -> Notification:
+    values = list(row)
+    values[6] = json.loads(values[6])
+    return Notification(*values)
+
+
+def _checkpoint_rows(
+    checkpoint: Mapping[str, int | None],
+) -> tuple[list[tuple[str, str]], list[tuple[str]]]:
+    """(keys to set, keys to delete), checked."""
+    sets, deletes = [], []
+    for key, value in checkpoint.items():
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"checkpoint keys must be non-empty strings: {key!r}")
+        if value is None:
+            deletes.append((key,))
+        elif not isinstance(value, int) or isinstance(value, bool):
+            raise StoreError(f"checkpoint values must be integers or None: {key}={value!r}")
+        else:
+            sets.append((key, str(value)))
+    return sets, deletes
+
+
+def store_path(state_dir: Path) -> Path:
+    return Path(state_dir) / RECORDS_DB
+
+
+def open_store(path: Path) -> Store:
+    """The store at ``path`` for commands that only read it or add to what is there: when
+    nothing was ever collected, an empty in-memory store (no file or folder is made)."""
+    return Store(path) if Path(path).exists() else Store(":memory:")

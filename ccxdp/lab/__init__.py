@@ -1,0 +1,1 @@
+"""The namespace lab behind `ccxdp lab`: a resolver, clients and a sinkhole in namespaces."""

@@ -1,0 +1,1 @@
+"""Who is told: hits attributed to subscriber lines, notification records, mail."""

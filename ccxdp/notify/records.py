@@ -1,0 +1,528 @@
+"""Notification records: per subscriber line and month, what its addresses' blocked queries
+add up to; and ``notify``, which turns records into at most one message per line and month.
+
+A record: line id, period, first and last seen, total hits, hits per category, the days with
+hits, the addresses seen, the feeds involved. Operators see all of it (``ccxdp records``);
+a subscriber's message names none of it.
+
+The threshold. A DNS query over UDP carries whatever source address its sender wrote, so
+anyone can make an innocent line "query" a C&C name: a burst of spoofed packets on one day
+looks exactly like an infected device. Malware beacons again and again, day after day. So a
+line is notified only when its hits fall on at least ``min_days`` distinct days (UTC) of the
+period, 2 by default: one day of noise, however loud, is not enough, and a real infection
+that lasts past one day still is. Raise it where spoofing is common; 1 notifies on any hit.
+
+At most once a month, whatever happens. For each line, notify first records a claim
+('pending', with the record and the whole message) in the store and commits it, then
+delivers, then marks it 'sent'. A second run, or two runs at once, never deliver to a line
+that has a claim. A crash between the claim and 'sent' leaves the claim pending: for the
+outbox, the next run finds the file (same Message-ID) and marks it sent; for SMTP, where the
+server cannot be asked, the line is reported as unconfirmed and is not sent again, unless the
+operator, having checked the mail server's log for its Message-ID, asks for
+``--resend-unconfirmed`` (which resends the very same message, Message-ID included, so a mail
+client that saw the first one can tell). Failing safe means a crash can cost a subscriber a
+notice, never give them two. A refusal by the SMTP server, or a connection that fails before
+the message was handed over, is certain: that claim is dropped and the next run tries again.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+
+from ccxdp.errors import CcxdpError
+from ccxdp.hits.store import Store, iso, period_bounds
+from ccxdp.notify import mail
+from ccxdp.notify.attribution import InputError, Sessions, open_input
+
+DEFAULT_MIN_DAYS = 2
+NO_CATEGORY = "(none)"  # hits on entries without a category; no category name has parentheses
+SUBSCRIBER_HEADER = ["line_id", "email", "language"]
+
+
+@dataclass(frozen=True)
+class LineRecord:
+    line: str
+    period: str
+    first_seen: str  # ISO 8601, UTC
+    last_seen: str
+    hits: int
+    categories: dict[str, int]  # category name -> hits
+    days: int  # distinct days (UTC) with hits
+    addresses: list[str]
+    feeds: list[str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Unattributed:
+    address: str
+    hits: int
+    categories: dict[str, int]
+    first_seen: str
+    last_seen: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    line: str
+    email: str
+    language: str
+
+
+def category_name(category: int, names: dict[int, str]) -> str:
+    if category == 0:
+        return NO_CATEGORY
+    return names.get(category, f"category-{category}")
+
+
+def _address_key(text: str):
+    a = ipaddress.ip_address(text)
+    return a.version, a
+
+
+def build_records(store: Store, period: str, line: str | None = None) -> list[LineRecord]:
+    """Every line with attributed hits in the period, by line id."""
+    start, end = period_bounds(period)
+    names = store.categories()
+    acc: dict[str, dict] = {}
+    for ln, category, hour, hits, first_us, last_us, address in store.line_hits(
+        start, end, line
+    ):
+        a = acc.setdefault(
+            ln, {"hits": 0, "first": first_us, "last": last_us, "cats": defaultdict(int),
+                 "days": set(), "addresses": set(), "feeds": set()},
+        )
+        a["hits"] += hits
+        a["first"] = min(a["first"], first_us)
+        a["last"] = max(a["last"], last_us)
+        a["cats"][category_name(category, names)] += hits
+        a["days"].add(hour // 86400)
+        if address is not None:
+            a["addresses"].add(address)
+    for ln, feed in store.line_feeds(start, end, line):
+        if ln in acc:
+            acc[ln]["feeds"].add(feed)
+    return [
+        LineRecord(
+            line=ln, period=period, first_seen=iso(a["first"]), last_seen=iso(a["last"]),
+            hits=a["hits"], categories=dict(sorted(a["cats"].items())), days=len(a["days"]),
+            addresses=sorted(a["addresses"], key=_address_key), feeds=sorted(a["feeds"]),
+        )
+        for ln, a in sorted(acc.items())
+    ]
+
+
+def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[Unattributed]]:
+    """Give the period's unattributed rows their lines where the sessions tell; returns the
+    number attributed and what is left, per address."""
+    start, end = period_bounds(period)
+    assignments, left = [], []
+    for h in store.hits(start, end):
+        if h.line is not None:
+            continue
+        line, reason = sessions.lookup(h.address, h.first_us, h.last_us)
+        if line is not None:
+            assignments.append((h.address, h.category, h.hour, h.hits, line))
+        else:
+            left.append((h, reason))
+    done = store.attribute(assignments)
+    return done, _unattributed(store, left)
+
+
+def unattributed(store: Store, period: str) -> list[Unattributed]:
+    """Rows of the period that have no line (yet), per address."""
+    start, end = period_bounds(period)
+    rows = [(h, "not attributed") for h in store.hits(start, end) if h.line is None]
+    return _unattributed(store, rows)
+
+
+def _unattributed(store: Store, rows) -> list[Unattributed]:
+    names = store.categories()
+    acc: dict[str, dict] = {}
+    for h, reason in rows:
+        a = acc.setdefault(
+            h.address, {"hits": 0, "first": h.first_us, "last": h.last_us,
+                        "cats": defaultdict(int), "reasons": set()},
+        )
+        a["hits"] += h.hits
+        a["first"] = min(a["first"], h.first_us)
+        a["last"] = max(a["last"], h.last_us)
+        a["cats"][category_name(h.category, names)] += h.hits
+        a["reasons"].add(reason)
+    return [
+        Unattributed(
+            address=addr, hits=a["hits"], categories=dict(sorted(a["cats"].items())),
+            first_seen=iso(a["first"]), last_seen=iso(a["last"]),
+            reason="; ".join(sorted(a["reasons"])),
+        )
+        for addr, a in sorted(acc.items(), key=lambda kv: _address_key(kv[0]))
+    ]
+
+
+# -- subscribers and opt-outs ----------------------------------------------------------------
+
+
+def read_subscribers(path: Path | str, languages: Iterable[str]) -> dict[str, Subscriber]:
+    """``line_id,email,language`` (a first row of those names is a header). Every line once;
+    the language must have a template."""
+    known = set(languages)
+    out: dict[str, Subscriber] = {}
+    with open_input(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            text = ",".join(row)
+            if lineno == 1 and [c.strip().lower() for c in row] == SUBSCRIBER_HEADER:
+                continue
+            if len(row) != 3:
+                raise InputError(
+                    path, lineno,
+                    f"expected 3 fields ({','.join(SUBSCRIBER_HEADER)}), got {len(row)}", text,
+                )
+            line, email, language = (c.strip() for c in row)
+            if not line:
+                raise InputError(path, lineno, "empty line id", text)
+            try:
+                mail.check_address(email)
+            except mail.MailError:
+                raise InputError(path, lineno, "invalid e-mail address", email) from None
+            if language not in known:
+                raise InputError(
+                    path, lineno,
+                    f"no template for this language (templates: {', '.join(sorted(known))})",
+                    language,
+                )
+            if line in out:
+                raise InputError(path, lineno, "line id listed twice", line)
+            out[line] = Subscriber(line, email, language)
+    return out
+
+
+def read_opt_out(path: Path | str) -> set[str]:
+    """Line ids, one a line; blank lines and '#' comments are skipped."""
+    out = set()
+    with open_input(path) as f:
+        for raw in f:
+            text = raw.split("#", 1)[0].strip()
+            if text:
+                out.add(text)
+    return out
+
+
+# -- notify ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    record: LineRecord
+    email: str
+    language: str
+    message_id: str
+    channel: str
+    where: str
+    resent: bool = False
+
+    def to_json(self) -> dict:
+        return {**self.record.to_json(), "email": self.email, "language": self.language,
+                "message_id": self.message_id, "channel": self.channel, "where": self.where,
+                "resent": self.resent}
+
+
+@dataclass
+class NotifyResult:
+    period: str
+    min_days: int
+    dry_run: bool
+    attributed_rows: int = 0
+    leases_without_line_id: int = 0
+    notified: list[Sent] = field(default_factory=list)
+    would_notify: list[LineRecord] = field(default_factory=list)  # dry run
+    already_notified: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # pending, found delivered
+    unconfirmed: list[dict] = field(default_factory=list)  # pending, left alone
+    below_threshold: list[str] = field(default_factory=list)
+    opted_out: list[str] = field(default_factory=list)
+    no_contact: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    unattributed: list[Unattributed] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "period": self.period,
+            "min_days": self.min_days,
+            "dry_run": self.dry_run,
+            "attributed_rows": self.attributed_rows,
+            "leases_without_line_id": self.leases_without_line_id,
+            "notified": [s.to_json() for s in self.notified],
+            "would_notify": [r.to_json() for r in self.would_notify],
+            "already_notified": self.already_notified,
+            "recovered": self.recovered,
+            "unconfirmed": self.unconfirmed,
+            "below_threshold": self.below_threshold,
+            "opted_out": self.opted_out,
+            "no_contact": self.no_contact,
+            "failed": self.failed,
+            "unattributed": [u.to_json() for u in self.unattributed],
+        }
+
+
+class NotifyError(CcxdpError):
+    """A run stopped part-way (the result so far is attached)."""
+
+    def __init__(self, message: str, result: NotifyResult):
+        super().__init__(message)
+        self.result = result
+
+
+def notify(
+    store: Store,
+    period: str,
+    sessions: Sessions,
+    *,
+    subscribers: dict[str, Subscriber] | None = None,
+    opt_out: set[str] = frozenset(),
+    min_days: int = DEFAULT_MIN_DAYS,
+    deliverer=None,
+    templates: mail.Templates | None = None,
+    sender: str | None = None,
+    resend_unconfirmed: bool = False,
+    now: datetime | None = None,
+) -> NotifyResult:
+    """Attribute the period's hits, build the records, and notify each line that passes the
+    threshold, is not opted out, has a contact and has no notification for the period yet.
+    Without a deliverer (an Outbox or SmtpSender) it is a dry run: nothing is written."""
+    if min_days < 1:
+        raise CcxdpError(f"--min-days must be at least 1, not {min_days}")
+    dry = deliverer is None
+    result = NotifyResult(period, min_days, dry)
+    result.leases_without_line_id = sessions.leases_without_line_id
+    if dry:
+        # Attribute in a transaction that is rolled back: a dry run changes nothing.
+        store.db.execute("BEGIN IMMEDIATE")
+        try:
+            result.attributed_rows, result.unattributed = attribute(store, sessions, period)
+            records = build_records(store, period)
+        finally:
+            store.db.execute("ROLLBACK")
+    else:
+        result.attributed_rows, result.unattributed = attribute(store, sessions, period)
+        records = build_records(store, period)
+    subscribers = subscribers or {}
+    todo: list[tuple[LineRecord, Subscriber]] = []
+    pending = []
+    for r in records:
+        existing = store.notification(r.line, period)
+        if r.line in opt_out:
+            result.opted_out.append(r.line)
+        elif existing is not None and existing.state == "sent":
+            result.already_notified.append(r.line)
+        elif existing is not None:
+            pending.append(existing)
+        elif r.days < min_days:
+            result.below_threshold.append(r.line)
+        elif r.line not in subscribers:
+            result.no_contact.append(r.line)
+        else:
+            todo.append((r, subscribers[r.line]))
+    if dry:
+        result.would_notify = [r for r, _ in todo]
+        result.unconfirmed = [_pending_json(p) for p in pending]
+        return result
+    assert templates is not None and sender is not None
+    resend = []
+    for p in pending:
+        if deliverer.channel == p.channel and deliverer.delivered(p.line, period, p.message_id):
+            store.mark_sent(p.line, period, p.message_id)
+            result.recovered.append(p.line)
+        elif resend_unconfirmed and deliverer.channel == p.channel:
+            resend.append(p)
+        else:
+            result.unconfirmed.append(_pending_json(p))
+    if not todo and not resend:
+        return result
+    try:
+        deliverer.open()
+    except mail.NotDelivered as e:
+        raise NotifyError(str(e), result) from e
+    try:
+        for p in resend:
+            _deliver(store, deliverer, result, p.line, period, p.message_id,
+                     p.record["message"].encode(), sender, p.recipient,
+                     LineRecord(**p.record["record"]), p.record["language"], resent=True)
+        for r, sub in todo:
+            msg = mail.build_message(
+                templates, line_id=r.line, language=sub.language, to=sub.email,
+                sender=sender, date=now,
+            )
+            data = msg.as_bytes()
+            message_id = msg["Message-ID"]
+            stored = {"record": r.to_json(), "language": sub.language,
+                      "message": data.decode("utf-8")}
+            if not store.claim(r.line, period, deliverer.channel, sub.email, message_id, stored):
+                result.already_notified.append(r.line)  # another run got there first
+                continue
+            _deliver(store, deliverer, result, r.line, period, message_id, data, sender,
+                     sub.email, r, sub.language)
+    finally:
+        deliverer.close()
+    return result
+
+
+def _deliver(store, deliverer, result, line, period, message_id, data, sender, to, record,
+             language, resent=False) -> None:
+    try:
+        if deliverer.channel == "smtp":
+            where = deliverer.deliver(line, period, data, sender, to)
+        else:
+            where = deliverer.deliver(line, period, data)
+    except mail.NotDelivered as e:
+        store.release(line, period, message_id)
+        result.failed.append({"line": line, "error": str(e)})
+        return
+    except mail.Uncertain as e:
+        result.unconfirmed.append({"line": line, "message_id": message_id, "error": str(e)})
+        raise NotifyError(
+            f"{e}; stopped: line {line} stays unconfirmed (Message-ID {message_id})", result
+        ) from e
+    store.mark_sent(line, period, message_id)
+    result.notified.append(
+        Sent(record, to, language, message_id, deliverer.channel, where, resent)
+    )
+
+
+def _pending_json(p) -> dict:
+    return {"line": p.line, "message_id": p.message_id, "channel": p.channel,
+            "claimed_at": p.claimed_at}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def report(store: Store, period: str) -> dict:
+    """Anonymous totals for the period: lines with hits and lines notified, per category.
+    No line id, no address: fit to share with other ISPs."""
+    records = build_records(store, period)
+    notified = {n.line for n in store.notifications(period=period) if n.state == "sent"}
+    cats: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"lines_seen": 0, "lines_notified": 0, "hits": 0}
+    )
+    for r in records:
+        for name, hits in r.categories.items():
+            c = cats[name]
+            c["lines_seen"] += 1
+            c["lines_notified"] += r.line in notified
+            c["hits"] += hits
+    return {
+        "period": period,
+        "lines_seen": len(records),
+        "lines_notified": sum(r.line in notified for r in records),
+        "hits": sum(r.hits for r in records),
+        "unattributed_addresses": len(unattributed(store, period)),
+        "categories": [{"category": k, **v} for k, v in sorted(cats.items())],
+    }
+
+
+# -- rendering (pure: data in, rich renderable out) ------------------------------------------
+
+
+def _cats(categories: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in categories.items())
+
+
+def _when(text: str) -> str:
+    return text.replace("T", " ").rstrip("Z")
+
+
+def render_records(
+    records: list[LineRecord], notes: dict[tuple[str, str], str], left: list[Unattributed]
+) -> Group:
+    table = Table(title=f"notification records ({len(records)})", title_justify="left")
+    for col in ("line", "period", "hits", "days", "categories", "first seen (UTC)",
+                "last seen (UTC)", "addresses", "feeds", "notified"):
+        table.add_column(col, justify="right" if col in ("hits", "days") else "left")
+    for r in records:
+        table.add_row(
+            r.line, r.period, f"{r.hits:,}", str(r.days), _cats(r.categories),
+            _when(r.first_seen), _when(r.last_seen), "\n".join(r.addresses) or "-",
+            ", ".join(r.feeds) or "-", notes.get((r.line, r.period), "-"),
+        )
+    return Group(table, render_unattributed(left))
+
+
+def render_unattributed(left: list[Unattributed]) -> Table:
+    table = Table(title=f"unattributed addresses ({len(left)})", title_justify="left")
+    for col in ("address", "hits", "categories", "first seen (UTC)", "last seen (UTC)",
+                "reason"):
+        table.add_column(col, justify="right" if col == "hits" else "left")
+    for u in left:
+        table.add_row(u.address, f"{u.hits:,}", _cats(u.categories), _when(u.first_seen),
+                      _when(u.last_seen), u.reason)
+    return table
+
+
+def render_notify(res: NotifyResult) -> Group:
+    title = (f"notify {res.period}: dry run, nothing sent or recorded" if res.dry_run
+             else f"notify {res.period}")
+    table = Table(title=title, title_justify="left")
+    for col in ("line", "result", "hits", "days", "categories", "to"):
+        table.add_column(col, justify="right" if col in ("hits", "days") else "left")
+    for s in res.notified:
+        r = s.record
+        table.add_row(r.line, "resent" if s.resent else f"sent ({s.channel})", f"{r.hits:,}",
+                      str(r.days), _cats(r.categories), s.email)
+    for r in res.would_notify:
+        table.add_row(r.line, "would notify", f"{r.hits:,}", str(r.days), _cats(r.categories),
+                      "-")
+    rows = [
+        (res.already_notified, "already notified this month"),
+        (res.recovered, "found delivered, now recorded"),
+        ([u["line"] for u in res.unconfirmed], "unconfirmed: check the mail log"),
+        (res.below_threshold, f"below threshold (< {res.min_days} days)"),
+        (res.opted_out, "opted out"),
+        (res.no_contact, "no contact in subscribers"),
+        ([f["line"] for f in res.failed], "not delivered, will retry"),
+    ]
+    for lines, what in rows:
+        for line in lines:
+            table.add_row(line, what, "", "", "", "")
+    verb = "would be attributed" if res.dry_run else "attributed"
+    parts = [table, f"{res.attributed_rows:,} hit rows {verb} to lines"]
+    if res.leases_without_line_id:
+        parts.append(f"{res.leases_without_line_id:,} leases had no line id field")
+    parts.append(render_unattributed(res.unattributed))
+    return Group(*parts)
+
+
+def render_report(rep: dict) -> Group:
+    table = Table(title=f"infected lines per category, {rep['period']}", title_justify="left")
+    table.add_column("category")
+    table.add_column("lines seen", justify="right")
+    table.add_column("lines notified", justify="right")
+    table.add_column("hits", justify="right")
+    for c in rep["categories"]:
+        table.add_row(c["category"], f"{c['lines_seen']:,}", f"{c['lines_notified']:,}",
+                      f"{c['hits']:,}")
+    table.add_section()
+    table.add_row("all", f"{rep['lines_seen']:,}", f"{rep['lines_notified']:,}",
+                  f"{rep['hits']:,}")
+    return Group(table, f"{rep['unattributed_addresses']:,} addresses with hits had no line")
+
+
+def period_of(t: datetime) -> str:
+    t = t.astimezone(UTC)
+    return f"{t.year:04d}-{t.month:02d}"

@@ -1,0 +1,1 @@
+"""Running it: the attach use case, the daemon, its config file, metrics."""

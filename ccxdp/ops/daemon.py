@@ -1,0 +1,479 @@
+"""``ccxdp run``: the long-running control plane, driven by a config file (config.py).
+
+It attaches the configured interfaces (adopting the pinned program and maps that are there:
+no gap in filtering, no reset of counters), syncs feeds when their file changes or their
+refresh interval passes, collects the per-source hits on an interval, serves metrics, and
+logs one structured line per event on stderr. SIGHUP reads the file again and applies the
+difference; SIGTERM (or SIGINT) stops it, leaving the filter attached unless
+``on_stop = "detach"``: filtering never depends on the daemon.
+
+The datapath's lock is taken for each operation only (one sync, one collection, one attach),
+never for the daemon's life, so CLI calls keep working beside it. A kill at any point leaves
+nothing half done: feeds and collections are transactions of their own (feeds.py,
+collector.py), and the next start adopts what is pinned.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
+from ccxdp.errors import CcxdpError
+from ccxdp.hits.collector import collect_then_fold
+from ccxdp.hits.store import Store, store_path
+from ccxdp.ops.daemon_config import Config, ConfigError, Feed, Interface, load_config
+from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
+from ccxdp.policy import exempt, lists
+from ccxdp.policy.catalog import Catalog, normalize_category
+from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
+from ccxdp.policy.lists import canonical_action
+
+POLL = 1.0  # seconds between looks at the feed files
+
+
+class DaemonError(CcxdpError):
+    pass
+
+
+class Log:
+    """One line per event: logfmt (``key=value``) or JSON, with a time and a level first.
+    journald keeps stderr lines as they are."""
+
+    def __init__(self, fmt: str = "logfmt", out: TextIO | None = None):
+        self.fmt = fmt
+        self.out = out or sys.stderr
+
+    def __call__(self, event: str, level: str = "info", **fields: object) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
+                  "event": event}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        if self.fmt == "json":
+            line = json.dumps(record, default=str)
+        else:
+            line = " ".join(f"{k}={_logfmt(v)}" for k, v in record.items())
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _logfmt(value: object) -> str:
+    if isinstance(value, float):
+        value = f"{value:.3f}"
+    text = str(value)
+    if not text or any(c in text for c in ' ="\n\t\\'):
+        return json.dumps(text)
+    return text
+
+
+def check_interfaces(config: Config) -> None:
+    """Every configured interface exists (and its namespace): otherwise ConfigError, before
+    anything is attached."""
+    from pyroute2 import IPRoute
+
+    for i, iface in enumerate(config.interfaces):
+        key = f"interfaces[{i}]"
+        if iface.netns is not None and not Path(f"/run/netns/{iface.netns}").exists():
+            raise ConfigError(config.path, f"{key}.netns",
+                              f"no network namespace {iface.netns!r} (see 'ip netns list')")
+        with IPRoute(netns=iface.netns) as ipr:
+            if not ipr.link_lookup(ifname=iface.name):
+                raise ConfigError(config.path, f"{key}.name", f"no interface {iface.where}")
+
+
+class Daemon:
+    def __init__(self, config_path: Path, pin_dir: Path, state_dir: Path,
+                 log_out: TextIO | None = None):
+        self.config_path = Path(config_path)
+        self.dp = Datapath(pin_dir, state_dir)
+        self.state = DaemonState()
+        self._expired_for: tuple | None = None  # the hour and retention last expired for
+        self.log = Log(out=log_out)
+        self.config: Config | None = None
+        self.metrics: MetricsServer | None = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._next_sync: dict[str, float] = {}
+        self._file_stat: dict[str, tuple | None] = {}
+        self._next_collect: float | None = None
+        self._pid_fd: int | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the config whole, then apply it. Raises ConfigError with nothing changed."""
+        config = load_config(self.config_path)
+        check_root()
+        check_interfaces(config)
+        self._claim_state_dir()
+        self.log.fmt = config.log_format
+        self.log("start", config=str(config.path), pid=os.getpid(), pin_dir=str(self.dp.pin_dir),
+                 state_dir=str(self.dp.state_dir))
+        self.config = config
+        for iface in config.interfaces:
+            self._attach(iface)
+        self._apply_filter(config)
+        for feed in config.feeds:
+            self._ensure_feed(feed)
+        self._start_metrics(config)
+        self._schedule_collect(config)
+
+    def _claim_state_dir(self) -> None:
+        """One daemon per state folder: a lock of its own (never the datapath's, which is
+        taken per operation), held while the process lives and released by the kernel
+        however it ends."""
+        state = self.dp.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state / "daemon.pid", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(
+                f"another 'ccxdp run' (pid {other}) uses the state folder {state}: stop it "
+                f"first, or send it SIGHUP to reload its config"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._pid_fd = fd
+
+    def run(self) -> None:
+        """start(), then serve until SIGTERM/SIGINT."""
+        for sig, handler in ((signal.SIGHUP, self._on_hup), (signal.SIGTERM, self._on_term),
+                             (signal.SIGINT, self._on_term)):
+            signal.signal(sig, handler)
+        self.start()
+        self.log("ready")
+        try:
+            while not self._stop:
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                self.tick()
+                self._wake.wait(self._timeout())
+                self._wake.clear()
+        finally:
+            self.stop()
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def _on_term(self, signum, frame) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        config = self.config
+        if config is None:
+            return
+        if config.collect_interval > 0:
+            self.collect()  # the hits counted so far reach the store before we go
+        if config.on_stop == "detach":
+            for iface in config.interfaces:
+                self._detach(iface)
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        self.log("stop", on_stop=config.on_stop)
+        self.config = None
+        if self._pid_fd is not None:
+            os.close(self._pid_fd)  # releases the claim
+            self._pid_fd = None
+
+    # -- the schedule -------------------------------------------------------------------
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        due = [now + POLL, *self._next_sync.values()]
+        if self._next_collect is not None:
+            due.append(self._next_collect)
+        return max(0.0, min(due) - now)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for feed in self.config.feeds:
+            stat = _file_stat(feed.path)
+            if now >= self._next_sync.get(feed.name, 0) or stat != self._file_stat.get(feed.name):
+                self._sync(feed, "changed" if stat != self._file_stat.get(feed.name)
+                           else "interval")
+        if self._next_collect is not None and now >= self._next_collect:
+            self.collect()
+            self._next_collect = time.monotonic() + self.config.collect_interval
+
+    def _schedule_collect(self, config: Config) -> None:
+        if config.collect_interval <= 0:
+            self._next_collect = None
+        else:
+            self._next_collect = time.monotonic() + config.collect_interval
+
+    # -- attachments and settings ---------------------------------------------------------
+    def _limits(self) -> Limits:
+        c = self.config
+        return Limits(c.max_names or Limits.max_names, c.max_sources or Limits.max_sources)
+
+    def _attach(self, iface: Interface) -> None:
+        config = self.config
+        with self.dp, Catalog(self.dp.catalog_path) as catalog:
+            before = {(a.ifname, a.netns): a.prog_id for a in self.dp.attachments()}
+
+            def on_loaded(loaded: Datapath) -> None:
+                self._set_settings(loaded, config)
+                lists.reconcile(loaded, catalog)
+                exempt.reconcile(loaded, catalog)
+
+            a = self.dp.attach(iface.name, Mode(iface.mode), netns=iface.netns,
+                               limits=self._limits(), dns_ports=config.dns_ports,
+                               on_loaded=on_loaded)
+        adopted = before.get((iface.name, iface.netns)) == a.prog_id
+        self.log("adopt" if adopted else "attach", interface=iface.name, netns=iface.netns,
+                 mode=str(a.mode), prog_id=a.prog_id)
+
+    def _detach(self, iface: Interface) -> None:
+        try:
+            with self.dp:
+                self.dp.detach(iface.name, iface.netns)
+            self.log("detach", interface=iface.name, netns=iface.netns)
+        except (CcxdpError, OSError) as e:
+            self.log("detach", level="error", interface=iface.name, netns=iface.netns,
+                     error=str(e))
+
+    def _set_settings(self, dp: Datapath, config: Config) -> bool:
+        current = dp.settings()
+        wanted = replace(current, **config.settings)
+        if wanted != current:
+            dp.set_settings(wanted)
+            return True
+        return False
+
+    def _apply_filter(self, config: Config) -> None:
+        """Settings and ports, where the program is loaded (attach applied them already when
+        it loaded it; this covers a reload)."""
+        with self.dp:
+            if not self.dp.is_loaded():
+                return
+            changed = self._set_settings(self.dp, config)
+            if config.dns_ports is not None and set(self.dp.dns_ports()) != set(config.dns_ports):
+                self.dp.set_dns_ports(config.dns_ports)
+                changed = True
+            settings = self.dp.settings().as_dict()
+            ports = sorted(self.dp.dns_ports())
+        if changed:
+            self.log("settings", dns_ports=",".join(map(str, ports)), **settings)
+
+    # -- feeds --------------------------------------------------------------------------
+    def _feed_matches(self, feed: Feed, catalog: Catalog) -> bool:
+        source = catalog.source(feed.name)
+        if source is None:
+            return False
+        category = catalog.categories().get(source.category)
+        action = canonical_action(feed.action) if feed.action else "default"
+        return (source.path == str(feed.path) and (source.format or "auto") == feed.format
+                and source.column == feed.column and source.action == action
+                and category == normalize_category(feed.category or feed.name)
+                and bool(source.skip_invalid) == feed.skip_invalid)
+
+    def _ensure_feed(self, feed: Feed) -> None:
+        self._sync(feed, "start")
+
+    def _sync(self, feed: Feed, why: str) -> None:
+        """Sync a feed, registering it first with the config's options: added when it is not
+        registered (its file may have been refused before), removed and added again when its
+        options in the config changed."""
+        self._file_stat[feed.name] = _file_stat(feed.path)
+        try:
+            with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                if catalog.source(feed.name) is not None and not self._feed_matches(feed,
+                                                                                    catalog):
+                    remove_feed(self.dp, catalog, feed.name)
+                    self.log("feed_remove", feed=feed.name, reason="options changed")
+                    why = "options changed"
+                if catalog.source(feed.name) is None:
+                    r = add_feed(self.dp, catalog, feed.name, feed.path, feed.format,
+                                 feed.column, feed.action, feed.category, feed.skip_invalid)
+                    why = "added"
+                else:
+                    r = sync_feed(self.dp, catalog, feed.name)
+                self._synced(feed, catalog, r, why)
+        except (CcxdpError, OSError, sqlite3.Error) as e:  # OSError: BpfError too
+            self._sync_failed(feed, e, why)
+
+    def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
+        self._next_sync[feed.name] = time.monotonic() + feed.refresh
+        source = catalog.source(feed.name)
+        counts = feed_counts(catalog).get(source.id, {}) if source else {}
+        with self.state.lock:
+            fs = self.state.feeds.setdefault(feed.name, FeedState())
+            fs.names = {"block": counts.get("block", 0), "allow": counts.get("allow", 0)}
+            fs.last_sync, fs.last_ok = time.time(), True
+            fs.syncs["ok"] += 1
+        fields = {"feed": feed.name, "why": why, "result": "unchanged" if r.unchanged else "ok",
+                  "names": counts.get("block", 0), "seconds": r.seconds}
+        if r.applied is not None:
+            fields.update(added=sum(r.applied.added.values()),
+                          removed=sum(r.applied.removed.values()))
+        if r.bad:
+            fields["bad_lines"] = len(r.bad)
+        self.log("feed_sync", **fields)
+
+    def _sync_failed(self, feed: Feed, e: Exception, why: str) -> None:
+        self._next_sync[feed.name] = time.monotonic() + feed.refresh
+        with self.state.lock:
+            fs = self.state.feeds.setdefault(feed.name, FeedState())
+            fs.last_sync, fs.last_ok = time.time(), False
+            fs.syncs["error"] += 1
+        self.log("feed_sync", level="error", feed=feed.name, why=why, result="error",
+                 error=str(e).splitlines()[0])
+
+    # -- collection ---------------------------------------------------------------------
+    def _store_path(self) -> Path:
+        return self.config.store or store_path(self.dp.state_dir)
+
+    def collect(self) -> None:
+        self.log("collect_start")
+        started = time.monotonic()
+        try:
+            r = collect_then_fold(self.dp, self._store_path())
+            with Store(self._store_path()) as store:
+                stored = _stored_per_category(store)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            with self.state.lock:
+                self.state.collections["error"] += 1
+            self.log("collect", level="error", result="error", error=str(e))
+            return
+        seconds = time.monotonic() - started
+        with self.state.lock:
+            self.state.collections["ok"] += 1
+            self.state.collect_seconds = seconds
+            self.state.collect_last = time.time()
+            self.state.collected_hits += r.hits
+            self.state.category_stored = stored
+        self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
+                 hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
+                 lost=r.lost, seconds=seconds)
+        self.expire()
+
+    def expire(self) -> None:
+        """Apply the retention (collect.retention_days) to the per-address rows, after a
+        collection. Its own step: the collection is stored and counted whatever happens here,
+        and a failure (the store locked by a long notify) is logged and retried next time.
+        Rows become old enough by the hour, so it runs once an hour (or when the retention
+        changes), not at every collection: each run takes the store's write lock."""
+        config = self.config
+        if config.retention_days <= 0:
+            return
+        before = datetime.now(UTC) - timedelta(days=config.retention_days)
+        due = (int(before.timestamp()) // 3600, config.retention_days,
+               config.expire_unattributed)
+        if due == self._expired_for:
+            return
+        try:
+            with Store(self._store_path()) as store:
+                rows = store.expire(before, attributed_only=not config.expire_unattributed)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("expire", level="error", result="error", error=str(e))
+            return
+        self._expired_for = due
+        if rows:
+            self.log("expire", result="ok", rows=rows,
+                     before=before.isoformat(timespec="seconds"),
+                     unattributed=config.expire_unattributed)
+
+    # -- metrics ------------------------------------------------------------------------
+    def _categories(self) -> dict[int, str]:
+        with Catalog(self.dp.catalog_path) as catalog:
+            return catalog.categories()
+
+    def _start_metrics(self, config: Config) -> None:
+        if config.metrics_listen is None:
+            return
+        address, port = config.metrics_listen
+        try:
+            self.metrics = MetricsServer(make_registry(self.dp, self.state, self._categories),
+                                         address, port)
+        except OSError as e:
+            raise ConfigError(config.path, "metrics.listen",
+                              f"cannot listen on {address}:{port}: {e.strerror}") from None
+        self.log("metrics", listen=f"{address}:{port}")
+
+    # -- reload -------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Read the file again and apply the difference; a bad file changes nothing."""
+        old = self.config
+        try:
+            new = load_config(self.config_path)
+            check_interfaces(new)
+        except ConfigError as e:
+            self.log("reload", level="error", result="error", error=str(e))
+            return
+        self.log.fmt = new.log_format
+        self.config = new
+        old_ifaces = {(i.name, i.netns): i for i in old.interfaces}
+        new_ifaces = {(i.name, i.netns): i for i in new.interfaces}
+        for key, iface in old_ifaces.items():
+            if key not in new_ifaces:
+                self._detach(iface)
+        for key, iface in new_ifaces.items():
+            if old_ifaces.get(key) != iface:
+                try:
+                    self._attach(iface)
+                except (CcxdpError, OSError) as e:
+                    self.log("attach", level="error", interface=iface.name, netns=iface.netns,
+                             error=str(e))
+        try:
+            self._apply_filter(new)
+        except (CcxdpError, OSError) as e:
+            self.log("settings", level="error", error=str(e))
+        old_feeds = {f.name: f for f in old.feeds}
+        new_names = {f.name for f in new.feeds}
+        for name in old_feeds:
+            if name not in new_names:
+                try:
+                    with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                        remove_feed(self.dp, catalog, name)
+                    self.log("feed_remove", feed=name, reason="not in the config")
+                except (CcxdpError, OSError, sqlite3.Error) as e:
+                    self.log("feed_remove", level="error", feed=name, error=str(e))
+                self._next_sync.pop(name, None)
+                with self.state.lock:
+                    self.state.feeds.pop(name, None)
+        for feed in new.feeds:
+            if old_feeds.get(feed.name) != feed:
+                self._ensure_feed(feed)
+        if new.collect_interval != old.collect_interval:
+            self._schedule_collect(new)
+        if new.metrics_listen != old.metrics_listen:
+            if self.metrics is not None:
+                self.metrics.stop()
+                self.metrics = None
+            try:
+                self._start_metrics(new)
+            except ConfigError as e:
+                self.log("metrics", level="error", error=str(e))
+        self.log("reload", result="ok", config=str(new.path))
+
+
+def _file_stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stored_per_category(store: Store) -> dict[str, int]:
+    """Hits per category name in the store, raw rows and rows folded by expire."""
+    rows = store.db.execute(
+        "SELECT coalesce(c.name, h.category), sum(h.hits) FROM "
+        "(SELECT category, hits FROM hits UNION ALL SELECT category, hits FROM line_hits) h "
+        "LEFT JOIN categories c ON c.id = h.category GROUP BY h.category")
+    return {str(name): int(n) for name, n in rows}

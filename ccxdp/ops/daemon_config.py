@@ -1,0 +1,286 @@
+"""The daemon's config file (TOML): read, checked whole, and turned into frozen dataclasses.
+
+Every mistake is reported as ``FILE: KEY: what is wrong`` before anything is touched, so a
+bad file never attaches, syncs or detaches anything. ``examples/ccxdp.toml`` shows every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccxdp.datapath.settings import ACTION_NAMES, BLOCK_ACTIONS, SettingError, Settings
+from ccxdp.errors import CcxdpError
+from ccxdp.policy.formats import FORMATS
+
+ON_STOP = ("keep", "detach")
+LOG_FORMATS = ("logfmt", "json")
+MODES = ("auto", "native", "generic")
+SETTING_KEYS = ("default_action", "sinkhole_v4", "sinkhole_v6", "answer_ttl", "negative_ttl",
+                "edns_udp_size")
+DEFAULT_FEED_REFRESH = 3600.0
+DEFAULT_COLLECT_INTERVAL = 60.0
+MAX_RETENTION_DAYS = 36500  # a century: beyond it the cut-off date does not exist
+_FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ConfigError(CcxdpError):
+    def __init__(self, path: Path, key: str | None, message: str):
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + message)
+        self.path = path
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    netns: str | None = None
+    mode: str = "auto"
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} in netns {self.netns}" if self.netns else self.name
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str
+    path: Path
+    format: str = "auto"
+    column: str | None = None
+    action: str | None = None
+    category: str | None = None
+    skip_invalid: bool = False
+    refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    interfaces: tuple[Interface, ...]
+    settings: dict[str, Any] = field(default_factory=dict)  # only the keys the file gives
+    dns_ports: tuple[int, ...] | None = None
+    max_names: int | None = None
+    max_sources: int | None = None
+    feeds: tuple[Feed, ...] = ()
+    collect_interval: float = DEFAULT_COLLECT_INTERVAL  # 0: the daemon never collects
+    store: Path | None = None  # None: records.db in the state folder
+    # Per-address hit rows older than this many days are expired after each collection:
+    # attributed ones fold into per-line totals first. 0: kept until `ccxdp expire`.
+    retention_days: float = 0.0
+    expire_unattributed: bool = False  # rows no line claimed go too once that old
+    metrics_listen: tuple[str, int] | None = None
+    on_stop: str = "keep"
+    log_format: str = "logfmt"
+
+
+class _Reader:
+    """Pops keys from one TOML table, checking each; leftovers are unknown keys."""
+
+    def __init__(self, path: Path, table: dict, prefix: str):
+        self.path, self.table, self.prefix = path, dict(table), prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def fail(self, name: str | None, message: str):
+        raise ConfigError(self.path, self.key(name) if name else self.prefix.rstrip(".")
+                          or None, message)
+
+    def get(self, name: str, kinds: tuple[type, ...], default: Any = None,
+            what: str = "") -> Any:
+        if name not in self.table:
+            return default
+        value = self.table.pop(name)
+        # bool is an int in Python, never in TOML: keep them apart.
+        if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+            self.fail(name, f"{value!r} is not {what or ' or '.join(k.__name__ for k in kinds)}")
+        return value
+
+    def seconds(self, name: str, default: float, allow_zero: bool = False) -> float:
+        value = self.get(name, (int, float), default, "a number of seconds")
+        if not math.isfinite(value):  # TOML has nan and inf; neither is a time
+            self.fail(name, f"{value} is not a finite number of seconds")
+        if value < 0 or (value == 0 and not allow_zero):
+            self.fail(name, f"{value} must be {'0 or more' if allow_zero else 'more than 0'}")
+        return float(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(name, (str,), default, "a string")
+        if value not in choices:
+            self.fail(name, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def done(self) -> None:
+        for name in self.table:
+            self.fail(name, "unknown key")
+
+
+def load_config(path: Path) -> Config:
+    """Read and check the whole file; ConfigError names the file and the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file") from None
+    except OSError as e:
+        raise ConfigError(path, None, e.strerror or str(e)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, f"not valid TOML: {e}") from None
+    return parse_config(path, data)
+
+
+def parse_config(path: Path, data: dict) -> Config:
+    top = _Reader(path, data, "")
+    on_stop = top.choice("on_stop", ON_STOP, "keep")
+    log_format = top.choice("log_format", LOG_FORMATS, "logfmt")
+    filt = _Reader(path, top.get("filter", (dict,), {}, "a table"), "filter.")
+    interfaces_raw = top.get("interfaces", (list,), [], "an array of tables ([[interfaces]])")
+    feeds_raw = top.get("feeds", (list,), [], "an array of tables ([[feeds]])")
+    collect = _Reader(path, top.get("collect", (dict,), {}, "a table"), "collect.")
+    metrics = _Reader(path, top.get("metrics", (dict,), {}, "a table"), "metrics.")
+    top.done()
+
+    default_mode = filt.choice("mode", MODES, "auto")
+    ports = filt.get("dns_ports", (list,), None, "an array of port numbers")
+    if ports is not None:
+        if not ports:
+            filt.fail("dns_ports", "give at least one port")
+        for p in ports:
+            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+                filt.fail("dns_ports", f"{p!r} is not a port number (1-65535)")
+        if len(set(ports)) != len(ports):
+            filt.fail("dns_ports", "a port is given twice")
+        ports = tuple(ports)
+    limits = {}
+    for name in ("max_names", "max_sources"):
+        value = filt.get(name, (int,), None, "a whole number")
+        if value is not None and not 1 <= value <= 1 << 28:
+            filt.fail(name, f"{value} is outside 1..{1 << 28}")
+        limits[name] = value
+    settings: dict[str, Any] = {}
+    for name in SETTING_KEYS:
+        kinds = (int,) if name in ("answer_ttl", "negative_ttl", "edns_udp_size") else (str,)
+        value = filt.get(name, kinds, None, "a whole number" if kinds == (int,) else "a string")
+        if value is None:
+            continue
+        if name == "default_action":
+            value = value.strip().lower()
+            value = "sinkhole" if value == "redirect" else value
+        settings[name] = value
+    try:
+        Settings(**settings)
+    except SettingError as e:  # its message starts with the key
+        raise ConfigError(path, None, f"filter.{e}") from None
+    filt.done()
+
+    interfaces = []
+    for i, raw in enumerate(interfaces_raw):
+        r = _Reader(path, raw if isinstance(raw, dict) else {}, f"interfaces[{i}].")
+        if not isinstance(raw, dict):
+            r.fail(None, f"{raw!r} is not a table (write [[interfaces]] with name = ...)")
+        name = r.get("name", (str,), None, "a string")
+        if name is None:
+            r.fail("name", "missing (the interface to attach to)")
+        if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+            r.fail("name", f"{name!r} is not a valid interface name")
+        netns = r.get("netns", (str,), None, "a string")
+        mode = r.choice("mode", MODES, default_mode)
+        r.done()
+        iface = Interface(name, netns, mode)
+        if any((x.name, x.netns) == (name, netns) for x in interfaces):
+            r.fail("name", f"{iface.where} is listed twice")
+        interfaces.append(iface)
+
+    feeds = []
+    for i, raw in enumerate(feeds_raw):
+        r = _Reader(path, raw if isinstance(raw, dict) else {}, f"feeds[{i}].")
+        if not isinstance(raw, dict):
+            r.fail(None, f"{raw!r} is not a table (write [[feeds]] with name = ...)")
+        name = r.get("name", (str,), None, "a string")
+        if name is None:
+            r.fail("name", "missing")
+        name = name.strip().lower()
+        if not _FEED_NAME.match(name) or name == "manual":
+            r.fail("name", f"{name!r}: use 1-63 letters, digits, '.', '_' or '-' (not 'manual')")
+        if any(f.name == name for f in feeds):
+            r.fail("name", f"feed {name!r} is listed twice")
+        file = r.get("path", (str,), None, "a string")
+        if file is None:
+            r.fail("path", "missing (the feed's file)")
+        file_path = Path(file)
+        if not file_path.is_absolute():
+            file_path = (path.parent / file_path)
+        if not file_path.is_file():
+            r.fail("path", f"{file_path}: no such file")
+        fmt = r.choice("format", ("auto", *FORMATS), "auto")
+        column = r.get("column", (str,), None, "a string")
+        action = r.get("action", (str,), None, "a string")
+        if action is not None:
+            action = action.strip().lower()
+            if action not in ACTION_NAMES:
+                r.fail("action", f"{action!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
+            action = "sinkhole" if action == "redirect" else action
+        category = r.get("category", (str,), None, "a string")
+        if category is not None:
+            category = category.strip().lower()
+            if not _CATEGORY.match(category):
+                r.fail("category", f"{category!r}: use letters, digits, '.', '_' or '-'")
+        skip = r.get("skip_invalid", (bool,), False, "true or false")
+        refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
+        r.done()
+        feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
+                          refresh))
+
+    interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
+    store = collect.get("store", (str,), None, "a string")
+    retention = collect.get("retention_days", (int, float), 0, "a number of days")
+    if not math.isfinite(retention) or not 0 <= retention <= MAX_RETENTION_DAYS:
+        collect.fail("retention_days",
+                     f"{retention} must be 0 (keep) or more, up to {MAX_RETENTION_DAYS}")
+    expire_unattributed = collect.get("expire_unattributed", (bool,), False, "true or false")
+    collect.done()
+
+    listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
+    metrics.done()
+    return Config(
+        path=path,
+        interfaces=tuple(interfaces),
+        settings=settings,
+        dns_ports=ports,
+        max_names=limits["max_names"],
+        max_sources=limits["max_sources"],
+        feeds=tuple(feeds),
+        collect_interval=interval,
+        store=Path(store) if store else None,
+        retention_days=float(retention),
+        expire_unattributed=expire_unattributed,
+        metrics_listen=_listen(path, listen) if listen is not None else None,
+        on_stop=on_stop,
+        log_format=log_format,
+    )
+
+
+def _listen(path: Path, text: str) -> tuple[str, int]:
+    """"198.18.0.10:9108" or "[fd00::10]:9108" -> (address, port)."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not m:
+        raise ConfigError(path, "metrics.listen",
+                          f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+    host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(path, "metrics.listen", f"{host!r} is not an IP address") from None
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(path, "metrics.listen", f"port {port} is outside 1..65535")
+    return host, int(port)

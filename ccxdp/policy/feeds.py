@@ -1,0 +1,403 @@
+"""Threat feeds as named sources, and one-off imports into the manual source.
+
+A feed is a file in one of the formats of formats.py, registered under a name with the
+action and category its entries get. ``sync`` reads the file again and applies only the
+difference against what the feed listed before (blocklist.apply); a name two sources list
+stays until both drop it. A file with bad lines is refused whole unless the feed (or the
+import) skips them; either way every bad line is reported as ``file:line: reason: value``,
+and a refused file changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
+from operator import attrgetter
+from pathlib import Path
+
+from ccxdp.datapath import shared
+from ccxdp.datapath.bulk import (
+    gather,
+    join,
+    merge,
+    sort_pairs,
+    sort_positions,
+    split_join,
+    unique,
+    unique_agreeing,
+)
+from ccxdp.datapath.bulk import line_hashes as line_hashes_of
+from ccxdp.datapath.loader import Datapath
+from ccxdp.errors import CcxdpError
+from ccxdp.policy import formats
+from ccxdp.policy.catalog import (
+    ALLOW,
+    BLOCK,
+    KINDS,
+    MANUAL,
+    Catalog,
+    Listing,
+    Source,
+    normalize_category,
+    pack,
+)
+from ccxdp.policy.formats import BadLine, FeedEntry, ParsedFeed
+from ccxdp.policy.lists import MANUAL_ID, Applied, apply, canonical_action, hash_entries
+
+# Shown on the terminal while a long import runs: (step description) -> None, called as
+# each of STEPS steps starts (reading, hashing, writing).
+Progress = Callable[[str], None]
+STEPS = 3
+
+_FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+BAD_LINES_SHOWN = 20  # in an error message; --json and the result carry them all
+
+
+class FeedError(CcxdpError):
+    def __init__(self, message: str, bad: list[BadLine] | None = None):
+        super().__init__(message)
+        self.bad = bad or []
+
+
+@dataclass
+class ImportResult:
+    source: str
+    path: str
+    format: str
+    entries: int = 0  # entries the file lists (after duplicates were merged)
+    duplicates: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    unchanged: bool = False  # the file and options were the same as at the last sync
+    lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
+    applied: Applied | None = None
+    seconds: float = 0.0
+
+
+def check_feed_name(name: str) -> str:
+    text = name.strip().lower()
+    if not _FEED_NAME.match(text) or text == MANUAL:
+        raise FeedError(
+            f"invalid feed name {name!r}: use 1-63 letters, digits, '.', '_' or '-' "
+            f"(not {MANUAL!r}, which names entries added by hand)"
+        )
+    return text
+
+
+def _refuse_bad(parsed: ParsedFeed) -> None:
+    shown = "\n".join(str(b) for b in parsed.bad[:BAD_LINES_SHOWN])
+    more = len(parsed.bad) - BAD_LINES_SHOWN
+    tail = f"\n… and {more} more" if more > 0 else ""
+    raise FeedError(
+        f"{parsed.path}: {len(parsed.bad)} bad line(s); nothing was imported "
+        f"(--skip-invalid imports the rest and lists them):\n{shown}{tail}",
+        parsed.bad,
+    )
+
+
+def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool) -> ParsedFeed:
+    if not path.is_file():
+        raise FeedError(f"{path}: no such file")
+    parsed = formats.parse_feed(path, fmt, column)
+    if parsed.bad and not skip_invalid:
+        _refuse_bad(parsed)
+    return parsed
+
+
+@dataclass
+class Hashed:
+    """A file's entries as arrays: each entry's name hash and listing value, in file order,
+    and {hash: name}."""
+
+    hashes: array
+    values: array
+    names: dict[int, str]
+
+
+def hash_feed(entries: list[FeedEntry], action: str, category_id: int, dp: Datapath,
+              catalog: Catalog) -> Hashed:
+    """Hash a file's entries and give each its listing value. Entries that are alike share
+    one value computed once, so a million names cost a few array operations, not a million
+    Python calls."""
+    attrs = attrgetter("kind", "match", "action", "category")
+    all_names = list(map(attrgetter("name"), entries))
+    distinct = set(map(attrs, entries))
+    own: dict[str, int] = {}
+    looks = {a: _value(a, action, category_id, catalog, own) for a in distinct}
+    if len(distinct) == 1:  # the usual feed: every entry alike, no list of attributes
+        values = array("Q", list(looks.values())) * len(entries)
+    else:
+        values = array("Q", map(looks.__getitem__, map(attrs, entries)))
+    hashes, names = hash_entries(all_names, dp.hash_key())
+    return Hashed(hashes, values, names)
+
+
+def split_listings(hashes: array, values: array) -> dict[str, Listing] | None:
+    """Block and allow listings from (name hash, value) pairs in any order, repeats merged;
+    None when one name is given two different values of one kind."""
+    allow_values = {v for v in set(values) if v & 0xFF == shared.Action.ALLOW}
+    if not allow_values:
+        groups = {BLOCK: (hashes, values), ALLOW: (array("Q"), array("Q"))}
+    else:
+        is_allow = [v in allow_values for v in values]
+        groups = {
+            kind: (array("Q", (h for h, a in zip(hashes, is_allow, strict=True) if a == want)),
+                   array("Q", (v for v, a in zip(values, is_allow, strict=True) if a == want)))
+            for kind, want in ((BLOCK, False), (ALLOW, True))
+        }
+    out = {}
+    for kind, (h, v) in groups.items():
+        agreed = unique_agreeing(*sort_pairs(h, v))
+        if agreed is None:
+            return None
+        out[kind] = Listing(*agreed)
+    return out
+
+
+def listings_of(hashed: Hashed) -> dict[str, Listing]:
+    listings = split_listings(hashed.hashes, hashed.values)
+    if listings is None:
+        raise FeedError("a name is listed twice with different matches or actions; "
+                        "nothing was imported")
+    return listings
+
+
+def _value(attrs: tuple, action: str, category_id: int, catalog: Catalog,
+           own: dict[str, int]) -> int:
+    """The listing value of entries with these (kind, match, action, category)."""
+    kind, match, entry_action, category = attrs
+    if kind == ALLOW:
+        return pack(ALLOW, match, "allow", 0)
+    if category:  # CSV exports may name a category per entry
+        if category not in own:
+            own[category] = catalog.category_id(normalize_category(category))
+        category_id = own[category]
+    return pack(BLOCK, match, canonical_action(entry_action or action), category_id)
+
+
+def _step(progress: Progress | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+# -- feeds ------------------------------------------------------------------------------------
+def add_feed(
+    dp: Datapath, catalog: Catalog, name: str, path: Path, fmt: str = "auto",
+    column: str | None = None, action: str | None = None, category: str | None = None,
+    skip_invalid: bool = False, progress: Progress | None = None,
+) -> ImportResult:
+    """Register a feed and sync it. A feed whose file is refused is not registered."""
+    name = check_feed_name(name)
+    if catalog.source(name) is not None:
+        raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
+                        "again; remove it first to change its options)")
+    action = canonical_action(action) if action else "default"
+    category = normalize_category(category or name)
+    with catalog.transaction():
+        source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
+                                    catalog.category_id(category), skip_invalid)
+        return _sync(dp, catalog, source, progress, force=True)
+
+
+def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | None = None,
+              force: bool = False) -> ImportResult:
+    source = catalog.source(check_feed_name(name))
+    if source is None:
+        raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
+    return _sync(dp, catalog, source, progress, force)
+
+
+def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
+          force: bool) -> ImportResult:
+    started = time.perf_counter()
+    path = Path(source.path or "")
+    if not path.is_file():
+        raise FeedError(f"feed {source.name!r}: {path}: no such file; nothing was changed")
+    data = path.read_bytes()
+    options = _options(source, dp)
+    digest = hashlib.sha256(options.encode() + data).hexdigest()
+    result = ImportResult(source.name, str(path), source.format or "auto")
+    if not force and digest == source.digest:
+        result.unchanged = True
+        catalog.mark_synced(source.id, digest)
+        result.seconds = time.perf_counter() - started
+        return result
+    _step(progress, f"reading {path.name}")
+    by_lines = None if force else _sync_by_lines(dp, catalog, source, path, data, options,
+                                                 result)
+    if by_lines is not None:
+        listings, names, snapshot = by_lines
+    else:
+        parsed = parse(path, source.format or "auto", source.column, source.skip_invalid)
+        _fill(result, parsed)
+        _step(progress, f"hashing {len(parsed.entries):,} names")
+        hashed = hash_feed(parsed.entries, source.action or "default", source.category, dp,
+                           catalog)
+        listings, names = listings_of(hashed), hashed.names
+        snapshot = _line_snapshot(parsed, hashed, data, dp)
+    _step(progress, "writing the catalog and the kernel table")
+    with catalog.transaction():
+        result.applied = apply(dp, catalog, {(source.id, k): v for k, v in listings.items()},
+                               names)
+        catalog.set_line_snapshot(source.id, result.format, options, *snapshot)
+        catalog.mark_synced(source.id, digest)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- syncing by line ------------------------------------------------------------------------
+# A sync of a large feed reads the whole file, but only the lines that changed are parsed:
+# each line of the file last applied is kept as (keyed line hash, name hash, value), and a
+# line found again gives the same entry. The listing is then the union of every line's
+# entry, built with array operations. Formats where a line's meaning depends on other lines
+# (RPZ's $ORIGIN, a CSV header) and lines that give several names (hosts aliases) are always
+# parsed in full; so is any file where the fast way meets something it cannot settle alone
+# (a name given two values by two lines), where the full parse reports it properly.
+LINE_FORMATS = ("plain", "hosts", "adblock")
+
+
+def _lines_stand_alone(fmt: str, data: bytes) -> bool:
+    """Whether each line's entry depends on that line alone. In a plain list, "name" and
+    "*.name" on two lines merge into one subtree entry: such files are always read whole."""
+    return fmt in LINE_FORMATS and not (fmt == "plain" and b"*." in data)
+
+
+def _options(source: Source, dp: Datapath) -> str:
+    return repr((source.format, source.column, source.action, source.category,
+                 source.skip_invalid, dp.hash_key().fingerprint))
+
+
+def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, dp: Datapath
+                   ) -> tuple[array, array, array]:
+    """(line hashes, name hashes, values) of the lines that gave exactly one entry."""
+    if not _lines_stand_alone(parsed.format, data) or not parsed.entries:
+        return array("Q"), array("Q"), array("Q")
+    line_hashes, _ = line_hashes_of(data, dp.hash_key())
+    by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
+    lines = array("Q", map(attrgetter("line"), parsed.entries))
+    if parsed.format == "hosts" and len(set(lines)) != len(lines):
+        return array("Q"), array("Q"), array("Q")  # alias lines: always parse in full
+    keys, order = unique(*sort_positions(gather(by_line, lines)))
+    return keys, gather(hashed.hashes, order), gather(hashed.values, order)
+
+
+def _sync_by_lines(dp: Datapath, catalog: Catalog, source: Source, path: Path, data: bytes,
+                   options: str, result: ImportResult
+                   ) -> tuple[dict[str, Listing], dict[int, str], tuple] | None:
+    fmt, old_options, old_lines, old_names, old_values = catalog.line_snapshot(source.id)
+    if not _lines_stand_alone(fmt or "", data) or old_options != options or not old_lines:
+        return None
+    line_hashes, starts = line_hashes_of(data, dp.hash_key())
+    hashes, first = unique(*sort_positions(line_hashes))
+    at = join(old_lines, hashes)
+    fresh_positions, matched, again = split_join(at, first, hashes)
+    fresh = sorted(fresh_positions)
+    if len(fresh) > 1000 and len(fresh) > len(line_hashes) // 5:
+        return None  # much of the file changed: a full parse is as quick
+    # Parse just the new lines, as a file of their own, then put back their line numbers.
+    ends = array("Q", starts[1:]) + array("Q", [len(data) + 1])
+    text = b"\n".join(data[starts[i]:ends[i] - 1] for i in fresh)
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / path.name
+        part.write_bytes(text)
+        parsed = formats.parse_feed(part, fmt, source.column)
+    if parsed.format != fmt:
+        return None
+    number = [i + 1 for i in fresh]
+    entries = [dc_replace(e, line=number[e.line - 1]) for e in parsed.entries]
+    bad = [dc_replace(b, path=str(path), line=number[b.line - 1]) for b in parsed.bad]
+    if bad and not source.skip_invalid:
+        _refuse_bad(ParsedFeed(str(path), fmt, entries, bad, parsed.skipped, 0))
+    hashed = hash_feed(entries, source.action or "default", source.category, dp, catalog)
+    found_names = gather(old_names, matched)
+    found_values = gather(old_values, matched)
+    all_hashes = found_names + hashed.hashes
+    all_values = found_values + hashed.values
+    listings = split_listings(all_hashes, all_values)
+    if listings is None:
+        return None
+    result.format = fmt
+    result.lines_read = len(fresh)
+    result.entries = sum(len(v) for v in listings.values())
+    result.bad = bad
+    result.skipped = dict(parsed.skipped)
+    # The new snapshot: lines found again keep theirs; new lines that gave one entry join.
+    by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
+    lines_of = array("Q", map(by_line.__getitem__, map(attrgetter("line"), entries)))
+    if fmt == "hosts" and len(set(lines_of)) != len(lines_of):
+        snapshot: tuple = (array("Q"), array("Q"), array("Q"))  # an alias line: parse in full
+    else:
+        # Lines found again, in line-hash order already, merged with the new lines.
+        new_keys, order = unique(*sort_positions(lines_of))
+        none = array("Q")
+        snapshot = (
+            merge(again, again, none, new_keys, new_keys)[0],
+            merge(again, found_names, none, new_keys, gather(hashed.hashes, order))[1],
+            merge(again, found_values, none, new_keys, gather(hashed.values, order))[1],
+        )
+    return listings, hashed.names, snapshot
+
+
+def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
+    result.format = parsed.format
+    result.entries = len(parsed.entries)
+    result.duplicates = parsed.duplicates
+    result.bad = parsed.bad
+    result.skipped = dict(parsed.skipped)
+
+
+def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
+    """Unregister a feed; the names no other source lists leave the catalog and kernel."""
+    source = catalog.source(check_feed_name(name))
+    if source is None:
+        raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
+    with catalog.transaction():
+        applied = apply(dp, catalog, {(source.id, k): Listing.empty() for k in KINDS}, {})
+        catalog.remove_source(source.id)
+    return applied
+
+
+def feed_counts(catalog: Catalog) -> dict[int, dict[str, int]]:
+    """{source id: {kind: names it lists}}."""
+    out: dict[int, dict[str, int]] = {}
+    for (sid, kind), listing in catalog.listings().items():
+        out.setdefault(sid, {})[kind] = len(listing)
+    return out
+
+
+# -- one-off imports ----------------------------------------------------------------------------
+def import_file(
+    dp: Datapath, catalog: Catalog, path: Path, fmt: str = "auto", column: str | None = None,
+    action: str | None = None, category: str | None = None, skip_invalid: bool = False,
+    replace: bool = False, progress: Progress | None = None,
+) -> ImportResult:
+    """Add a file's entries to the manual source (``replace``: make them its whole list)."""
+    started = time.perf_counter()
+    action = canonical_action(action) if action else "default"
+    category = normalize_category(category) if category else None
+    _step(progress, f"reading {Path(path).name}")
+    parsed = parse(Path(path), fmt, column, skip_invalid)
+    result = ImportResult(MANUAL, str(path), fmt)
+    _fill(result, parsed)
+    with catalog.transaction():
+        category_id = catalog.category_id(category) if category else 0
+        _step(progress, f"hashing {len(parsed.entries):,} names")
+        hashed = hash_feed(parsed.entries, action, category_id, dp, catalog)
+        listings, names = listings_of(hashed), hashed.names
+        if not replace:
+            for kind in KINDS:
+                old = catalog.listing(MANUAL_ID, kind)
+                new = listings[kind]
+                listings[kind] = Listing(*merge(old.hashes, old.values, new.hashes[:0],
+                                                new.hashes, new.values))
+        _step(progress, "writing the catalog and the kernel table")
+        result.applied = apply(dp, catalog, {(MANUAL_ID, k): v for k, v in listings.items()},
+                               names)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,72 @@
+"""End to end: real dig and dnspython queries from two client addresses (and IPv6) through
+ccxdp attached to the resolver's veth, then `ccxdp collect`: the store holds exactly the
+blocked and monitored queries, per address and category, and the kernel holds nothing more."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from ccxdp.hits.store import Store, store_path, to_us
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+BLOCKED = 0.5  # seconds to wait for an answer that never comes
+
+
+def stored(ccxdp) -> tuple[dict[tuple[str, str], int], list]:
+    """{(address, category name): hits} over every hour, and the raw rows."""
+    with Store(store_path(ccxdp.state_dir)) as store:
+        names = store.categories()
+        rows = store.hits()
+    out: Counter = Counter()
+    for h in rows:
+        out[h.address, names[h.category]] += h.hits
+    return dict(out), rows
+
+
+def test_collect_stores_each_query_per_address_and_category(ccxdp, lab):
+    a, b = lab.cli_v4_addrs[:2]
+    a6 = lab.cli_v6
+    ccxdp.json("attach", lab.res_if, *lab.res_netns_opt)
+    ccxdp.run("block", "add", "evil.test", "--category", "emotet")
+    ccxdp.run("block", "add", "bad.test", "--subtree", "--category", "qakbot")
+    ccxdp.run("block", "add", "x.y.evil.test", "--action", "monitor", "--category", "watch")
+    start = to_us(datetime.now(UTC))
+
+    for _ in range(2):
+        assert lab.dig("evil.test", source=a).timed_out
+    assert lab.query("www.bad.test", source=a, timeout=BLOCKED) is None
+    for _ in range(3):
+        assert lab.dig("a.www.bad.test", source=b).timed_out
+    assert lab.query("evil.test", "AAAA", family=6, timeout=BLOCKED) is None
+    for _ in range(2):  # monitored: answered by unbound, and counted
+        answer = lab.query("x.y.evil.test", source=b)
+        assert answer is not None and [str(r) for r in answer.answer[0]] == ["198.18.2.2"]
+    # Not listed: answered, not counted.
+    assert lab.dig("www.lab.example", source=a).rdata("A") == ["198.18.1.10"]
+
+    out = ccxdp.json("collect")
+    end = to_us(datetime.now(UTC))
+    assert (out["hits"], out["sources"], out["counters"], out["lost"]) == (9, 3, 5, 0)
+    hits, rows = stored(ccxdp)
+    assert hits == {(a, "emotet"): 2, (a, "qakbot"): 1, (b, "qakbot"): 3, (b, "watch"): 2,
+                    (a6, "emotet"): 1}
+    for row in rows:
+        assert start <= row.first_us <= row.last_us <= end, row
+        assert row.hour * 1_000_000 <= row.first_us < (row.hour + 3600) * 1_000_000, row
+    # The kernel holds nothing the store has: stats shows no source until new hits come.
+    assert ccxdp.json("stats")["sources"] == []
+    assert ccxdp.json("stats")["events"]["source_lost"] == 0
+
+    # More queries, another collection: the store adds them, nothing twice.
+    assert lab.dig("evil.test", source=b).timed_out
+    assert lab.query("evil.test", "AAAA", family=6, timeout=BLOCKED) is None
+    again = ccxdp.json("collect")
+    assert (again["epoch"], again["hits"], again["sources"]) == (out["epoch"] + 1, 2, 2)
+    hits, _rows = stored(ccxdp)
+    assert hits == {(a, "emotet"): 2, (a, "qakbot"): 1, (b, "qakbot"): 3, (b, "watch"): 2,
+                    (a6, "emotet"): 2, (b, "emotet"): 1}
+    assert ccxdp.json("collect")["hits"] == 0

@@ -1,0 +1,167 @@
+"""The daemon's config file: the example parses to what it says, and each kind of mistake is
+refused by the real `ccxdp run` with one line naming the file and the key, exit status 1, and
+nothing loaded or attached (no pin folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ccxdp.ops.daemon_config import ConfigError, Feed, Interface, load_config
+from tests.conftest import one_line_error
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "ccxdp.toml"
+
+
+def test_the_example_config_parses_to_what_it_says():
+    c = load_config(EXAMPLE)
+    assert c.interfaces == (Interface("eth0", None, "auto"),)
+    assert c.settings == {"default_action": "nxdomain", "sinkhole_v4": "198.18.0.53",
+                          "sinkhole_v6": "fd00::53", "answer_ttl": 300, "negative_ttl": 300,
+                          "edns_udp_size": 1232}
+    assert c.dns_ports == (53,)
+    assert (c.max_names, c.max_sources) == (1 << 20, 1 << 20)
+    assert c.feeds == (Feed("emotet", (REPO / "examples/feeds/emotet.txt").resolve(), "auto",
+                            None, "nxdomain", "emotet", False, 3600.0),)
+    assert (c.collect_interval, c.store) == (60.0, None)
+    assert (c.retention_days, c.expire_unattributed) == (90.0, False)
+    assert c.metrics_listen == ("127.0.0.1", 9108)
+    assert (c.on_stop, c.log_format) == ("keep", "logfmt")
+
+
+def test_defaults_of_a_minimal_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[interfaces]]\nname = "eth0"\nmode = "generic"\n'
+                    '[metrics]\nlisten = "[fd00::10]:9100"\n')
+    c = load_config(path)
+    assert c.interfaces == (Interface("eth0", None, "generic"),)
+    assert (c.settings, c.dns_ports, c.feeds) == ({}, None, ())
+    assert (c.collect_interval, c.on_stop) == (60.0, "keep")
+    assert (c.retention_days, c.expire_unattributed) == (0.0, False)
+    assert c.metrics_listen == ("fd00::10", 9100)
+
+
+IFACE = '[[interfaces]]\nname = "lo"\n'
+# (test id, config text, the key the message must name, a word of the reason)
+BAD = [
+    ("syntax", '[filter\nmode = "auto"\n', "not valid TOML", "line 1"),
+    ("unknown-top-key", 'on_stpo = "keep"\n' + IFACE, "on_stpo", "unknown key"),
+    ("unknown-table-key", '[filter]\ndefualt_action = "drop"\n' + IFACE,
+     "filter.defualt_action", "unknown key"),
+    ("wrong-type", '[filter]\ndns_ports = "53"\n' + IFACE, "filter.dns_ports",
+     "array of port numbers"),
+    ("port-range", '[filter]\ndns_ports = [53, 70000]\n' + IFACE, "filter.dns_ports",
+     "70000"),
+    ("bad-action", '[filter]\ndefault_action = "block"\n' + IFACE,
+     "filter.default_action", "not an action"),
+    ("bad-address", '[filter]\nsinkhole_v4 = "fd00::1"\n' + IFACE, "filter.sinkhole_v4",
+     "not an IPv4 address"),
+    ("ttl-range", '[filter]\nanswer_ttl = -1\n' + IFACE, "filter.answer_ttl", "outside"),
+    ("bad-mode", '[filter]\nmode = "fast"\n' + IFACE, "filter.mode", "auto, native, generic"),
+    ("interface-without-name", '[[interfaces]]\nmode = "auto"\n', "interfaces[0].name",
+     "missing"),
+    ("interface-twice", IFACE + IFACE, "interfaces[1].name", "listed twice"),
+    ("interfaces-not-tables", 'interfaces = ["eth0"]\n', "interfaces[0]", "not a table"),
+    ("no-such-interface", '[[interfaces]]\nname = "nosuch0"\n', "interfaces[0].name",
+     "no interface nosuch0"),
+    ("no-such-netns", '[[interfaces]]\nname = "lo"\nnetns = "cxnosuchns"\n',
+     "interfaces[0].netns", "no network namespace"),
+    ("feed-file-missing", IFACE + '[[feeds]]\nname = "cc"\npath = "/nonexistent/cc.txt"\n',
+     "feeds[0].path", "no such file"),
+    ("feed-bad-name", IFACE + '[[feeds]]\nname = "bad name"\npath = "FEED"\n',
+     "feeds[0].name", "letters, digits"),
+    ("feed-twice", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\n'
+     '[[feeds]]\nname = "cc"\npath = "FEED"\n', "feeds[1].name", "listed twice"),
+    ("feed-bad-refresh", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\nrefresh = 0\n',
+     "feeds[0].refresh", "more than 0"),
+    ("feed-bad-format", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\nformat = "yaml"\n',
+     "feeds[0].format", "not one of"),
+    ("collect-interval-type", IFACE + '[collect]\ninterval = "1m"\n', "collect.interval",
+     "number of seconds"),
+    ("retention-negative", IFACE + '[collect]\nretention_days = -1\n', "collect.retention_days",
+     "0 (keep) or more"),
+    ("retention-inf", IFACE + '[collect]\nretention_days = inf\n', "collect.retention_days",
+     "up to 36500"),
+    ("retention-nan", IFACE + '[collect]\nretention_days = nan\n', "collect.retention_days",
+     "up to 36500"),
+    ("collect-interval-nan", IFACE + '[collect]\ninterval = nan\n', "collect.interval",
+     "not a finite number"),
+    ("retention-type", IFACE + '[collect]\nretention_days = "90d"\n', "collect.retention_days",
+     "number of days"),
+    ("expire-unattributed-type", IFACE + '[collect]\nexpire_unattributed = "yes"\n',
+     "collect.expire_unattributed", "true or false"),
+    ("on-stop", 'on_stop = "forget"\n' + IFACE, "on_stop", "keep, detach"),
+    ("metrics-listen", IFACE + '[metrics]\nlisten = "localhost"\n', "metrics.listen",
+     "ADDRESS:PORT"),
+    ("metrics-host", IFACE + '[metrics]\nlisten = "localhost:9108"\n', "metrics.listen",
+     "not an IP address"),
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("text,key,reason", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_a_bad_config_is_refused_naming_the_key_and_nothing_is_attached(ccxdp, tmp_path,
+                                                                          text, key, reason):
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace("FEED", str(feed)))
+    cp = ccxdp.run("run", "--config", str(path), check=False)
+    line = one_line_error(cp, 1, str(path), reason)
+    if key != "not valid TOML":
+        assert f"{path}: {key}: " in line, line
+    assert not ccxdp.pin_dir.exists()
+    assert not (ccxdp.state_dir / "attachments.json").exists()
+    # --check says the same.
+    cp = ccxdp.run("run", "--config", str(path), "--check", check=False)
+    assert one_line_error(cp, 1, str(path), reason) == line
+
+
+@pytest.mark.root
+def test_a_missing_config_file_is_refused(ccxdp, tmp_path):
+    path = tmp_path / "absent.toml"
+    cp = ccxdp.run("run", "--config", str(path), check=False)
+    assert one_line_error(cp, 1, str(path), "no such file")
+    assert not ccxdp.pin_dir.exists()
+
+
+def test_a_config_error_names_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[collect]\ninterval = -5\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: collect\.interval: -5 must be 0 or more"):
+        load_config(path)
+
+
+def test_log_lines_are_logfmt_or_json():
+    import io
+    import json
+    import shlex
+
+    from ccxdp.ops.daemon import Log
+
+    out = io.StringIO()
+    log = Log("logfmt", out)
+    log("feed_sync", feed="cc", error='bad "line" here', seconds=0.12345, skipped=None)
+    line = out.getvalue().splitlines()[0]
+    fields = dict(w.split("=", 1) for w in shlex.split(line))
+    assert list(fields)[1:] == ["level", "event", "feed", "error", "seconds"]
+    assert (fields["event"], fields["error"], fields["seconds"]) == (
+        "feed_sync", 'bad "line" here', "0.123")
+    out = io.StringIO()
+    Log("json", out)("collect", level="warning", hits=3)
+    record = json.loads(out.getvalue())
+    assert (record["level"], record["event"], record["hits"]) == ("warning", "collect", 3)
+
+
+@pytest.mark.root
+def test_check_passes_a_good_config_and_attaches_nothing(ccxdp, tmp_path):
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    path = tmp_path / "good.toml"
+    path.write_text(IFACE + f'[[feeds]]\nname = "cc"\npath = "{feed}"\n')
+    cp = ccxdp.run("run", "--config", str(path), "--check")
+    assert cp.stdout == f"{path}: ok (1 interfaces, 1 feeds)\n"
+    assert not ccxdp.pin_dir.exists()
+    assert not (ccxdp.state_dir / "catalog.db").exists()

@@ -1,0 +1,267 @@
+"""Feeds and imports through the real CLI: reference counts across sources, syncs that apply
+only the difference, refused files that change nothing, and what the kernel then judges."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccxdp.datapath import shared
+from ccxdp.datapath.hashing import name_hash
+from tests.cli.test_policy import XDP_DROP, XDP_PASS, XDP_TX, Policy
+from tests.conftest import kernel_names
+
+pytestmark = pytest.mark.root
+
+A = shared.Action
+
+
+@pytest.fixture
+def policy(ccxdp, bare_netns) -> Policy:
+    p = Policy(ccxdp, bare_netns)
+    p.attach()
+    return p
+
+
+def write(path, *lines: str):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def listed(policy: Policy) -> dict[str, tuple]:
+    """{name: (match, action, category)} of the block list."""
+    return {e["name"]: (e["match"], e["action"], e["category"])
+            for e in policy.cli.json("block", "list")}
+
+
+def kernel(policy: Policy) -> dict[str, tuple[int, int, int]]:
+    """The kernel's live list, by name (every hash must belong to a listed name)."""
+    key = policy.dp.hash_key()
+    names = {name_hash(e["name"], key): e["name"]
+             for kind in ("block", "allow") for e in policy.cli.json(kind, "list")}
+    return {names[h]: v for h, v in kernel_names(policy.dp).items()}
+
+
+def test_a_name_two_feeds_list_stays_until_both_drop_it(policy, tmp_path):
+    cli = policy.cli
+    a = write(tmp_path / "a.txt", "x.test", "shared.test")
+    b = write(tmp_path / "b.txt", "# feed b", "shared.test", "z.test")
+    cli.run("feed", "add", "alpha", str(a), "--action", "nxdomain")
+    added = cli.json("feed", "add", "beta", str(b), "--action", "drop")
+    assert (added["entries"], added["added"], added["kernel_names"]) == (
+        2, {"block": 1, "allow": 0}, 3)
+    # alpha was added first, so its action and category win for the shared name.
+    assert listed(policy) == {"shared.test": ("exact", "nxdomain", "alpha"),
+                              "x.test": ("exact", "nxdomain", "alpha"),
+                              "z.test": ("exact", "drop", "beta")}
+    assert [(f["name"], f["block"]) for f in cli.json("feed", "list")] == [("alpha", 2),
+                                                                           ("beta", 2)]
+    assert policy.judge("shared.test").rcode == 3  # NXDOMAIN
+
+    both = {e["name"]: (e["sources"], e["last_seen"]) for e in cli.json("block", "list",
+                                                                         "--sources")}
+    synced = {f["name"]: f["synced_at"] for f in cli.json("feed", "list")}
+    assert both == {"shared.test": (["alpha", "beta"], max(synced.values())),
+                    "x.test": (["alpha"], synced["alpha"]), "z.test": (["beta"], synced["beta"])}
+    removed = cli.json("feed", "remove", "alpha")
+    assert removed["removed"] == {"block": 1, "allow": 0}  # x.test; shared.test stays
+    assert listed(policy) == {"shared.test": ("exact", "drop", "beta"),
+                              "z.test": ("exact", "drop", "beta")}
+    assert policy.judge("shared.test").retval == XDP_DROP
+    assert policy.judge("x.test").retval == XDP_PASS
+    beta = policy.dp.hash_key()
+    assert set(kernel_names(policy.dp)) == {name_hash("shared.test", beta),
+                                            name_hash("z.test", beta)}
+    cli.run("feed", "remove", "beta")
+    assert listed(policy) == {} and kernel_names(policy.dp) == {}
+    assert cli.json("feed", "list") == []
+
+
+def test_a_name_added_by_hand_outlives_the_feed_and_wins_over_it(policy, tmp_path):
+    cli = policy.cli
+    cli.run("feed", "add", "f", str(write(tmp_path / "f.txt", "both.test", "feed.test")))
+    cli.run("block", "add", "both.test", "--action", "refused", "--category", "manual-pick")
+    assert listed(policy)["both.test"] == ("exact", "refused", "manual-pick")
+    cli.run("feed", "remove", "f")
+    assert listed(policy) == {"both.test": ("exact", "refused", "manual-pick")}
+    assert policy.judge("both.test").rcode == 5  # REFUSED
+
+
+def test_sync_applies_only_the_difference(policy, tmp_path):
+    cli = policy.cli
+    path = write(tmp_path / "feed.txt", "one.test", "two.test", "three.test")
+    cli.run("feed", "add", "f", str(path), "--category", "emotet")
+    first = {e["name"]: e["added_at"] for e in cli.json("block", "list")}
+
+    write(tmp_path / "feed.txt", "two.test", "Three.Test.", "four.test")
+    synced = cli.json("feed", "sync", "f")
+    assert len(synced) == 1
+    assert (synced[0]["added"], synced[0]["removed"], synced[0]["changed"]) == (
+        {"block": 1, "allow": 0}, {"block": 1, "allow": 0}, {"block": 0, "allow": 0})
+    now = {e["name"]: e["added_at"] for e in cli.json("block", "list")}
+    assert sorted(now) == ["four.test", "three.test", "two.test"]
+    assert now["two.test"] == first["two.test"], "a name that stays keeps its added_at"
+    assert policy.judge("one.test").retval == XDP_PASS
+    assert policy.judge("four.test").retval == XDP_DROP
+
+    again = cli.json("feed", "sync")
+    assert again[0]["unchanged"] is True and again[0]["added"] == {"block": 0, "allow": 0}
+    assert cli.json("feed", "list")[0]["synced_at"] is not None
+
+
+def test_a_file_with_a_bad_line_changes_nothing_unless_told_to_skip(policy, tmp_path):
+    cli = policy.cli
+    cli.run("block", "import", str(write(tmp_path / "good.txt", "kept.test", "also.test")))
+    before = (listed(policy), kernel(policy))
+    bad = write(tmp_path / "bad.txt", "new.test", "bad..name.test", "x" * 64 + ".test")
+    cp = cli.run("block", "import", str(bad), "--replace", check=False)
+    assert cp.returncode == 1
+    assert f"{bad}:2: " in cp.stderr and f"{bad}:3: " in cp.stderr
+    assert "nothing was imported" in cp.stderr and "Traceback" not in cp.stderr
+    assert (listed(policy), kernel(policy)) == before
+
+    cp = cli.run("feed", "add", "broken", str(bad), check=False)
+    assert cp.returncode == 1 and cli.json("feed", "list") == []
+    assert (listed(policy), kernel(policy)) == before
+
+    done = cli.json("block", "import", str(bad), "--skip-invalid")
+    assert [line.split(": ")[0] for line in done["bad_lines"]] == [f"{bad}:2", f"{bad}:3"]
+    assert sorted(listed(policy)) == ["also.test", "kept.test", "new.test"]
+
+
+def test_an_import_that_does_not_fit_the_kernel_changes_nothing(ccxdp, bare_netns, tmp_path):
+    policy = Policy(ccxdp, bare_netns)
+    policy.attach("--max-names", "8")
+    ccxdp.run("block", "import", str(write(tmp_path / "few.txt", "a.test", "b.test")))
+    before = (listed(policy), kernel(policy))
+    many = write(tmp_path / "many.txt", *(f"n{i}.test" for i in range(9)))
+    cp = ccxdp.run("block", "import", str(many), "--replace", check=False)
+    assert cp.returncode == 1 and "nothing was changed" in cp.stderr
+    assert (listed(policy), kernel(policy)) == before
+
+
+def test_replace_makes_the_file_the_whole_manual_list(policy, tmp_path):
+    cli = policy.cli
+    cli.run("block", "add", "old.test", "--subtree")
+    cli.run("block", "import", str(write(tmp_path / "l.txt", "new.test")), "--replace",
+            "--action", "sinkhole")
+    assert listed(policy) == {"new.test": ("exact", "sinkhole", None)}
+
+
+def test_rpz_triggers_reach_the_kernel_with_their_actions(policy, tmp_path):
+    cli = policy.cli
+    zone = write(
+        tmp_path / "feed.rpz",
+        "$TTL 300",
+        "@ SOA localhost. root.localhost. 1 3600 600 86400 300",
+        "  NS localhost.",
+        "nx.test CNAME .",
+        "*.sub.test CNAME .",
+        "sub.test CNAME .",
+        "*.wild.test CNAME .",
+        "nodata.test CNAME *.",
+        "drop.test CNAME rpz-drop.",
+        "tc.test CNAME rpz-tcp-only.",
+        "sink.test A 198.18.9.9",
+        "ok.sub.test CNAME rpz-passthru.",
+        "32.1.2.18.198.rpz-ip CNAME .",
+    )
+    out = cli.json("feed", "add", "rpz", str(zone))
+    assert out["skipped"] == {"rpz-ip trigger": 1}
+    assert listed(policy) == {
+        "drop.test": ("exact", "drop", "rpz"),
+        "nodata.test": ("exact", "nodata", "rpz"),
+        "nx.test": ("exact", "nxdomain", "rpz"),
+        "sink.test": ("exact", "sinkhole", "rpz"),
+        "sub.test": ("subtree", "nxdomain", "rpz"),
+        "tc.test": ("exact", "tc", "rpz"),
+        "wild.test": ("below", "nxdomain", "rpz"),
+    }
+    assert [e["name"] for e in cli.json("allow", "list")] == ["ok.sub.test"]
+    assert policy.judge("nx.test").rcode == 3
+    assert policy.judge("a.b.sub.test").rcode == 3
+    assert policy.judge("ok.sub.test").retval == XDP_PASS  # passthru beats the subtree
+    assert policy.judge("wild.test").retval == XDP_PASS  # *.name alone: not the name
+    assert policy.judge("x.wild.test").rcode == 3
+    assert policy.judge("drop.test").retval == XDP_DROP
+    tc = policy.judge("tc.test")
+    assert tc.retval == XDP_TX and tc.answer.flags & 0x0200  # TC set
+
+
+def test_export_then_import_gives_the_same_list(policy, tmp_path):
+    cli = policy.cli
+    cli.run("block", "add", "a.test", "--subtree", "--action", "nxdomain", "--category", "c1")
+    cli.run("block", "add", "b.test")
+    cli.run("allow", "add", "ok.a.test")
+    before = (listed(policy), cli.json("allow", "list"))
+    out = tmp_path / "export.csv"
+    cli.run("block", "export", "--format", "csv", "--allow", "-o", str(out))
+    cli.run("block", "remove", "a.test", "b.test")
+    cli.run("allow", "remove", "ok.a.test")
+    cli.run("block", "import", str(out), "--format", "csv")
+    after = (listed(policy), cli.json("allow", "list"))
+    strip = [{k: v for k, v in e.items() if k != "added_at"} for e in before[1]]
+    assert after[0] == before[0]
+    assert [{k: v for k, v in e.items() if k != "added_at"} for e in after[1]] == strip
+
+
+@pytest.mark.parametrize("fmt, lines, changed", [
+    ("plain",
+     ["# feed", "one.test", "dup.test", "DUP.test.", "two.test", "bad..test", "",
+      "three.test"],
+     ["# feed, updated", "dup.test", "two.test", "bad..test", "", "three.test", "Four.Test",
+      "five.test", "five.test"]),
+    ("hosts",
+     ["127.0.0.1 localhost", "0.0.0.0 one.test", "0.0.0.0 two.test", "0.0.0.0 dup.test",
+      "0.0.0.0 dup.test"],
+     ["127.0.0.1 localhost", "0.0.0.0 two.test", "0.0.0.0 dup.test", "0.0.0.0 six.test",
+      "0.0.0.0 al1.test al2.test"]),
+    ("adblock",
+     ["[Adblock Plus 2.0]", "||one.test^", "||two.test^", "@@||ok.two.test^"],
+     ["[Adblock Plus 2.0]", "||two.test^", "@@||ok.two.test^", "||seven.test^"]),
+    # "x" and "*.x" make one subtree entry: without "*.x" it must be exact again.
+    ("plain", ["x.test", "*.x.test", "y.test"], ["x.test", "y.test", "z.test"]),
+])
+def test_a_sync_by_lines_lists_what_a_full_parse_lists(policy, tmp_path, fmt, lines, changed):
+    """A sync parses only the lines that changed; the result must be exactly what reading the
+    whole file gives: a name another line still gives stays, duplicates and bad lines count
+    once, alias lines are read in full."""
+    cli = policy.cli
+    path = write(tmp_path / "feed.txt", *lines)
+    cli.run("feed", "add", "f", str(path), "--format", fmt, "--skip-invalid")
+    write(tmp_path / "feed.txt", *changed)
+    by_lines = cli.json("feed", "sync", "f")[0]
+    if not any(line.startswith("*.") for line in lines):
+        assert 0 < by_lines["lines_parsed"] < len(changed), "only the new lines were parsed"
+    listed_by_lines = (listed(policy), cli.json("allow", "list"), kernel(policy))
+    forced = cli.json("feed", "sync", "f", "--force")[0]
+    assert forced["lines_parsed"] is None
+    assert forced["added"] == forced["removed"] == {"block": 0, "allow": 0}
+    assert (listed(policy), cli.json("allow", "list"), kernel(policy)) == listed_by_lines
+    assert by_lines["bad_lines"] == forced["bad_lines"]
+    assert by_lines["entries"] == forced["entries"]
+
+
+def test_export_refuses_what_the_format_cannot_mean_and_writes_nothing(policy, tmp_path):
+    cli = policy.cli
+    cli.run("block", "add", "exact.test")
+    out = tmp_path / "export.adblock"
+    cp = cli.run("block", "export", "--format", "adblock", "-o", str(out), check=False)
+    assert cp.returncode == 1 and "adblock cannot hold exact.test" in cp.stderr
+    assert not out.exists() and not list(tmp_path.glob("*export*"))
+
+
+@pytest.mark.parametrize("fmt", ["plain", "hosts", "rpz"])
+def test_export_in_a_format_that_keeps_less_says_what_it_left_out(policy, tmp_path, fmt):
+    cli = policy.cli
+    cli.run("feed", "add", "f", str(write(tmp_path / "f.txt", "a.test", "b.test")),
+            "--action", "nxdomain")
+    out = tmp_path / f"export.{fmt}"
+    cp = cli.run("block", "export", "--format", fmt, "-o", str(out))
+    assert "2 entries written" in cp.stdout
+    kept = "no categories" if fmt == "rpz" else "no actions or categories"
+    assert f"{fmt} keeps {kept}: 2 entries were written without theirs" in cp.stderr
+    cli.run("feed", "remove", "f")
+    cli.run("block", "import", str(out), "--format", fmt)
+    action = "nxdomain" if fmt == "rpz" else "default"
+    assert listed(policy) == {"a.test": ("exact", action, None),
+                              "b.test": ("exact", action, None)}
