@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import click
 
 from ccxdp.cli.render import render_attachments
-from ccxdp.datapath.loader import Attachment, Datapath, Limits, Mode
-from ccxdp.policy import exempt, lists
+from ccxdp.datapath.loader import Limits, Mode
+from ccxdp.ops.attach import attach as attach_interface
 
 from . import pass_app
 from .output import emit, json_option
 from .types import ACTION, INTERFACE, IPV4, IPV6
-
-
-def _attachment_json(a: Attachment) -> dict:
-    return {
-        "interface": a.ifname,
-        "netns": a.netns,
-        "mode": str(a.mode) if a.mode else None,
-        "prog_id": a.prog_id,
-        "attached": a.prog_id is not None,
-    }
 
 
 @click.command()
@@ -81,35 +69,15 @@ def attach(app, iface, mode, netns, dns_ports, max_names, max_sources, action, s
       ccxdp attach eth0 --dns-port 53 --dns-port 5353
       ccxdp attach eth0 --action sinkhole --sinkhole-v4 198.18.0.53 --sinkhole-v6 fd00::53
     """
-    dp = app.datapath()
-    catalog = app.catalog()
     given = {"default_action": action, "sinkhole_v4": sinkhole_v4, "sinkhole_v6": sinkhole_v6}
-    given = {k: v for k, v in given.items() if v is not None}
-    before = dp.settings() if given else None
-
-    def on_loaded(loaded: Datapath) -> None:
-        # Before the program is attached, so its first query already sees all of it.
-        if given:
-            loaded.set_settings(replace(loaded.settings(), **given))
-        lists.reconcile(loaded, catalog)
-        exempt.reconcile(loaded, catalog)
-
-    try:
-        a = dp.attach(
-            iface,
-            Mode(mode),
-            netns=netns,
-            limits=Limits(max_names, max_sources),
-            dns_ports=dns_ports or None,
-            on_loaded=on_loaded,
-        )
-    except BaseException:
-        if before is not None:  # a failed attach changes nothing, settings included
-            dp.set_settings(before)
-        raise
+    a = attach_interface(
+        app.datapath(), app.catalog(), iface, Mode(mode), netns=netns,
+        limits=Limits(max_names, max_sources), dns_ports=dns_ports or None,
+        settings={k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
     emit(
         as_json,
-        _attachment_json(a),
+        a.as_dict(),
         lambda: f"attached to {iface}{' in ' + netns if netns else ''}: "
         f"{a.mode} mode, program id {a.prog_id}",
     )
@@ -137,7 +105,7 @@ def detach(app, iface, netns, purge, as_json):
     dp = app.datapath()
     out = {"detached": None, "purged": []}
     if iface is not None:
-        out["detached"] = _attachment_json(dp.detach(iface, netns))
+        out["detached"] = dp.detach(iface, netns).as_dict()
     if purge:
         out["purged"] = dp.purge()
     lines = []
@@ -171,7 +139,7 @@ def status(app, as_json):
         "pin_dir": str(dp.pin_dir),
         "names": names,
         "dns_ports": ports,
-        "attachments": [_attachment_json(a) for a in attachments],
+        "attachments": [a.as_dict() for a in attachments],
     }
     emit(as_json, data, lambda: render_attachments(attachments, loaded, names))
 

@@ -1,29 +1,22 @@
 """lab up, down, status, sinkhole-log: a namespace lab with ccxdp attached, to try it out.
 
-The lab itself is ccxdp.lab's (a resolver running unbound, two clients and a sinkhole on a
-switch namespace). This module adds what makes it ccxdp's: `up` attaches ccxdp to the
-resolver's interface exactly as `ccxdp attach IFACE --netns NS` does, with the lab's sinkhole
-as the sinkhole answer, and records what it changed so that `down` undoes exactly that.
+The lab and what `up` and `down` do to ccxdp are the library's (ccxdp.lab); each command here
+reads its options, makes one call, and renders.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import ipaddress
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import click
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from ccxdp.datapath import libbpf
-from ccxdp.datapath.loader import Datapath, Mode
-from ccxdp.errors import DatapathError
-from ccxdp.lab.core import Lab, LabError, LabSpec, check_lab_name, list_netns, read_contacts
+from ccxdp.datapath.loader import Mode
+from ccxdp.lab import control
+from ccxdp.lab.core import LabError, LabSpec, check_lab_name
 
 from . import pass_app
 from .output import emit, json_option
@@ -54,105 +47,6 @@ def _name_option(f):
         show_default=True,
         help="The lab's name: its namespaces and interfaces are NAME-res, NAME-cli, ...",
     )(f)
-
-
-def _lab_dir(app, name: str) -> Path:
-    return app.state_dir / "lab" / name
-
-
-def _pinned_prog_id(dp: Datapath) -> int | None:
-    if not dp.is_loaded():
-        return None
-    fd = libbpf.obj_get(dp.prog_pin, "program")
-    try:
-        return libbpf.prog_info(fd).id
-    finally:
-        libbpf.close(fd)
-
-
-def _attach(app, lab: Lab, mode: str) -> dict:
-    """`ccxdp attach RES_IF --netns RES_NS --mode MODE --sinkhole-v4 … --sinkhole-v6 …`, run
-    as that very command (same checks, same catalog reconciliation), its JSON read back."""
-    from .attach import attach
-
-    app.catalog()  # opened here, so that it outlives the attach command's own context
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        click.get_current_context().invoke(
-            attach, iface=lab.res_if, netns=lab.res_ns, mode=mode,
-            sinkhole_v4=lab.sinkhole_v4, sinkhole_v6=lab.sinkhole_v6, as_json=True,
-        )  # fmt: skip
-    return json.loads(out.getvalue())
-
-
-def _teardown(app, lab: Lab) -> dict:
-    """Undo what `up` did, as its record says: detach ccxdp from the lab's interface, put the
-    sinkhole settings back if nobody changed them since, purge the pins if `up` made them and
-    ccxdp runs nowhere else, then remove the lab's processes, namespaces and files."""
-    dp = app.datapath()
-    info = lab.extra.get("ccxdp", {})
-    out: dict = {"detached": False, "settings_restored": False, "purged": [],
-                 "removed": list(lab.made_namespaces)}  # fmt: skip
-    if lab.res_ns in list_netns():
-        try:
-            dp.detach(lab.res_if, lab.res_ns)
-            out["detached"] = True
-        except DatapathError:
-            pass  # nothing (or something foreign) attached there: it goes with the namespace
-    before, made = info.get("sinkhole_before"), info.get("sinkhole_set")
-    if before and made and before != made:
-        current = dp.settings()
-        if [current.sinkhole_v4, current.sinkhole_v6] == made:
-            dp.set_settings(replace(current, sinkhole_v4=before[0], sinkhole_v6=before[1]))
-            out["settings_restored"] = True
-    pinned = _pinned_prog_id(dp)
-    if info.get("pins_made") and pinned is not None and info.get("prog_id") in (None, pinned):
-        if not any(a.prog_id for a in dp.attachments()):
-            out["purged"] = dp.purge()
-    lab.close()
-    _remove_lab_folder(app)
-    return out
-
-
-def _remove_lab_folder(app) -> None:
-    """The folder of the labs' records, once it holds none."""
-    with contextlib.suppress(OSError):
-        (app.state_dir / "lab").rmdir()
-
-
-def _status(app, name: str) -> dict:
-    lab = Lab.from_record(_lab_dir(app, name))
-    if lab is None:
-        return {"name": name, "state": "absent", "problems": [], "hosts": [], "services": [],
-                "ccxdp": None, "sinkhole": None, "workdir": None}  # fmt: skip
-    problems = lab.problems()
-    present = set(list_netns())
-    attachment = None
-    for a in app.datapath().attachments():
-        if (a.ifname, a.netns) == (lab.res_if, lab.res_ns):
-            attachment = {"interface": a.ifname, "netns": a.netns,
-                          "mode": str(a.mode) if a.mode else None, "prog_id": a.prog_id,
-                          "attached": a.prog_id is not None}  # fmt: skip
-    if lab.complete and (attachment is None or not attachment["attached"]):
-        problems.append(f"ccxdp is not attached to {lab.res_if}")
-    hosts = [{"role": h.role, "title": h.title, "namespace": h.ns, "interface": h.ifname,
-              "addresses": h.addresses(), "exists": h.ns in present} for h in lab.hosts]
-    hosts.append({"role": "sw", "title": "switch", "namespace": lab.sw_ns,
-                  "interface": lab.bridge, "addresses": [], "exists": lab.sw_ns in present})
-    services = [{"name": key, "pid": lab.service_pid(key), "running": lab.service_running(key)}
-                for key in ("unbound", "sinkhole") if lab.service_pid(key) is not None]  # fmt: skip
-    return {
-        "name": name,
-        "state": "up" if not problems else "broken",
-        "problems": problems,
-        "workdir": str(lab.tmpdir),
-        "hosts": hosts,
-        "services": services,
-        "ccxdp": attachment,
-        "sinkhole": {"v4": lab.sinkhole_v4, "v6": lab.sinkhole_v6,
-                     "log": str(lab.sinkhole_log),
-                     "contacts": len(read_contacts(lab.sinkhole_log))},  # fmt: skip
-    }
 
 
 def _render_status(s: dict):
@@ -247,8 +141,6 @@ def up(app, name, mode, sinkhole_v4, sinkhole_v6, unbound_options, as_json):
       ccxdp lab up --name demo --mode generic
       ccxdp lab up --sinkhole-v4 198.18.0.99 --sinkhole-v6 fd00:cc::99
     """
-    dp = app.datapath()  # root, and the state folder's lock until the command ends
-    workdir = _lab_dir(app, name)
     d = _DEFAULTS
     try:
         spec = replace(
@@ -259,47 +151,11 @@ def up(app, name, mode, sinkhole_v4, sinkhole_v6, unbound_options, as_json):
         )
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--sinkhole-v4' / '--sinkhole-v6'") from e
-    notes = []
-    existing = Lab.from_record(workdir)
-    if existing is not None:
-        if not existing.problems() and existing.spec == spec:
-            attached = _attach(app, existing, mode)
-            existing.extra.setdefault("ccxdp", {})["prog_id"] = attached["prog_id"]
-            existing.save()
-            status = _status(app, name) | {"created": False}
-            already = f"lab {name} is already up"
-            emit(as_json, status, lambda: Group(already, _render_status(status)))
-            return
-        if not existing.problems():
-            raise LabError(
-                f"lab {name} is up with other options: 'ccxdp lab down --name {name}' first"
-            )
-        notes.append(f"removed a half-built lab {name} first ({'; '.join(existing.problems())})")
-        _teardown(app, existing)
-    before = dp.settings()
-    new = Lab(spec, name=name, workdir=workdir)
-    new.extra["ccxdp"] = {
-        "pins_made": not dp.is_loaded(),
-        "sinkhole_before": [before.sinkhole_v4, before.sinkhole_v6],
-        "sinkhole_set": [new.sinkhole_v4, new.sinkhole_v6],
-    }
-    try:
-        new.build()  # a failure removes whatever it made...
-    except BaseException:
-        _remove_lab_folder(app)  # ...and this folder, if no other lab is in it
-        raise
-    try:
-        new.native_tx_peer()
-        attached = _attach(app, new, mode)
-        new.extra["ccxdp"]["prog_id"] = attached["prog_id"]
-        new.save()
-    except BaseException as exc:
-        try:
-            _teardown(app, new)
-        except Exception as cleanup_exc:
-            exc.add_note(f"and removing the lab failed too: {cleanup_exc!r}")
-        raise
-    status = _status(app, name) | {"created": True}
+    # root, and the state folder's lock until the command ends
+    status, notes = control.up(app.datapath(), app.catalog(), app.state_dir, name, spec,
+                               Mode(mode))
+    if not status["created"]:
+        notes = [f"lab {name} is already up", *notes]
     emit(as_json, status, lambda: Group(*notes, _render_status(status)))
 
 
@@ -325,14 +181,12 @@ def down(app, name, as_json):
       ccxdp lab down
       ccxdp lab down --name demo --json
     """
-    app.datapath()  # root, and the lock
-    existing = Lab.from_record(_lab_dir(app, name))
-    if existing is None:
+    out = control.down(app.datapath(), app.state_dir, name)  # root, and the lock
+    if out is None:
         out = {"name": name, "removed": [], "detached": False, "settings_restored": False,
                "purged": []}  # fmt: skip
         emit(as_json, out, lambda: f"no lab named {name}: nothing to remove")
         return
-    out = {"name": name, **_teardown(app, existing)}
 
     def text() -> str:
         lines = [f"lab {name} removed: {', '.join(out['removed']) or 'no namespaces'}"]
@@ -357,7 +211,7 @@ def status(app, name, as_json):
       ccxdp lab status
       ccxdp lab status --name demo --json
     """
-    s = _status(app, name)
+    s = control.status(app.datapath(), app.state_dir, name)
     emit(as_json, s, lambda: _render_status(s))
 
 
@@ -375,10 +229,7 @@ def sinkhole_log(app, name, as_json):
       ccxdp lab sinkhole-log --name demo --json
     """
     app.datapath()  # root, and the lock
-    existing = Lab.from_record(_lab_dir(app, name))
-    if existing is None:
-        raise LabError(f"no lab named {name} (start one with 'ccxdp lab up --name {name}')")
-    contacts = read_contacts(existing.sinkhole_log)
+    contacts = control.sinkhole_contacts(app.state_dir, name)
 
     def table() -> Table:
         t = Table(title=f"contacts with the sinkhole of lab {name}", title_justify="left")

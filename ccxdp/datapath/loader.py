@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.hashing import HashKey
@@ -75,6 +76,16 @@ class Attachment:
     netns: str | None
     mode: Mode | None  # None: ccxdp is not attached there (any more)
     prog_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form every command's JSON gives an attachment in."""
+        return {
+            "interface": self.ifname,
+            "netns": self.netns,
+            "mode": str(self.mode) if self.mode else None,
+            "prog_id": self.prog_id,
+            "attached": self.prog_id is not None,
+        }
 
 
 def bpf_dir() -> Path:
@@ -451,7 +462,8 @@ class Datapath:
             return None, None
         return _ATTACHED_MODE.get(attached, attached), prog_id
 
-    def _our_prog_id(self) -> int | None:
+    def pinned_prog_id(self) -> int | None:
+        """The kernel's id of the pinned program; None when ccxdp is not loaded."""
         if not self.prog_pin.exists():
             return None
         fd = libbpf.obj_get(self.prog_pin)
@@ -568,7 +580,7 @@ class Datapath:
     def _is_ours(self, prog_id: int) -> bool:
         """The pinned program, or an earlier program of this installation: one that uses the
         name table pinned here. A ccxdp of another pin folder is someone else's."""
-        if prog_id == self._our_prog_id():
+        if prog_id == self.pinned_prog_id():
             return True
         names = self.pin_dir / shared.MAP_NAME_SLOTS
         if not names.exists():
@@ -649,7 +661,7 @@ class Datapath:
 
     def attachments(self) -> list[Attachment]:
         """Interfaces ccxdp was attached to, each as the kernel reports it now."""
-        ours = self._our_prog_id()
+        ours = self.pinned_prog_id()
         out = []
         for ifname, netns in self._read_registry():
             mode, prog_id = None, None

@@ -23,7 +23,6 @@ import sqlite3
 import sys
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -32,9 +31,9 @@ from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.collector import collect_then_fold
 from ccxdp.hits.store import Store, store_path
+from ccxdp.ops.attach import apply_settings, attach
 from ccxdp.ops.daemon_config import Config, ConfigError, Feed, Interface, load_config
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
-from ccxdp.policy import exempt, lists
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
 from ccxdp.policy.lists import canonical_action
@@ -225,15 +224,9 @@ class Daemon:
         config = self.config
         with self.dp, Catalog(self.dp.catalog_path) as catalog:
             before = {(a.ifname, a.netns): a.prog_id for a in self.dp.attachments()}
-
-            def on_loaded(loaded: Datapath) -> None:
-                self._set_settings(loaded, config)
-                lists.reconcile(loaded, catalog)
-                exempt.reconcile(loaded, catalog)
-
-            a = self.dp.attach(iface.name, Mode(iface.mode), netns=iface.netns,
-                               limits=self._limits(), dns_ports=config.dns_ports,
-                               on_loaded=on_loaded)
+            a = attach(self.dp, catalog, iface.name, Mode(iface.mode), netns=iface.netns,
+                       limits=self._limits(), dns_ports=config.dns_ports,
+                       settings=config.settings)  # fmt: skip
         adopted = before.get((iface.name, iface.netns)) == a.prog_id
         self.log("adopt" if adopted else "attach", interface=iface.name, netns=iface.netns,
                  mode=str(a.mode), prog_id=a.prog_id)
@@ -247,21 +240,13 @@ class Daemon:
             self.log("detach", level="error", interface=iface.name, netns=iface.netns,
                      error=str(e))
 
-    def _set_settings(self, dp: Datapath, config: Config) -> bool:
-        current = dp.settings()
-        wanted = replace(current, **config.settings)
-        if wanted != current:
-            dp.set_settings(wanted)
-            return True
-        return False
-
     def _apply_filter(self, config: Config) -> None:
         """Settings and ports, where the program is loaded (attach applied them already when
         it loaded it; this covers a reload)."""
         with self.dp:
             if not self.dp.is_loaded():
                 return
-            changed = self._set_settings(self.dp, config)
+            changed = apply_settings(self.dp, config.settings)
             if config.dns_ports is not None and set(self.dp.dns_ports()) != set(config.dns_ports):
                 self.dp.set_dns_ports(config.dns_ports)
                 changed = True
