@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.loader import Datapath, Limits  # noqa: E402
+from ccxdp.datapath.nametable import count_names  # noqa: E402
 from ccxdp.policy.catalog import Catalog  # noqa: E402
 from ccxdp.policy.feeds import add_feed, sync_feed  # noqa: E402
 
@@ -72,7 +73,7 @@ def main() -> int:
             first = add_feed(dp, catalog, "bench", feed, "plain")
             import_s = time.perf_counter() - started
             assert first.applied is not None and first.applied.added["block"] == args.names
-            names_in_kernel = dp.count_names()
+            names_in_kernel = count_names(dp)
             memory = kernel_bytes(dp)
 
             # Half of the changed names leave the feed, as many new ones join.
@@ -84,7 +85,7 @@ def main() -> int:
             sync_s = time.perf_counter() - started
             assert second.applied is not None
             assert second.applied.added["block"] == half == second.applied.removed["block"]
-            assert dp.count_names() == args.names
+            assert count_names(dp) == args.names
 
         per_name = memory / names_in_kernel
         catalog_mb = sum(p.stat().st_size for p in dp.state_dir.glob("catalog.db*")) / 2**20

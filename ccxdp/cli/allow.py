@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.block import changes_json, entries_json, note_not_loaded
+from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.render import render_changes, render_entries
+from ccxdp.cli.types import DOMAIN
 from ccxdp.policy import lists
 from ccxdp.policy.catalog import ALLOW
-
-from . import pass_app
-from .block import changes_json, entries_json, note_not_loaded
-from .output import emit, json_option
-from .types import DOMAIN
 
 
 @click.group()

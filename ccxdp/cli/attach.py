@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.render import render_attachments
+from ccxdp.cli.types import ACTION, INTERFACE, IPV4, IPV6
 from ccxdp.datapath.loader import Limits, Mode
+from ccxdp.datapath.nametable import count_names
 from ccxdp.ops.attach import attach as attach_interface
-
-from . import pass_app
-from .output import emit, json_option
-from .types import ACTION, INTERFACE, IPV4, IPV6
 
 
 @click.command()
@@ -132,7 +132,7 @@ def status(app, as_json):
     names = 0
     ports: list[int] = []
     if loaded:
-        names = dp.count_names()
+        names = count_names(dp)
         ports = sorted(dp.dns_ports())
     data = {
         "loaded": loaded,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, err_console, json_option
 from ccxdp.cli.render import render_changes, render_entries
+from ccxdp.cli.types import ACTION, CATEGORY, DOMAIN
 from ccxdp.datapath.hashing import name_hash
 from ccxdp.policy import lists
 from ccxdp.policy.catalog import ALLOW, BLOCK
-
-from . import pass_app
-from .output import emit, err_console, json_option
-from .types import ACTION, CATEGORY, DOMAIN
 
 
 def changes_json(changes, kind: str = BLOCK) -> list[dict]:

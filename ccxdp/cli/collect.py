@@ -5,12 +5,11 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, err_console, json_option
 from ccxdp.datapath.loader import Datapath, check_root
 from ccxdp.hits.collector import CollectResult, collect_then_fold
 from ccxdp.hits.store import store_path
-
-from . import pass_app
-from .output import emit, err_console, json_option
 
 
 def render_collect(r: CollectResult) -> Table:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.render import render_settings
+from ccxdp.cli.types import SETTING_KEY
 from ccxdp.datapath import shared
 from ccxdp.datapath.settings import SettingError, Settings
-
-from . import pass_app
-from .output import emit, json_option
-from .types import SETTING_KEY
 
 
 def _where(dp) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ccxdp.datapath.loader import Limits, bpf_dir
-
-from . import pass_app
+from ccxdp.cli.app import pass_app
+from ccxdp.datapath.loader import Limits
+from ccxdp.datapath.shared import bpf_dir
 
 
 @click.group(hidden=True)

@@ -6,13 +6,12 @@ import ipaddress
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.block import note_not_loaded
+from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.render import render_exempt, render_prefix_changes
+from ccxdp.cli.types import PREFIX
 from ccxdp.policy import exempt as exempt_lib
-
-from . import pass_app
-from .block import note_not_loaded
-from .output import emit, json_option
-from .types import PREFIX
 
 
 def _changes_json(changes) -> list[dict]:

@@ -18,12 +18,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import console, emit, err_console, json_option
+from ccxdp.cli.types import ACTION, CATEGORY
 from ccxdp.policy import feeds, formats
 from ccxdp.policy.catalog import BLOCK, KINDS
-
-from . import pass_app
-from .output import console, emit, err_console, json_option
-from .types import ACTION, CATEGORY
 
 FORMAT = click.Choice(["auto", *formats.FORMATS])
 

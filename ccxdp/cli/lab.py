@@ -14,13 +14,12 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, json_option
+from ccxdp.cli.types import IPV4, IPV6
 from ccxdp.datapath.loader import Mode
 from ccxdp.lab import control
 from ccxdp.lab.core import LabError, LabSpec, check_lab_name
-
-from . import pass_app
-from .output import emit, json_option
-from .types import IPV4, IPV6
 
 DEFAULT_LAB = "cxlab"
 _DEFAULTS = LabSpec()

@@ -14,13 +14,13 @@ from pathlib import Path
 import click
 from rich.text import Text
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, json_option
 from ccxdp.hits.store import Store, StoreError, open_store, period_bounds, store_path
 from ccxdp.notify import attribution, mail
 from ccxdp.notify import records as rec
 from ccxdp.ops.daemon_config import MAX_RETENTION_DAYS
-
-from . import pass_app
-from .output import emit, json_option
+from ccxdp.utc import utc_text
 
 
 class PeriodType(click.ParamType):
@@ -255,7 +255,7 @@ def expire(app, days, unattributed, as_json):
     before = datetime.now(UTC) - timedelta(days=days)
     with open_store(store_path(app.state_dir)) as store:
         rows = store.expire(before, attributed_only=not unattributed)
-    data = {"rows": rows, "before": before.isoformat(timespec="seconds"),
+    data = {"rows": rows, "before": utc_text(before),
             "unattributed": unattributed}
     kept = "" if unattributed else "; rows no line was found for are kept"
     emit(as_json, data, lambda: Text(

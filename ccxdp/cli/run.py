@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import pass_app
+from ccxdp.cli.app import pass_app
 
 
 @click.command()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.render import render_stats
 from ccxdp.hits.stats import read_stats
-
-from . import pass_app
-from .output import emit, json_option
 
 
 @click.command()

@@ -15,13 +15,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ccxdp.cli.app import pass_app
+from ccxdp.cli.output import console
+from ccxdp.datapath.settings import ACTIONS
 from ccxdp.hits.stats import StatsSnapshot, read_stats
 from ccxdp.ops.metrics import MapFill, map_fill
-
-from . import pass_app
-from .output import console
-
-BLOCK_ACTIONS = ("drop", "nxdomain", "nodata", "sinkhole", "tc", "refused", "monitor")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10)
     actions.add_column("action")
     actions.add_column("total", justify="right")
     actions.add_column("/s", justify="right")
-    for a in BLOCK_ACTIONS:
+    for a in ACTIONS:
         actions.add_row(a, f"{s.actions.get(a, 0):,}",
                         _rate(s.actions.get(a, 0), p.actions.get(a, 0) if p else None, seconds))
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import fields
 
 import click
 
-from ccxdp.datapath.settings import ACTION_NAMES, BLOCK_ACTIONS, Settings
-from ccxdp.errors import InvalidNameError
+from ccxdp.datapath.loader import check_interface_name
+from ccxdp.datapath.settings import BLOCK_ACTIONS, SETTING_KEYS, SettingError, parse_action
+from ccxdp.errors import DatapathError, InvalidNameError
 from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
 from ccxdp.policy.names import normalize
@@ -28,10 +28,10 @@ class InterfaceType(click.ParamType):
     name = "interface"
 
     def convert(self, value, param, ctx):
-        # IFNAMSIZ is 16 with the terminating NUL.
-        if not value or len(value) > 15 or "/" in value or any(c.isspace() for c in value):
-            self.fail(f"{value!r} is not a valid interface name", param, ctx)
-        return value
+        try:
+            return check_interface_name(value)
+        except DatapathError as e:
+            self.fail(str(e), param, ctx)
 
 
 class ActionType(click.ParamType):
@@ -40,10 +40,10 @@ class ActionType(click.ParamType):
     name = "action"
 
     def convert(self, value, param, ctx):
-        text = value.strip().lower()
-        if text not in ACTION_NAMES:
-            self.fail(f"{value!r} is not an action ({', '.join(BLOCK_ACTIONS)})", param, ctx)
-        return "sinkhole" if text == "redirect" else text
+        try:
+            return parse_action(value)
+        except SettingError as e:
+            self.fail(str(e), param, ctx)
 
     def shell_complete(self, ctx, param, incomplete):
         from click.shell_completion import CompletionItem
@@ -90,16 +90,15 @@ class SettingKeyType(click.ParamType):
     name = "key"
 
     def convert(self, value, param, ctx):
-        keys = [f.name for f in fields(Settings)]
-        if value not in keys:
-            self.fail(f"unknown setting {value!r}; the settings are: {', '.join(keys)}",
+        if value not in SETTING_KEYS:
+            self.fail(f"unknown setting {value!r}; the settings are: {', '.join(SETTING_KEYS)}",
                       param, ctx)
         return value
 
     def shell_complete(self, ctx, param, incomplete):
         from click.shell_completion import CompletionItem
 
-        return [CompletionItem(f.name) for f in fields(Settings) if f.name.startswith(incomplete)]
+        return [CompletionItem(k) for k in SETTING_KEYS if k.startswith(incomplete)]
 
 
 DOMAIN = DomainNameType()

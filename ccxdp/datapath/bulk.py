@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
+from ccxdp.datapath import shared
 from ccxdp.datapath.hashing import HashKey, name_hash
 from ccxdp.errors import CcxdpError
 
@@ -36,14 +37,8 @@ class NativeError(CcxdpError):
     pass
 
 
-def _bpf_dir() -> Path:
-    from ccxdp.datapath.loader import bpf_dir
-
-    return bpf_dir()
-
-
 def _build() -> Path | None:
-    sources = [_SOURCE, _bpf_dir() / "name_hash.h"]
+    sources = [_SOURCE, shared.bpf_dir() / "name_hash.h"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     target = CACHE_DIR / f"ccxdp_native-{digest}.so"
     if target.exists():
@@ -56,7 +51,7 @@ def _build() -> Path | None:
     os.close(fd)
     try:
         subprocess.run(
-            [cc, "-O2", "-shared", "-fPIC", f"-I{_bpf_dir()}", "-o", tmp, str(_SOURCE)],
+            [cc, "-O2", "-shared", "-fPIC", f"-I{shared.bpf_dir()}", "-o", tmp, str(_SOURCE)],
             check=True, capture_output=True, text=True,
         )
         os.chmod(tmp, 0o755)

@@ -39,6 +39,14 @@ class Mode(enum.StrEnum):
     GENERIC = "generic"
 
 
+def check_interface_name(name: str) -> str:
+    """The kernel's rule for an interface name: 1-15 bytes (IFNAMSIZ is 16 with its NUL), no
+    '/' and no white space. The one check of it, for the CLI and the daemon's config alike."""
+    if not name or len(name.encode()) > 15 or "/" in name or any(c.isspace() for c in name):
+        raise DatapathError(f"{name!r} is not a valid interface name")
+    return name
+
+
 _MODE_FLAGS = {Mode.NATIVE: XDP_FLAGS_DRV_MODE, Mode.GENERIC: XDP_FLAGS_SKB_MODE}
 # What the kernel reports in IFLA_XDP_ATTACHED, as pyroute2 names it.
 _ATTACHED_MODE = {"xdp": Mode.NATIVE, "xdpgeneric": Mode.GENERIC}
@@ -86,16 +94,6 @@ class Attachment:
             "prog_id": self.prog_id,
             "attached": self.prog_id is not None,
         }
-
-
-def bpf_dir() -> Path:
-    """The C sources: bpf/ in a checkout, ccxdp/bpf inside an installed package."""
-    checkout = Path(__file__).resolve().parents[2] / "bpf"
-    if (checkout / "ccxdp.bpf.c").is_file():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("ccxdp") / "bpf"))
 
 
 def check_root() -> None:
@@ -175,13 +173,6 @@ class Datapath:
     def is_loaded(self) -> bool:
         return self.prog_pin.exists()
 
-    def count_names(self) -> int:
-        """Names in the live buffer of the kernel's name table."""
-        from ccxdp.datapath.nametable import NameTable
-
-        with NameTable(self) as table:
-            return table.count()
-
     def open_map(self, name: str) -> libbpf.Map:
         """Open one pinned map with the layout shared.py gives it (checked against the pin)."""
         key_type, value_type = shared.PINNED_MAPS[name]
@@ -215,7 +206,7 @@ class Datapath:
                 f"pin folder {str(self.pin_dir)!r}: use only letters, digits and / . _ + -"
             )
         return [
-            f"-I{bpf_dir()}",
+            f"-I{shared.bpf_dir()}",
             f'-DCCXDP_PIN_DIR="{self.pin_dir}"',
             *limits.cflags(),
             *self.extra_cflags,
@@ -313,7 +304,7 @@ class Datapath:
                 "bcc is not importable (Debian package python3-bpfcc, seen through a venv "
                 "made with --system-site-packages): run scripts/setup.sh"
             ) from e
-        src = bpf_dir() / "ccxdp.bpf.c"
+        src = shared.bpf_dir() / "ccxdp.bpf.c"
         try:
             cflags = self.build_cflags(self.effective_limits(limits))
             bpf = BPF(src_file=str(src).encode(), cflags=cflags)
@@ -328,7 +319,7 @@ class Datapath:
     def _init_maps(self, dns_ports: Iterable[int] | None) -> None:
         key = self.hash_key()
         with self.open_map(shared.MAP_HASH_KEY) as keys:
-            keys.update(ct.c_uint32(0), shared.HashKey.from_buffer_copy(key.to_bytes()))
+            keys.update(ct.c_uint32(0), shared.HashKeyLayout.from_buffer_copy(key.to_bytes()))
         if dns_ports is not None:
             self.set_dns_ports(dns_ports)
         elif not self.dns_ports():

@@ -130,3 +130,9 @@ class NameTable:
         self._active.update(ct.c_uint32(0), ct.c_uint32(spare))
         wait_for_readers()
         self._bloom[:size] = new_words.tobytes()
+
+
+def count_names(dp: Datapath) -> int:
+    """Names in the live buffer of the kernel's name table."""
+    with NameTable(dp) as table:
+        return table.count()

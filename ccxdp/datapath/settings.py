@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from ccxdp.datapath import shared
 from ccxdp.errors import CcxdpError
 
+
+class SettingError(CcxdpError):
+    pass
+
+
 # What users type for actions; "redirect" is RPZ's other name for a sinkhole.
 ACTION_NAMES = {
     "drop": shared.Action.DROP,
@@ -22,7 +27,19 @@ ACTION_NAMES = {
     "refused": shared.Action.REFUSED,
     "monitor": shared.Action.MONITOR,
 }
-BLOCK_ACTIONS = sorted(ACTION_NAMES)
+BLOCK_ACTIONS = sorted(ACTION_NAMES)  # every word accepted, as error messages list them
+# The canonical names, in the kernel's order: what the catalog stores and output shows.
+ACTIONS = tuple(a.name.lower() for a in shared.Action
+                if a not in (shared.Action.DEFAULT, shared.Action.ALLOW))
+
+
+def parse_action(text: str) -> str:
+    """An action as a user, a config file or a feed writes it (any case; "redirect" is RPZ's
+    other name for "sinkhole") -> its canonical name. The one reader of that vocabulary."""
+    code = ACTION_NAMES.get(text.strip().lower())
+    if code is None:
+        raise SettingError(f"{text!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
+    return shared.Action(code).name.lower()
 
 
 # What each setting does, for 'ccxdp config show'.
@@ -40,10 +57,6 @@ def action_name(action: int) -> str:
     if action == shared.Action.DEFAULT:
         return "default"
     return shared.Action(action).name.lower()
-
-
-class SettingError(CcxdpError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,9 +101,10 @@ class Settings:
 
     def with_value(self, key: str, text: str) -> Settings:
         """A copy with one setting changed from its text form; errors name the key."""
-        names = [f.name for f in fields(self)]
-        if key not in names:
-            raise SettingError(f"unknown setting {key!r}; the settings are: {', '.join(names)}")
+        if key not in SETTING_KEYS:
+            raise SettingError(
+                f"unknown setting {key!r}; the settings are: {', '.join(SETTING_KEYS)}"
+            )
         current = getattr(self, key)
         if isinstance(current, int):
             try:
@@ -99,13 +113,17 @@ class Settings:
                 raise SettingError(f"{key}: {text!r} is not a whole number") from None
         else:
             value = text.strip().lower()
-            if key == "default_action" and value == "redirect":
-                value = "sinkhole"
+            if key == "default_action" and value in ACTION_NAMES:
+                value = parse_action(value)
         return replace(self, **{key: value})
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+
+SETTING_KEYS = tuple(f.name for f in fields(Settings))
+# The settings given as whole numbers (the others are text: an action, an address).
+NUMBER_SETTINGS = frozenset(f.name for f in fields(Settings) if f.type == "int")
 
 _TTL_MAX = 2**31 - 1  # RFC 2181 8
 

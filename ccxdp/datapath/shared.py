@@ -9,6 +9,19 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
+from pathlib import Path
+
+
+def bpf_dir() -> Path:
+    """The C sources (this header among them): bpf/ in a checkout, ccxdp/bpf inside an
+    installed package."""
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    if (checkout / "ccxdp.bpf.c").is_file():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("ccxdp") / "bpf"))
+
 
 DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
@@ -130,7 +143,10 @@ class SourceHits(ct.Structure):
 NH_KEY_WORDS = 20
 
 
-class HashKey(ct.Structure):
+class HashKeyLayout(ct.Structure):
+    """struct ccxdp_hash_key as the map holds it (ccxdp.datapath.hashing.HashKey is the key
+    itself, with the hash it computes)."""
+
     _fields_ = [
         ("k0", ct.c_uint64),
         ("k1", ct.c_uint64),
@@ -163,7 +179,7 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_SOURCES: (SourceKey, SourceHits),
     MAP_SOURCE_EPOCH: (ct.c_uint32, ct.c_uint64),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
-    MAP_HASH_KEY: (ct.c_uint32, HashKey),
+    MAP_HASH_KEY: (ct.c_uint32, HashKeyLayout),
     MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
     MAP_CONFIG: (ct.c_uint32, Config),
     MAP_CONFIG_ACTIVE: (ct.c_uint32, ct.c_uint32),

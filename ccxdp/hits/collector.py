@@ -62,6 +62,7 @@ from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.libbpf import wait_for_readers
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
+from ccxdp.hits.stats import hit_clock_offset_ns
 from ccxdp.hits.store import (
     COUNTER_BUFFER_AT,
     COUNTER_KEY,
@@ -140,13 +141,6 @@ class _Drained:
 
 def boot_id() -> int:
     return uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).int
-
-
-def hit_clock_offset_ns() -> int:
-    """Nanoseconds to add to CLOCK_MONOTONIC (the program stamps hits with its coarse
-    reading) to get Unix time. Taken once per collection, so that first_seen <= last_seen
-    holds after the conversion."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def _without(raw: bytes, size: int, skip: list[int]) -> bytes:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from ccxdp.datapath import shared
 from ccxdp.datapath.loader import Datapath
+from ccxdp.datapath.nametable import count_names
+from ccxdp.utc import utc_text
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class StatsSnapshot:
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return utc_text(int(t))
 
 
 def address_text(raw: bytes) -> str:
@@ -70,11 +72,12 @@ def address_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
-def hit_clock_offset() -> float:
-    """Seconds to add to CLOCK_MONOTONIC (the program stamps hits with its coarse reading)
-    to get Unix time. Taken once per snapshot: two readings differ a little, and
-    first_seen <= last_seen must survive."""
-    return time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+def hit_clock_offset_ns() -> int:
+    """Nanoseconds to add to CLOCK_MONOTONIC (the program stamps hits with its coarse
+    reading) to get Unix time: the one conversion of the kernel's hit times, for stats and
+    collections alike. Take it once per snapshot or collection: two readings differ a
+    little, and first_seen <= last_seen must survive the conversion."""
+    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 def read_stats(dp: Datapath) -> StatsSnapshot:
@@ -101,11 +104,12 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
             seen[0] += hits
             seen[1] = min(seen[1], first)
             seen[2] = max(seen[2], last)
-    offset = hit_clock_offset()
+    offset = hit_clock_offset_ns()
     sources = [
-        SourceStat(address_text(addr), category, hits, offset + first / 1e9, offset + last / 1e9)
+        SourceStat(address_text(addr), category, hits, (offset + first) / 1e9,
+                   (offset + last) / 1e9)
         for (addr, category), (hits, first, last) in merged.items()
     ]
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
-    count = dp.count_names()
+    count = count_names(dp)
     return StatsSnapshot(outcomes, malformed, events, actions, tuple(sources), count)

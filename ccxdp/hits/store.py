@@ -28,15 +28,17 @@ import sqlite3
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import NamedTuple
 
+from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
+from ccxdp.utc import utc_text
 
 RECORDS_DB = "records.db"  # in the state folder, beside the catalog
 SCHEMA_VERSION = 2  # 2: the staged table
@@ -184,9 +186,7 @@ def from_us(us: int) -> datetime:
 
 def iso(us: int) -> str:
     """ISO 8601 in UTC with a Z; microseconds only when there are any."""
-    t = from_us(us)
-    spec = "microseconds" if t.microsecond else "seconds"
-    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    return utc_text(from_us(us), "auto")
 
 
 def now_iso() -> str:
@@ -399,19 +399,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """All or nothing; nested use joins the outer transaction."""
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return sqlite.transaction(self.db)
 
     # -- the collector's side ---------------------------------------------------------------
     def add_hits(

@@ -35,8 +35,6 @@ reported as unattributed.
 
 from __future__ import annotations
 
-import csv
-import io
 import ipaddress
 import json
 import re
@@ -47,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ccxdp.errors import CcxdpError
+from ccxdp.inputs import InputError, csv_rows, open_input
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,17 +54,6 @@ DEFAULT_LINE_ID_FIELD = "circuit-id"
 
 SESSION_HEADER = ["line_id", "address_or_prefix", "start", "stop"]
 _FOREVER = 1 << 62  # microseconds: an open session
-
-
-class InputError(CcxdpError):
-    """A bad line in an input file: ``file:line: reason: value``."""
-
-    def __init__(self, path: Path | str, line: int, reason: str, value: str):
-        super().__init__(f"{path}:{line}: {reason}: {value}")
-        self.path = str(path)
-        self.line = line
-        self.reason = reason
-        self.value = value
 
 
 @dataclass(frozen=True)
@@ -191,55 +179,29 @@ def _hex_bytes(text: str) -> bytes:
 # -- sessions CSV ----------------------------------------------------------------------------
 
 
-def open_input(path: Path | str, **kwargs) -> io.StringIO:
-    """An input file's text (UTF-8, checked whole before any parsing), or a clear error."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise CcxdpError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        bad = raw[e.start : e.start + 4]
-        raise InputError(path, line, "not UTF-8 text", repr(bad)) from None
-    return io.StringIO(text, newline=kwargs.get("newline", None))
-
-
 def read_sessions_csv(path: Path | str) -> list[Session]:
+    """``line_id,address_or_prefix,start,stop`` (a first row of those names is a header)."""
     out = []
-    with open_input(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            text = ",".join(row)
-            if lineno == 1 and [c.strip().lower() for c in row] == SESSION_HEADER:
-                continue
-            if len(row) != 4:
-                raise InputError(
-                    path, lineno,
-                    f"expected 4 fields ({','.join(SESSION_HEADER)}), got {len(row)}", text,
-                )
-            line_id, where, start, stop = (c.strip() for c in row)
-            if not line_id:
-                raise InputError(path, lineno, "empty line id", text)
+    for lineno, (line_id, where, start, stop), text in csv_rows(path, SESSION_HEADER):
+        if not line_id:
+            raise InputError(path, lineno, "empty line id", text)
+        try:
+            net = ipaddress.ip_network(where)
+        except ValueError:
             try:
-                net = ipaddress.ip_network(where)
+                ipaddress.ip_network(where, strict=False)
+                reason = "host bits set in prefix"
             except ValueError:
-                try:
-                    ipaddress.ip_network(where, strict=False)
-                    reason = "host bits set in prefix"
-                except ValueError:
-                    reason = "invalid address or prefix"
-                raise InputError(path, lineno, reason, where) from None
-            start_us = _time_field(path, lineno, "start", start)
-            if stop:
-                stop_us = _time_field(path, lineno, "stop", stop)
-                if stop_us < start_us:
-                    raise InputError(path, lineno, "stop before start", stop)
-            else:
-                stop_us = _FOREVER
-            out.append(Session(line_id, net, start_us, stop_us, f"{path}:{lineno}"))
+                reason = "invalid address or prefix"
+            raise InputError(path, lineno, reason, where) from None
+        start_us = _time_field(path, lineno, "start", start)
+        if stop:
+            stop_us = _time_field(path, lineno, "stop", stop)
+            if stop_us < start_us:
+                raise InputError(path, lineno, "stop before start", stop)
+        else:
+            stop_us = _FOREVER
+        out.append(Session(line_id, net, start_us, stop_us, f"{path}:{lineno}"))
     return out
 
 

@@ -27,7 +27,6 @@ the message was handed over, is certain: that claim is dropped and the next run 
 
 from __future__ import annotations
 
-import csv
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
@@ -38,10 +37,12 @@ from pathlib import Path
 from rich.console import Group
 from rich.table import Table
 
+from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.store import Store, iso, period_bounds
+from ccxdp.inputs import InputError, csv_rows, open_input
 from ccxdp.notify import mail
-from ccxdp.notify.attribution import InputError, Sessions, open_input
+from ccxdp.notify.attribution import Sessions
 
 DEFAULT_MIN_DAYS = 2
 NO_CATEGORY = "(none)"  # hits on entries without a category; no category name has parentheses
@@ -182,34 +183,22 @@ def read_subscribers(path: Path | str, languages: Iterable[str]) -> dict[str, Su
     the language must have a template."""
     known = set(languages)
     out: dict[str, Subscriber] = {}
-    with open_input(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            text = ",".join(row)
-            if lineno == 1 and [c.strip().lower() for c in row] == SUBSCRIBER_HEADER:
-                continue
-            if len(row) != 3:
-                raise InputError(
-                    path, lineno,
-                    f"expected 3 fields ({','.join(SUBSCRIBER_HEADER)}), got {len(row)}", text,
-                )
-            line, email, language = (c.strip() for c in row)
-            if not line:
-                raise InputError(path, lineno, "empty line id", text)
-            try:
-                mail.check_address(email)
-            except mail.MailError:
-                raise InputError(path, lineno, "invalid e-mail address", email) from None
-            if language not in known:
-                raise InputError(
-                    path, lineno,
-                    f"no template for this language (templates: {', '.join(sorted(known))})",
-                    language,
-                )
-            if line in out:
-                raise InputError(path, lineno, "line id listed twice", line)
-            out[line] = Subscriber(line, email, language)
+    for lineno, (line, email, language), text in csv_rows(path, SUBSCRIBER_HEADER):
+        if not line:
+            raise InputError(path, lineno, "empty line id", text)
+        try:
+            mail.check_address(email)
+        except mail.MailError:
+            raise InputError(path, lineno, "invalid e-mail address", email) from None
+        if language not in known:
+            raise InputError(
+                path, lineno,
+                f"no template for this language (templates: {', '.join(sorted(known))})",
+                language,
+            )
+        if line in out:
+            raise InputError(path, lineno, "line id listed twice", line)
+        out[line] = Subscriber(line, email, language)
     return out
 
 
@@ -313,12 +302,9 @@ def notify(
     result.leases_without_line_id = sessions.leases_without_line_id
     if dry:
         # Attribute in a transaction that is rolled back: a dry run changes nothing.
-        store.db.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite.rehearsal(store.db):
             result.attributed_rows, result.unattributed = attribute(store, sessions, period)
             records = build_records(store, period)
-        finally:
-            store.db.execute("ROLLBACK")
     else:
         result.attributed_rows, result.unattributed = attribute(store, sessions, period)
         records = build_records(store, period)

@@ -37,6 +37,7 @@ from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_regist
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
 from ccxdp.policy.lists import canonical_action
+from ccxdp.utc import utc_now_text, utc_text
 
 POLL = 1.0  # seconds between looks at the feed files
 
@@ -54,7 +55,7 @@ class Log:
         self.out = out or sys.stderr
 
     def __call__(self, event: str, level: str = "info", **fields: object) -> None:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
+        record = {"time": utc_now_text(), "level": level,
                   "event": event}
         record.update({k: v for k, v in fields.items() if v is not None})
         if self.fmt == "json":
@@ -370,7 +371,7 @@ class Daemon:
         self._expired_for = due
         if rows:
             self.log("expire", result="ok", rows=rows,
-                     before=before.isoformat(timespec="seconds"),
+                     before=utc_text(before),
                      unattributed=config.expire_unattributed)
 
     # -- metrics ------------------------------------------------------------------------

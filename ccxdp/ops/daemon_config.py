@@ -14,20 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccxdp.datapath.settings import ACTION_NAMES, BLOCK_ACTIONS, SettingError, Settings
-from ccxdp.errors import CcxdpError
+from ccxdp.datapath.loader import Mode, check_interface_name
+from ccxdp.datapath.settings import (
+    NUMBER_SETTINGS,
+    SETTING_KEYS,
+    SettingError,
+    Settings,
+    parse_action,
+)
+from ccxdp.errors import CcxdpError, DatapathError
+from ccxdp.policy.catalog import CatalogError, normalize_category
+from ccxdp.policy.feeds import FeedError, check_feed_name
 from ccxdp.policy.formats import FORMATS
 
 ON_STOP = ("keep", "detach")
 LOG_FORMATS = ("logfmt", "json")
-MODES = ("auto", "native", "generic")
-SETTING_KEYS = ("default_action", "sinkhole_v4", "sinkhole_v6", "answer_ttl", "negative_ttl",
-                "edns_udp_size")
+MODES = tuple(m.value for m in Mode)
 DEFAULT_FEED_REFRESH = 3600.0
 DEFAULT_COLLECT_INTERVAL = 60.0
 MAX_RETENTION_DAYS = 36500  # a century: beyond it the cut-off date does not exist
-_FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
-_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class ConfigError(CcxdpError):
@@ -169,13 +174,16 @@ def parse_config(path: Path, data: dict) -> Config:
         limits[name] = value
     settings: dict[str, Any] = {}
     for name in SETTING_KEYS:
-        kinds = (int,) if name in ("answer_ttl", "negative_ttl", "edns_udp_size") else (str,)
-        value = filt.get(name, kinds, None, "a whole number" if kinds == (int,) else "a string")
+        number = name in NUMBER_SETTINGS
+        value = filt.get(name, (int,) if number else (str,), None,
+                         "a whole number" if number else "a string")  # fmt: skip
         if value is None:
             continue
         if name == "default_action":
-            value = value.strip().lower()
-            value = "sinkhole" if value == "redirect" else value
+            try:
+                value = parse_action(value)
+            except SettingError as e:
+                filt.fail(name, str(e))
         settings[name] = value
     try:
         Settings(**settings)
@@ -191,8 +199,10 @@ def parse_config(path: Path, data: dict) -> Config:
         name = r.get("name", (str,), None, "a string")
         if name is None:
             r.fail("name", "missing (the interface to attach to)")
-        if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
-            r.fail("name", f"{name!r} is not a valid interface name")
+        try:
+            check_interface_name(name)
+        except DatapathError as e:
+            r.fail("name", str(e))
         netns = r.get("netns", (str,), None, "a string")
         mode = r.choice("mode", MODES, default_mode)
         r.done()
@@ -209,9 +219,10 @@ def parse_config(path: Path, data: dict) -> Config:
         name = r.get("name", (str,), None, "a string")
         if name is None:
             r.fail("name", "missing")
-        name = name.strip().lower()
-        if not _FEED_NAME.match(name) or name == "manual":
-            r.fail("name", f"{name!r}: use 1-63 letters, digits, '.', '_' or '-' (not 'manual')")
+        try:
+            name = check_feed_name(name)
+        except FeedError as e:
+            r.fail("name", str(e))
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
         file = r.get("path", (str,), None, "a string")
@@ -226,15 +237,16 @@ def parse_config(path: Path, data: dict) -> Config:
         column = r.get("column", (str,), None, "a string")
         action = r.get("action", (str,), None, "a string")
         if action is not None:
-            action = action.strip().lower()
-            if action not in ACTION_NAMES:
-                r.fail("action", f"{action!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
-            action = "sinkhole" if action == "redirect" else action
+            try:
+                action = parse_action(action)
+            except SettingError as e:
+                r.fail("action", str(e))
         category = r.get("category", (str,), None, "a string")
         if category is not None:
-            category = category.strip().lower()
-            if not _CATEGORY.match(category):
-                r.fail("category", f"{category!r}: use letters, digits, '.', '_' or '-'")
+            try:
+                category = normalize_category(category)
+            except CatalogError as e:
+                r.fail("category", str(e))
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
         r.done()

@@ -18,15 +18,17 @@ from __future__ import annotations
 import re
 import sqlite3
 from array import array
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from ccxdp import sqlite
 from ccxdp.datapath import shared
 from ccxdp.datapath.settings import action_name
 from ccxdp.errors import CcxdpError
+from ccxdp.utc import restamp, utc_now_text, utc_text
 
 BLOCK = "block"
 ALLOW = "allow"
@@ -214,7 +216,7 @@ def unsigned(h: int) -> int:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return utc_now_text()
 
 
 def _seconds(iso: str) -> int:
@@ -222,7 +224,7 @@ def _seconds(iso: str) -> int:
 
 
 def _iso(seconds: int | None) -> str:
-    return datetime.fromtimestamp(seconds or 0, UTC).isoformat(timespec="seconds")
+    return utc_text(seconds or 0)
 
 
 def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> CatalogEntry:
@@ -322,22 +324,10 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """All or nothing: an exception inside (a failed kernel update) rolls back. Nested
         use joins the outer transaction."""
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._sweep_arrays()
-            raise
-        self.db.execute("COMMIT")
-        self._sweep_arrays()
+        return sqlite.transaction(self.db, ended=self._sweep_arrays)
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -420,7 +410,7 @@ class Catalog:
     def sources(self) -> list[Source]:
         """Every source, in precedence order: manual first, then feeds as they were added."""
         rows = self.db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id")
-        return [Source(*r[:7], bool(r[7]), *r[8:]) for r in rows]
+        return [Source(*r[:7], bool(r[7]), restamp(r[8]), restamp(r[9]), r[10]) for r in rows]
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources() if s.name == name), None)
@@ -534,7 +524,7 @@ class Catalog:
     # -- exempt source prefixes ------------------------------------------------------------
     def exempt(self) -> list[ExemptEntry]:
         rows = self.db.execute("SELECT prefix, added_at FROM exempt")
-        return [ExemptEntry(*r) for r in rows]
+        return [ExemptEntry(prefix, restamp(added)) for prefix, added in rows]
 
     def add_exempt(self, prefixes: Iterable[str]) -> None:
         stamp = now()

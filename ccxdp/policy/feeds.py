@@ -33,6 +33,7 @@ from ccxdp.datapath.bulk import (
     unique_agreeing,
 )
 from ccxdp.datapath.bulk import line_hashes as line_hashes_of
+from ccxdp.datapath.hashing import HashKey
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
 from ccxdp.policy import formats
@@ -120,7 +121,7 @@ class Hashed:
     names: dict[int, str]
 
 
-def hash_feed(entries: list[FeedEntry], action: str, category_id: int, dp: Datapath,
+def hash_feed(entries: list[FeedEntry], action: str, category_id: int, key: HashKey,
               catalog: Catalog) -> Hashed:
     """Hash a file's entries and give each its listing value. Entries that are alike share
     one value computed once, so a million names cost a few array operations, not a million
@@ -134,7 +135,7 @@ def hash_feed(entries: list[FeedEntry], action: str, category_id: int, dp: Datap
         values = array("Q", list(looks.values())) * len(entries)
     else:
         values = array("Q", map(looks.__getitem__, map(attrs, entries)))
-    hashes, names = hash_entries(all_names, dp.hash_key())
+    hashes, names = hash_entries(all_names, key)
     return Hashed(hashes, values, names)
 
 
@@ -220,7 +221,8 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     if not path.is_file():
         raise FeedError(f"feed {source.name!r}: {path}: no such file; nothing was changed")
     data = path.read_bytes()
-    options = _options(source, dp)
+    key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
+    options = _options(source, key)
     digest = hashlib.sha256(options.encode() + data).hexdigest()
     result = ImportResult(source.name, str(path), source.format or "auto")
     if not force and digest == source.digest:
@@ -229,7 +231,7 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         result.seconds = time.perf_counter() - started
         return result
     _step(progress, f"reading {path.name}")
-    by_lines = None if force else _sync_by_lines(dp, catalog, source, path, data, options,
+    by_lines = None if force else _sync_by_lines(key, catalog, source, path, data, options,
                                                  result)
     if by_lines is not None:
         listings, names, snapshot = by_lines
@@ -237,10 +239,10 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         parsed = parse(path, source.format or "auto", source.column, source.skip_invalid)
         _fill(result, parsed)
         _step(progress, f"hashing {len(parsed.entries):,} names")
-        hashed = hash_feed(parsed.entries, source.action or "default", source.category, dp,
+        hashed = hash_feed(parsed.entries, source.action or "default", source.category, key,
                            catalog)
         listings, names = listings_of(hashed), hashed.names
-        snapshot = _line_snapshot(parsed, hashed, data, dp)
+        snapshot = _line_snapshot(parsed, hashed, data, key)
     _step(progress, "writing the catalog and the kernel table")
     with catalog.transaction():
         result.applied = apply(dp, catalog, {(source.id, k): v for k, v in listings.items()},
@@ -268,17 +270,17 @@ def _lines_stand_alone(fmt: str, data: bytes) -> bool:
     return fmt in LINE_FORMATS and not (fmt == "plain" and b"*." in data)
 
 
-def _options(source: Source, dp: Datapath) -> str:
+def _options(source: Source, key: HashKey) -> str:
     return repr((source.format, source.column, source.action, source.category,
-                 source.skip_invalid, dp.hash_key().fingerprint))
+                 source.skip_invalid, key.fingerprint))
 
 
-def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, dp: Datapath
+def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, key: HashKey
                    ) -> tuple[array, array, array]:
     """(line hashes, name hashes, values) of the lines that gave exactly one entry."""
     if not _lines_stand_alone(parsed.format, data) or not parsed.entries:
         return array("Q"), array("Q"), array("Q")
-    line_hashes, _ = line_hashes_of(data, dp.hash_key())
+    line_hashes, _ = line_hashes_of(data, key)
     by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
     lines = array("Q", map(attrgetter("line"), parsed.entries))
     if parsed.format == "hosts" and len(set(lines)) != len(lines):
@@ -287,13 +289,13 @@ def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, dp: Datapath
     return keys, gather(hashed.hashes, order), gather(hashed.values, order)
 
 
-def _sync_by_lines(dp: Datapath, catalog: Catalog, source: Source, path: Path, data: bytes,
+def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, data: bytes,
                    options: str, result: ImportResult
                    ) -> tuple[dict[str, Listing], dict[int, str], tuple] | None:
     fmt, old_options, old_lines, old_names, old_values = catalog.line_snapshot(source.id)
     if not _lines_stand_alone(fmt or "", data) or old_options != options or not old_lines:
         return None
-    line_hashes, starts = line_hashes_of(data, dp.hash_key())
+    line_hashes, starts = line_hashes_of(data, key)
     hashes, first = unique(*sort_positions(line_hashes))
     at = join(old_lines, hashes)
     fresh_positions, matched, again = split_join(at, first, hashes)
@@ -314,7 +316,7 @@ def _sync_by_lines(dp: Datapath, catalog: Catalog, source: Source, path: Path, d
     bad = [dc_replace(b, path=str(path), line=number[b.line - 1]) for b in parsed.bad]
     if bad and not source.skip_invalid:
         _refuse_bad(ParsedFeed(str(path), fmt, entries, bad, parsed.skipped, 0))
-    hashed = hash_feed(entries, source.action or "default", source.category, dp, catalog)
+    hashed = hash_feed(entries, source.action or "default", source.category, key, catalog)
     found_names = gather(old_names, matched)
     found_values = gather(old_values, matched)
     all_hashes = found_names + hashed.hashes
@@ -388,7 +390,7 @@ def import_file(
     with catalog.transaction():
         category_id = catalog.category_id(category) if category else 0
         _step(progress, f"hashing {len(parsed.entries):,} names")
-        hashed = hash_feed(parsed.entries, action, category_id, dp, catalog)
+        hashed = hash_feed(parsed.entries, action, category_id, dp.hash_key(), catalog)
         listings, names = listings_of(hashed), hashed.names
         if not replace:
             for kind in KINDS:

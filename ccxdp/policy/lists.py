@@ -24,7 +24,7 @@ from ccxdp.datapath import bulk, shared
 from ccxdp.datapath.hashing import HashKey
 from ccxdp.datapath.loader import Datapath
 from ccxdp.datapath.nametable import NameTable
-from ccxdp.datapath.settings import ACTION_NAMES, BLOCK_ACTIONS
+from ccxdp.datapath.settings import parse_action
 from ccxdp.errors import CcxdpError
 from ccxdp.policy.catalog import (
     ALLOW,
@@ -69,11 +69,7 @@ class Applied:
 
 def canonical_action(action: str) -> str:
     """An action as the catalog stores it: "default", or the kernel's name for it."""
-    if action == "default":
-        return action
-    if action not in ACTION_NAMES:
-        raise CcxdpError(f"{action!r} is not an action ({', '.join(BLOCK_ACTIONS)})")
-    return shared.Action(ACTION_NAMES[action]).name.lower()  # "redirect" is "sinkhole"
+    return action if action == "default" else parse_action(action)
 
 
 # -- what the kernel holds -------------------------------------------------------------------
@@ -252,8 +248,8 @@ def add(
     if category is not None:
         category = normalize_category(category)
     normalized = list(dict.fromkeys(normalize(n) for n in names))
-    rehash_if_needed(dp, catalog)
     key = dp.hash_key()
+    rehash_if_needed(key, catalog)
     with catalog.transaction():
         category_id = catalog.category_id(category) if category else 0
         hashes, by_hash = hash_entries(normalized, key)
@@ -279,8 +275,8 @@ def _change(name, kind, match, action, category, status) -> Change:
 def remove(dp: Datapath, catalog: Catalog, names: Sequence[str], kind: str = BLOCK) -> list[Change]:
     """Unlist names of one kind from the manual source. A name a feed lists stays listed."""
     normalized = list(dict.fromkeys(normalize(n) for n in names))
-    rehash_if_needed(dp, catalog)
     key = dp.hash_key()
+    rehash_if_needed(key, catalog)
     categories = catalog.categories()
     with catalog.transaction():
         hashes, _ = hash_entries(normalized, key)
@@ -312,11 +308,10 @@ def sources_of(catalog: Catalog, kind: str = BLOCK) -> dict[int, list[tuple[str,
 
 
 # -- keeping the kernel in line ---------------------------------------------------------------
-def rehash_if_needed(dp: Datapath, catalog: Catalog) -> None:
+def rehash_if_needed(key: HashKey, catalog: Catalog) -> None:
     """Make the catalog's stored hashes those of the installation's key. They differ only
     when the key was adopted from pins made elsewhere (the state folder was lost or moved);
     then every name is hashed again, once."""
-    key = dp.hash_key()
     if catalog.meta("key") == key.fingerprint:
         return
     with catalog.transaction():
@@ -341,7 +336,7 @@ def reconcile(dp: Datapath, catalog: Catalog) -> int:
     """Make the kernel's live list exactly what the listings say; returns the names it
     holds. Run at every attach: it brings back the entries of purged pins and mends whatever
     a crash between catalog and kernel left."""
-    rehash_if_needed(dp, catalog)
+    rehash_if_needed(dp.hash_key(), catalog)
     listings = catalog.listings()
     hashes, values = kernel_list(effective(listings, BLOCK), effective(listings, ALLOW))
     with NameTable(dp) as table:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
+import re
 import sqlite3
 from dataclasses import dataclass
 
@@ -582,10 +583,8 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
         assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
-            ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3,
-             "2026-11-02T00:00:00+00:00"),
-            ("block", "evil.test", (1 << 64) - 5, "subtree", "drop", 0,
-             "2026-11-01T00:00:00+00:00"),
+            ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3, "2026-11-02T00:00:00Z"),
+            ("block", "evil.test", (1 << 64) - 5, "subtree", "drop", 0, "2026-11-01T00:00:00Z"),
         ]
         # They become the manual source's listing, which the kernel list is made from.
         manual = c.listing(1, "block")
@@ -627,9 +626,9 @@ def test_a_version_1_catalog_is_listed_and_attached_with_its_rows(ccxdp, bare_ne
     ])
     assert ccxdp.json("block", "list") == [
         {"name": "old.test", "match": "subtree", "action": "drop", "category": None,
-         "added_at": "2026-11-01T00:00:00+00:00"},
+         "added_at": "2026-11-01T00:00:00Z"},  # stored as +00:00, shown in the one form
         {"name": "older.test", "match": "exact", "action": "drop", "category": None,
-         "added_at": "2026-11-02T00:00:00+00:00"},
+         "added_at": "2026-11-02T00:00:00Z"},
     ]
     p = Policy(ccxdp, bare_netns)
     p.attach()  # the key is new: the rows are hashed again, and written as drop entries
@@ -770,3 +769,23 @@ def test_a_full_trie_changes_nothing(small_trie):
     assert _open_gate(dp) == gate
     with Catalog(dp.catalog_path) as catalog:
         assert sorted(e.prefix for e in catalog.exempt()) == sorted(first)
+
+
+UTC_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.mark.root
+def test_every_time_in_the_catalogs_json_is_utc_with_a_z(ccxdp, tmp_path):
+    """One time format across every command (docs/: ISO 8601, UTC, a Z), also for rows an
+    older catalog stored with +00:00."""
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    ccxdp.run("block", "add", "c2.test")
+    ccxdp.run("exempt", "add", "198.18.7.0/24")
+    ccxdp.run("feed", "add", "cc", str(feed))
+    times = [e["added_at"] for e in ccxdp.json("block", "list")]
+    times += [e["added_at"] for e in ccxdp.json("exempt", "list")]
+    times += [f[k] for f in ccxdp.json("feed", "list") for k in ("added_at", "synced_at")]
+    assert len(times) == 5
+    for t in times:
+        assert UTC_SECONDS.fullmatch(t), t

@@ -85,9 +85,9 @@ def test_attachments_entries_and_changes():
     assert "program loaded; 1,500,000 names in the kernel map" in out
     assert row(out, "eth0", "-", "native", "17")
     assert row(out, "veth1", "res", "detached", "-")
-    added = "2026-11-27T19:05:01+00:00"
+    added = "2026-11-27T19:05:01Z"
     out = text(render_entries([CatalogEntry("evil.test", 1, "subtree", added_at=added)]))
-    assert row(out, "evil.test", "subtree", "drop", "-", "2026-11-27T19:05:01+00:00")
+    assert row(out, "evil.test", "subtree", "drop", "-", "2026-11-27T19:05:01Z")
     out = text(render_changes([Change("a.test", "added", "exact"), Change("b.test", "not listed")]))
     assert row(out, "a.test", "exact", "added")
     assert row(out, "b.test", "-", "not listed")
@@ -100,7 +100,7 @@ def test_stats_table_names_categories_it_knows():
 
 
 def test_block_and_allow_entries_and_their_changes():
-    added = "2026-11-27T19:05:01+00:00"
+    added = "2026-11-27T19:05:01Z"
     entries = [CatalogEntry("evil.test", 1, "subtree", "nxdomain", 2, added),
                CatalogEntry("plain.test", 2, "exact", "default", 0, added)]
     out = text(render_entries(entries, {2: "emotet"}))
@@ -119,9 +119,9 @@ def test_block_and_allow_entries_and_their_changes():
 
 
 def test_exempt_prefixes_and_settings():
-    out = text(render_exempt([ExemptEntry("198.18.7.0/24", "2026-11-27T19:05:01+00:00")]))
+    out = text(render_exempt([ExemptEntry("198.18.7.0/24", "2026-11-27T19:05:01Z")]))
     assert "exempt source prefixes (1)" in out
-    assert row(out, "198.18.7.0/24", "2026-11-27T19:05:01+00:00")
+    assert row(out, "198.18.7.0/24", "2026-11-27T19:05:01Z")
     out = text(render_prefix_changes([PrefixChange("fd00:7::/64", "added")]))
     assert row(out, "fd00:7::/64", "added")
     settings = Settings(default_action="sinkhole", sinkhole_v4="198.18.0.53")

@@ -18,7 +18,8 @@ import pytest
 
 from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.libbpf import MapType
-from ccxdp.datapath.loader import Datapath, Limits, bpf_dir
+from ccxdp.datapath.loader import Datapath, Limits
+from ccxdp.datapath.shared import bpf_dir
 from tests.conftest import make_pin_dir, remove_pins
 
 SHARED_H = bpf_dir() / "ccxdp_shared.h"
@@ -163,7 +164,7 @@ def test_nh_key_words_match_header():
 def ct_sizeof_hash_key() -> int:
     import ctypes
 
-    return ctypes.sizeof(shared.HashKey)
+    return ctypes.sizeof(shared.HashKeyLayout)
 
 
 def test_entry_flags_match_header():

@@ -33,7 +33,7 @@ from ccxdp.datapath.hashing import name_hash
 from ccxdp.datapath.loader import Datapath, Limits
 from ccxdp.hits import collector
 from ccxdp.hits.collector import CollectError, Collector, collect
-from ccxdp.hits.stats import read_stats
+from ccxdp.hits.stats import hit_clock_offset_ns, read_stats
 from ccxdp.hits.store import (
     COUNTER_BUFFER_AT,
     COUNTER_CATEGORY_AT,
@@ -439,7 +439,7 @@ def test_a_counter_across_an_hour_is_split_by_the_rule(traffic, store):
     """A kernel counter whose first and last hit straddle an hour (times written into the
     map as the program writes them) becomes the rule's two rows."""
     dp, _t = traffic
-    offset = collector.hit_clock_offset_ns()
+    offset = hit_clock_offset_ns()
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     boundary_us = (now + offset) // 1000 // HOUR_US * HOUR_US  # this hour's start
     if boundary_us * 1000 - offset - 2_000_000_000 < 0:

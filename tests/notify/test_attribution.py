@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ccxdp.inputs import InputError
 from ccxdp.notify import attribution
-from ccxdp.notify.attribution import InputError, Session, Sessions, id_text, parse_time
+from ccxdp.notify.attribution import Session, Sessions, id_text, parse_time
 
 
 def us(text: str) -> int:

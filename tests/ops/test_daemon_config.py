@@ -72,6 +72,14 @@ BAD = [
      "feeds[0].path", "no such file"),
     ("feed-bad-name", IFACE + '[[feeds]]\nname = "bad name"\npath = "FEED"\n',
      "feeds[0].name", "letters, digits"),
+    # The catalog's rule for category names (1-63 characters): a 64-character one used to
+    # pass --check and then fail at every sync.
+    ("feed-category-too-long", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\ncategory = "'
+     + "c" * 64 + '"\n', "feeds[0].category", "1-63 letters"),
+    ("feed-category-bad-start", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\n'
+     'category = "-emotet"\n', "feeds[0].category", "starting with a letter or digit"),
+    ("feed-name-too-long", IFACE + '[[feeds]]\nname = "' + "f" * 64 + '"\npath = "FEED"\n',
+     "feeds[0].name", "1-63 letters"),
     ("feed-twice", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\n'
      '[[feeds]]\nname = "cc"\npath = "FEED"\n', "feeds[1].name", "listed twice"),
     ("feed-bad-refresh", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\nrefresh = 0\n',
@@ -165,3 +173,19 @@ def test_check_passes_a_good_config_and_attaches_nothing(ccxdp, tmp_path):
     assert cp.stdout == f"{path}: ok (1 interfaces, 1 feeds)\n"
     assert not ccxdp.pin_dir.exists()
     assert not (ccxdp.state_dir / "catalog.db").exists()
+
+
+@pytest.mark.root
+def test_a_category_check_passes_is_one_the_catalog_takes(ccxdp, tmp_path):
+    """The longest category --check passes syncs: the daemon's config and the catalog apply
+    one rule."""
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    category = "c" * 63
+    path = tmp_path / "good.toml"
+    path.write_text(IFACE + f'[[feeds]]\nname = "cc"\npath = "{feed}"\n'
+                    f'category = "{category.upper()}"\n')
+    assert load_config(path).feeds[0].category == category
+    ccxdp.run("run", "--config", str(path), "--check")
+    ccxdp.run("feed", "add", "cc", str(feed), "--category", category.upper())
+    assert ccxdp.json("feed", "list")[0]["category"] == category

@@ -1,0 +1,38 @@
+"""The context every command gets: where the pins and the state folder are, and the
+datapath and catalog opened on first use, so that ``--help`` and commands that never touch
+the kernel never start clang."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ccxdp.datapath.loader import Datapath, check_root
+from ccxdp.policy.catalog import Catalog
+
+
+@dataclass
+class App:
+    pin_dir: Path
+    state_dir: Path
+    _datapath: Datapath | None = field(default=None, repr=False)
+    _catalog: Catalog | None = field(default=None, repr=False)
+
+    def datapath(self) -> Datapath:
+        """The datapath, locked until the command ends."""
+        if self._datapath is None:
+            check_root()
+            ctx = click.get_current_context()
+            self._datapath = ctx.with_resource(Datapath(self.pin_dir, self.state_dir))
+        return self._datapath
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            ctx = click.get_current_context()
+            self._catalog = ctx.with_resource(Catalog(self.datapath().catalog_path))
+        return self._catalog
+
+
+pass_app = click.make_pass_decorator(App)
