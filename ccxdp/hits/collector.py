@@ -195,12 +195,14 @@ class Collector:
     not there). The caller holds the datapath's lock (``with Datapath(...) as dp``) for as long
     as it uses this. ``categories``: the catalog's names of category ids."""
 
-    def __init__(self, dp: Datapath, categories: Mapping[int, str] | None = None):
+    def __init__(self, dp: Datapath, categories: Mapping[int, str] | None = None,
+                 feeds: Mapping[int, list[str]] | None = None):
         if not dp.locked:
             raise CollectError("collect needs the datapath's lock: open it with 'with dp:'")
         self.store: Store | None = None
         self._offset_ns = 0
         self.category_names = dict(categories or {})
+        self.category_feeds = dict(feeds or {})
         self._maps = []
         try:
             for name in (shared.MAP_SOURCES, shared.MAP_SOURCE_EPOCH, shared.MAP_STATS):
@@ -269,7 +271,9 @@ class Collector:
     def _commit(self, drained: _Drained, checkpoint: dict[str, int | None]) -> int:
         """Stage the buffer's counters with the checkpoint, in one transaction."""
         names = {c: self.category_names[c] for c in drained.categories if c in self.category_names}
-        return self.store.stage_counters(drained.batches, self._offset_ns, checkpoint, names)
+        feeds = {c: self.category_feeds[c] for c in drained.categories if c in self.category_feeds}
+        return self.store.stage_counters(drained.batches, self._offset_ns, checkpoint, names,
+                                         feeds)
 
     # -- one collection ---------------------------------------------------------------------
     def collect(self, store: Store, fold: bool = True) -> CollectResult:
@@ -338,11 +342,12 @@ class Collector:
         return result.with_fold(self.store.fold()) if fold else result
 
 
-def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = None
-            ) -> CollectResult:
+def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = None,
+            feeds: Mapping[int, list[str]] | None = None) -> CollectResult:
     """One collection of the datapath's per-source counters into ``store``; the caller holds
-    the datapath's lock. ``categories``: the catalog's names of category ids."""
-    with Collector(dp, categories) as collector:
+    the datapath's lock. ``categories``: the catalog's names of category ids; ``feeds``:
+    its feeds per category id (Catalog.feeds_by_category)."""
+    with Collector(dp, categories, feeds) as collector:
         return collector.collect(store)
 
 
@@ -354,8 +359,8 @@ def collect_then_fold(dp: Datapath, store_file: Path) -> CollectResult:
     the maps are known to be there: a failed collection leaves no empty store behind."""
     with dp:
         with Catalog(dp.catalog_path) as catalog:
-            categories = catalog.categories()
-        with Collector(dp, categories) as collector, Store(store_file) as store:
+            categories, feeds = catalog.categories(), catalog.feeds_by_category()
+        with Collector(dp, categories, feeds) as collector, Store(store_file) as store:
             result = collector.collect(store, fold=False)
     with Store(store_file) as store:
         return result.with_fold(store.fold())

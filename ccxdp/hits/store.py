@@ -41,7 +41,7 @@ from ccxdp.errors import CcxdpError
 from ccxdp.utc import utc_text
 
 RECORDS_DB = "records.db"  # in the state folder, beside the catalog
-SCHEMA_VERSION = 2  # 2: the staged table
+SCHEMA_VERSION = 3  # 2: the staged table; 3: the feeds of staged counters
 HOUR = 3600
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 
@@ -59,6 +59,10 @@ _SCHEMA_2 = [
         counters  BLOB NOT NULL          -- n x COUNTER_VALUE, in the same order
     )""",
 ]
+# Schema 3: the evidence for each staged batch, taken from the catalog at that collection:
+# {category id: [feeds whose block entries carry that category]}, JSON. Folding writes it
+# into hit_feeds, for the records' feeds field.
+_SCHEMA_3 = ["ALTER TABLE staged ADD COLUMN feeds TEXT"]
 
 # Keys start with the hour: a month is one key range, and a collection, whose rows share an
 # hour or two, writes into one region of the tree. No secondary index to keep up.
@@ -123,6 +127,7 @@ _SCHEMA = [
         value TEXT NOT NULL             -- an integer, as text: any width survives
     ) WITHOUT ROWID""",
     *_SCHEMA_2,
+    *_SCHEMA_3,
 ]
 
 
@@ -384,8 +389,8 @@ class Store:
             if version == 0:
                 for statement in _SCHEMA:
                     self.db.execute(statement)
-            elif version == 1:
-                for statement in _SCHEMA_2:
+            elif version < SCHEMA_VERSION:
+                for statement in (_SCHEMA_2 if version < 2 else []) + _SCHEMA_3:
                     self.db.execute(statement)
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -449,13 +454,18 @@ class Store:
         offset_ns: int,
         checkpoint: Mapping[str, int | None] | None = None,
         categories: Mapping[int, str] | None = None,
+        feeds: Mapping[int, Sequence[str]] | None = None,
     ) -> int:
         """The collector's fast path: stage kernel counters as read, ``(keys, counters)``
         byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the hit-clock offset of
         this collection, and update the checkpoint, in one transaction (both or neither).
-        Nothing is decoded or merged here: ``fold`` does it, and every reader of hits folds
-        first. Returns the number of counters staged."""
+        ``feeds``: the catalog's feeds per category id at this collection, which the fold
+        records as the evidence of each row. Nothing is decoded or merged here: ``fold``
+        does it, and every reader of hits folds first. Returns the number of counters
+        staged."""
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
+        evidence = json.dumps({str(c): sorted(f) for c, f in sorted((feeds or {}).items())
+                               if f}) if feeds else None  # fmt: skip
         staged, total = [], 0
         for keys, counters in batches:
             n, rest = divmod(len(keys), COUNTER_KEY.size)
@@ -465,11 +475,12 @@ class Store:
                     f"bytes are not n x {COUNTER_KEY.size} and n x {COUNTER_VALUE.size}"
                 )
             if n:
-                staged.append((offset_ns, keys, counters))
+                staged.append((offset_ns, keys, counters, evidence))
                 total += n
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)", staged
+                "INSERT INTO staged (offset_ns, keys, counters, feeds) VALUES (?, ?, ?, ?)",
+                staged,
             )
             self._upsert([], dict(categories or {}), [], cp)
         return total
@@ -499,11 +510,11 @@ class Store:
         try:
             with self.transaction():
                 last = None
-                for id_, offset_ns, keys, values in self.db.execute(
-                    "SELECT id, offset_ns, keys, counters FROM staged ORDER BY id"
+                for id_, offset_ns, keys, values, evidence in self.db.execute(
+                    "SELECT id, offset_ns, keys, counters, feeds FROM staged ORDER BY id"
                 ).fetchall():
                     batch = counter_rows(keys, values, offset_ns, texts)
-                    self._upsert(batch, {}, [], None)
+                    self._upsert(batch, {}, _feed_rows(batch, evidence), None)
                     addresses.update([r[1] for r in batch])
                     batches += 1
                     counters += len(keys) // COUNTER_KEY.size
@@ -713,15 +724,6 @@ class Store:
                 (line, period, message_id),
             )
 
-    def reclaim(self, line: str, period: str, message_id: str, record: dict) -> None:
-        """A pending claim taken over by a new attempt (--resend-unconfirmed)."""
-        with self.transaction():
-            self.db.execute(
-                "UPDATE notifications SET message_id=?, record=?, claimed_at=? "
-                "WHERE line=? AND period=? AND state='pending'",
-                (message_id, json.dumps(record, sort_keys=True), now_iso(), line, period),
-            )
-
     # -- retention --------------------------------------------------------------------------
     def expire(self, older_than: datetime, attributed_only: bool = True) -> int:
         """Delete raw rows whose hour ended before ``older_than``. Attributed rows are folded
@@ -760,6 +762,15 @@ class Store:
 _NOTIFICATION = (
     "line, period, state, channel, recipient, message_id, record, claimed_at, sent_at"
 )
+
+
+def _feed_rows(batch: list, evidence: str | None) -> list[tuple[int, str, int, str]]:
+    """hit_feeds rows for folded rows (hour, address, category, ...): each row's category's
+    feeds, as the collection that staged it found them in the catalog."""
+    if not evidence:
+        return []
+    by_category = {int(c): f for c, f in json.loads(evidence).items()}
+    return [(r[0], r[1], r[2], feed) for r in batch for feed in by_category.get(r[2], ())]
 
 
 def _notification(row: tuple) -> Notification:

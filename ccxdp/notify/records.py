@@ -31,7 +31,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Group
@@ -507,8 +507,3 @@ def render_report(rep: dict) -> Group:
     table.add_row("all", f"{rep['lines_seen']:,}", f"{rep['lines_notified']:,}",
                   f"{rep['hits']:,}")
     return Group(table, f"{rep['unattributed_addresses']:,} addresses with hits had no line")
-
-
-def period_of(t: datetime) -> str:
-    t = t.astimezone(UTC)
-    return f"{t.year:04d}-{t.month:02d}"

@@ -502,6 +502,18 @@ class Catalog:
         self._set_arrays(source_id, line_hashes=lines, line_names=names, line_values=values)
 
     # -- categories ------------------------------------------------------------------------
+    def feeds_by_category(self) -> dict[int, list[str]]:
+        """{category id: the feeds whose block entries carry it}, feeds in precedence order:
+        the evidence a collection records with the hits of each category."""
+        out: dict[int, list[str]] = {}
+        for source in self.sources():
+            if not source.is_feed:
+                continue
+            values = set(self.listing(source.id, BLOCK).values)
+            for category in sorted({unpack(v)[2] for v in values}):
+                out.setdefault(category, []).append(source.name)
+        return out
+
     def categories(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, name FROM categories ORDER BY id"))
 

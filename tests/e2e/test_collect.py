@@ -70,3 +70,36 @@ def test_collect_stores_each_query_per_address_and_category(ccxdp, lab):
     assert hits == {(a, "emotet"): 2, (a, "qakbot"): 1, (b, "qakbot"): 3, (b, "watch"): 2,
                     (a6, "emotet"): 2, (b, "emotet"): 1}
     assert ccxdp.json("collect")["hits"] == 0
+
+
+def test_records_name_the_feeds_whose_entries_the_lines_hits_matched(ccxdp, lab, tmp_path):
+    """The records' feeds field is the evidence an operator needs for a complaint: the feeds
+    whose block entries carry the category of a line's hits, as the catalog had them when
+    the hits were collected. Entries added by hand are no feed."""
+    a, b = lab.cli_v4_addrs[:2]
+    feeds = {"abuse": ("evil.test\n", "emotet"), "local": ("evil.test\nc2.test\n", "emotet"),
+             "other": ("qak.test\n", "qakbot")}
+    ccxdp.json("attach", lab.res_if, *lab.res_netns_opt)
+    for name, (text, category) in feeds.items():
+        (tmp_path / f"{name}.txt").write_text(text)
+        ccxdp.run("feed", "add", name, str(tmp_path / f"{name}.txt"), "--category", category)
+    ccxdp.run("block", "add", "man.test", "--category", "by-hand")
+    assert lab.dig("evil.test", source=a).timed_out
+    assert lab.dig("man.test", source=a).timed_out
+    assert lab.dig("qak.test", source=b).timed_out
+    assert ccxdp.json("collect")["hits"] == 3
+    _hits, rows = stored(ccxdp)
+    # The period the hits fell in, from the store itself: no dependence on today's date.
+    period = datetime.fromtimestamp(rows[0].hour, UTC).strftime("%Y-%m")
+    sessions = tmp_path / "sessions.csv"
+    sessions.write_text(f"L-1,{a},2000-01-01T00:00:00Z,\nL-2,{b},2000-01-01T00:00:00Z,\n")
+    subscribers = tmp_path / "subscribers.csv"
+    subscribers.write_text("L-1,l1@isp.example,en\nL-2,l2@isp.example,en\n")
+    ccxdp.run("notify", "--period", period, "--sessions", str(sessions), "--min-days", "1",
+              "--subscribers", str(subscribers), "--from", "noc@isp.example",
+              "--out", str(tmp_path / "outbox"))
+    records = ccxdp.json("records", "--period", period)["records"]
+    assert [(r["line"], r["categories"], r["feeds"]) for r in records] == [
+        ("L-1", {"by-hand": 1, "emotet": 1}, ["abuse", "local"]),
+        ("L-2", {"qakbot": 1}, ["other"]),
+    ]

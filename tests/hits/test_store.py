@@ -396,8 +396,27 @@ def test_a_schema_1_store_gains_the_staged_table(tmp_path):
         store.db.execute("DROP TABLE staged")
         store.db.execute("PRAGMA user_version=1")
     with Store(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT)
+        assert store.total_hits() == 6
+
+
+def test_a_schema_2_store_gains_the_feeds_of_staged_counters(tmp_path):
+    """A counter staged before the upgrade folds without feeds; one staged after, with the
+    feeds the collection gave for its category."""
+    path = tmp_path / "records.db"
+    with Store(path) as store:
+        store.db.execute("ALTER TABLE staged DROP COLUMN feeds")
+        store.db.execute("PRAGMA user_version=2")
+        store.db.execute("INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)",
+                         (BOOT, *counters(("198.18.0.2", 1, 2, H_US, H_US))))
+    with Store(path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT,
+                             feeds={1: ["local", "abuse"], 2: ["other"]})
+        hour = H_US // 1_000_000 // 3600 * 3600
+        assert store.feeds_of("198.18.0.2", 1, hour) == []
+        assert store.feeds_of("198.18.0.3", 1, hour) == ["abuse", "local"]
         assert store.total_hits() == 6
 
 
