@@ -112,7 +112,7 @@ def main() -> None:
             fd = dp.load(Limits(max_names=65536, max_sources=max(args.sources, 1 << 20)))
             libbpf.close(fd)
             print(f"loaded the program in {time.perf_counter() - t:.1f} s")
-            store = Store(state / "records.db")
+            store = Store(state / "hits.db")
             phases = Phases()
             for n in range(args.rounds):
                 t = time.perf_counter()
@@ -131,7 +131,7 @@ def main() -> None:
                 folded = store.fold()
                 assert folded.hits == hits and folded.counters == args.sources, folded
                 assert store.total_hits() == before + hits
-                size = sum(p.stat().st_size for p in state.glob("records.db*"))
+                size = sum(p.stat().st_size for p in state.glob("hits.db*"))
                 print(f"folded {folded.counters:,} counters into {folded.rows:,} rows of "
                       f"{folded.sources:,} addresses in {folded.seconds:.2f} s (off the "
                       f"collection path); store {size / 1e6:.0f} MB")

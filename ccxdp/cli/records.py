@@ -1,6 +1,6 @@
 """notify / records / report: from the hits store to notification records and e-mails.
 
-These commands read and write the store (``records.db`` in the state folder) only: they
+These commands read and write the store (``hits.db`` in the state folder) only: they
 never touch the kernel, so they need no loaded program and no root beyond the right to read
 the state folder.
 """

@@ -2,8 +2,8 @@
 /*
  * Bulk work of the control plane on a million names, in C: hashing (with the XDP program's
  * own arithmetic, bpf/name_hash.h), sorting, merging and diffing sorted hash arrays, and
- * building the name table's ranges. Python calls it through ctypes (ccxdp/native.py) and keeps
- * a pure-Python version of each function that the tests hold equal to this one.
+ * building the name table's ranges. Python calls it through ctypes (ccxdp/datapath/bulk.py)
+ * and keeps a pure-Python version of each function that the tests hold equal to this one.
  *
  * Arrays are caller-owned; nothing here keeps state or allocates beyond a sort's scratch.
  */

@@ -1,4 +1,4 @@
-"""The native bulk helper (native.c): hashing, sorting, merging and diffing a million names.
+"""The bulk helper in C (bulk.c): hashing, sorting, merging and diffing a million names.
 
 It is compiled on first use with the system's C compiler into a cache folder, keyed by the
 hash of its sources, the way bcc compiles the XDP program at load time. Each function has a
@@ -33,14 +33,14 @@ _lib: ct.CDLL | None = None
 _tried = False
 
 
-class NativeError(CcxdpError):
+class BulkError(CcxdpError):
     pass
 
 
 def _build() -> Path | None:
     sources = [_SOURCE, shared.bpf_dir() / "name_hash.h"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    target = CACHE_DIR / f"ccxdp_native-{digest}.so"
+    target = CACHE_DIR / f"ccxdp_bulk-{digest}.so"
     if target.exists():
         return target
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -116,25 +116,25 @@ def _check_pair(h: array, v: array) -> None:
 
 
 # -- the functions, each with its pure-Python twin -------------------------------------------
-def hash_names(names: Sequence[str], key: HashKey, *, native: bool = True) -> array:
+def hash_names(names: Sequence[str], key: HashKey, *, use_c: bool = True) -> array:
     """The kernel key of each normalized name, in order."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         return array("Q", (name_hash(n, key) for n in names))
     text = "\n".join(names).encode("ascii")
     out = array("Q", bytes(8 * len(names)))
     got = so.ccxdp_hash_names(text, len(text), key.to_bytes(), _ptr(out), len(names))
     if got < 0:
-        raise NativeError(f"not a valid normalized name: {names[-got - 1]!r}")
+        raise BulkError(f"not a valid normalized name: {names[-got - 1]!r}")
     if got != len(names):  # an empty last name ends the text early
-        raise NativeError(f"not a valid normalized name: {names[got]!r}")
+        raise BulkError(f"not a valid normalized name: {names[got]!r}")
     return out
 
 
-def sort_pairs(h: array, v: array, *, native: bool = True) -> tuple[array, array]:
+def sort_pairs(h: array, v: array, *, use_c: bool = True) -> tuple[array, array]:
     """Both arrays ordered by hash (a new pair of arrays)."""
     _check_pair(h, v)
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         order = sorted(range(len(h)), key=h.__getitem__)
         return array("Q", (h[i] for i in order)), array("Q", (v[i] for i in order))
@@ -144,22 +144,22 @@ def sort_pairs(h: array, v: array, *, native: bool = True) -> tuple[array, array
     return h, v
 
 
-def first_repeat(h: array, *, native: bool = True) -> int | None:
+def first_repeat(h: array, *, use_c: bool = True) -> int | None:
     """Position of the first hash equal to its predecessor in a sorted array, or None."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         return next((i for i in range(1, len(h)) if h[i] == h[i - 1]), None)
     at = so.ccxdp_first_repeat(_ptr(h), len(h))
     return None if at < 0 else at
 
 
-def build_ranges(h: array, bits: int, *, native: bool = True) -> tuple[array, int]:
+def build_ranges(h: array, bits: int, *, use_c: bool = True) -> tuple[array, int]:
     """(ranges, longest): ranges holds, for each value r of a hash's top ``bits`` bits, the
     first and one-past-last position of such hashes in the sorted array, as 32-bit pairs
     packed two to a 64-bit word; longest is the most hashes one range holds."""
     nranges = 1 << bits
     ranges = array("Q", bytes(8 * nranges))
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         longest, shift = 0, 64 - bits
         tops = [x >> shift for x in h]
@@ -175,12 +175,12 @@ def build_ranges(h: array, bits: int, *, native: bool = True) -> tuple[array, in
 
 def merge(
     cur_h: array, cur_v: array, del_h: array, add_h: array, add_v: array,
-    *, native: bool = True,
+    *, use_c: bool = True,
 ) -> tuple[array, array]:
     """(cur without del_h) with (add_h, add_v) put in, all sorted; add wins over cur."""
     _check_pair(cur_h, cur_v)
     _check_pair(add_h, add_v)
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         gone = set(del_h)
         merged = {h: v for h, v in zip(cur_h, cur_v, strict=True) if h not in gone}
@@ -198,13 +198,13 @@ def merge(
 
 
 def diff(
-    old_h: array, old_v: array, new_h: array, new_v: array, *, native: bool = True
+    old_h: array, old_v: array, new_h: array, new_v: array, *, use_c: bool = True
 ) -> tuple[array, array, array]:
     """Positions (added in new, removed in old, changed in new) between two sorted
     listings."""
     _check_pair(old_h, old_v)
     _check_pair(new_h, new_v)
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         old = dict(zip(old_h, old_v, strict=True))
         new = dict(zip(new_h, new_v, strict=True))
@@ -224,10 +224,10 @@ def diff(
     return added, removed, changed
 
 
-def bloom_words(h: array, log2: int, *, native: bool = True) -> array:
+def bloom_words(h: array, log2: int, *, use_c: bool = True) -> array:
     """The bloom filter's words (bpf/maps.h) holding exactly these hashes."""
     words = array("Q", bytes(8 << log2))
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         shift = 64 - log2
         for x in h:
@@ -237,10 +237,10 @@ def bloom_words(h: array, log2: int, *, native: bool = True) -> array:
     return words
 
 
-def line_hashes(text: bytes, key: HashKey, *, native: bool = True) -> tuple[array, array]:
+def line_hashes(text: bytes, key: HashKey, *, use_c: bool = True) -> tuple[array, array]:
     """(hashes, start offsets) of the lines of text, a keyed hash per line ('\r\n' and
     '\n' end lines alike; ASCII case is folded, as in names)."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         from ccxdp.datapath.hashing import _mix, _nh_sums
 
@@ -267,10 +267,10 @@ def line_hashes(text: bytes, key: HashKey, *, native: bool = True) -> tuple[arra
 NOT_FOUND = (1 << 64) - 1
 
 
-def unique(h: array, v: array, *, native: bool = True) -> tuple[array, array]:
+def unique(h: array, v: array, *, use_c: bool = True) -> tuple[array, array]:
     """The first of each run of equal hashes of a sorted array, with its value."""
     _check_pair(h, v)
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         keep = [i for i in range(len(h)) if i == 0 or h[i] != h[i - 1]]
         return array("Q", (h[i] for i in keep)), array("Q", (v[i] for i in keep))
@@ -280,14 +280,14 @@ def unique(h: array, v: array, *, native: bool = True) -> tuple[array, array]:
     return h, v
 
 
-def unique_agreeing(h: array, v: array, *, native: bool = True) -> tuple[array, array] | None:
+def unique_agreeing(h: array, v: array, *, use_c: bool = True) -> tuple[array, array] | None:
     """unique(), or None when a repeated hash carries another value than its first."""
     _check_pair(h, v)
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         if any(h[i] == h[i - 1] and v[i] != v[i - 1] for i in range(1, len(h))):
             return None
-        return unique(h, v, native=False)
+        return unique(h, v, use_c=False)
     h, v = array("Q", h), array("Q", v)
     n = so.ccxdp_unique_agreeing(_ptr(h), _ptr(v), len(h))
     if n < 0:
@@ -296,10 +296,10 @@ def unique_agreeing(h: array, v: array, *, native: bool = True) -> tuple[array, 
     return h, v
 
 
-def join(old: array, new: array, *, native: bool = True) -> array:
+def join(old: array, new: array, *, use_c: bool = True) -> array:
     """For each hash of ``new`` (sorted, unique): its position in ``old`` (sorted, unique),
     or NOT_FOUND."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         at = {h: i for i, h in enumerate(old)}
         return array("Q", (at.get(h, NOT_FOUND) for h in new))
@@ -308,9 +308,9 @@ def join(old: array, new: array, *, native: bool = True) -> array:
     return out
 
 
-def gather(src: array, idx: array, *, native: bool = True) -> array:
+def gather(src: array, idx: array, *, use_c: bool = True) -> array:
     """src[i] for each i of idx."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         return array("Q", (src[i] for i in idx))
     out = array("Q", bytes(8 * len(idx)))
@@ -319,22 +319,22 @@ def gather(src: array, idx: array, *, native: bool = True) -> array:
     return out
 
 
-def sort_positions(h: array, *, native: bool = True) -> tuple[array, array]:
+def sort_positions(h: array, *, use_c: bool = True) -> tuple[array, array]:
     """(h sorted, each one's position in h)."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
-        return sort_pairs(h, array("Q", range(len(h))), native=False)
+        return sort_pairs(h, array("Q", range(len(h))), use_c=False)
     h, pos = array("Q", h), array("Q", bytes(8 * len(h)))
     if so.ccxdp_sort_positions(_ptr(h), _ptr(pos), len(h)) != 0:
         raise MemoryError("sorting hashes")
     return h, pos
 
 
-def split_join(at: array, first: array, keys: array, *, native: bool = True
+def split_join(at: array, first: array, keys: array, *, use_c: bool = True
                ) -> tuple[array, array, array]:
     """From join()'s result: (first[j] where at[j] is NOT_FOUND, the other at[j], and their
     keys[j])."""
-    so = lib() if native else None
+    so = lib() if use_c else None
     if so is None:
         fresh = array("Q", (f for a, f in zip(at, first, strict=True) if a == NOT_FOUND))
         found = array("Q", (a for a in at if a != NOT_FOUND))

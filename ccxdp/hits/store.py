@@ -1,5 +1,5 @@
 """The hits store: blocked queries per source address, category and hour, in its own SQLite
-file (``records.db`` in the state folder), and what attribution and notification need.
+file (``hits.db`` in the state folder), and what attribution and notification need.
 
 Rows come from the collector, which reads the kernel's per-source counters and calls
 ``Store.stage_counters(batches, checkpoint)``: the counters, as the kernel's bytes, and the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sqlite3
 import struct
 import time
@@ -40,7 +41,8 @@ from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
 from ccxdp.utc import utc_text
 
-RECORDS_DB = "records.db"  # in the state folder, beside the catalog
+HITS_DB = "hits.db"  # in the state folder, beside the catalog
+_OLD_HITS_DB = "records.db"  # its name until it was told apart from the records it feeds
 SCHEMA_VERSION = 3  # 2: the staged table; 3: the feeds of staged counters
 HOUR = 3600
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
@@ -797,7 +799,15 @@ def _checkpoint_rows(
 
 
 def store_path(state_dir: Path) -> Path:
-    return Path(state_dir) / RECORDS_DB
+    path = Path(state_dir) / HITS_DB
+    old = Path(state_dir) / _OLD_HITS_DB
+    if not path.exists() and old.exists():
+        # Renamed with its WAL and shared-memory files, so committed rows still in the WAL
+        # come along; a store is only renamed while nothing has it open (an upgrade).
+        for suffix in ("-wal", "-shm", ""):
+            if Path(f"{old}{suffix}").exists():
+                os.replace(f"{old}{suffix}", f"{path}{suffix}")
+    return path
 
 
 def open_store(path: Path) -> Store:

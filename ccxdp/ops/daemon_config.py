@@ -76,7 +76,7 @@ class Config:
     max_sources: int | None = None
     feeds: tuple[Feed, ...] = ()
     collect_interval: float = DEFAULT_COLLECT_INTERVAL  # 0: the daemon never collects
-    store: Path | None = None  # None: records.db in the state folder
+    store: Path | None = None  # None: hits.db in the state folder
     # Per-address hit rows older than this many days are expired after each collection:
     # attributed ones fold into per-line totals first. 0: kept until `ccxdp expire`.
     retention_days: float = 0.0

@@ -75,7 +75,7 @@ def _live_buffer(dp: Datapath) -> int:
     return (value.value if value is not None else 0) & 1
 
 
-class CcxdpCollector(Collector):
+class DaemonMetrics(Collector):
     """A prometheus_client collector: one pass over the maps per scrape."""
 
     def __init__(self, dp: Datapath, state: DaemonState,
@@ -215,7 +215,7 @@ class CcxdpCollector(Collector):
 def make_registry(dp: Datapath, state: DaemonState,
                   categories: Callable[[], dict[int, str]] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CcxdpCollector(dp, state, categories))
+    registry.register(DaemonMetrics(dp, state, categories))
     return registry
 
 

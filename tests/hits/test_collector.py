@@ -124,7 +124,7 @@ def traffic(datapath):
 
 @pytest.fixture
 def store(tmp_path):
-    with Store(tmp_path / "records.db") as s:
+    with Store(tmp_path / "hits.db") as s:
         yield s
 
 

@@ -47,9 +47,28 @@ def store(tmp_path):
 
 def test_path_and_folder(tmp_path):
     path = store_path(tmp_path / "state")
-    assert path == tmp_path / "state" / "records.db"
+    assert path == tmp_path / "state" / "hits.db"
     Store(path).close()
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_store_under_its_old_name_is_renamed_with_its_wal(tmp_path):
+    """records.db was the store's name; an upgraded installation keeps its hits, including
+    rows committed to the WAL and not yet checkpointed into the file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    old = Store(state / "records.db")
+    old.db.execute("PRAGMA wal_autocheckpoint=0")  # the row stays in records.db-wal
+    old.add_hits([row(hits=3, first=100, last=200)])
+    assert (state / "records.db-wal").stat().st_size > 0
+    copy = {p.name: p.read_bytes() for p in state.iterdir()}  # as a killed process left it
+    old.close()
+    for name, data in copy.items():
+        (state / name).write_bytes(data)
+    path = store_path(state)
+    assert path == state / "hits.db" and not (state / "records.db").exists()
+    with Store(path) as store:
+        assert store.total_hits() == 3
 
 
 def test_add_hits_merges_per_address_category_hour(store):
@@ -228,7 +247,7 @@ def test_period_bounds():
 
 
 def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")
     db.close()
@@ -256,7 +275,7 @@ while True:
 
 
 def test_kill_minus_9_never_splits_hits_from_checkpoint(tmp_path):
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     for round_ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)],
                                 stdout=subprocess.PIPE, text=True)
@@ -328,7 +347,7 @@ def test_staged_counters_are_decoded_and_merged_by_the_fold(store):
 
 
 def test_readers_see_staged_hits(tmp_path):
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     hour = H_US // 1_000_000
     with Store(path) as store:
         store.add_hit_counts([(hour, "198.18.0.2", 1, 2, H_US, H_US)])
@@ -390,7 +409,7 @@ def test_a_fold_that_dies_midway_keeps_everything_staged(store, monkeypatch):
 
 
 def test_a_schema_1_store_gains_the_staged_table(tmp_path):
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     with Store(path) as store:
         store.add_hit_counts([(H_US // 1_000_000, "198.18.0.2", 1, 2, H_US, H_US)])
         store.db.execute("DROP TABLE staged")
@@ -404,7 +423,7 @@ def test_a_schema_1_store_gains_the_staged_table(tmp_path):
 def test_a_schema_2_store_gains_the_feeds_of_staged_counters(tmp_path):
     """A counter staged before the upgrade folds without feeds; one staged after, with the
     feeds the collection gave for its category."""
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     with Store(path) as store:
         store.db.execute("ALTER TABLE staged DROP COLUMN feeds")
         store.db.execute("PRAGMA user_version=2")
@@ -445,7 +464,7 @@ while True:
 
 
 def test_kill_minus_9_between_or_inside_stage_and_fold_keeps_totals_exact(tmp_path):
-    path = tmp_path / "records.db"
+    path = tmp_path / "hits.db"
     tests_dir = os.path.dirname(__file__)
     states = set()
     for round_ in range(8):

@@ -68,7 +68,7 @@ def flip_case(wire: bytes, rng: random.Random) -> bytes:
     return out + b"\0"
 
 
-def test_native_bulk_hash_is_the_python_hash_of_every_dotted_name():
+def test_the_c_bulk_hash_is_the_python_hash_of_every_dotted_name():
     """The control plane hashes feeds with bulk.c, which compiles bpf/name_hash.h, the
     XDP program's own arithmetic; the tests below hold Python and the XDP program equal."""
     key = HashKey.generate()
