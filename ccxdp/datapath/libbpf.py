@@ -54,7 +54,6 @@ __all__ = [
     "TestRunResult",
     "close",
     "map_create",
-    "map_get_fd_by_id",
     "map_info",
     "obj_get",
     "obj_pin",
@@ -412,7 +411,6 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_obj_pin": (_INT, [_INT, ctypes.c_char_p]),
     "bpf_obj_get_info_by_fd": (_INT, [_INT, _P, _P]),
     "bpf_prog_get_fd_by_id": (_INT, [_U32]),
-    "bpf_map_get_fd_by_id": (_INT, [_U32]),
     "bpf_map_create": (_INT, [_INT, ctypes.c_char_p, _U32, _U32, _U32, _P]),
     "bpf_prog_load": (_INT, [_INT, ctypes.c_char_p, ctypes.c_char_p, _P, ctypes.c_size_t, _P]),
     "bpf_map_lookup_elem": (_INT, [_INT, _P, _P]),
@@ -578,7 +576,7 @@ def prog_info(fd: int) -> ProgInfo:
 
 
 def prog_map_ids(fd: int) -> list[int]:
-    """Ids of the maps used by the program behind ``fd`` (open them with map_get_fd_by_id)."""
+    """Ids of the maps used by the program behind ``fd``."""
     what = f"cannot get map ids of program fd {fd}"
     _expect_kind(fd, "bpf-prog", what)
     raw = _BpfProgInfo()
@@ -597,11 +595,6 @@ def prog_get_fd_by_id(prog_id: int) -> int:
     return _check(
         _lib().bpf_prog_get_fd_by_id(prog_id), lambda: f"cannot open BPF program id {prog_id}"
     )
-
-
-def map_get_fd_by_id(map_id: int) -> int:
-    """New fd for the map with this id (caller closes it)."""
-    return _check(_lib().bpf_map_get_fd_by_id(map_id), lambda: f"cannot open BPF map id {map_id}")
 
 
 def map_create(
@@ -911,18 +904,6 @@ class Map:
         label = label or f"map {info.name or '?'} (id {info.id})"
         cls._check_layout(info, key_type, value_type, expect_type, label, False)
         return cls(fd, info, key_type, value_type, label=label, owned=owned)
-
-    @classmethod
-    def from_id(
-        cls, map_id: int, key_type: type, value_type: type, expect_type: int | None = None
-    ) -> Map:
-        """Open a map by kernel id (e.g. from ``prog_map_ids``)."""
-        fd = map_get_fd_by_id(map_id)
-        try:
-            return cls.from_fd(fd, key_type, value_type, expect_type)
-        except BaseException:
-            os.close(fd)
-            raise
 
     @classmethod
     def _check_layout(
@@ -1357,11 +1338,6 @@ class PerCpuMap(Map):
         """The per-CPU values of ``key`` summed field by field (a value_type instance)."""
         values = self.lookup(key)
         return None if values is None else sum_values(self.value_type, values)
-
-    def lookup_batch_sum(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
-        """All (key, summed value) pairs (see ``lookup_batch``)."""
-        for key, values in self.lookup_batch(chunk):
-            yield key, sum_values(self.value_type, values)
 
 
 _NUMERIC_CODES = frozenset("bBhHiIlLqQfd")
