@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_ntop
-from typing import NamedTuple
 
 from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
@@ -135,19 +134,6 @@ _SCHEMA = [
 
 class StoreError(CcxdpError):
     pass
-
-
-class HitRow(NamedTuple):
-    """What the collector gives add_hits for one source address, category and hour."""
-
-    address: Address
-    category_id: int
-    category_name: str | None
-    hour_start: datetime  # UTC, on the hour
-    hits: int
-    first_seen: datetime  # UTC
-    last_seen: datetime
-    feeds: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -311,45 +297,6 @@ class FoldResult:
     seconds: float
 
 
-def _row(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[str]]:
-    """Check one add_hits row; returns (address, category, name, hour, hits, first, last,
-    feeds) in stored form. Kept lean: the collector hands over a million rows at a time."""
-    n = len(raw)
-    if n == 8:
-        address, category, name, hour_start, hits, first, last, feeds = raw
-        feeds = feeds or ()
-    elif n == 7:
-        address, category, name, hour_start, hits, first, last = raw
-        feeds = ()
-    else:
-        raise StoreError(f"a hit row has 7 or 8 fields, not {n}: {raw!r}")
-    cls = type(address)
-    if cls is _IPV4:
-        text = str(address)
-    elif cls is _IPV6 or isinstance(address, _IPV4 | _IPV6):
-        text = address_text(address)
-    else:
-        raise StoreError(f"not an IPv4Address or IPv6Address: {address!r}")
-    if type(category) is not int or not 0 <= category <= CATEGORY_MAX:
-        raise StoreError(f"category id out of range 0-{CATEGORY_MAX}: {category!r}")
-    if name is not None and (type(name) is not str or not name):
-        raise StoreError(f"category name must be a non-empty string or None: {name!r}")
-    if type(hits) is not int or hits < 0:
-        raise StoreError(f"hits must be a non-negative integer: {hits!r}")
-    hour_us = to_us(hour_start)
-    if hour_us % _HOUR_US:
-        raise StoreError(f"hour_start is not on the hour: {hour_start.isoformat()}")
-    first_us, last_us = to_us(first), to_us(last)
-    if first_us > last_us:
-        raise StoreError(
-            f"first_seen after last_seen: {first.isoformat()} > {last.isoformat()}"
-        )
-    for feed in feeds:
-        if type(feed) is not str or not feed:
-            raise StoreError(f"feed names must be non-empty strings: {feed!r}")
-    return text, category, name, hour_us // 1_000_000, hits, first_us, last_us, feeds
-
-
 def period_bounds(period: str) -> tuple[int, int]:
     """A calendar month 'YYYY-MM' (UTC) as [start, end) in Unix seconds."""
     try:
@@ -411,42 +358,21 @@ class Store:
         return sqlite.transaction(self.db)
 
     # -- the collector's side ---------------------------------------------------------------
-    def add_hits(
-        self, rows: Iterable[Sequence], checkpoint: Mapping[str, int | None] | None = None
-    ) -> int:
-        """Add hit rows (see HitRow) to the store and update the collector's checkpoint with
-        ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
-        both or neither are kept.
-
-        A row for an (address, category, hour) already stored adds to it: hits are summed,
-        first_seen is the earlier, last_seen the later; feeds are added to its feed set. A row
-        that changes an attributed row sends it back to attribution (its hits may have come
-        after the address moved to another line). Invalid rows raise StoreError and nothing
-        is written. Returns the number of rows taken (rows of 0 hits are skipped)."""
-        cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
-        names: dict[int, str] = {}
-        feeds: list[tuple[str, int, int, str]] = []
-        upserts: list[tuple[str, int, int, int, int, int]] = []
-        for r in rows:  # every row is checked before anything is written
-            address, category, name, hour, hits, first_us, last_us, row_feeds = _row(r)
-            if name is not None and category:
-                names[category] = name
-            if hits:
-                upserts.append((hour, address, category, hits, first_us, last_us))
-                feeds.extend((hour, address, category, f) for f in row_feeds)
-        return self._write(upserts, names, feeds, cp)
-
     def add_hit_counts(
         self,
         rows: Iterable[tuple[int, str, int, int, int, int]],
         checkpoint: Mapping[str, int | None] | None = None,
         categories: Mapping[int, str] | None = None,
     ) -> int:
-        """add_hits for a collector in a hurry: rows already in stored form, (hour, address,
-        category, hits, first_us, last_us), with the hour in Unix seconds on the hour, the
-        address as ``address_text`` gives it, times in Unix microseconds (UTC), hits > 0.
-        The store's constraints still refuse a malformed row (and then nothing is written);
-        the address text is the caller's to get right. Same merging, same transaction."""
+        """Add rows in stored form, (hour, address, category, hits, first_us, last_us), with
+        the hour in Unix seconds on the hour, the address as ``address_text`` gives it, times
+        in Unix microseconds (UTC), hits > 0, and update the collector's checkpoint with
+        ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
+        both or neither are kept. A row for an (address, category, hour) already stored adds
+        to it as the fold does: hits summed, first_seen the earlier, last_seen the later, and
+        an attributed row sent back to attribution. The store's constraints refuse a
+        malformed row (and then nothing is written); the address text is the caller's to
+        get right."""
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
         return self._write(list(rows), dict(categories or {}), [], cp)
 

@@ -20,7 +20,6 @@ from ccxdp.hits.store import (
     COUNTER_KEY,
     COUNTER_VALUE,
     SCHEMA_VERSION,
-    HitRow,
     Store,
     StoreError,
     iso,
@@ -28,6 +27,7 @@ from ccxdp.hits.store import (
     store_path,
     to_us,
 )
+from tests.harness.hits import HitRow, add_hits
 
 H = datetime(2026, 11, 3, 10, tzinfo=UTC)
 A4 = ipaddress.ip_address("198.18.0.2")
@@ -59,7 +59,7 @@ def test_a_store_under_its_old_name_is_renamed_with_its_wal(tmp_path):
     state.mkdir()
     old = Store(state / "records.db")
     old.db.execute("PRAGMA wal_autocheckpoint=0")  # the row stays in records.db-wal
-    old.add_hits([row(hits=3, first=100, last=200)])
+    add_hits(old, [row(hits=3, first=100, last=200)])
     assert (state / "records.db-wal").stat().st_size > 0
     copy = {p.name: p.read_bytes() for p in state.iterdir()}  # as a killed process left it
     old.close()
@@ -72,16 +72,16 @@ def test_a_store_under_its_old_name_is_renamed_with_its_wal(tmp_path):
 
 
 def test_add_hits_merges_per_address_category_hour(store):
-    assert store.add_hits([row(hits=3, first=100, last=200, feeds=["a"])]) == 1
-    store.add_hits([row(hits=2, first=50, last=150, feeds=["b", "a"])])
-    store.add_hits([row(hits=5, first=300, last=3000)])
+    assert add_hits(store, [row(hits=3, first=100, last=200, feeds=["a"])]) == 1
+    add_hits(store, [row(hits=2, first=50, last=150, feeds=["b", "a"])])
+    add_hits(store, [row(hits=5, first=300, last=3000)])
     (h,) = store.hits()
     assert (h.address, h.category, h.hour, h.hits) == ("198.18.0.2", 1, int(H.timestamp()), 10)
     assert iso(h.first_us) == "2026-11-03T10:00:50Z"
     assert iso(h.last_us) == "2026-11-03T10:50:00Z"
     assert store.feeds_of(h.address, 1, h.hour) == ["a", "b"]
     # Another category, another hour, another family: rows of their own.
-    store.add_hits([row(cat=2, name="qakbot"), row(hour=H + timedelta(hours=1)),
+    add_hits(store, [row(cat=2, name="qakbot"), row(hour=H + timedelta(hours=1)),
                     row(addr=A6)])
     assert len(store.hits()) == 4
     assert store.categories() == {1: "emotet", 2: "qakbot"}
@@ -89,14 +89,14 @@ def test_add_hits_merges_per_address_category_hour(store):
 
 
 def test_ipv4_mapped_is_kept_as_ipv4(store):
-    store.add_hits([row(addr=ipaddress.ip_address("::ffff:198.18.0.2"), hits=2), row()])
+    add_hits(store, [row(addr=ipaddress.ip_address("::ffff:198.18.0.2"), hits=2), row()])
     (h,) = store.hits()
     assert (h.address, h.hits) == ("198.18.0.2", 3)
 
 
 def test_microseconds_are_exact(store):
     t = H + timedelta(microseconds=123457)
-    store.add_hits([HitRow(A4, 0, None, H, 1, t, t)])
+    add_hits(store, [HitRow(A4, 0, None, H, 1, t, t)])
     (h,) = store.hits()
     assert iso(h.first_us) == "2026-11-03T10:00:00.123457Z"
     assert store.categories() == {}
@@ -119,9 +119,9 @@ def test_microseconds_are_exact(store):
          "short"],
 )
 def test_bad_rows_write_nothing(store, bad, message):
-    store.add_hits([row()], {"cp": 1})
+    add_hits(store, [row()], {"cp": 1})
     with pytest.raises(StoreError, match=message):
-        store.add_hits([row(hits=5), bad], {"cp": 2})
+        add_hits(store, [row(hits=5), bad], {"cp": 2})
     assert store.total_hits() == 1
     assert store.checkpoint() == {"cp": 1}
 
@@ -129,22 +129,22 @@ def test_bad_rows_write_nothing(store, bad, message):
 def test_checkpoint_updated_with_hits(store):
     assert store.checkpoint() == {}
     big = (1 << 64) - 1  # a u64 counter survives, whatever SQLite's integers are
-    store.add_hits([row()], {"cpu0": big, "cpu1": 7})
+    add_hits(store, [row()], {"cpu0": big, "cpu1": 7})
     assert store.checkpoint() == {"cpu0": big, "cpu1": 7}
-    store.add_hits([], {"cpu1": 8, "gen": -1})  # given keys change, the others stay
+    add_hits(store, [], {"cpu1": 8, "gen": -1})  # given keys change, the others stay
     assert store.checkpoint() == {"cpu0": big, "cpu1": 8, "gen": -1}
-    store.add_hits([row()])  # no checkpoint given: it stays as it was
-    store.add_hits([], {"cpu0": None, "nothing": None})  # None deletes a key
+    add_hits(store, [row()])  # no checkpoint given: it stays as it was
+    add_hits(store, [], {"cpu0": None, "nothing": None})  # None deletes a key
     assert store.checkpoint() == {"cpu1": 8, "gen": -1}
     with pytest.raises(StoreError, match="integers"):
-        store.add_hits([row()], {"x": "1"})
+        add_hits(store, [row()], {"x": "1"})
     assert store.total_hits() == 2
 
 
 def test_add_hit_counts_in_stored_form(store):
     hour = int(H.timestamp())
     first = hour * 10**6
-    store.add_hits([row(hits=2, first=10, last=20)], {"cp": 1})
+    add_hits(store, [row(hits=2, first=10, last=20)], {"cp": 1})
     assert store.add_hit_counts(
         [(hour, "198.18.0.2", 1, 3, first + 5 * 10**6, first + 30 * 10**6),
          (hour, "fd00:cc::2", 2, 1, first, first)],
@@ -167,7 +167,7 @@ def test_add_hit_counts_in_stored_form(store):
     ids=["hour", "hits", "order", "category"],
 )
 def test_add_hit_counts_refuses_malformed_rows(store, bad):
-    store.add_hits([row()], {"cp": 1})
+    add_hits(store, [row()], {"cp": 1})
     good = (int(H.timestamp()), "198.18.0.4", 1, 1, 0, 0)
     with pytest.raises(StoreError, match="breaks the store's rules"):
         store.add_hit_counts([good, bad], {"cp": 2})
@@ -175,16 +175,16 @@ def test_add_hit_counts_refuses_malformed_rows(store, bad):
 
 
 def test_zero_hit_rows_are_skipped(store):
-    assert store.add_hits([row(hits=0)]) == 0
+    assert add_hits(store, [row(hits=0)]) == 0
     assert store.hits() == []
 
 
 def test_new_hits_send_an_attributed_row_back_to_attribution(store):
-    store.add_hits([row(hits=2)])
+    add_hits(store, [row(hits=2)])
     (h,) = store.hits()
     assert store.attribute([(h.address, h.category, h.hour, h.hits, "L-1")]) == 1
     assert store.hits()[0].line == "L-1"
-    store.add_hits([row(hits=1, last=3599)])
+    add_hits(store, [row(hits=1, last=3599)])
     (h,) = store.hits()
     assert (h.line, h.hits) == (None, 3)
     # An assignment made from a stale read (hits changed meanwhile) is not applied.
@@ -194,7 +194,7 @@ def test_new_hits_send_an_attributed_row_back_to_attribution(store):
 
 def test_expire_folds_attributed_rows_and_keeps_the_rest(store):
     old, new = H, H + timedelta(days=40)
-    store.add_hits([row(hour=old, hits=2, feeds=["f"]), row(addr=A6, hour=old, hits=3),
+    add_hits(store, [row(hour=old, hits=2, feeds=["f"]), row(addr=A6, hour=old, hits=3),
                     row(addr=ipaddress.ip_address("198.18.0.9"), hour=old, hits=4),
                     row(hour=new, hits=5)])
     for h in store.hits():
@@ -259,18 +259,16 @@ def test_newer_schema_is_refused(tmp_path):
 # fast as it can, until killed. Exactly once means: after any kill -9, the hits stored equal
 # the checkpoint.
 WRITER = """
-import ipaddress, sys
-from datetime import UTC, datetime
-from ccxdp.hits.store import HitRow, Store
+import sys
+from ccxdp.hits.store import Store
 store = Store(sys.argv[1])
 n = store.checkpoint().get("taken", 0)
-hour = datetime(2026, 11, 3, 10, tzinfo=UTC)
-addrs = [ipaddress.ip_address(f"198.18.1.{i}") for i in range(1, 50)]
+hour = 1_793_700_000 // 3600 * 3600
 print("ready", flush=True)
 while True:
     n += 1
-    rows = [HitRow(addrs[n % 49], n % 3, None, hour, 1, hour, hour)]
-    store.add_hits(rows, {"taken": n})
+    us = hour * 1_000_000
+    store.add_hit_counts([(hour, f"198.18.1.{n % 49 + 1}", n % 3, 1, us, us)], {"taken": n})
 """
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ccxdp.hits.store import HitRow, Store, store_path
+from ccxdp.hits.store import Store, store_path
+from tests.harness.hits import HitRow, add_hits
 
 CCXDP = Path(sys.executable).parent / "ccxdp"
 PERIOD = "2026-11"
@@ -77,7 +78,7 @@ def hit_rows(script=SCRIPT) -> list[HitRow]:
 def seed(state_dir: Path, script=SCRIPT) -> Path:
     path = store_path(state_dir)
     with Store(path) as store:
-        store.add_hits(hit_rows(script), {"collected": 1})
+        add_hits(store, hit_rows(script), {"collected": 1})
     return path
 
 
@@ -323,7 +324,7 @@ def test_hits_collected_later_keep_the_month_at_one_message(world):
     args = notify_args(world, "--from", SENDER, "--out", str(out), "--json")
     ccxdp(world["state"], *args)
     with Store(store_path(world["state"])) as store:  # the collector adds more for L-1
-        store.add_hits(hit_rows([(B, QAKBOT, 25, 3, 9, 0, 1, ())]))
+        add_hits(store, hit_rows([(B, QAKBOT, 25, 3, 9, 0, 1, ())]))
     data = json.loads(ccxdp(world["state"], *args).stdout)
     assert data["notified"] == [] and data["already_notified"] == ["L-1", "L-3"]
     assert data["attributed_rows"] == 1

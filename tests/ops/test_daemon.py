@@ -327,7 +327,7 @@ def test_the_daemon_expires_old_rows_after_collecting(ccxdp, lab, daemons, tmp_p
     import ipaddress
     from datetime import UTC, datetime, timedelta
 
-    from ccxdp.hits.store import HitRow
+    from tests.harness.hits import HitRow, add_hits
 
     lab.native_tx_peer()
     old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
@@ -335,7 +335,7 @@ def test_the_daemon_expires_old_rows_after_collecting(ccxdp, lab, daemons, tmp_p
             for a in ("198.18.0.77", "198.18.0.78")]
     ccxdp.state_dir.mkdir(mode=0o700, exist_ok=True)
     with Store(store_path(ccxdp.state_dir)) as store:
-        store.add_hits(rows)
+        add_hits(store, rows)
         h = next(h for h in store.hits() if h.address == "198.18.0.77")
         assert store.attribute([(h.address, h.category, h.hour, h.hits, "L-7")]) == 1
     feed = tmp_path / "cc.txt"
