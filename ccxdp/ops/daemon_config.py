@@ -10,6 +10,7 @@ import ipaddress
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from ccxdp.datapath.settings import (
     Settings,
     parse_action,
 )
-from ccxdp.errors import CcxdpError, DatapathError
-from ccxdp.policy.catalog import CatalogError, normalize_category
-from ccxdp.policy.feeds import FeedError, check_feed_name
+from ccxdp.errors import CcxdpError
+from ccxdp.policy.catalog import normalize_category
+from ccxdp.policy.feeds import check_feed_name
 from ccxdp.policy.formats import FORMATS
 
 ON_STOP = ("keep", "detach")
@@ -123,6 +124,16 @@ class _Reader:
             self.fail(name, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
+    def convert(self, name: str, value: Any, convert: Callable[[Any], Any] | None) -> Any:
+        """``convert(value)`` (None passes through): the owner of a rule checks it, and its
+        message is reported under this key."""
+        if value is None or convert is None:
+            return value
+        try:
+            return convert(value)
+        except CcxdpError as e:
+            self.fail(name, str(e))
+
     def done(self) -> None:
         for name in self.table:
             self.fail(name, "unknown key")
@@ -154,7 +165,40 @@ def parse_config(path: Path, data: dict) -> Config:
     collect = _Reader(path, top.get("collect", (dict,), {}, "a table"), "collect.")
     metrics = _Reader(path, top.get("metrics", (dict,), {}, "a table"), "metrics.")
     top.done()
+    # Checked in the file's order of tables, so that the first mistake is the one reported.
+    default_mode, ports, limits, settings = _filter(filt)
+    interfaces = _interfaces(path, interfaces_raw, default_mode)
+    feeds = _feeds(path, feeds_raw)
+    interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
+    store = collect.get("store", (str,), None, "a string")
+    retention = collect.get("retention_days", (int, float), 0, "a number of days")
+    if not math.isfinite(retention) or not 0 <= retention <= MAX_RETENTION_DAYS:
+        collect.fail("retention_days",
+                     f"{retention} must be 0 (keep) or more, up to {MAX_RETENTION_DAYS}")
+    expire_unattributed = collect.get("expire_unattributed", (bool,), False, "true or false")
+    collect.done()
+    listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
+    metrics.done()
+    return Config(
+        path=path,
+        interfaces=interfaces,
+        settings=settings,
+        dns_ports=ports,
+        max_names=limits["max_names"],
+        max_sources=limits["max_sources"],
+        feeds=feeds,
+        collect_interval=interval,
+        store=Path(store) if store else None,
+        retention_days=float(retention),
+        expire_unattributed=expire_unattributed,
+        metrics_listen=_listen(path, listen) if listen is not None else None,
+        on_stop=on_stop,
+        log_format=log_format,
+    )
 
+
+def _filter(filt: _Reader) -> tuple[str, tuple[int, ...] | None, dict, dict[str, Any]]:
+    """[filter]: the default XDP mode, the DNS ports, the map sizes and the settings."""
     default_mode = filt.choice("mode", MODES, "auto")
     ports = filt.get("dns_ports", (list,), None, "an array of port numbers")
     if ports is not None:
@@ -179,30 +223,27 @@ def parse_config(path: Path, data: dict) -> Config:
                          "a whole number" if number else "a string")  # fmt: skip
         if value is None:
             continue
-        if name == "default_action":
-            try:
-                value = parse_action(value)
-            except SettingError as e:
-                filt.fail(name, str(e))
-        settings[name] = value
+        settings[name] = filt.convert(name, value, parse_action if name == "default_action"
+                                      else None)  # fmt: skip
     try:
         Settings(**settings)
     except SettingError as e:  # its message starts with the key
-        raise ConfigError(path, None, f"filter.{e}") from None
+        raise ConfigError(filt.path, None, f"filter.{e}") from None
     filt.done()
+    return default_mode, ports, limits, settings
 
-    interfaces = []
-    for i, raw in enumerate(interfaces_raw):
+
+def _interfaces(path: Path, tables: list, default_mode: str) -> tuple[Interface, ...]:
+    """[[interfaces]]: each once, by name and namespace."""
+    interfaces: list[Interface] = []
+    for i, raw in enumerate(tables):
         r = _Reader(path, raw if isinstance(raw, dict) else {}, f"interfaces[{i}].")
         if not isinstance(raw, dict):
             r.fail(None, f"{raw!r} is not a table (write [[interfaces]] with name = ...)")
         name = r.get("name", (str,), None, "a string")
         if name is None:
             r.fail("name", "missing (the interface to attach to)")
-        try:
-            check_interface_name(name)
-        except DatapathError as e:
-            r.fail("name", str(e))
+        r.convert("name", name, check_interface_name)
         netns = r.get("netns", (str,), None, "a string")
         mode = r.choice("mode", MODES, default_mode)
         r.done()
@@ -210,19 +251,20 @@ def parse_config(path: Path, data: dict) -> Config:
         if any((x.name, x.netns) == (name, netns) for x in interfaces):
             r.fail("name", f"{iface.where} is listed twice")
         interfaces.append(iface)
+    return tuple(interfaces)
 
-    feeds = []
-    for i, raw in enumerate(feeds_raw):
+
+def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
+    """[[feeds]]: the options of 'ccxdp feed add', checked by the rules the catalog applies."""
+    feeds: list[Feed] = []
+    for i, raw in enumerate(tables):
         r = _Reader(path, raw if isinstance(raw, dict) else {}, f"feeds[{i}].")
         if not isinstance(raw, dict):
             r.fail(None, f"{raw!r} is not a table (write [[feeds]] with name = ...)")
         name = r.get("name", (str,), None, "a string")
         if name is None:
             r.fail("name", "missing")
-        try:
-            name = check_feed_name(name)
-        except FeedError as e:
-            r.fail("name", str(e))
+        name = r.convert("name", name, check_feed_name)
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
         file = r.get("path", (str,), None, "a string")
@@ -235,51 +277,15 @@ def parse_config(path: Path, data: dict) -> Config:
             r.fail("path", f"{file_path}: no such file")
         fmt = r.choice("format", ("auto", *FORMATS), "auto")
         column = r.get("column", (str,), None, "a string")
-        action = r.get("action", (str,), None, "a string")
-        if action is not None:
-            try:
-                action = parse_action(action)
-            except SettingError as e:
-                r.fail("action", str(e))
-        category = r.get("category", (str,), None, "a string")
-        if category is not None:
-            try:
-                category = normalize_category(category)
-            except CatalogError as e:
-                r.fail("category", str(e))
+        action = r.convert("action", r.get("action", (str,), None, "a string"), parse_action)
+        category = r.convert("category", r.get("category", (str,), None, "a string"),
+                             normalize_category)  # fmt: skip
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
         r.done()
         feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
                           refresh))
-
-    interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
-    store = collect.get("store", (str,), None, "a string")
-    retention = collect.get("retention_days", (int, float), 0, "a number of days")
-    if not math.isfinite(retention) or not 0 <= retention <= MAX_RETENTION_DAYS:
-        collect.fail("retention_days",
-                     f"{retention} must be 0 (keep) or more, up to {MAX_RETENTION_DAYS}")
-    expire_unattributed = collect.get("expire_unattributed", (bool,), False, "true or false")
-    collect.done()
-
-    listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
-    metrics.done()
-    return Config(
-        path=path,
-        interfaces=tuple(interfaces),
-        settings=settings,
-        dns_ports=ports,
-        max_names=limits["max_names"],
-        max_sources=limits["max_sources"],
-        feeds=tuple(feeds),
-        collect_interval=interval,
-        store=Path(store) if store else None,
-        retention_days=float(retention),
-        expire_unattributed=expire_unattributed,
-        metrics_listen=_listen(path, listen) if listen is not None else None,
-        on_stop=on_stop,
-        log_format=log_format,
-    )
+    return tuple(feeds)
 
 
 def _listen(path: Path, text: str) -> tuple[str, int]:
