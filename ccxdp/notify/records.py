@@ -308,7 +308,24 @@ def notify(
     else:
         result.attributed_rows, result.unattributed = attribute(store, sessions, period)
         records = build_records(store, period)
-    subscribers = subscribers or {}
+    todo, pending = _sort_lines(store, period, records, result, subscribers or {}, opt_out,
+                                min_days)  # fmt: skip
+    if dry:
+        result.would_notify = [r for r, _ in todo]
+        result.unconfirmed = [_pending_json(p) for p in pending]
+        return result
+    assert templates is not None and sender is not None
+    resend = _settle_pending(store, period, pending, deliverer, result, resend_unconfirmed)
+    if todo or resend:
+        _send(store, period, todo, resend, deliverer, result, templates, sender, now)
+    return result
+
+
+def _sort_lines(store: Store, period: str, records: list[LineRecord], result: NotifyResult,
+                subscribers: dict[str, Subscriber], opt_out: set[str], min_days: int,
+                ) -> tuple[list[tuple[LineRecord, Subscriber]], list]:
+    """Each line's record into the result's lists (opted out, already notified, below the
+    threshold, no contact); returns the lines to notify and the pending claims to settle."""
     todo: list[tuple[LineRecord, Subscriber]] = []
     pending = []
     for r in records:
@@ -325,11 +342,13 @@ def notify(
             result.no_contact.append(r.line)
         else:
             todo.append((r, subscribers[r.line]))
-    if dry:
-        result.would_notify = [r for r, _ in todo]
-        result.unconfirmed = [_pending_json(p) for p in pending]
-        return result
-    assert templates is not None and sender is not None
+    return todo, pending
+
+
+def _settle_pending(store: Store, period: str, pending: list, deliverer, result: NotifyResult,
+                    resend_unconfirmed: bool) -> list:
+    """Claims an earlier run left pending: delivered ones are marked sent (recovered), the
+    others resent if asked, else reported unconfirmed. Returns those to resend."""
     resend = []
     for p in pending:
         if deliverer.channel == p.channel and deliverer.delivered(p.line, period, p.message_id):
@@ -339,8 +358,14 @@ def notify(
             resend.append(p)
         else:
             result.unconfirmed.append(_pending_json(p))
-    if not todo and not resend:
-        return result
+    return resend
+
+
+def _send(store: Store, period: str, todo: list[tuple[LineRecord, Subscriber]], resend: list,
+          deliverer, result: NotifyResult, templates: mail.Templates, sender: str,
+          now: datetime | None) -> None:
+    """Deliver: each message is claimed in the store before it is handed over, so a run
+    killed midway never sends a line twice."""
     try:
         deliverer.open()
     except mail.NotDelivered as e:
@@ -366,7 +391,6 @@ def notify(
                      sub.email, r, sub.language)
     finally:
         deliverer.close()
-    return result
 
 
 def _deliver(store, deliverer, result, line, period, message_id, data, sender, to, record,
