@@ -30,6 +30,7 @@ from ccxdp.datapath.settings import action_name
 from ccxdp.errors import CcxdpError
 from ccxdp.utc import restamp, utc_now_text, utc_text
 
+# Kinds and matches of entries: defined here, taken from here by formats, lists and the CLI.
 BLOCK = "block"
 ALLOW = "allow"
 KINDS = (BLOCK, ALLOW)

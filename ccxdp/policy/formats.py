@@ -88,20 +88,14 @@ import dns.tokenizer
 import dns.transaction
 import dns.zonefile
 
-from ccxdp.datapath import shared
-from ccxdp.datapath.settings import ACTION_NAMES
+from ccxdp.datapath.settings import ACTION_NAMES, ACTIONS, SettingError, parse_action
 from ccxdp.errors import CcxdpError, InvalidNameError
-from ccxdp.policy.catalog import CatalogError, normalize_category
+from ccxdp.policy.catalog import ALLOW, BLOCK, KINDS, MATCHES, CatalogError, normalize_category
 from ccxdp.policy.names import normalize
 
 FORMATS = ("plain", "hosts", "rpz", "adblock", "csv")
 
-BLOCK, ALLOW = "block", "allow"
-KINDS = (BLOCK, ALLOW)
-EXACT, SUBTREE, BELOW = "exact", "subtree", "below"
-MATCHES = (EXACT, SUBTREE, BELOW)
-# What an entry can ask for, by the kernel's names ("redirect" is read as "sinkhole").
-ACTIONS = tuple(sorted({shared.Action(code).name.lower() for code in ACTION_NAMES.values()}))
+EXACT, SUBTREE, BELOW = MATCHES
 
 MAX_NAME_TEXT = 253  # 255 bytes in wire form
 VALUE_SHOWN = 80  # characters of an offending value kept in a BadLine
@@ -201,10 +195,10 @@ def _is_ip(text: str) -> bool:
 
 def _canonical_action(text: str) -> str:
     """An action as FeedEntry carries it; ValueError for anything else."""
-    code = ACTION_NAMES.get(text.lower())
-    if code is None:
-        raise ValueError(text)
-    return shared.Action(code).name.lower()
+    try:
+        return parse_action(text)
+    except SettingError:
+        raise ValueError(text) from None
 
 
 # -- entries ---------------------------------------------------------------------------------
