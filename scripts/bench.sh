@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# The benchmarks of BENCHMARKS.md in one command, as root, after scripts/setup.sh: per-packet
+# The benchmarks of docs/benchmarks.md in one command, as root, after scripts/setup.sh: per-packet
 # cost through BPF_PROG_TEST_RUN, feed import and kernel memory, collection, and end to end
 # under dnsperf in namespaces (ccxdp against Unbound RPZ, with and without ccxdp, and the
 # load generator's ceiling). Prints a table against the targets, writes the figures as JSON

@@ -22,10 +22,10 @@ fi
 # the small native helper that hashes and sorts a million feed names (ccxdp/datapath/bulk.py);
 # vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here; systemd
 # brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
-# scripts/bench.sh (the load generator, the chart).
+# scripts/bench.sh (the load generator, the chart); man-db and groff-base show ccxdp(8).
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
 	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd dnsperf
-	python3-matplotlib)
+	python3-matplotlib man-db groff-base)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
@@ -65,6 +65,9 @@ if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 	"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${repo}[test]"
 	touch "$stamp"
 fi
+
+# The man page, generated from the commands' --help (scripts/gen_docs.py): 'man ccxdp'.
+install -D -m 644 "$repo/docs/ccxdp.8" /usr/local/share/man/man8/ccxdp.8
 
 # Merge the fallback header tree (no-op when the kernel's own headers exist).
 "$venv/bin/python" -m ccxdp.datapath.kernel_headers prepare

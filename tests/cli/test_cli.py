@@ -30,6 +30,7 @@ from tests.conftest import BPFFS, make_pin_dir, one_line_error, remove_pins
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+MANUAL = [README, *sorted((REPO / "docs").glob("*.md"))]
 # The console script of the venv running the tests (not resolved: it is a venv symlink).
 CCXDP = Path(sys.executable).parent / "ccxdp"
 NOBODY = 65534
@@ -96,7 +97,8 @@ def _help_examples() -> list[tuple[tuple[str, ...], list[str]]]:
 
 def _readme_examples() -> list[list[str]]:
     out = []
-    for block in re.findall(r"^```sh\n(.*?)^```", README.read_text(), re.M | re.S):
+    text = "\n".join(p.read_text() for p in MANUAL)
+    for block in re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S):
         for line in block.splitlines():
             argv = _command_argv(line) if line.strip() else None
             if argv:
@@ -130,7 +132,7 @@ def _long_options(cmd: click.Command) -> set[str]:
 @pytest.mark.parametrize("path", list(COMMANDS), ids=_ids(COMMANDS))
 def test_commands_are_documented(path):
     assert re.search(re.escape(" ".join(path)) + r"(?![\w-])", README.read_text()), (
-        f"README.md never mentions '{' '.join(path)}'"
+        f"README.md's overview never mentions '{' '.join(path)}'"
     )
 
 
@@ -184,28 +186,29 @@ def test_help_examples_parse(parse_only, path, argv):
     parse_only(argv)
 
 
-README_EXAMPLES = _readme_examples()
+README_EXAMPLES = _readme_examples()  # README.md and docs/*.md
 
 
-def test_readme_has_examples():
+def test_the_manual_has_examples_of_every_command():
     assert len(README_EXAMPLES) >= len(LEAVES)
     assert {_resolve(argv) for argv in README_EXAMPLES} >= set(LEAVES)
 
 
 @pytest.mark.parametrize("argv", README_EXAMPLES, ids=[" ".join(a) for a in README_EXAMPLES])
-def test_readme_examples_parse(parse_only, argv):
+def test_the_manuals_examples_parse(parse_only, argv):
     assert _resolve(argv) in LEAVES, f"{' '.join(argv)} names no command"
     parse_only(argv)
 
 
 @pytest.mark.parametrize("path", list(LEAVES), ids=_ids(LEAVES))
-def test_readme_synopsis_lists_every_option(path):
+def test_the_command_table_lists_every_option(path):
     rows = [
         m.group(1)
-        for m in re.finditer(r"^\|\s*`(ccxdp [^`]*)`\s*\|", README.read_text(), re.M)
+        for page in MANUAL  # the hand-written tables: docs/commands.md, docs/lab.md
+        for m in re.finditer(r"^\|\s*`(ccxdp [^`]*)`\s*\|", page.read_text(), re.M)
         if _resolve(m.group(1).split()) == path
     ]
-    assert len(rows) == 1, f"README.md's command table has {len(rows)} rows for this command"
+    assert len(rows) == 1, f"the manual's command tables have {len(rows)} rows for this command"
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rows[0]))
     assert documented == _long_options(LEAVES[path])
 
