@@ -90,7 +90,9 @@ cx lab sinkhole-log --name "$name" --json | json "'The sinkhole recorded %d TCP 
     sum(c['proto'] == 'tcp' and c['source'] in ('$cln4', '$cln6') for c in d))"
 
 step "Collecting the counters into the hits store and building this month's notification records: the infected line gets one e-mail, the clean line none."
-month=$(date -u +%Y-%m)
+# The month the hits fell in, from the hits themselves: at a month's turn, `date` could
+# already name the next one.
+month=$(cx stats --json | json "min(s['first_seen'] for s in d['sources'])[:7]")
 cx collect
 # --min-days 1: the demo's hits all fall on one day; the default (2 days) resists spoofing.
 cx notify --period "$month" --sessions "$repo/examples/lines/sessions.csv" \
