@@ -20,29 +20,10 @@
 #define CCXDP_ANSWER_H
 
 #include "ccxdp_shared.h"
+#include "dns_wire.h"
 #include "maps.h"
 #include "parse.h"
 
-#define DNS_TYPE_A 1
-#define DNS_TYPE_SOA 6
-#define DNS_TYPE_AAAA 28
-#define DNS_TYPE_OPT 41
-#define DNS_CLASS_IN 1
-
-#define DNS_FLAG_AA 0x0400
-#define DNS_FLAG_TC 0x0200
-#define DNS_FLAG_RD 0x0100
-#define DNS_FLAG_RA 0x0080
-#define DNS_FLAG_CD 0x0010
-#define DNS_EXT_RCODE_BADVERS 1 /* BADVERS (16) >> 4, in the OPT's extended RCODE byte */
-#define DNS_RCODE_NOERROR 0
-#define DNS_RCODE_NXDOMAIN 3
-#define DNS_RCODE_REFUSED 5
-
-#define DNS_PTR_QNAME 0xc00c /* compression pointer to the question's name */
-#define RR_FIXED_LEN 12      /* name pointer 2, type 2, class 2, TTL 4, RDLENGTH 2 */
-#define SOA_RDATA_LEN 22     /* MNAME root 1, RNAME root 1, five 32-bit values */
-#define OPT_LEN 11
 #define ANSWER_TTL_HOP 64
 
 /* SOA timers other than MINIMUM: conventional values; they only matter to secondaries. */
@@ -93,10 +74,10 @@ static __always_inline void *frame_at(struct xdp_md *ctx, __u32 off, __u32 len)
  * for EDNS version 0, 2 for a later version. */
 static __always_inline int query_opt(struct xdp_md *ctx, struct ccxdp_scratch *s, __u16 arcount)
 {
-	__u32 off = s->qoff + s->name_len + 4;
+	__u32 off = s->qoff + s->name_len + DNS_QUESTION_FIXED_LEN;
 	__u8 *p;
 
-	if (!arcount || s->name_len + 4 + OPT_LEN > s->avail)
+	if (!arcount || s->name_len + DNS_QUESTION_FIXED_LEN + OPT_LEN > s->avail)
 		return 0;
 	p = frame_at(ctx, off, 7);
 	if (!p || p[0] != 0 || p[1] != 0 || p[2] != DNS_TYPE_OPT)
@@ -341,7 +322,7 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	int delta, opt;
 
 	dns = frame_at(ctx, dns_off, sizeof(*dns));
-	q = frame_at(ctx, s->qoff + s->name_len, 4);
+	q = frame_at(ctx, s->qoff + s->name_len, DNS_QUESTION_FIXED_LEN);
 	if (!dns || !q)
 		return XDP_DROP;
 	qtype = (q[0] << 8) | q[1];
@@ -357,7 +338,7 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	else
 		plan_answer(&plan, action, qtype, qclass);
 
-	qend = sizeof(struct dnshdr) + s->name_len + 4;
+	qend = sizeof(struct dnshdr) + s->name_len + DNS_QUESTION_FIXED_LEN;
 	dns_len = qend + plan.rr_len + (plan.opt ? OPT_LEN : 0);
 	udp_len = sizeof(struct udphdr) + dns_len;
 	frame_len = (long)ctx->data_end - (long)ctx->data;

@@ -243,7 +243,7 @@ int ccxdp_xdp(struct xdp_md *ctx)
 		goto out;
 	/* QTYPE and QCLASS must follow the name. */
 	malformed = CCXDP_MAL_TRUNCATED;
-	if (s->name_len + 4 > s->avail)
+	if (s->name_len + DNS_QUESTION_FIXED_LEN > s->avail)
 		goto out;
 
 	key = ccxdp_hkey_v2.lookup(&zero);
