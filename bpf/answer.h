@@ -40,6 +40,15 @@
 #define grow_tail(ctx, delta) bpf_xdp_adjust_tail(ctx, delta)
 #endif
 
+/*
+ * The checksums read back, in words, bytes just stored through other types (header fields,
+ * records). Under C's aliasing rules clang may move a __u32 load above a __u16 store to the
+ * same bytes; these types tell it that the loads see every store before them.
+ */
+typedef __u16 __attribute__((may_alias)) alias_u16;
+typedef __u32 __attribute__((may_alias)) alias_u32;
+typedef __u64 __attribute__((may_alias)) alias_u64;
+
 struct answer_plan {
 	__u16 rcode;
 	__u16 tc;
@@ -234,7 +243,8 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 			break;
 		if ((void *)(p + 8) > data_end)
 			return -1;
-		w = *(__u64 *)__builtin_assume_aligned(p, 8); /* unaligned loads are fine here */
+		/* unaligned loads are fine here */
+		w = *(alias_u64 *)__builtin_assume_aligned(p, 8);
 		acc += (w & 0xffffffff) + (w >> 32);
 		s->csum_off = off + 8;
 	}
@@ -251,13 +261,13 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 		if (left & 4) {
 			if ((void *)(p + 4) > data_end)
 				return -1;
-			acc += *(__u32 *)__builtin_assume_aligned(p, 4);
+			acc += *(alias_u32 *)__builtin_assume_aligned(p, 4);
 			p += 4;
 		}
 		if (left & 2) {
 			if ((void *)(p + 2) > data_end)
 				return -1;
-			acc += *(__u16 *)__builtin_assume_aligned(p, 2);
+			acc += *(alias_u16 *)__builtin_assume_aligned(p, 2);
 			p += 2;
 		}
 		if (left & 1) {
@@ -273,7 +283,7 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 /* Sum of n 32-bit words from p, in native order (header fields the answer has set). */
 static __always_inline __u64 words_sum(const void *p, int n)
 {
-	const __u32 *w = p;
+	const alias_u32 *w = p;
 	__u64 acc = 0;
 
 #pragma unroll
