@@ -14,11 +14,21 @@
 #include "dns.h"
 #include "answer.h"
 
+/*
+ * The keys the name loops look maps up with start an 8-byte stack slot each. The verifier
+ * tracks the stack in 8-byte slots, and a 4-byte key that clang placed in the upper half of
+ * one left the suffix loop's states differing in that slot, so fewer of them were pruned:
+ * once the name table's key moved from fp-8 to fp-4 (after an unrelated change to the answer
+ * code), the verifier processed 217,000 instructions instead of 174,000 (bcc 0.26, clang 14,
+ * kernel 6.18).
+ */
+#define LOOP_KEY __attribute__((aligned(8)))
+
 /* The entry of one suffix hash in a buffer of the name table (maps.h), or NULL. */
 static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer)
 {
-	__u32 r = ((buffer & 1) << CCXDP_NAME_INDEX_LOG2) |
-		  (__u32)(suffix_hash >> (64 - CCXDP_NAME_INDEX_LOG2));
+	__u32 r LOOP_KEY = ((buffer & 1) << CCXDP_NAME_INDEX_LOG2) |
+			   (__u32)(suffix_hash >> (64 - CCXDP_NAME_INDEX_LOG2));
 	struct ccxdp_name_range *range = ccxdp_nrange_v1.lookup(&r);
 	__u32 base = (buffer & 1) * CCXDP_MAX_NAMES, i, end;
 
@@ -27,7 +37,7 @@ static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 
 	i = range->start;
 	end = range->end;
 	for (int n = 0; n < CCXDP_NAME_RUN_MAX; n++) {
-		__u32 at = base + i;
+		__u32 at LOOP_KEY = base + i;
 		struct ccxdp_name_slot *slot;
 
 		if (i >= end)
@@ -44,7 +54,7 @@ static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 
 
 static __always_inline int bloom_may_hold(__u64 suffix_hash)
 {
-	__u32 index = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
+	__u32 index LOOP_KEY = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
 	__u64 bits = (1ULL << (suffix_hash & 63)) | (1ULL << ((suffix_hash >> 6) & 63));
 	__u64 *word = ccxdp_bloom_v2.lookup(&index);
 
