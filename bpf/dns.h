@@ -49,6 +49,16 @@ static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 	return dns;
 }
 
+/* Whether a DNS header is one that is judged: a query (QR clear), standard opcode, one
+ * question. */
+static __always_inline int dns_is_judged_query(const struct dnshdr *dns)
+{
+	__u16 flags = bpf_ntohs(dns->flags);
+
+	return !(flags & DNS_FLAG_QR) && (flags & DNS_OPCODE_MASK) == DNS_OPCODE_QUERY &&
+	       dns->qdcount == bpf_htons(1);
+}
+
 /*
  * Why the name loops take offsets from the scratch value and reload the packet pointers from
  * ctx: the parse paths before them (VLAN tags, IP options, IPv6 extension headers) leave
