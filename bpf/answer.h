@@ -20,29 +20,10 @@
 #define CCXDP_ANSWER_H
 
 #include "ccxdp_shared.h"
+#include "dns_wire.h"
 #include "maps.h"
 #include "parse.h"
 
-#define DNS_TYPE_A 1
-#define DNS_TYPE_SOA 6
-#define DNS_TYPE_AAAA 28
-#define DNS_TYPE_OPT 41
-#define DNS_CLASS_IN 1
-
-#define DNS_FLAG_AA 0x0400
-#define DNS_FLAG_TC 0x0200
-#define DNS_FLAG_RD 0x0100
-#define DNS_FLAG_RA 0x0080
-#define DNS_FLAG_CD 0x0010
-#define DNS_EXT_RCODE_BADVERS 1 /* BADVERS (16) >> 4, in the OPT's extended RCODE byte */
-#define DNS_RCODE_NOERROR 0
-#define DNS_RCODE_NXDOMAIN 3
-#define DNS_RCODE_REFUSED 5
-
-#define DNS_PTR_QNAME 0xc00c /* compression pointer to the question's name */
-#define RR_FIXED_LEN 12      /* name pointer 2, type 2, class 2, TTL 4, RDLENGTH 2 */
-#define SOA_RDATA_LEN 22     /* MNAME root 1, RNAME root 1, five 32-bit values */
-#define OPT_LEN 11
 #define ANSWER_TTL_HOP 64
 
 /* SOA timers other than MINIMUM: conventional values; they only matter to secondaries. */
@@ -59,14 +40,29 @@
 #define grow_tail(ctx, delta) bpf_xdp_adjust_tail(ctx, delta)
 #endif
 
+/*
+ * The checksums read back, in words, bytes just stored through other types (header fields,
+ * records). Under C's aliasing rules clang may move a __u32 load above a __u16 store to the
+ * same bytes; these types tell it that the loads see every store before them.
+ */
+typedef __u16 __attribute__((may_alias)) alias_u16;
+typedef __u32 __attribute__((may_alias)) alias_u32;
+typedef __u64 __attribute__((may_alias)) alias_u64;
+
+/* What the answer holds and where its parts go, worked out from the query before the frame
+ * changes. */
 struct answer_plan {
-	__u16 rcode;
-	__u16 tc;
-	__u16 rr_type; /* DNS_TYPE_A, DNS_TYPE_AAAA or DNS_TYPE_SOA; 0: no record */
-	__u16 rr_len;  /* bytes of that record */
-	__u16 an;      /* 1 when the record is an answer, 0 when it is authority */
-	__u16 opt;     /* 1 to append an OPT */
-	__u16 badvers; /* 1: the OPT says BADVERS */
+	__u32 dns_off;	   /* offset of the DNS header in the frame */
+	__u32 qend;	   /* bytes of the DNS header and question */
+	__u32 udp_len;	   /* the answer's UDP length */
+	__u16 query_flags; /* the query's flags, host order */
+	__u16 rcode;	   /* DNS_RCODE_* */
+	__u16 tc;	   /* 1: TC set */
+	__u16 rr_type;	   /* DNS_TYPE_A, DNS_TYPE_AAAA or DNS_TYPE_SOA; 0: no record */
+	__u16 rr_len;	   /* bytes of that record */
+	__u16 an;	   /* 1 when the record is an answer, 0 when it is authority */
+	__u16 opt;	   /* 1 to append an OPT */
+	__u16 badvers;	   /* 1: the OPT says BADVERS */
 };
 
 static __always_inline __u16 csum_fold(__u64 sum)
@@ -93,10 +89,10 @@ static __always_inline void *frame_at(struct xdp_md *ctx, __u32 off, __u32 len)
  * for EDNS version 0, 2 for a later version. */
 static __always_inline int query_opt(struct xdp_md *ctx, struct ccxdp_scratch *s, __u16 arcount)
 {
-	__u32 off = s->qoff + s->name_len + 4;
+	__u32 off = s->qoff + s->name_len + DNS_QUESTION_FIXED_LEN;
 	__u8 *p;
 
-	if (!arcount || s->name_len + 4 + OPT_LEN > s->avail)
+	if (!arcount || s->name_len + DNS_QUESTION_FIXED_LEN + OPT_LEN > s->avail)
 		return 0;
 	p = frame_at(ctx, off, 7);
 	if (!p || p[0] != 0 || p[1] != 0 || p[2] != DNS_TYPE_OPT)
@@ -224,6 +220,23 @@ static __always_inline int write_record(struct xdp_md *ctx, __u32 off,
 	return 0;
 }
 
+/* The OPT at offset off of the frame: no options, DO clear, BADVERS when planned. */
+static __always_inline int write_opt(struct xdp_md *ctx, __u32 off, const struct answer_plan *plan,
+				     const struct ccxdp_config *cfg)
+{
+	__u8 *rec = frame_at(ctx, off, OPT_LEN);
+
+	if (!rec)
+		return -1;
+	rec[0] = 0; /* owner: the root */
+	put16(rec + 1, DNS_TYPE_OPT);
+	__builtin_memcpy(rec + 3, &cfg->edns_udp_size, 2);
+	/* extended RCODE, version 0, flags (DO clear) */
+	put32(rec + 5, plan->badvers ? DNS_EXT_RCODE_BADVERS << 24 : 0);
+	put16(rec + 9, 0); /* no options */
+	return 0;
+}
+
 /*
  * Ones'-complement sum of the answer's UDP datagram, which ends the frame, read straight from
  * it in 8-byte words (then 4, 2 and 1 for the last few bytes). Copying the datagram out and
@@ -253,7 +266,8 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 			break;
 		if ((void *)(p + 8) > data_end)
 			return -1;
-		w = *(__u64 *)__builtin_assume_aligned(p, 8); /* unaligned loads are fine here */
+		/* unaligned loads are fine here */
+		w = *(alias_u64 *)__builtin_assume_aligned(p, 8);
 		acc += (w & 0xffffffff) + (w >> 32);
 		s->csum_off = off + 8;
 	}
@@ -270,13 +284,13 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 		if (left & 4) {
 			if ((void *)(p + 4) > data_end)
 				return -1;
-			acc += *(__u32 *)__builtin_assume_aligned(p, 4);
+			acc += *(alias_u32 *)__builtin_assume_aligned(p, 4);
 			p += 4;
 		}
 		if (left & 2) {
 			if ((void *)(p + 2) > data_end)
 				return -1;
-			acc += *(__u16 *)__builtin_assume_aligned(p, 2);
+			acc += *(alias_u16 *)__builtin_assume_aligned(p, 2);
 			p += 2;
 		}
 		if (left & 1) {
@@ -292,7 +306,7 @@ static __always_inline int udp_sum(struct xdp_md *ctx, struct ccxdp_scratch *s, 
 /* Sum of n 32-bit words from p, in native order (header fields the answer has set). */
 static __always_inline __u64 words_sum(const void *p, int n)
 {
-	const __u32 *w = p;
+	const alias_u32 *w = p;
 	__u64 acc = 0;
 
 #pragma unroll
@@ -321,52 +335,59 @@ static __always_inline int grow_at_head(struct xdp_md *ctx, struct ccxdp_scratch
 	return 0;
 }
 
-/*
- * Turn the query into the answer the action calls for. Returns XDP_TX, or XDP_DROP when the
- * frame could not be made the answer's size (the query must not reach the resolver either
- * way).
- */
-static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch *s,
-					const struct ccxdp_config *cfg, int action)
+/* What the answer is to be, from the query's header, question and OPT: the records of the
+ * action, or BADVERS alone for a later EDNS version. */
+static __always_inline int plan_from_query(struct xdp_md *ctx, struct ccxdp_scratch *s, int action,
+					   struct answer_plan *plan)
 {
-	struct answer_plan plan = {};
-	struct dnshdr *dns;
-	struct udphdr *udp;
-	struct ethhdr *eth;
-	__u32 dns_off = s->l4_off + sizeof(struct udphdr);
-	__u32 qend, dns_len, frame_len, udp_len;
-	__u16 qtype, qclass, flags, arcount;
-	__u8 mac[ETH_ALEN], *q, *rec;
-	__u64 sum;
-	int delta, opt;
+	struct dnshdr *dns = frame_at(ctx, plan->dns_off, sizeof(*dns));
+	__u8 *q = frame_at(ctx, s->qoff + s->name_len, DNS_QUESTION_FIXED_LEN);
+	__u16 qtype, qclass, arcount;
+	int opt;
 
-	dns = frame_at(ctx, dns_off, sizeof(*dns));
-	q = frame_at(ctx, s->qoff + s->name_len, 4);
 	if (!dns || !q)
 		return XDP_DROP;
 	qtype = (q[0] << 8) | q[1];
 	qclass = (q[2] << 8) | q[3];
-	flags = bpf_ntohs(dns->flags);
+	plan->query_flags = bpf_ntohs(dns->flags);
 	arcount = bpf_ntohs(dns->arcount);
 	if (!answerable(ctx, s))
 		return XDP_DROP;
 	opt = query_opt(ctx, s, arcount);
-	plan.opt = opt != 0;
+	plan->opt = opt != 0;
 	if (opt == 2)
-		plan.badvers = 1; /* an answer with no records but the OPT */
+		plan->badvers = 1; /* an answer with no records but the OPT */
 	else
-		plan_answer(&plan, action, qtype, qclass);
+		plan_answer(plan, action, qtype, qclass);
+	return CCXDP_CONTINUE;
+}
 
-	qend = sizeof(struct dnshdr) + s->name_len + 4;
-	dns_len = qend + plan.rr_len + (plan.opt ? OPT_LEN : 0);
-	udp_len = sizeof(struct udphdr) + dns_len;
+/* Make the frame the answer's size: headers, question, then the planned records. */
+static __always_inline int resize_frame(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					struct answer_plan *plan)
+{
+	__u32 dns_len, frame_len;
+	int delta;
+
+	plan->qend = sizeof(struct dnshdr) + s->name_len + DNS_QUESTION_FIXED_LEN;
+	dns_len = plan->qend + plan->rr_len + (plan->opt ? OPT_LEN : 0);
+	plan->udp_len = sizeof(struct udphdr) + dns_len;
 	frame_len = (long)ctx->data_end - (long)ctx->data;
-	delta = (int)(s->l4_off + udp_len) - (int)frame_len;
-	if (grow_tail(ctx, delta) && grow_at_head(ctx, s, delta, dns_off + qend))
+	delta = (int)(s->l4_off + plan->udp_len) - (int)frame_len;
+	if (grow_tail(ctx, delta) && grow_at_head(ctx, s, delta, plan->dns_off + plan->qend))
 		return XDP_DROP;
+	return CCXDP_CONTINUE;
+}
 
-	/* Every packet pointer is void after adjust_tail: from here, offsets only. */
-	eth = frame_at(ctx, 0, sizeof(*eth));
+/* Back to where the query came from: MACs and UDP ports swapped, the UDP length set. */
+static __always_inline int reverse_eth_udp(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					   const struct answer_plan *plan)
+{
+	struct ethhdr *eth = frame_at(ctx, 0, sizeof(*eth));
+	struct udphdr *udp;
+	__u8 mac[ETH_ALEN];
+	__be16 port;
+
 	if (!eth)
 		return XDP_DROP;
 	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
@@ -376,69 +397,85 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	udp = frame_at(ctx, s->l4_off, sizeof(*udp));
 	if (!udp)
 		return XDP_DROP;
-	{
-		__be16 port = udp->source;
-
-		udp->source = udp->dest;
-		udp->dest = port;
-	}
-	udp->len = bpf_htons(udp_len);
+	port = udp->source;
+	udp->source = udp->dest;
+	udp->dest = port;
+	udp->len = bpf_htons(plan->udp_len);
 	udp->check = 0;
+	return CCXDP_CONTINUE;
+}
 
-	dns = frame_at(ctx, dns_off, sizeof(*dns));
+/* The DNS header of the answer, then its record and OPT after the question. */
+static __always_inline int write_dns(struct xdp_md *ctx, const struct answer_plan *plan,
+				     const struct ccxdp_config *cfg)
+{
+	struct dnshdr *dns = frame_at(ctx, plan->dns_off, sizeof(*dns));
+	__u16 flags = plan->query_flags;
+
 	if (!dns)
 		return XDP_DROP;
 	dns->flags = bpf_htons(DNS_FLAG_QR | (flags & (DNS_FLAG_RD | DNS_FLAG_CD)) | DNS_FLAG_RA |
-			       (plan.tc ? DNS_FLAG_TC : 0) | plan.rcode);
-	dns->ancount = bpf_htons(plan.an);
-	dns->nscount = bpf_htons(plan.rr_type && !plan.an ? 1 : 0);
-	dns->arcount = bpf_htons(plan.opt);
+			       (plan->tc ? DNS_FLAG_TC : 0) | plan->rcode);
+	dns->ancount = bpf_htons(plan->an);
+	dns->nscount = bpf_htons(plan->rr_type && !plan->an ? 1 : 0);
+	dns->arcount = bpf_htons(plan->opt);
 
-	if (plan.rr_type && write_record(ctx, dns_off + qend, &plan, cfg))
+	if (plan->rr_type && write_record(ctx, plan->dns_off + plan->qend, plan, cfg))
 		return XDP_DROP;
-	if (plan.opt) {
-		rec = frame_at(ctx, dns_off + qend + plan.rr_len, OPT_LEN);
-		if (!rec)
-			return XDP_DROP;
-		rec[0] = 0; /* owner: the root */
-		put16(rec + 1, DNS_TYPE_OPT);
-		__builtin_memcpy(rec + 3, &cfg->edns_udp_size, 2);
-		/* extended RCODE, version 0, flags (DO clear) */
-		put32(rec + 5, plan.badvers ? DNS_EXT_RCODE_BADVERS << 24 : 0);
-		put16(rec + 9, 0); /* no options */
-	}
+	if (plan->opt && write_opt(ctx, plan->dns_off + plan->qend + plan->rr_len, plan, cfg))
+		return XDP_DROP;
+	return CCXDP_CONTINUE;
+}
 
-	if (s->ipv6) {
-		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
-		struct in6_addr addr;
+/* IPv6 addresses swapped, hop limit and length set; *sum gets the UDP pseudo-header. */
+static __always_inline int reverse_ipv6(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					const struct answer_plan *plan, __u64 *sum)
+{
+	struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
+	struct in6_addr addr;
 
-		if (!ip6)
-			return XDP_DROP;
-		addr = ip6->saddr;
-		ip6->saddr = ip6->daddr;
-		ip6->daddr = addr;
-		ip6->hop_limit = ANSWER_TTL_HOP;
-		ip6->payload_len = bpf_htons(s->l4_off - s->l3_off - sizeof(*ip6) + udp_len);
-		/* Pseudo-header: both addresses, then length and next header as 32-bit words. */
-		sum = words_sum(&ip6->saddr, 8) + bpf_htonl(udp_len) + bpf_htonl(IPPROTO_UDP);
-	} else {
-		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
-		__be32 addr;
+	if (!ip6)
+		return XDP_DROP;
+	addr = ip6->saddr;
+	ip6->saddr = ip6->daddr;
+	ip6->daddr = addr;
+	ip6->hop_limit = ANSWER_TTL_HOP;
+	ip6->payload_len = bpf_htons(s->l4_off - s->l3_off - sizeof(*ip6) + plan->udp_len);
+	/* Pseudo-header: both addresses, then length and next header as 32-bit words. */
+	*sum = words_sum(&ip6->saddr, 8) + bpf_htonl(plan->udp_len) + bpf_htonl(IPPROTO_UDP);
+	return CCXDP_CONTINUE;
+}
 
-		if (!ip)
-			return XDP_DROP;
-		addr = ip->saddr;
-		ip->saddr = ip->daddr;
-		ip->daddr = addr;
-		ip->ttl = ANSWER_TTL_HOP;
-		ip->tot_len = bpf_htons(sizeof(*ip) + udp_len);
-		ip->check = 0;
-		/* answerable() took only headers without options: five words. */
-		ip->check = ~csum_fold(words_sum(ip, sizeof(*ip) / 4));
-		/* Pseudo-header: both addresses, zero and protocol, UDP length. */
-		sum = (__u64)ip->saddr + ip->daddr + bpf_htonl((IPPROTO_UDP << 16) | udp_len);
-	}
-	if (udp_sum(ctx, s, udp_len, &sum))
+/* IPv4 addresses swapped, TTL, length and header checksum set; *sum gets the UDP
+ * pseudo-header. */
+static __always_inline int reverse_ipv4(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					const struct answer_plan *plan, __u64 *sum)
+{
+	struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+	__be32 addr;
+
+	if (!ip)
+		return XDP_DROP;
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	ip->ttl = ANSWER_TTL_HOP;
+	ip->tot_len = bpf_htons(sizeof(*ip) + plan->udp_len);
+	ip->check = 0;
+	/* answerable() took only headers without options: five words. */
+	ip->check = ~csum_fold(words_sum(ip, sizeof(*ip) / 4));
+	/* Pseudo-header: both addresses, zero and protocol, UDP length. */
+	*sum = (__u64)ip->saddr + ip->daddr + bpf_htonl((IPPROTO_UDP << 16) | plan->udp_len);
+	return CCXDP_CONTINUE;
+}
+
+/* The UDP checksum over the pseudo-header's sum and the whole datagram. */
+static __always_inline int set_udp_checksum(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					    const struct answer_plan *plan, __u64 sum)
+{
+	struct udphdr *udp;
+
+	if (udp_sum(ctx, s, plan->udp_len, &sum))
 		return XDP_DROP;
 	udp = frame_at(ctx, s->l4_off, sizeof(*udp));
 	if (!udp)
@@ -447,6 +484,43 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	if (!udp->check)
 		udp->check = 0xffff; /* 0 means "no checksum" in UDP */
 	return XDP_TX;
+}
+
+/*
+ * Turn the query into the answer the action calls for. Returns XDP_TX, or XDP_DROP when the
+ * query may not be answered from here or the frame could not be made the answer's size (the
+ * query must not reach the resolver either way). Each step returns XDP_DROP or
+ * CCXDP_CONTINUE, the last XDP_TX.
+ */
+static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch *s,
+					const struct ccxdp_config *cfg, int action)
+{
+	struct answer_plan plan = { .dns_off = s->l4_off + sizeof(struct udphdr) };
+	__u64 sum;
+	int verdict;
+
+	verdict = plan_from_query(ctx, s, action, &plan);
+	if (verdict >= 0)
+		goto out;
+	verdict = resize_frame(ctx, s, &plan);
+	if (verdict >= 0)
+		goto out;
+	/* Every packet pointer is void after adjust_tail: from here, offsets only. */
+	verdict = reverse_eth_udp(ctx, s, &plan);
+	if (verdict >= 0)
+		goto out;
+	verdict = write_dns(ctx, &plan, cfg);
+	if (verdict >= 0)
+		goto out;
+	if (s->ipv6)
+		verdict = reverse_ipv6(ctx, s, &plan, &sum);
+	else
+		verdict = reverse_ipv4(ctx, s, &plan, &sum);
+	if (verdict >= 0)
+		goto out;
+	verdict = set_udp_checksum(ctx, s, &plan, sum);
+out:
+	return verdict;
 }
 
 #endif /* CCXDP_ANSWER_H */

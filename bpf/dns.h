@@ -22,24 +22,9 @@
 #define CCXDP_DNS_H
 
 #include "ccxdp_shared.h"
+#include "dns_wire.h"
 #include "maps.h"
 #include "name_hash.h"
-
-struct dnshdr {
-	__be16 id;
-	__be16 flags;
-	__be16 qdcount;
-	__be16 ancount;
-	__be16 nscount;
-	__be16 arcount;
-};
-
-/* Masks on bpf_ntohs(flags). */
-#define DNS_FLAG_QR 0x8000
-#define DNS_OPCODE_MASK 0x7800
-#define DNS_OPCODE_QUERY 0x0000
-
-#define DNS_LABEL_TYPE_MASK 0xc0 /* 0xc0: compression pointer; 0x40, 0x80: reserved */
 
 /* Words the suffix-hash loop may need: a one-byte label and its length byte fill one word, and
  * longer labels take fewer words per byte, so 127 labels is the worst case; one more
@@ -62,6 +47,16 @@ static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 		return NULL;
 	c->pos = dns + 1;
 	return dns;
+}
+
+/* Whether a DNS header is one that is judged: a query (QR clear), standard opcode, one
+ * question. */
+static __always_inline int dns_is_judged_query(const struct dnshdr *dns)
+{
+	__u16 flags = bpf_ntohs(dns->flags);
+
+	return !(flags & DNS_FLAG_QR) && (flags & DNS_OPCODE_MASK) == DNS_OPCODE_QUERY &&
+	       dns->qdcount == bpf_htons(1);
 }
 
 /*
