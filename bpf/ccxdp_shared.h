@@ -4,8 +4,8 @@
  *
  * Every struct here crosses the C/Python boundary through a BPF map, so fields are
  * fixed-width, padding is explicit, and there are no bitfields and no enum-typed fields.
- * Python mirrors these in ccxdp/layout.py; tests/test_layout.py checks sizes, offsets and
- * enum values against the bcc-compiled types and this file.
+ * Python mirrors these in ccxdp/datapath/shared.py; tests/datapath/test_shared.py checks
+ * sizes, offsets and enum values against the bcc-compiled types and this file.
  */
 #ifndef CCXDP_SHARED_H
 #define CCXDP_SHARED_H
@@ -175,7 +175,7 @@ struct ccxdp_hash_key {
  * The exempt gate's index of a source (ccxdp_exgate, maps.h): 16 bits of the address that
  * tell subscriber lines apart, the low half of an IPv4 address (a line has one address, and
  * the top half is shared by whole pools), bits 32-47 of an IPv6 one (ISPs hand out /48 to /64
- * from a /32 or wider). ccxdp/exempt.py computes the same indexes for each prefix.
+ * from a /32 or wider). ccxdp/policy/exempt.py computes the same indexes for each prefix.
  */
 #define CCXDP_EXEMPT_GATE_BITS 16
 #define CCXDP_EXEMPT_GATE_V4_BYTE 2 /* the IPv4 index is bytes 2 and 3 of the address */

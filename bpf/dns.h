@@ -2,7 +2,8 @@
 /*
  * DNS header checks, the QNAME walk and the keyed suffix hash.
  *
- * The name hash (mirrored by ccxdp/hashing.py, kept equal by tests/test_parity.py):
+ * The name hash (mirrored by ccxdp/datapath/hashing.py, kept equal by
+ * tests/program/test_parity.py):
  *   S = k0
  *   for each label, from the one nearest the root to the leftmost:
  *       split the label in wire form (its length byte, then its bytes lower-cased) into

@@ -72,7 +72,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
  * so it sees the old list or the new one, never a mix; after the switch the control plane
  * waits for an RCU grace period (membarrier), which every XDP run in flight finishes within,
  * before it calls the swap done or writes that buffer again. Written only by the control
- * plane (ccxdp/nametable.py); host order. Mappable, so it writes a million slots in one copy.
+ * plane (ccxdp/datapath/nametable.py); host order. Mappable, so it writes a million slots
+ * in one copy.
  */
 #ifndef CCXDP_NAME_INDEX_LOG2
 #define CCXDP_NAME_INDEX_LOG2 19 /* two names per range on average in a full table */
@@ -88,7 +89,7 @@ BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v1, 1, CCXDP_PIN(CCXDP_MAP_NA
  * Key: struct ccxdp_source_key (address in network order; buffer = epoch & 1). Value: struct
  * ccxdp_source_hits, host order. Written by the program on every blocked or monitored query
  * (atomic adds: one entry is shared by all CPUs); read and deleted by the collector
- * (ccxdp/collector.py).
+ * (ccxdp/hits/collector.py).
  *
  * ccxdp_sepoch holds the epoch, one __u64 written only by the collector. A query reads it
  * once and counts into buffer epoch & 1; the collector moves the epoch on by one, waits for
@@ -125,7 +126,7 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_L
  * Run-time settings, double-buffered like the name table: ccxdp_cact (one __u32, 0 or 1) says
  * which of the two struct ccxdp_config is live. The control plane waits for an RCU grace
  * period since the last switch, writes the other one and switches the word
- * (ccxdp/datapath.py); a packet reads the word once, so it sees the old settings or the new
+ * (ccxdp/datapath/loader.py); a packet reads the word once, so it sees the old settings or the new
  * ones, never a mix. Arrays, so both reads are inlined: the hash map this replaces cost a call
  * and a hash of the key on every matched query. A live entry whose default_action is 0 was
  * never written.

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The arithmetic of the name hash, shared by the XDP program (dns.h) and the control plane's
- * native bulk helper (ccxdp/native.c), so the two compile the very same definitions; the
- * hash itself is described in dns.h, and ccxdp/hashing.py mirrors it in Python
- * (tests/test_parity.py holds all three equal). Plain C on __u32/__u64: no BPF helpers.
+ * C bulk helper (ccxdp/datapath/bulk.c), so the two compile the very same definitions; the
+ * hash itself is described in dns.h, and ccxdp/datapath/hashing.py mirrors it in Python
+ * (tests/program/test_parity.py holds all three equal). Plain C on __u32/__u64: no BPF helpers.
  */
 #ifndef CCXDP_NAME_HASH_H
 #define CCXDP_NAME_HASH_H
