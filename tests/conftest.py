@@ -130,11 +130,11 @@ def kernel_names(dp) -> dict[int, tuple[int, int, int]]:
 
 @pytest.fixture
 def lab():
-    """The end-to-end topology, from one place (ccxdp.lab.from_env): by default a namespace lab
-    (a resolver with a real unbound, clients, a sinkhole, on one switch); with
+    """The end-to-end topology, from one place (tests.harness.hosts.from_env): by default a
+    namespace lab (a resolver with a real unbound, clients, a sinkhole, on one switch); with
     CCXDP_E2E_TOPOLOGY=hosts, this host as the resolver and a client VM (vagrant/README.md).
     Everything it makes is removed when the test ends, passed or failed."""
-    from ccxdp.lab.core import from_env
+    from tests.harness.hosts import from_env
 
     with from_env() as topology:
         yield topology

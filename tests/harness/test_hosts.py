@@ -22,9 +22,9 @@ from ccxdp.lab.core import (
     LabSpec,
     cleanup_stale,
     delete_netns,
-    lab_fixture,
     list_netns,
 )
+from tests.harness.hosts import lab_fixture
 
 
 def _netns_unavailable() -> str | None:

@@ -24,17 +24,15 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from ccxdp.lab.core import (
-    HostsLab,
-    HostsSpec,
     Lab,
     LabError,
     LabSpec,
     check_lab_name,
-    from_env,
     list_netns,
     parse_contact,
 )
 from tests.conftest import one_line_error
+from tests.harness.hosts import HostsLab, HostsSpec, from_env
 
 REPO = Path(__file__).resolve().parents[2]
 SINK = {"198.18.0.53", "fd00:cc::53"}
