@@ -31,3 +31,7 @@ class NotLoadedError(DatapathError):
 
 class EnvironmentProblem(CcxdpError):
     """The machine lacks something ccxdp needs: root, bpffs, bcc."""
+
+
+class LabError(CcxdpError):
+    """The lab could not be built, or a lab command failed."""

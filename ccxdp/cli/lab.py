@@ -18,8 +18,9 @@ from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import emit, json_option
 from ccxdp.cli.types import IPV4, IPV6
 from ccxdp.datapath.loader import Mode
+from ccxdp.errors import LabError
 from ccxdp.lab import control
-from ccxdp.lab.core import LabError, LabSpec, check_lab_name
+from ccxdp.lab.topology import LabSpec, check_lab_name
 
 DEFAULT_LAB = "cxlab"
 _DEFAULTS = LabSpec()

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ccxdp.datapath.loader import Datapath, Mode
-from ccxdp.errors import DatapathError
-from ccxdp.lab.core import Lab, LabError, LabSpec, list_netns, read_contacts
+from ccxdp.errors import DatapathError, LabError
+from ccxdp.lab.netns import list_netns
+from ccxdp.lab.sinkhole import read_contacts
+from ccxdp.lab.topology import Lab, LabSpec
 from ccxdp.ops.attach import attach
 from ccxdp.policy.catalog import Catalog
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ccxdp.lab.core import Lab, LabSpec  # noqa: E402
+from ccxdp.lab.topology import Lab, LabSpec  # noqa: E402
 
 VENV = Path(sys.executable).parent
 CCXDP = VENV / "ccxdp"

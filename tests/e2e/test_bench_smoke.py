@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ccxdp.lab.core import list_netns
+from ccxdp.lab.netns import list_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -19,17 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccxdp.lab.core import (
-    DEFAULT_ZONES,
-    Lab,
-    LabError,
-    LabSpec,
-    Zone,
-    _check_lab_addr,
-    _Resolver,
-    _stop_process,
-    unbound_config,
-)
+from ccxdp.errors import LabError
+from ccxdp.lab.addressing import check_lab_addr
+from ccxdp.lab.client import Resolver
+from ccxdp.lab.netns import stop_process
+from ccxdp.lab.topology import Lab, LabSpec
+from ccxdp.lab.unbound import DEFAULT_ZONES, Zone, unbound_config
 
 
 def lab_fixture(spec: LabSpec | None = None) -> Iterator[Lab]:
@@ -109,12 +104,12 @@ class HostsSpec:
     start_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        _check_lab_addr(self.resolver_v4, 4)
-        _check_lab_addr(self.resolver_v6, 6)
+        check_lab_addr(self.resolver_v4, 4)
+        check_lab_addr(self.resolver_v6, 6)
         for a in self.client_v4:
-            _check_lab_addr(a, 4)
+            check_lab_addr(a, 4)
         for a in self.client_v6:
-            _check_lab_addr(a, 6)
+            check_lab_addr(a, 6)
         if not self.client_v4 or not self.client_v6:
             raise ValueError("the client needs at least one IPv4 and one IPv6 address")
         if not self.client_exec:
@@ -155,7 +150,7 @@ class HostsSpec:
             raise LabError(f"CCXDP_E2E_*: {e}") from e
 
 
-class HostsLab(_Resolver):
+class HostsLab(Resolver):
     """The test API of Lab on two real hosts (the Vagrant VMs): this host is the resolver and
     runs the lab's unbound on its interface, with the same zones and query log; the client's
     commands and DNS messages go through HostsSpec.client_exec.
@@ -245,7 +240,7 @@ class HostsLab(_Resolver):
 
     def close(self) -> None:
         for proc in [*self._procs, *([self._unbound] if self._unbound else [])]:
-            _stop_process(proc)
+            stop_process(proc)
         self._procs.clear()
         self._unbound = None
         for ifname in self._restore_xdp:  # no XDP there when we started: none when we leave

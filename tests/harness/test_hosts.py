@@ -15,15 +15,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from ccxdp.lab.core import (
-    DigResult,
-    Lab,
-    LabError,
-    LabSpec,
-    cleanup_stale,
-    delete_netns,
-    list_netns,
-)
+from ccxdp.errors import LabError
+from ccxdp.lab.client import DigResult
+from ccxdp.lab.netns import cleanup_stale, delete_netns, list_netns
+from ccxdp.lab.topology import Lab, LabSpec
 from tests.harness.hosts import lab_fixture
 
 

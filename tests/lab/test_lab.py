@@ -23,14 +23,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from ccxdp.lab.core import (
-    Lab,
-    LabError,
-    LabSpec,
-    check_lab_name,
-    list_netns,
-    parse_contact,
-)
+from ccxdp.errors import LabError
+from ccxdp.lab.netns import list_netns
+from ccxdp.lab.sinkhole import parse_contact
+from ccxdp.lab.topology import Lab, LabSpec, check_lab_name
 from tests.conftest import one_line_error
 from tests.harness.hosts import HostsLab, HostsSpec, from_env
 
