@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
-"""The CLI reference (docs/cli.md) and the man page (docs/ccxdp.8), both made from the
-commands' own --help, so neither can say something the commands do not.
+"""The CLI reference (docs/cli.md) and the man page ccxdp(8) (docs/ccxdp.8), both made from
+the commands' own --help, so neither can say something the commands do not. The man page's
+DESCRIPTION is the text README.md marks for it.
 
     .venv/bin/python scripts/gen_docs.py           # write both files
-    .venv/bin/python scripts/gen_docs.py --check   # exit 1 if either differs from --help
+    .venv/bin/python scripts/gen_docs.py --check   # exit 1, naming the file, if one is stale
+
+tests/cli/test_docs.py runs the same comparison, so a help text changed without running this
+fails the tests.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,36 +26,51 @@ sys.path.insert(0, str(REPO))
 
 from ccxdp.cli import cli  # noqa: E402
 
-WIDTH = 100  # fixed, so the text does not depend on the terminal that made it
+WIDTH = 100  # docs/cli.md: fixed, so the text does not depend on the terminal that made it
+MAN_WIDTH = 72  # the man page indents a command's help by 7: it fits an 80-column terminal
+README = REPO / "README.md"
+PYPROJECT = REPO / "pyproject.toml"
 CLI_MD = REPO / "docs" / "cli.md"
 MAN_PAGE = REPO / "docs" / "ccxdp.8"
 
 SUMMARY = "block DNS queries for malware C&C domains at a resolver's NIC, with XDP"
-DESCRIPTION = """\
-ccxdp is an XDP DNS filter for ISP resolvers. It reads every DNS query at the resolver's NIC,
-before the resolver does, hashes the queried name and each of its parent suffixes, and looks
-them up in BPF maps of malware command-and-control (C&C) domains. A query for a listed name is
-dropped or answered at the NIC (NXDOMAIN, NODATA, a sinkhole address, TC or REFUSED); every
-other packet passes untouched. Blocked queries are counted per source address, collected into
-a store and turned into one notice a month per infected subscriber line.
+# The man page's DESCRIPTION is README.md's own text between these markers, so the two
+# cannot tell different stories (xdp-filter's README is its man page).
+DESCRIPTION_BLOCK = re.compile(r"<!-- man:description -->\n(.*?)\n<!-- /man:description -->", re.S)
 
-All commands need root. The filter's state lives in pinned BPF maps under /sys/fs/bpf/ccxdp
-and in /var/lib/ccxdp (the catalog, the hash key, the settings, the hits store); --pin-dir
-(CCXDP_PIN_DIR) and --state-dir (CCXDP_STATE_DIR) move them. A bad input is refused with one
-line naming what and where, and exit status 1 (2 for a usage error)."""
-
+EXIT_STATUS = [
+    ("0", "success"),
+    ("1", "an error, in one line naming what and where: not root, no bpffs, a bad feed line, "
+          "a foreign XDP program on the interface, ..."),
+    ("2", "a usage error: an unknown option, an invalid name, prefix or value"),
+]
+ENVIRONMENT = [
+    ("CCXDP_PIN_DIR, CCXDP_STATE_DIR", "as --pin-dir and --state-dir"),
+    ("CCXDP_<COMMAND>_<OPTION>", "any option of any command, e.g. CCXDP_ATTACH_MODE=generic, "
+                                 "CCXDP_LAB_UP_NAME=mylab; the command line wins"),
+    ("CCXDP_SMTP_PASSWORD", "the password of notify --smtp-user when no --smtp-password-file "
+                            "is given"),
+    ("CCXDP_CACHE_DIR", "where the bulk helper for large feeds is compiled "
+                        "(default /var/cache/ccxdp)"),
+    ("BCC_KERNEL_SOURCE", "kernel headers for bcc; without it, ccxdp uses the running kernel's, "
+                          "or the tree scripts/setup.sh merges in /usr/src/ccxdp-kernel-headers"),
+]
 FILES = [
     ("/sys/fs/bpf/ccxdp", "the pinned program and maps"),
     ("/var/lib/ccxdp/catalog.db", "the catalog: entries, feeds, categories, exempt prefixes"),
+    ("/var/lib/ccxdp/hash.key", "the key of the name hash, random per installation (mode 0600)"),
     ("/var/lib/ccxdp/hits.db", "the hits store: blocked queries per address, category, hour"),
     ("/var/lib/ccxdp/settings.json", "the run-time settings, for maps made afresh"),
     ("/etc/ccxdp/ccxdp.toml", "the daemon's config (ccxdp run)"),
 ]
+SEE_ALSO = [("bpftool", 8), ("ip-link", 8), ("unbound", 8), ("dig", 1)]
+MANUAL = ["docs/commands.md", "docs/feeds.md", "docs/matching.md", "docs/answers.md",
+          "docs/records.md", "docs/daemon.md", "docs/lab.md", "docs/datapath.md"]
 
 
-def commands() -> Iterator[tuple[str, click.Context]]:
+def commands(width: int = WIDTH) -> Iterator[tuple[str, click.Context]]:
     """(full name, context) of the root and every command below it, depth first in the
-    order --help lists them."""
+    order --help lists them, each help text formatted at ``width`` columns."""
 
     def walk(cmd: click.Command, ctx: click.Context) -> Iterator[tuple[str, click.Context]]:
         yield ctx.command_path, ctx
@@ -60,13 +81,25 @@ def commands() -> Iterator[tuple[str, click.Context]]:
                     continue
                 yield from walk(sub, click.Context(sub, info_name=name, parent=ctx))
 
-    root = click.Context(cli, info_name="ccxdp", terminal_width=WIDTH, max_content_width=WIDTH,
+    root = click.Context(cli, info_name="ccxdp", terminal_width=width, max_content_width=width,
                          color=False)
     yield from walk(cli, root)
 
 
 def help_text(ctx: click.Context) -> str:
     return ctx.command.get_help(ctx).rstrip() + "\n"
+
+
+def description() -> list[str]:
+    """The paragraphs README.md marks as the man page's DESCRIPTION, one string each."""
+    blocks = DESCRIPTION_BLOCK.findall(README.read_text())
+    if not blocks:
+        raise SystemExit("README.md: no <!-- man:description --> block for the man page")
+    return [" ".join(par.split()) for block in blocks for par in block.strip().split("\n\n")]
+
+
+def version() -> str:
+    return tomllib.loads(PYPROJECT.read_text())["project"]["version"]
 
 
 def cli_md() -> str:
@@ -79,29 +112,43 @@ def cli_md() -> str:
 
 
 def _roff(text: str) -> str:
+    """Text as roff shows it verbatim: backslashes and hyphens escaped (``\\-`` stays an
+    ASCII hyphen-minus that can be copied into a shell), no line taken for a request."""
     lines = []
-    for line in text.replace("\\", "\\e").splitlines():
+    for line in text.replace("\\", "\\e").replace("-", "\\-").splitlines():
         if line.startswith((".", "'")):
             line = "\\&" + line
         lines.append(line)
     return "\n".join(lines)
 
 
+def _inline(text: str) -> str:
+    """One paragraph of Markdown as roff: `code` in bold, the rest as it is."""
+    parts = text.split("`")
+    return "".join(_roff(part) if i % 2 == 0 else f"\\fB{_roff(part)}\\fR"
+                   for i, part in enumerate(parts))
+
+
 def man_page() -> str:
-    out = ['.TH CCXDP 8 "" "ccxdp" "System Administration"', ".SH NAME",
-           f"ccxdp \\- {SUMMARY}", ".SH SYNOPSIS", ".B ccxdp", "[\\fIOPTIONS\\fR]",
-           "\\fICOMMAND\\fR [\\fIARGS\\fR]...", ".SH DESCRIPTION"]
-    for paragraph in DESCRIPTION.split("\n\n"):
-        out += [_roff(" ".join(paragraph.split())), ".PP"]
+    out = [f'.TH CCXDP 8 "" "ccxdp {version()}" "System Administration"', ".nh", ".ad l",
+           ".SH NAME", f"ccxdp \\- {_roff(SUMMARY)}", ".SH SYNOPSIS", ".B ccxdp",
+           "[\\fIOPTIONS\\fR]", "\\fICOMMAND\\fR [\\fIARGS\\fR]...", ".SH DESCRIPTION"]
+    for paragraph in description():
+        out += [_inline(paragraph), ".PP"]
     out.pop()
     out.append(".SH COMMANDS")
-    for name, ctx in commands():
-        out += [f'.SS "{name}"', ".nf", _roff(help_text(ctx).rstrip()), ".fi"]
-    out.append(".SH FILES")
-    for path, what in FILES:
-        out += [".TP", f".I {path}", _roff(what)]
-    out += [".SH SEE ALSO", "The manual in docs/ of the source tree: docs/commands.md,",
-            "docs/feeds.md, docs/records.md, docs/daemon.md, docs/lab.md."]
+    for name, ctx in commands(MAN_WIDTH):
+        out += [f'.SS "{_roff(name)}"', ".nf", _roff(help_text(ctx).rstrip()), ".fi"]
+    for section, items, font in (("EXIT STATUS", EXIT_STATUS, "B"),
+                                 ("ENVIRONMENT", ENVIRONMENT, "B"), ("FILES", FILES, "I")):
+        out.append(f".SH {section}")
+        for term, what in items:
+            out += [".TP", f".{font} {_roff(term)}", _roff(what)]
+    out.append(".SH SEE ALSO")
+    out += [f".BR {_roff(page)} ({section})" + ("," if i < len(SEE_ALSO) - 1 else "")
+            for i, (page, section) in enumerate(SEE_ALSO)]
+    out += [".PP", "The manual, in the source tree: " + _roff(", ".join(MANUAL)) + ".",
+            "docs/cli.md holds this page's COMMANDS as Markdown."]
     return "\n".join(out) + "\n"
 
 
@@ -122,8 +169,8 @@ def main(argv: list[str]) -> int:
         else:
             path.write_text(text)
     if stale:
-        print(f"{', '.join(map(str, stale))}: not what --help says; run scripts/gen_docs.py",
-              file=sys.stderr)
+        print(f"{', '.join(map(str, stale))}: stale, not what --help (and README.md) say; "
+              "run scripts/gen_docs.py", file=sys.stderr)
         return 1
     return 0
 

@@ -7,6 +7,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_the_generated_reference_is_what_help_says(path):
         f"{path.relative_to(REPO)} is stale: run scripts/gen_docs.py")
 
 
-def test_the_check_names_a_stale_file(tmp_path, monkeypatch):
+def test_the_check_names_a_stale_file(tmp_path, monkeypatch, capsys):
     stale = tmp_path / "cli.md"
     stale.write_text("old\n")
     monkeypatch.setattr(gen_docs, "CLI_MD", stale)
@@ -39,8 +40,23 @@ def test_the_check_names_a_stale_file(tmp_path, monkeypatch):
     monkeypatch.setattr(gen_docs, "MAN_PAGE", tmp_path / "ccxdp.8")
     (tmp_path / "ccxdp.8").write_text(gen_docs.man_page())
     assert gen_docs.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cli.md: stale") and err.count("\n") == 1, err
     assert stale.read_text() == "old\n"  # --check writes nothing
     assert gen_docs.main([]) == 0 and gen_docs.main(["--check"]) == 0
+
+
+def test_the_check_passes_on_this_tree():
+    cp = subprocess.run([sys.executable, REPO / "scripts" / "gen_docs.py", "--check"],
+                        capture_output=True, text=True, timeout=120)
+    assert (cp.returncode, cp.stderr) == (0, "")
+
+
+def test_the_man_pages_description_is_the_readmes_text():
+    paragraphs = gen_docs.description()
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert len(paragraphs) == 2 and all(par in readme for par in paragraphs)
+    assert paragraphs[0].startswith("ccxdp is an XDP DNS filter")
 
 
 def test_every_command_has_its_section_in_the_reference_and_the_man_page():
@@ -49,7 +65,7 @@ def test_every_command_has_its_section_in_the_reference_and_the_man_page():
     cli_md, man = gen_docs.CLI_MD.read_text(), gen_docs.MAN_PAGE.read_text()
     for name in names:
         assert f"\n## {name}\n" in cli_md, name
-        assert f'\n.SS "{name}"\n' in man, name
+        assert f'\n.SS "{gen_docs._roff(name)}"\n' in man, name
     assert "ccxdp feed sync" in names and "ccxdp lab sinkhole-log" in names
 
 
@@ -79,5 +95,19 @@ def test_the_man_page_renders_without_warnings():
                         capture_output=True, text=True, timeout=60)
     assert (cp.returncode, cp.stderr) == (0, "")
     out = subprocess.run(["man", "-l", str(gen_docs.MAN_PAGE)], capture_output=True,
-                         text=True, timeout=60, env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0 and "ccxdp feed sync" in out.stdout
+                         text=True, timeout=60, env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"})
+    assert (out.returncode, out.stderr) == (0, "")
+    for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "EXIT STATUS", "ENVIRONMENT",
+                    "FILES", "SEE ALSO"):
+        assert f"\n{heading}\n" in out.stdout, heading
+    assert "\n   ccxdp feed sync\n" in out.stdout
+    assert "--pin-dir" in out.stdout  # an option reads as typed, hyphens and all
+
+
+def test_set_up_installed_the_man_page():
+    """scripts/setup.sh installs docs/ccxdp.8 (of whichever checkout ran it last), so that
+    'man ccxdp' works."""
+    cp = subprocess.run(["man", "-w", "ccxdp"], capture_output=True, text=True, timeout=60,
+                        env={"PATH": "/usr/bin:/bin"})
+    assert cp.returncode == 0, "no ccxdp(8): run scripts/setup.sh"
+    assert Path(cp.stdout.strip()).resolve() == Path("/usr/local/share/man/man8/ccxdp.8")
