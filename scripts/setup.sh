@@ -66,8 +66,13 @@ if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
 	touch "$stamp"
 fi
 
-# The man page, generated from the commands' --help (scripts/gen_docs.py): 'man ccxdp'.
-install -D -m 644 "$repo/docs/ccxdp.8" /usr/local/share/man/man8/ccxdp.8
+# The man page, generated from the commands' --help (scripts/gen_docs.py): 'man ccxdp'; the
+# index (mandb) is for whatis and apropos.
+manpage=/usr/local/share/man/man8/ccxdp.8
+if ! cmp -s "$repo/docs/ccxdp.8" "$manpage"; then
+	install -D -m 644 "$repo/docs/ccxdp.8" "$manpage"
+	mandb -q 2>/dev/null || true
+fi
 
 # Merge the fallback header tree (no-op when the kernel's own headers exist).
 "$venv/bin/python" -m ccxdp.datapath.kernel_headers prepare
