@@ -39,7 +39,8 @@ def allow_add(app, names, subtree, as_json):
 
     Adding a listed name again replaces its match. A block entry of the same name stays
     listed and comes back into force when the allow entry is removed. An exact allow entry
-    on a blocked subtree of the same name is refused (the kernel keeps one entry per name).
+    on a blocked subtree of the same name allows that name only: the names below it stay
+    blocked.
 
     \b
     Examples:

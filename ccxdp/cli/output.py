@@ -11,7 +11,7 @@ from rich.console import Console
 
 
 def json_option(f):
-    """Adds ``--json``: machine-readable output with the stable keys the README documents."""
+    """Adds ``--json``: machine-readable output with the stable keys docs/commands.md documents."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(
         f
     )
