@@ -1,6 +1,6 @@
 """Threat feeds as named sources, and one-off imports into the manual source.
 
-A feed is a file in one of the formats of formats.py, registered under a name with the
+A feed is a file in one of the formats of policy/formats/, registered under a name with the
 action and category its entries get. ``sync`` reads the file again and applies only the
 difference against what the feed listed before (blocklist.apply); a name two sources list
 stays until both drop it. A file with bad lines is refused whole unless the feed (or the

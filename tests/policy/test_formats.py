@@ -16,11 +16,19 @@ from ccxdp.policy.formats import (
     ExportEntry,
     FeedEntry,
     FeedFormatError,
+    adblock,
+    common,
+    csv,
+    detect,
     detect_format,
     export_feed,
+    hosts,
     parse_feed,
+    plain,
+    rpz,
 )
 
+FORMAT_MODULES = [ff, common, plain, hosts, adblock, csv, rpz, detect]
 LONG_LABEL = "a" * 64
 
 
@@ -116,7 +124,7 @@ def test_plain_name_length_limit(tmp_path):
 
 def test_bad_line_value_is_cut():
     assert str(BadLine("f", 3, "why", "x")) == "f:3: why: x"
-    b = ff._Builder("f")
+    b = common._Builder("f")
     b.refuse(1, "why", "  " + "v" * 100 + "  ")
     assert b.bad[0].value == "v" * 79 + "…"
 
@@ -132,10 +140,19 @@ TRICKY = [
 ]
 
 
+def _patch(monkeypatch, name: str, value) -> None:
+    """Replace a name in whichever of the formats' modules holds it (each imports what it
+    uses, so every holder is patched)."""
+    holders = [m for m in FORMAT_MODULES if hasattr(m, name)]
+    assert holders, name
+    for module in holders:
+        monkeypatch.setattr(module, name, value)
+
+
 def _without_fast_path(monkeypatch, *names: str) -> None:
-    never = ff._runs("(?!)")
+    never = common._runs("(?!)")
     for name in names:
-        monkeypatch.setattr(ff, name, never)
+        _patch(monkeypatch, name, never)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +172,7 @@ def test_fast_path_agrees_with_careful_path(tmp_path, monkeypatch, fmt, line, ru
     fast = parse_feed(path, fmt)
     _without_fast_path(monkeypatch, runs)
     if fmt == "csv":  # and the pattern that finds hosts in URLs finds none
-        monkeypatch.setattr(ff, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
+        _patch(monkeypatch, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
     careful = parse_feed(path, fmt)
     assert fast == careful
     assert [e.name for e in fast.entries][:3] == ["good.example", "xn--bcher-kva.example",
@@ -181,7 +198,7 @@ def test_csv_url_fast_path_agrees_with_careful_path(tmp_path, monkeypatch):
     text = "url\n" + "".join(f'"{v}"\n' for v in URL_VALUES * 2)
     path = write(tmp_path, "urls.csv", text)
     fast = parse_feed(path, "csv")
-    monkeypatch.setattr(ff, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
+    _patch(monkeypatch, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
     assert parse_feed(path, "csv") == fast
     assert [e.name for e in fast.entries] == [
         "good.example", "auth.example", "evil.example", "upper.example", "port.example",
@@ -237,8 +254,8 @@ def test_fast_path_agrees_on_any_lines(tmp_path, monkeypatch, fmt, template, hoo
     with monkeypatch.context() as m:
         for hook in hooks:
             never = (re.compile(r"^()()[^\n]*$", re.M) if hook == "_CSV_FAST_HOSTS"
-                     else ff._runs("(?!)"))
-            m.setattr(ff, hook, never)
+                     else common._runs("(?!)"))
+            _patch(m, hook, never)
         assert outcome() == fast
 
 
@@ -263,9 +280,9 @@ def test_csv_paths_agree_on_any_rows(tmp_path, monkeypatch, rows, column):
 
     expected = outcome()
     with monkeypatch.context() as m:
-        m.setattr(ff, "_pick_by_pattern", lambda *a: None)
+        _patch(m, "_pick_by_pattern", lambda *a: None)
         assert outcome() == expected
-        m.setattr(ff, "_pick_by_reader", lambda *a: None)
+        _patch(m, "_pick_by_reader", lambda *a: None)
         assert outcome() == expected
 
 
@@ -293,7 +310,7 @@ def test_rpz_fast_lines_agree_on_any_zone(tmp_path, monkeypatch, lines):
 
     fast = outcome()
     with monkeypatch.context() as m:
-        m.setattr(ff, "_RPZ_RUNS", ff._runs("(?!)"))
+        _patch(m, "_RPZ_RUNS", common._runs("(?!)"))
         assert outcome() == fast
 
 
@@ -712,9 +729,9 @@ def test_csv_paths_agree(tmp_path, monkeypatch, force):
     paths = [write(tmp_path, "tf.csv", THREATFOX), write(tmp_path, "uh.csv", URLHAUS)]
     expected = [parse_feed(p) for p in paths]
     if force in ("reader", "rows"):
-        monkeypatch.setattr(ff, "_pick_by_pattern", lambda *a: None)
+        _patch(monkeypatch, "_pick_by_pattern", lambda *a: None)
     if force == "rows":
-        monkeypatch.setattr(ff, "_pick_by_reader", lambda *a: None)
+        _patch(monkeypatch, "_pick_by_reader", lambda *a: None)
     assert [parse_feed(p) for p in paths] == expected
 
 

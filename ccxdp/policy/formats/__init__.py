@@ -1,0 +1,158 @@
+"""Threat-feed files: read the formats C&C names come in, and write them back.
+
+``parse_feed`` reads a file into entries (normalized names and what to do with them), the
+lines it could not use (``BadLine``: file, line, reason, text) and the lines it left out on
+purpose (counted by reason). ``export_feed`` writes entries in any format that can say what
+they mean, and refuses the first entry it cannot write faithfully.
+
+The formats, and the decisions that are ours:
+
+plain
+    One name per line, ``#`` starts a comment (a whole line or the end of one). ``*.name``
+    lists only the names below ``name`` (match "below", as an RPZ wildcard does); ``.name``
+    lists ``name`` and everything below it (match "subtree", as the leading dot does in
+    squid's and dnsmasq's domain lists). A URL or an IP address is a bad line.
+hosts
+    ``address name [alias…]``: every name on a line is an entry, whatever the address. Feeds
+    write 0.0.0.0, 127.0.0.1, ::, ::1 or a sinkhole of their own, and each means "this name
+    must not resolve"; the address is not kept (a sinkhole answer carries the address ccxdp
+    is configured with). localhost and the other lines every hosts file has are skipped as
+    "hosts-file boilerplate", a name that is an address as "IP address host".
+rpz
+    A response policy zone, read with dnspython's zone-file Reader (directives, relative
+    names, parentheses, escapes), feeding a transaction that records each record with its
+    line, so duplicates and conflicts are seen and every entry has a line number (a record
+    written over several lines has its last one). Names are taken relative to the zone apex:
+    the owner of the SOA, else the first ``$ORIGIN``, else the root (feeds such as URLhaus's
+    write ``@ SOA`` and relative names, leaving the apex to the server). Policies:
+    ``CNAME .`` nxdomain, ``CNAME *.`` nodata, ``CNAME rpz-drop.`` drop, ``CNAME
+    rpz-tcp-only.`` tc, ``CNAME rpz-passthru.`` (or, the old way, the name itself) an allow
+    entry, A/AAAA local data sinkhole. ``*.name`` is match "below". Triggers a query packet
+    cannot decide (rpz-ip, rpz-nsdname, rpz-nsip, rpz-client-ip), CNAME rewrites to other
+    names and other record types are counted in ``skipped``; the apex SOA and NS are the
+    zone's own. A record without a TTL gets 0 (ccxdp does not use TTLs). Lines of the
+    common form ``name [ttl] [IN] CNAME policy`` are read by a regular expression that gives
+    the same entries; everything else goes through dnspython.
+adblock
+    ``||name^`` blocks the name and everything below it, ``@@||name^`` allows them; the
+    modifiers that do not narrow a rule (``$important``, ``$all``, ``$document``) are
+    accepted, any other modifier makes the rule "unsupported adblock modifier" (a rule for
+    third-party scripts only must not block the whole name). Cosmetic rules, paths, regular
+    expressions and other rules that are not a whole domain are "not a domain rule".
+    ``!`` and ``#`` start comments; the ``[Adblock Plus 2.0]`` header is ignored.
+csv
+    abuse.ch exports (ThreatFox, URLhaus: ``#`` comment lines, the header as a comment,
+    quoted fields, ", " separators) and any CSV with a header line. The column is chosen
+    by ``column`` (a header name or a 1-based number), else by header: ioc_value, ioc, url,
+    domain, host, hostname, name, the first present. A value gives its host: a URL's (with
+    a scheme, or starting with ``//``), and ``host:port``'s, ``host/path``'s, ``host?query``'s;
+    an address is skipped as "IP address host" (ThreatFox's ip:port rows too). With
+    ThreatFox's ``ioc_type`` column, rows of other types than domain and url (hashes) are
+    skipped by type. A header with ``name`` and ``kind`` columns (what ``export_feed``
+    writes) also gives each entry's kind, match, action and category (the only format that
+    carries a category). A carriage return inside a field makes a bad line.
+
+In every format: UTF-8 (a BOM is dropped; bytes that are not UTF-8 make a bad line), LF or
+CRLF line ends, names normalized by ``names.normalize``. The same name and kind listed again
+with the same match, action and category is a duplicate (counted, the first line kept);
+with another, a bad line ("conflicts with line N"), except an exact listing and a "below"
+listing with the same action: together they are one "subtree" entry (RPZ writes a subtree as
+``name`` and ``*.name``; a plain list may too).
+
+Feeds have a million lines, so lines already in normalized form are taken by one regular
+expression over runs of them (see ``_runs``) and only the other lines take the careful path
+that names their problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ccxdp.datapath.settings import ACTIONS
+from ccxdp.policy.catalog import BLOCK
+from ccxdp.policy.formats.adblock import (
+    _ADBLOCK_RUNS,
+    _adblock_line,
+    _adblock_lines,
+    _adblock_names,
+)
+from ccxdp.policy.formats.common import (
+    FORMATS,
+    SUBTREE,
+    BadLine,
+    ExportEntry,
+    FeedEntry,
+    FeedFormatError,
+    ParsedFeed,
+    _Builder,
+    _gc_paused,
+    _parse_lines,
+    _read_text,
+)
+from ccxdp.policy.formats.csv import NAME_COLUMNS, _csv_lines, _parse_csv
+from ccxdp.policy.formats.detect import _DETECT_BYTES, _detect, detect_format
+from ccxdp.policy.formats.hosts import _HOSTS_RUNS, _hosts_line, _hosts_lines, _hosts_names
+from ccxdp.policy.formats.plain import _PLAIN_RUNS, _plain_line, _plain_lines
+from ccxdp.policy.formats.rpz import _RPZ_DEFAULT, RPZ_ORIGIN, _parse_rpz, _rpz_lines
+
+
+# -- parse -----------------------------------------------------------------------------------
+def parse_feed(path: Path, fmt: str = "auto", column: str | None = None) -> ParsedFeed:
+    """Read a feed file. Lines that cannot be used are in .bad; a file that cannot be read
+    as the format at all raises FeedFormatError."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise FeedFormatError(f"unknown feed format {fmt!r} ({', '.join(FORMATS)})")
+    text = _read_text(path)
+    if fmt == "auto":
+        fmt = _detect(text[:_DETECT_BYTES])
+        if fmt is None:
+            raise FeedFormatError(
+                f"{path}: cannot tell the feed format ({', '.join(FORMATS)}); "
+                "give it with --format"
+            )
+    if column is not None and fmt != "csv":
+        raise FeedFormatError(f"{path}: a column can only be chosen in a CSV feed, not {fmt}")
+    with _gc_paused():
+        if fmt == "rpz":
+            b = _Builder(str(path), _RPZ_DEFAULT)
+            _parse_rpz(b, text)
+        else:
+            b = _Builder(str(path))
+            if fmt == "plain":
+                _parse_lines(b, text, _PLAIN_RUNS, str, _plain_line)
+            elif fmt == "hosts":
+                _parse_lines(b, text, _HOSTS_RUNS, _hosts_names, _hosts_line,
+                             (("localhost", 0),))
+            elif fmt == "adblock":
+                b.default = (BLOCK, SUBTREE, None, None)  # what ||name^ says
+                _parse_lines(b, text, _ADBLOCK_RUNS, _adblock_names, _adblock_line)
+            else:
+                _parse_csv(b, text, column)
+        return b.finish(fmt)
+
+
+def export_feed(
+    entries: Iterable[ExportEntry], fmt: str, *, origin: str = RPZ_ORIGIN, serial: int = 1
+) -> Iterator[str]:
+    """The lines (without line ends) of a file in `fmt` that parse_feed reads back as the
+    same entries. Raises FeedFormatError at the first entry the format cannot hold
+    faithfully. RPZ: `origin` is the zone's apex, `serial` its SOA serial; a subtree is
+    written as the name and its wildcard, a sinkhole as A 0.0.0.0 and AAAA ::."""
+    if fmt == "plain":
+        return _plain_lines(entries)
+    if fmt == "hosts":
+        return _hosts_lines(entries)
+    if fmt == "adblock":
+        return _adblock_lines(entries)
+    if fmt == "rpz":
+        return _rpz_lines(entries, origin.rstrip("."), serial)
+    if fmt == "csv":
+        return _csv_lines(entries)
+    raise FeedFormatError(f"unknown feed format {fmt!r} ({', '.join(FORMATS)})")
+
+
+__all__ = [
+    "ACTIONS", "FORMATS", "NAME_COLUMNS", "BadLine", "ExportEntry", "FeedEntry",
+    "FeedFormatError", "ParsedFeed", "detect_format", "export_feed", "parse_feed",
+]

@@ -1,0 +1,75 @@
+"""adblock: ``||name^`` and ``@@||name^`` rules for whole domains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ccxdp.policy.catalog import ALLOW, BLOCK
+from ccxdp.policy.formats.common import (
+    _NAME,
+    SUBTREE,
+    ExportEntry,
+    _Builder,
+    _cannot,
+    _check_entry,
+    _is_ip,
+    _runs,
+)
+from ccxdp.policy.formats.plain import _not_a_name
+
+# -- adblock ---------------------------------------------------------------------------------
+_ADBLOCK_RUNS = _runs(rf"\|\|{_NAME}\^")
+_ADBLOCK_MODIFIERS = frozenset({"important", "all", "document", "doc"})  # none narrows a rule
+_COSMETIC = ("##", "#@#", "#?#", "#$#", "#%#")
+
+
+def _adblock_names(run: str) -> str:
+    return run.replace("||", "").replace("^", "")
+
+
+def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
+    s = line.strip()
+    if not s or s[0] == "!" or (s[0] == "[" and s[-1] == "]"):
+        return  # comment, or the [Adblock Plus 2.0] header
+    if any(c in s for c in _COSMETIC):
+        b.skip("not a domain rule")
+        return
+    if s[0] == "#":
+        return  # a comment, the way AdGuard's DNS lists write them
+    kind, rule = BLOCK, s
+    if rule.startswith("@@"):
+        kind, rule = ALLOW, rule[2:]
+    rule, _, modifiers = rule.partition("$")
+    if rule.endswith("^|"):
+        rule = rule[:-1]
+    host = rule[2:-1]
+    if not rule.startswith("||") or not rule.endswith("^") or not host or any(
+        c in host for c in "/*^|:?=&@"
+    ):
+        b.skip("not a domain rule")
+        return
+    if any(m.strip().lower() not in _ADBLOCK_MODIFIERS for m in modifiers.split(",") if m):
+        b.skip("unsupported adblock modifier")
+        return
+    if _is_ip(host):
+        b.skip("IP address host")
+        return
+    reason = _not_a_name(host)
+    if reason:
+        b.refuse(lineno, reason, s)
+        return
+    b.name(host, lineno, s, (kind, SUBTREE, None, None))
+
+
+def _adblock_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
+    yield "[Adblock Plus 2.0]"
+    for e in entries:
+        _check_entry(e, "adblock")
+        if e.match != SUBTREE:
+            raise _cannot("adblock", e, f"match {e.match}: ||name^ is a subtree",
+                          "use plain, rpz or csv")
+        if e.action is not None:
+            raise _cannot("adblock", e, f"action {e.action}")
+        if e.category is not None:
+            raise _cannot("adblock", e, f"category {e.category}")
+        yield f"@@||{e.name}^" if e.kind == ALLOW else f"||{e.name}^"
