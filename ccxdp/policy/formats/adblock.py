@@ -13,6 +13,7 @@ from ccxdp.policy.formats.common import (
     _cannot,
     _check_entry,
     _is_ip,
+    _names_only,
     _runs,
 )
 from ccxdp.policy.formats.plain import _not_a_name
@@ -68,8 +69,5 @@ def _adblock_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
         if e.match != SUBTREE:
             raise _cannot("adblock", e, f"match {e.match}: ||name^ is a subtree",
                           "use plain, rpz or csv")
-        if e.action is not None:
-            raise _cannot("adblock", e, f"action {e.action}")
-        if e.category is not None:
-            raise _cannot("adblock", e, f"category {e.category}")
+        _names_only(e, "adblock")
         yield f"@@||{e.name}^" if e.kind == ALLOW else f"||{e.name}^"

@@ -337,6 +337,14 @@ def _cannot(fmt: str, e: ExportEntry, what: str, hint: str = "use csv") -> FeedF
     return FeedFormatError(f"{fmt} cannot hold {e.name} ({what}); {hint}")
 
 
+def _names_only(e: ExportEntry, fmt: str) -> None:
+    """Refuse what a format of bare names cannot carry: an entry's own action or category."""
+    if e.action is not None:
+        raise _cannot(fmt, e, f"action {e.action}")
+    if e.category is not None:
+        raise _cannot(fmt, e, f"category {e.category}")
+
+
 def _check_entry(e: ExportEntry, fmt: str) -> None:
     """What every format needs of an entry; and names a format would read as something
     else (an address in all but RPZ, hosts-file boilerplate in hosts)."""

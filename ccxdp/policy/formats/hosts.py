@@ -15,6 +15,7 @@ from ccxdp.policy.formats.common import (
     _cannot,
     _check_entry,
     _is_ip,
+    _names_only,
     _runs,
 )
 
@@ -61,8 +62,5 @@ def _hosts_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
         if e.match != EXACT:
             raise _cannot("hosts", e, f"match {e.match}: hosts lists exact names",
                           "use plain, rpz or csv")
-        if e.action is not None:
-            raise _cannot("hosts", e, f"action {e.action}")
-        if e.category is not None:
-            raise _cannot("hosts", e, f"category {e.category}")
+        _names_only(e, "hosts")
         yield f"0.0.0.0 {e.name}"

@@ -15,6 +15,7 @@ from ccxdp.policy.formats.common import (
     _cannot,
     _check_entry,
     _is_ip,
+    _names_only,
     _runs,
 )
 
@@ -55,8 +56,5 @@ def _plain_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
         _check_entry(e, "plain")
         if e.kind != BLOCK:
             raise _cannot("plain", e, "an allow entry")
-        if e.action is not None:
-            raise _cannot("plain", e, f"action {e.action}")
-        if e.category is not None:
-            raise _cannot("plain", e, f"category {e.category}")
+        _names_only(e, "plain")
         yield prefix[e.match] + e.name
