@@ -22,10 +22,12 @@ fi
 # the small native helper that hashes and sorts a million feed names (ccxdp/datapath/bulk.py);
 # vagrant (it brings ruby) checks vagrant/Vagrantfile, though no VM can boot here; systemd
 # brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
-# scripts/bench.sh (the load generator, the chart); man-db and groff-base show ccxdp(8).
+# scripts/bench.sh (the load generator, the chart); man-db and groff-base show ccxdp(8);
+# postgresql is the fleet's hits store (the tests start their own servers with its initdb),
+# libpq5 is the client library psycopg loads.
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
 	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd dnsperf
-	python3-matplotlib man-db groff-base)
+	python3-matplotlib man-db groff-base postgresql libpq5)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

@@ -217,3 +217,21 @@ def one_line_error(
     for word in words:
         assert word in errors[0], where
     return errors[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (tests/harness/postgres.py)."""
+    from tests.harness.postgres import running_server
+
+    server = running_server()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def fleet_uri(postgres_server, monkeypatch):
+    """A fresh database on the session's server, and PGPASSFILE set to reach it: the URI."""
+    for key, value in postgres_server.env().items():
+        monkeypatch.setenv(key, value)
+    return postgres_server.database()
