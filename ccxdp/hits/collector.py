@@ -273,7 +273,7 @@ class Collector:
         names = {c: self.category_names[c] for c in drained.categories if c in self.category_names}
         feeds = {c: self.category_feeds[c] for c in drained.categories if c in self.category_feeds}
         return self.store.stage_counters(drained.batches, self._offset_ns, checkpoint, names,
-                                         feeds)
+                                         feeds, epoch=checkpoint[DRAINED])
 
     # -- one collection ---------------------------------------------------------------------
     def collect(self, store: Store, fold: bool = True) -> CollectResult:

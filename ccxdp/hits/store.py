@@ -42,7 +42,7 @@ from ccxdp.utc import utc_text
 
 HITS_DB = "hits.db"  # in the state folder, beside the catalog
 _OLD_HITS_DB = "records.db"  # its name until it was told apart from the records it feeds
-SCHEMA_VERSION = 3  # 2: the staged table; 3: the feeds of staged counters
+SCHEMA_VERSION = 4  # 2: the staged table; 3: the feeds of staged counters; 4: see _SCHEMA_4
 HOUR = 3600
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 
@@ -64,6 +64,36 @@ _SCHEMA_2 = [
 # {category id: [feeds whose block entries carry that category]}, JSON. Folding writes it
 # into hit_feeds, for the records' feeds field.
 _SCHEMA_3 = ["ALTER TABLE staged ADD COLUMN feeds TEXT"]
+# Schema 4, for the fleet (ccxdp/hits/fleet.py), which ships staged batches from here to
+# PostgreSQL and marks there the last batch id it stored: batch ids must never be reused, so
+# staged is rebuilt with AUTOINCREMENT (a plain rowid restarts at 1 once the table is
+# empty), and each batch keeps its epoch. meta holds this store's identity (instance, made
+# once) and, once it spools for a fleet store, that store (ships_to). opt_outs: the lines
+# whose subscribers opted out (never notified, their addresses exempt where the daemon
+# follows their sessions).
+_SCHEMA_4 = [
+    """CREATE TABLE staged4 (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        offset_ns INTEGER NOT NULL,
+        keys      BLOB NOT NULL,
+        counters  BLOB NOT NULL,
+        feeds     TEXT,
+        epoch     INTEGER              -- the collector's epoch this batch drained
+    )""",
+    "INSERT INTO staged4 (id, offset_ns, keys, counters, feeds) "
+    "SELECT id, offset_ns, keys, counters, feeds FROM staged",
+    "DROP TABLE staged",
+    "ALTER TABLE staged4 RENAME TO staged",
+    """CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('instance', lower(hex(randomblob(16))))",
+    """CREATE TABLE opt_outs (
+        line  TEXT PRIMARY KEY,
+        since TEXT NOT NULL             -- when it was recorded, ISO 8601 UTC
+    ) WITHOUT ROWID""",
+]
 
 # Keys start with the hour: a month is one key range, and a collection, whose rows share an
 # hour or two, writes into one region of the tree. No secondary index to keep up.
@@ -129,6 +159,7 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
     *_SCHEMA_2,
     *_SCHEMA_3,
+    *_SCHEMA_4,
 ]
 
 
@@ -339,8 +370,10 @@ class Store:
                 for statement in _SCHEMA:
                     self.db.execute(statement)
             elif version < SCHEMA_VERSION:
-                for statement in (_SCHEMA_2 if version < 2 else []) + _SCHEMA_3:
-                    self.db.execute(statement)
+                steps = {2: _SCHEMA_2, 3: _SCHEMA_3, 4: _SCHEMA_4}
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in steps[step]:
+                        self.db.execute(statement)
             if version < SCHEMA_VERSION:
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -383,12 +416,14 @@ class Store:
         checkpoint: Mapping[str, int | None] | None = None,
         categories: Mapping[int, str] | None = None,
         feeds: Mapping[int, Sequence[str]] | None = None,
+        epoch: int | None = None,
     ) -> int:
         """The collector's fast path: stage kernel counters as read, ``(keys, counters)``
         byte strings of n COUNTER_KEY and n COUNTER_VALUE each, with the hit-clock offset of
         this collection, and update the checkpoint, in one transaction (both or neither).
         ``feeds``: the catalog's feeds per category id at this collection, which the fold
-        records as the evidence of each row. Nothing is decoded or merged here: ``fold``
+        records as the evidence of each row; ``epoch``: the collector's epoch these counters
+        drained (the fleet's mark). Nothing is decoded or merged here: ``fold``
         does it, and every reader of hits folds first. Returns the number of counters
         staged."""
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
@@ -403,11 +438,12 @@ class Store:
                     f"bytes are not n x {COUNTER_KEY.size} and n x {COUNTER_VALUE.size}"
                 )
             if n:
-                staged.append((offset_ns, keys, counters, evidence))
+                staged.append((offset_ns, keys, counters, evidence, epoch))
                 total += n
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO staged (offset_ns, keys, counters, feeds) VALUES (?, ?, ?, ?)",
+                "INSERT INTO staged (offset_ns, keys, counters, feeds, epoch) "
+                "VALUES (?, ?, ?, ?, ?)",
                 staged,
             )
             self._upsert([], dict(categories or {}), [], cp)
@@ -651,6 +687,32 @@ class Store:
                 "AND state='pending'",
                 (line, period, message_id),
             )
+
+    # -- opt-outs ----------------------------------------------------------------------------
+    def opted_out(self) -> dict[str, str]:
+        """Lines whose subscribers opted out: {line: since}."""
+        return dict(self.db.execute("SELECT line, since FROM opt_outs ORDER BY line"))
+
+    def opt_out(self, lines: Iterable[str]) -> list[str]:
+        """Record opt-outs; returns the lines that were not opted out before."""
+        added = []
+        with self.transaction():
+            for line in lines:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO opt_outs (line, since) VALUES (?, ?)",
+                    (line, now_iso()))
+                if cur.rowcount:
+                    added.append(line)
+        return added
+
+    def opt_in(self, lines: Iterable[str]) -> list[str]:
+        """Drop opt-outs; returns the lines that were opted out."""
+        removed = []
+        with self.transaction():
+            for line in lines:
+                if self.db.execute("DELETE FROM opt_outs WHERE line=?", (line,)).rowcount:
+                    removed.append(line)
+        return removed
 
     # -- retention --------------------------------------------------------------------------
     def expire(self, older_than: datetime, attributed_only: bool = True) -> int:

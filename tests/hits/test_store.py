@@ -406,14 +406,34 @@ def test_a_fold_that_dies_midway_keeps_everything_staged(store, monkeypatch):
     assert store.total_hits() == 9 and store.staged() == 0
 
 
+def _old_store(path, version: int) -> None:
+    """A store as ccxdp made it at schema ``version``: the base tables, then each step."""
+    from ccxdp.hits import store as hits_store
+
+    steps = {2: hits_store._SCHEMA_2, 3: hits_store._SCHEMA_3, 4: hits_store._SCHEMA_4}
+    later = sum(len(steps[v]) for v in steps)
+    db = sqlite3.connect(path)
+    for statement in hits_store._SCHEMA[: len(hits_store._SCHEMA) - later]:
+        db.execute(statement)
+    for v in range(2, version + 1):
+        for statement in steps[v]:
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version={version}")
+    db.commit()
+    db.close()
+
+
 def test_a_schema_1_store_gains_the_staged_table(tmp_path):
     path = tmp_path / "hits.db"
+    _old_store(path, 1)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO hits (hour, address, category, hits, first_us, last_us) "
+               "VALUES (?, '198.18.0.2', 1, 2, ?, ?)", (H_US // 1_000_000 // 3600 * 3600,
+                                                        H_US, H_US))
+    db.commit()
+    db.close()
     with Store(path) as store:
-        store.add_hit_counts([(H_US // 1_000_000, "198.18.0.2", 1, 2, H_US, H_US)])
-        store.db.execute("DROP TABLE staged")
-        store.db.execute("PRAGMA user_version=1")
-    with Store(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT)
         assert store.total_hits() == 6
 
@@ -422,19 +442,48 @@ def test_a_schema_2_store_gains_the_feeds_of_staged_counters(tmp_path):
     """A counter staged before the upgrade folds without feeds; one staged after, with the
     feeds the collection gave for its category."""
     path = tmp_path / "hits.db"
+    _old_store(path, 2)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)",
+               (BOOT, *counters(("198.18.0.2", 1, 2, H_US, H_US))))
+    db.commit()
+    db.close()
     with Store(path) as store:
-        store.db.execute("ALTER TABLE staged DROP COLUMN feeds")
-        store.db.execute("PRAGMA user_version=2")
-        store.db.execute("INSERT INTO staged (offset_ns, keys, counters) VALUES (?, ?, ?)",
-                         (BOOT, *counters(("198.18.0.2", 1, 2, H_US, H_US))))
-    with Store(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT,
                              feeds={1: ["local", "abuse"], 2: ["other"]})
         hour = H_US // 1_000_000 // 3600 * 3600
         assert store.feeds_of("198.18.0.2", 1, hour) == []
         assert store.feeds_of("198.18.0.3", 1, hour) == ["abuse", "local"]
         assert store.total_hits() == 6
+
+
+def test_a_schema_3_store_keeps_its_staged_batches_and_never_reuses_their_ids(tmp_path):
+    """The fleet marks shipped batches by id: ids must keep growing after the table was
+    emptied, which a plain rowid does not do."""
+    path = tmp_path / "hits.db"
+    _old_store(path, 3)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO staged (id, offset_ns, keys, counters) VALUES (7, ?, ?, ?)",
+               (BOOT, *counters(("198.18.0.2", 1, 2, H_US, H_US))))
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert store.db.execute("SELECT id FROM staged").fetchall() == [(7,)]
+        instance = store.db.execute("SELECT value FROM meta WHERE key='instance'").fetchone()
+        assert len(instance[0]) == 32
+        assert store.total_hits() == 2  # folded: staged is empty now
+        store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT, epoch=9)
+        assert store.db.execute("SELECT id, epoch FROM staged").fetchall() == [(8, 9)]
+
+
+def test_opt_outs_are_kept_by_line():
+    with Store(":memory:") as store:
+        assert store.opt_out(["L-2", "L-1", "L-2"]) == ["L-2", "L-1"]
+        assert store.opt_out(["L-1"]) == []
+        assert list(store.opted_out()) == ["L-1", "L-2"]
+        assert store.opt_in(["L-1", "L-9"]) == ["L-1"]
+        assert list(store.opted_out()) == ["L-2"]
 
 
 # A collector stand-in for the staged path: stages one batch of a few counters per call with
