@@ -351,16 +351,26 @@ def collect(dp: Datapath, store: Store, categories: Mapping[int, str] | None = N
         return collector.collect(store)
 
 
-def collect_then_fold(dp: Datapath, store_file: Path) -> CollectResult:
-    """One collection into the store at ``store_file``, as `ccxdp collect` and the daemon run
-    it: the kernel part under the datapath's lock, the fold after the lock is released. The
-    fold touches only the store (its own transaction) and takes seconds for a million sources,
-    so feed syncs and other commands do not wait for it. The store file is made only once
-    the maps are known to be there: a failed collection leaves no empty store behind."""
+def collect_staged(dp: Datapath, store_file: Path, spool_for: str | None = None
+                   ) -> CollectResult:
+    """One collection into the store at ``store_file``, staged and not folded: the kernel
+    part, under the datapath's lock. The store file is made only once the maps are known to
+    be there: a failed collection leaves no empty store behind. ``spool_for``: the fleet
+    store the staged batches are for (Store.spool_for), marked before any is staged."""
     with dp:
         with Catalog(dp.catalog_path) as catalog:
             categories, feeds = catalog.categories(), catalog.feeds_by_category()
         with Collector(dp, categories, feeds) as collector, Store(store_file) as store:
-            result = collector.collect(store, fold=False)
+            if spool_for is not None:
+                store.spool_for(spool_for)
+            return collector.collect(store, fold=False)
+
+
+def collect_then_fold(dp: Datapath, store_file: Path) -> CollectResult:
+    """One collection into the store at ``store_file``, as `ccxdp collect` and the daemon run
+    it for one resolver: the kernel part under the datapath's lock, the fold after the lock
+    is released. The fold touches only the store (its own transaction) and takes seconds for
+    a million sources, so feed syncs and other commands do not wait for it."""
+    result = collect_staged(dp, store_file)
     with Store(store_file) as store:
         return result.with_fold(store.fold())

@@ -176,6 +176,7 @@ class StoredHit:
     first_us: int
     last_us: int
     line: str | None
+    resolver: str | None = None  # the fleet's resolver that stored it; None in SQLite
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,63 @@ class Store:
         """All or nothing; nested use joins the outer transaction."""
         return sqlite.transaction(self.db)
 
+    def rehearsal(self) -> AbstractContextManager[None]:
+        """A transaction that is always rolled back: a dry run writes nothing."""
+        return sqlite.rehearsal(self.db)
+
+    # -- this store as a resolver's backlog for the fleet (fleet.py) ------------------------
+    def instance(self) -> str:
+        """This store's identity, made once with it: the fleet binds a resolver name to it."""
+        return self.db.execute("SELECT value FROM meta WHERE key='instance'").fetchone()[0]
+
+    def ships_to(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='ships_to'").fetchone()
+        return row[0] if row else None
+
+    def spool_for(self, uri: str) -> None:
+        """From now on this store's staged batches belong to the fleet store at ``uri``:
+        folding them here (which would keep them from it) is refused."""
+        if self.ships_to() != uri:
+            with self.transaction():
+                self.db.execute("INSERT INTO meta (key, value) VALUES ('ships_to', ?) "
+                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (uri,))
+
+    def staged_batches(self, after: int, max_counters: int) -> list[tuple]:
+        """Staged batches with id > ``after``, in id order, up to about ``max_counters``
+        counters (at least one batch): (id, epoch, offset_ns, keys, counters, feeds)."""
+        out, total = [], 0
+        for row in self.db.execute(
+                "SELECT id, epoch, offset_ns, keys, counters, feeds FROM staged WHERE id > ? "
+                "ORDER BY id", (after,)):
+            out.append(row)
+            total += len(row[3]) // COUNTER_KEY.size
+            if total >= max_counters:
+                break
+        return out
+
+    def drop_staged(self, upto: int) -> None:
+        """Delete staged batches up to id ``upto``: the fleet holds them."""
+        with self.transaction():
+            self.db.execute("DELETE FROM staged WHERE id <= ?", (upto,))
+
+    def backlog(self) -> tuple[int, int, int]:
+        """(batches, counters, hits) staged and not yet folded or shipped."""
+        batches = counters = hits = 0
+        for keys, values in self.db.execute("SELECT keys, counters FROM staged"):
+            batches += 1
+            counters += len(keys) // COUNTER_KEY.size
+            hits += counter_hits(values)
+        return batches, counters, hits
+
+    def stored_per_category(self, resolver: str | None = None) -> dict[str, int]:
+        """Hits per category name, raw rows and rows folded by expire."""
+        self._fold_first()
+        rows = self.db.execute(
+            "SELECT coalesce(c.name, h.category), sum(h.hits) FROM "
+            "(SELECT category, hits FROM hits UNION ALL SELECT category, hits FROM line_hits) h "
+            "LEFT JOIN categories c ON c.id = h.category GROUP BY h.category")
+        return {str(name): int(n) for name, n in rows}
+
     # -- the collector's side ---------------------------------------------------------------
     def add_hit_counts(
         self,
@@ -467,6 +525,7 @@ class Store:
         the write lock before the staged rows are read, and the DELETE names the rows read
         (id up to the last one read), so a row staged by a later collection is never deleted
         without being folded."""
+        self._not_a_spool()
         started = time.monotonic()
         batches = counters = rows = hits = 0
         addresses: set[str] = set()
@@ -497,6 +556,13 @@ class Store:
         an empty table when there is nothing, and no write lock)."""
         if self.db.execute("SELECT 1 FROM staged LIMIT 1").fetchone():
             self.fold()
+
+    def _not_a_spool(self) -> None:
+        fleet = self.ships_to()
+        if fleet is not None:
+            raise StoreError(
+                f"{self.path} is this resolver's backlog for the fleet store {fleet}: its "
+                f"hits are read there (--store {fleet})")
 
     def _write(self, upserts: list, names: Mapping[int, str], feeds: list, cp) -> int:
         # Measured here: sorting a million rows into key order first costs more (about
@@ -617,13 +683,13 @@ class Store:
         return [r[0] for r in rows]
 
     # -- attribution ------------------------------------------------------------------------
-    def attribute(self, assignments: Iterable[tuple[str, int, int, int, str]]) -> int:
-        """Give raw rows their line: (address, category, hour, hits, line). A row whose hits
-        changed since it was read (the collector added to it) is left for the next run.
-        Returns the number of rows attributed."""
+    def attribute(self, assignments: Iterable[tuple]) -> int:
+        """Give raw rows their line: (address, category, hour, hits, line[, resolver]). A row
+        whose hits changed since it was read (the collector added to it) is left for the next
+        run. Returns the number of rows attributed."""
         done = 0
         with self.transaction():
-            for address, category, hour, hits, line in assignments:
+            for address, category, hour, hits, line, *_resolver in assignments:
                 cur = self.db.execute(
                     "UPDATE hits SET line=? WHERE address=? AND category=? AND hour=? "
                     "AND hits=? AND line IS NULL",

@@ -37,7 +37,6 @@ from pathlib import Path
 from rich.console import Group
 from rich.table import Table
 
-from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.store import Store, iso, period_bounds
 from ccxdp.inputs import InputError, csv_rows, open_input
@@ -138,7 +137,7 @@ def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[
             continue
         line, reason = sessions.lookup(h.address, h.first_us, h.last_us)
         if line is not None:
-            assignments.append((h.address, h.category, h.hour, h.hits, line))
+            assignments.append((h.address, h.category, h.hour, h.hits, line, h.resolver))
         else:
             left.append((h, reason))
     done = store.attribute(assignments)
@@ -302,7 +301,7 @@ def notify(
     result.leases_without_line_id = sessions.leases_without_line_id
     if dry:
         # Attribute in a transaction that is rolled back: a dry run changes nothing.
-        with sqlite.rehearsal(store.db):
+        with store.rehearsal():
             result.attributed_rows, result.unattributed = attribute(store, sessions, period)
             records = build_records(store, period)
     else:

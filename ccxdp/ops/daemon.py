@@ -330,7 +330,7 @@ class Daemon:
         try:
             r = collect_then_fold(self.dp, self._store_path())
             with Store(self._store_path()) as store:
-                stored = _stored_per_category(store)
+                stored = store.stored_per_category()
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
                 self.state.collections["error"] += 1
@@ -454,12 +454,3 @@ def _file_stat(path: Path) -> tuple | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _stored_per_category(store: Store) -> dict[str, int]:
-    """Hits per category name in the store, raw rows and rows folded by expire."""
-    rows = store.db.execute(
-        "SELECT coalesce(c.name, h.category), sum(h.hits) FROM "
-        "(SELECT category, hits FROM hits UNION ALL SELECT category, hits FROM line_hits) h "
-        "LEFT JOIN categories c ON c.id = h.category GROUP BY h.category")
-    return {str(name): int(n) for name, n in rows}

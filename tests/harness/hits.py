@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from ccxdp.hits.store import (
     CATEGORY_MAX,
+    COUNTER_KEY,
+    COUNTER_VALUE,
     HOUR,
     Store,
     StoreError,
@@ -80,3 +82,23 @@ def _checked(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[st
         raise StoreError(f"feed names must be non-empty strings: {feeds!r}")
     return (address_text(address), category, name, hour_us // 1_000_000, hits, first_us,
             last_us, feeds)
+
+
+BOOT = 1_790_000_000 * 10**9  # a hit clock's offset to Unix time, in ns, for staged counters
+
+
+def packed(address: str) -> bytes:
+    a = ipaddress.ip_address(address)
+    return (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a).packed
+
+
+def counters(*entries, offset_ns: int = BOOT) -> tuple[bytes, bytes]:
+    """Kernel bytes, as the collector stages them, of (address, category, hits, first_us,
+    last_us) entries (Unix microseconds)."""
+    keys = values = b""
+    for address, category, hits, first_us, last_us in entries:
+        raw = packed(address)
+        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1)
+        values += COUNTER_VALUE.pack(hits, first_us * 1000 - offset_ns,
+                                     last_us * 1000 - offset_ns)
+    return keys, values

@@ -73,8 +73,12 @@ class PostgresServer:
                        "shared_buffers = 32MB\nlog_min_messages = warning\n")
 
     def start(self) -> None:
-        self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
-                          "-w", "-t", "60", "start")
+        try:
+            self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-l",
+                              str(self.root / "log"), "-w", "-t", "60", "start")
+        except subprocess.CalledProcessError:
+            log = (self.root / "log").read_text(errors="replace").splitlines()[-8:]
+            raise RuntimeError("postgres did not start:\n" + "\n".join(log)) from None
         self.started = True
 
     def stop(self) -> None:
@@ -98,7 +102,11 @@ class PostgresServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(_alive(p) for p in [pid, *children]):
             time.sleep(0.05)
+        # A killed postmaster may linger as a zombie until something reaps it, and its lock
+        # files name its pid: the next start would take it for a live server.
         (self.data / "postmaster.pid").unlink(missing_ok=True)
+        for lock in self.root.glob(".s.PGSQL.*"):
+            lock.unlink(missing_ok=True)
         self.started = False
 
     def postmaster_pid(self) -> int | None:

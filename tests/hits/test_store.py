@@ -17,8 +17,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ccxdp.hits.store import (
-    COUNTER_KEY,
-    COUNTER_VALUE,
     SCHEMA_VERSION,
     Store,
     StoreError,
@@ -27,7 +25,7 @@ from ccxdp.hits.store import (
     store_path,
     to_us,
 )
-from tests.harness.hits import HitRow, add_hits
+from tests.harness.hits import BOOT, HitRow, add_hits, counters
 
 H = datetime(2026, 11, 3, 10, tzinfo=UTC)
 A4 = ipaddress.ip_address("198.18.0.2")
@@ -294,23 +292,7 @@ def test_kill_minus_9_never_splits_hits_from_checkpoint(tmp_path):
 
 # -- staged counters and the fold ---------------------------------------------------------------
 
-BOOT = 1_790_000_000 * 10**9  # the hit clock's offset to Unix time, in ns, for these tests
 H_US = to_us(H)
-
-
-def packed(address: str) -> bytes:
-    a = ipaddress.ip_address(address)
-    return (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a).packed
-
-
-def counters(*entries) -> tuple[bytes, bytes]:
-    """Kernel bytes of (address, category, hits, first_us, last_us) entries (Unix us)."""
-    keys = values = b""
-    for address, category, hits, first_us, last_us in entries:
-        raw = packed(address)
-        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1)
-        values += COUNTER_VALUE.pack(hits, first_us * 1000 - BOOT, last_us * 1000 - BOOT)
-    return keys, values
 
 
 def hits_of(store) -> dict[tuple[str, int, int], tuple[int, int, int, str | None]]:
