@@ -74,11 +74,12 @@ def _register() -> None:
         records,
         run,
         stats,
+        store,
         top,
     )
 
     for module in (attach, block, allow, feed, exempt, config, stats, top, collect, records,
-                   run, lab, debug):
+                   store, run, lab, debug):
         module.register(cli)
 
 

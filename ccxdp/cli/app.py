@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ccxdp.datapath.loader import Datapath, check_root
+from ccxdp.hits.location import StoreLocation
 from ccxdp.policy.catalog import Catalog
 
 
@@ -28,6 +29,10 @@ class App:
             self._datapath = ctx.with_resource(Datapath(self.pin_dir, self.state_dir))
         return self._datapath
 
+    def store(self, spec: str | None) -> StoreLocation:
+        """Where the hits are, from --store (see ccxdp/hits/location.py)."""
+        return StoreLocation(spec, self.state_dir)
+
     def catalog(self) -> Catalog:
         if self._catalog is None:
             ctx = click.get_current_context()
@@ -36,3 +41,12 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def store_option(f):
+    """Adds ``--store``: the hits store of every command that reads or writes hits."""
+    return click.option(
+        "--store", "store_spec", envvar="CCXDP_STORE", metavar="PATH|URI",
+        help="The hits store: a SQLite file (default: hits.db in the state folder) or the "
+             "fleet's PostgreSQL, postgresql://USER@HOST/DB (its password from ~/.pgpass, "
+             "PGPASSFILE or a service file, never in the URI). Env: CCXDP_STORE.")(f)

@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from ccxdp.cli.app import pass_app
+from ccxdp.cli.app import pass_app, store_option
 from ccxdp.cli.output import emit, json_option
-from ccxdp.hits.store import Store, StoreError, open_store, period_bounds, store_path
+from ccxdp.hits.store import StoreError, period_bounds
 from ccxdp.notify import attribution, mail
 from ccxdp.notify import records as rec
 from ccxdp.ops.daemon_config import MAX_RETENTION_DAYS
@@ -84,17 +84,22 @@ INPUT = click.Path(dir_okay=False, path_type=Path)
               help="Folder of <language>.txt templates instead of the shipped ja and en.")
 @click.option("--resend-unconfirmed", is_flag=True,
               help="Resend messages a crashed run left unconfirmed (same Message-ID).")
+@store_option
 @json_option
 @pass_app
 def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, min_days, out,
            smtp, starttls, smtp_ca, smtp_user, smtp_password_file, sender, templates,
-           resend_unconfirmed, as_json):
+           resend_unconfirmed, store_spec, as_json):
     """Attribute a month's hits to lines and notify each infected line, at most once a month.
 
     A line is notified when its hits fall on at least --min-days days of the month, it is
     not in --opt-out, it has a contact in --subscribers, and it was not notified for that
     month before. Without --out or --smtp this is a dry run: it shows what it would do and
     writes nothing. Every input file is checked before anything is written.
+
+    Against the fleet's PostgreSQL --store, one notify covers every resolver: a line's days
+    and hits are counted across all of them, and the database's unique claim makes two
+    runs on two hosts at once send one message per line.
 
     \b
     Examples:
@@ -132,8 +137,8 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
             )
         deliverer = mail.SmtpSender(smtp[0], smtp[1], starttls=starttls, user=smtp_user,
                                     password=password, cafile=smtp_ca)
-    path = store_path(app.state_dir)
-    store = Store(path) if delivering else open_store(path)
+    where = app.store(store_spec)
+    store = where.open() if delivering else where.open_reader()
     click.get_current_context().call_on_close(store.close)
     try:
         result = rec.notify(
@@ -158,9 +163,12 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
               "every month in the store.")
 @click.option("--line", help="Only this line.")
 @click.option("--top", type=click.IntRange(min=1), help="Only the N lines with the most hits.")
+@click.option("--by-resolver", is_flag=True,
+              help="Each line's hits per resolver (the fleet store only).")
+@store_option
 @json_option
 @pass_app
-def records(app, period, line, top, as_json):
+def records(app, period, line, top, by_resolver, store_spec, as_json):
     """Show notification records: per line and month, hits per category, days, addresses,
     feeds, and whether the line was notified.
 
@@ -172,13 +180,17 @@ def records(app, period, line, top, as_json):
       ccxdp records --period 2026-11
       ccxdp records --line L-1001 --json
       ccxdp records --period 2026-11 --top 20
+      ccxdp records --period 2026-11 --store postgresql://ccxdp@db/ccxdp --by-resolver
     """
-    store = open_store(store_path(app.state_dir))
+    where = app.store(store_spec)
+    if by_resolver and not where.fleet:
+        raise click.UsageError("--by-resolver needs the fleet store (a PostgreSQL --store)")
+    store = where.open_reader()
     click.get_current_context().call_on_close(store.close)
     periods = [period] if period else store.periods()
     found, left, left_json = [], [], []
     for p in periods:
-        found += rec.build_records(store, p, line)
+        found += rec.build_records(store, p, line, by_resolver=by_resolver)
         if line is None:
             unattributed = rec.unattributed(store, p)
             left += unattributed
@@ -204,9 +216,12 @@ def records(app, period, line, top, as_json):
 
 @click.command()
 @click.option("--period", type=PERIOD, required=True, help="The calendar month (UTC), YYYY-MM.")
+@click.option("--by-resolver", is_flag=True,
+              help="Also lines seen and hits per resolver (the fleet store only).")
+@store_option
 @json_option
 @pass_app
-def report(app, period, as_json):
+def report(app, period, by_resolver, store_spec, as_json):
     """Anonymous totals for a month: infected lines per category, fit to share.
 
     Lines with attributed hits and lines notified, per category; no line id, no address.
@@ -216,9 +231,12 @@ def report(app, period, as_json):
       ccxdp report --period 2026-11
       ccxdp report --period 2026-11 --json
     """
-    store = open_store(store_path(app.state_dir))
+    where = app.store(store_spec)
+    if by_resolver and not where.fleet:
+        raise click.UsageError("--by-resolver needs the fleet store (a PostgreSQL --store)")
+    store = where.open_reader()
     click.get_current_context().call_on_close(store.close)
-    data = rec.report(store, period)
+    data = rec.report(store, period, by_resolver=by_resolver)
     emit(as_json, data, lambda: rec.render_report(data))
 
 
@@ -235,9 +253,10 @@ def _finite(param, value: float) -> float:
               help="Expire rows whose hour ended more than DAYS days ago.")
 @click.option("--unattributed", is_flag=True,
               help="Also expire rows no line was found for (they are gone for good).")
+@store_option
 @json_option
 @pass_app
-def expire(app, days, unattributed, as_json):
+def expire(app, days, unattributed, store_spec, as_json):
     """Delete old per-address hit rows from the store (privacy: addresses kept no longer
     than needed).
 
@@ -253,7 +272,7 @@ def expire(app, days, unattributed, as_json):
       ccxdp expire --older-than 90 --unattributed --json
     """
     before = datetime.now(UTC) - timedelta(days=days)
-    with open_store(store_path(app.state_dir)) as store:
+    with app.store(store_spec).open_reader() as store:
         rows = store.expire(before, attributed_only=not unattributed)
     data = {"rows": rows, "before": utc_text(before),
             "unattributed": unattributed}

@@ -59,9 +59,13 @@ class LineRecord:
     days: int  # distinct days (UTC) with hits
     addresses: list[str]
     feeds: list[str]
+    resolvers: dict[str, int] | None = None  # hits per resolver (the fleet), when asked
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.resolvers is None:
+            del data["resolvers"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,10 @@ def _address_key(text: str):
     return a.version, a
 
 
-def build_records(store: Store, period: str, line: str | None = None) -> list[LineRecord]:
-    """Every line with attributed hits in the period, by line id."""
+def build_records(store: Store, period: str, line: str | None = None,
+                  by_resolver: bool = False) -> list[LineRecord]:
+    """Every line with attributed hits in the period, by line id; with ``by_resolver`` (the
+    fleet store), each line's hits per resolver too."""
     start, end = period_bounds(period)
     names = store.categories()
     acc: dict[str, dict] = {}
@@ -117,11 +123,16 @@ def build_records(store: Store, period: str, line: str | None = None) -> list[Li
     for ln, feed in store.line_feeds(start, end, line):
         if ln in acc:
             acc[ln]["feeds"].add(feed)
+    per_resolver: dict[str, dict[str, int]] = defaultdict(dict)
+    if by_resolver:
+        for ln, resolver, hits in store.line_resolvers(start, end, line):
+            per_resolver[ln][resolver] = int(hits)
     return [
         LineRecord(
             line=ln, period=period, first_seen=iso(a["first"]), last_seen=iso(a["last"]),
             hits=a["hits"], categories=dict(sorted(a["cats"].items())), days=len(a["days"]),
             addresses=sorted(a["addresses"], key=_address_key), feeds=sorted(a["feeds"]),
+            resolvers=per_resolver[ln] if by_resolver else None,
         )
         for ln, a in sorted(acc.items())
     ]
@@ -422,10 +433,11 @@ def _pending_json(p) -> dict:
 # -- report ----------------------------------------------------------------------------------
 
 
-def report(store: Store, period: str) -> dict:
-    """Anonymous totals for the period: lines with hits and lines notified, per category.
-    No line id, no address: fit to share with other ISPs."""
-    records = build_records(store, period)
+def report(store: Store, period: str, by_resolver: bool = False) -> dict:
+    """Anonymous totals for the period: lines with hits and lines notified, per category
+    (and, with ``by_resolver``, lines seen and hits per resolver). No line id, no address:
+    fit to share with other ISPs."""
+    records = build_records(store, period, by_resolver=by_resolver)
     notified = {n.line for n in store.notifications(period=period) if n.state == "sent"}
     cats: dict[str, dict[str, int]] = defaultdict(
         lambda: {"lines_seen": 0, "lines_notified": 0, "hits": 0}
@@ -436,7 +448,16 @@ def report(store: Store, period: str) -> dict:
             c["lines_seen"] += 1
             c["lines_notified"] += r.line in notified
             c["hits"] += hits
+    extra = {}
+    if by_resolver:
+        per: dict[str, dict[str, int]] = defaultdict(lambda: {"lines_seen": 0, "hits": 0})
+        for r in records:
+            for resolver, hits in (r.resolvers or {}).items():
+                per[resolver]["lines_seen"] += 1
+                per[resolver]["hits"] += hits
+        extra["resolvers"] = [{"resolver": k, **v} for k, v in sorted(per.items())]
     return {
+        **extra,
         "period": period,
         "lines_seen": len(records),
         "lines_notified": sum(r.line in notified for r in records),
@@ -461,14 +482,17 @@ def render_records(
     records: list[LineRecord], notes: dict[tuple[str, str], str], left: list[Unattributed]
 ) -> Group:
     table = Table(title=f"notification records ({len(records)})", title_justify="left")
+    by_resolver = any(r.resolvers is not None for r in records)
     for col in ("line", "period", "hits", "days", "categories", "first seen (UTC)",
-                "last seen (UTC)", "addresses", "feeds", "notified"):
+                "last seen (UTC)", "addresses", "feeds", "notified",
+                *(("resolvers",) if by_resolver else ())):
         table.add_column(col, justify="right" if col in ("hits", "days") else "left")
     for r in records:
         table.add_row(
             r.line, r.period, f"{r.hits:,}", str(r.days), _cats(r.categories),
             _when(r.first_seen), _when(r.last_seen), "\n".join(r.addresses) or "-",
             ", ".join(r.feeds) or "-", notes.get((r.line, r.period), "-"),
+            *((_cats(r.resolvers or {}),) if by_resolver else ()),
         )
     return Group(table, render_unattributed(left))
 
@@ -529,4 +553,13 @@ def render_report(rep: dict) -> Group:
     table.add_section()
     table.add_row("all", f"{rep['lines_seen']:,}", f"{rep['lines_notified']:,}",
                   f"{rep['hits']:,}")
-    return Group(table, f"{rep['unattributed_addresses']:,} addresses with hits had no line")
+    parts = [table]
+    if "resolvers" in rep:
+        per = Table(title="lines seen per resolver", title_justify="left")
+        per.add_column("resolver")
+        per.add_column("lines seen", justify="right")
+        per.add_column("hits", justify="right")
+        for r in rep["resolvers"]:
+            per.add_row(r["resolver"], f"{r['lines_seen']:,}", f"{r['hits']:,}")
+        parts.append(per)
+    return Group(*parts, f"{rep['unattributed_addresses']:,} addresses with hits had no line")

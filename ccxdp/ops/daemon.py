@@ -29,8 +29,7 @@ from typing import TextIO
 
 from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
-from ccxdp.hits.collector import collect_then_fold
-from ccxdp.hits.store import Store, store_path
+from ccxdp.hits.location import ShipFailed, StoreLocation, collect_into, default_resolver
 from ccxdp.ops.attach import apply_settings, attach
 from ccxdp.ops.daemon_config import Config, ConfigError, Feed, Interface, load_config
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
@@ -321,16 +320,23 @@ class Daemon:
                  error=str(e).splitlines()[0])
 
     # -- collection ---------------------------------------------------------------------
-    def _store_path(self) -> Path:
-        return self.config.store or store_path(self.dp.state_dir)
+    def _store(self) -> StoreLocation:
+        return StoreLocation(self.config.store, self.dp.state_dir)
 
     def collect(self) -> None:
         self.log("collect_start")
         started = time.monotonic()
+        where = self._store()
+        resolver = (self.config.resolver or default_resolver()) if where.fleet else None
+        shipped = failed = None
         try:
-            r = collect_then_fold(self.dp, self._store_path())
-            with Store(self._store_path()) as store:
-                stored = store.stored_per_category()
+            try:
+                r, shipped = collect_into(self.dp, where, resolver)
+            except ShipFailed as e:
+                r, failed = e.collected, e
+            if failed is None:
+                with where.open() as store:
+                    stored = store.stored_per_category(resolver)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
                 self.state.collections["error"] += 1
@@ -342,11 +348,32 @@ class Daemon:
             self.state.collect_seconds = seconds
             self.state.collect_last = time.time()
             self.state.collected_hits += r.hits
-            self.state.category_stored = stored
+            if failed is None:
+                self.state.category_stored = stored
         self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
+        if where.fleet:
+            self._shipped(resolver, shipped, failed)
         self.expire()
+
+    def _shipped(self, resolver: str, shipped, failed: ShipFailed | None) -> None:
+        """The ship after a fleet collection: logged, and the backlog exported."""
+        with self.state.lock:
+            self.state.backlog = failed.backlog if failed else (
+                shipped.backlog_batches, shipped.backlog_counters, shipped.backlog_hits)
+            self.state.ships["error" if failed else "ok"] += 1
+            if not failed:
+                self.state.ship_last_ok = time.time()
+        batches, _counters, hits = self.state.backlog
+        if failed:
+            # The hits are safe in this host's backlog; the log says how much waits.
+            self.log("ship", level="error", result="error", resolver=resolver,
+                     backlog_hits=hits, backlog_batches=batches, error=str(failed))
+        else:
+            self.log("ship", result="ok", resolver=resolver, batches=shipped.batches,
+                     hits=shipped.hits, skipped=shipped.skipped, backlog_hits=hits,
+                     backlog_batches=batches, seconds=shipped.seconds)
 
     def expire(self) -> None:
         """Apply the retention (collect.retention_days) to the per-address rows, after a
@@ -363,7 +390,7 @@ class Daemon:
         if due == self._expired_for:
             return
         try:
-            with Store(self._store_path()) as store:
+            with self._store().open() as store:
                 rows = store.expire(before, attributed_only=not config.expire_unattributed)
         except (CcxdpError, OSError, sqlite3.Error) as e:
             self.log("expire", level="error", result="error", error=str(e))

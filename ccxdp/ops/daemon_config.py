@@ -24,6 +24,8 @@ from ccxdp.datapath.settings import (
     parse_action,
 )
 from ccxdp.errors import CcxdpError
+from ccxdp.hits.fleet import check_uri, is_fleet
+from ccxdp.hits.location import check_resolver
 from ccxdp.policy.catalog import normalize_category
 from ccxdp.policy.feeds import check_feed_name
 from ccxdp.policy.formats import FORMATS
@@ -77,7 +79,8 @@ class Config:
     max_sources: int | None = None
     feeds: tuple[Feed, ...] = ()
     collect_interval: float = DEFAULT_COLLECT_INTERVAL  # 0: the daemon never collects
-    store: Path | None = None  # None: hits.db in the state folder
+    store: str | None = None  # None: hits.db in the state folder; a path; a PostgreSQL URI
+    resolver: str | None = None  # this host's name in the fleet store; None: the host name
     # Per-address hit rows older than this many days are expired after each collection:
     # attributed ones fold into per-line totals first. 0: kept until `ccxdp expire`.
     retention_days: float = 0.0
@@ -170,7 +173,10 @@ def parse_config(path: Path, data: dict) -> Config:
     interfaces = _interfaces(path, interfaces_raw, default_mode)
     feeds = _feeds(path, feeds_raw)
     interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
-    store = collect.get("store", (str,), None, "a string")
+    store = collect.convert("store", collect.get("store", (str,), None, "a string"),
+                            _check_store)
+    resolver = collect.convert("resolver", collect.get("resolver", (str,), None, "a string"),
+                               check_resolver)
     retention = collect.get("retention_days", (int, float), 0, "a number of days")
     if not math.isfinite(retention) or not 0 <= retention <= MAX_RETENTION_DAYS:
         collect.fail("retention_days",
@@ -188,7 +194,8 @@ def parse_config(path: Path, data: dict) -> Config:
         max_sources=limits["max_sources"],
         feeds=feeds,
         collect_interval=interval,
-        store=Path(store) if store else None,
+        store=store or None,
+        resolver=resolver,
         retention_days=float(retention),
         expire_unattributed=expire_unattributed,
         metrics_listen=_listen(path, listen) if listen is not None else None,
@@ -302,3 +309,9 @@ def _listen(path: Path, text: str) -> tuple[str, int]:
     if not 1 <= int(port) <= 65535:
         raise ConfigError(path, "metrics.listen", f"port {port} is outside 1..65535")
     return host, int(port)
+
+
+def _check_store(spec: str) -> str:
+    if is_fleet(spec):
+        check_uri(spec)
+    return spec

@@ -43,6 +43,11 @@ class DaemonState:
     collections: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     collected_hits: int = 0
     category_stored: dict[str, int] = field(default_factory=dict)
+    # The fleet (collect.store is PostgreSQL): what waits on this host to be shipped, and
+    # ships by result. None: this daemon does not ship.
+    backlog: tuple[int, int, int] | None = None  # batches, counters, hits
+    ships: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+    ship_last_ok: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,28 @@ class DaemonMetrics(Collector):
             for k, v in sorted(s.category_stored.items()):
                 stored.add_metric([k], v)
             yield stored
+            if s.backlog is not None:
+                batches, _counters, backlog_hits = s.backlog
+                held = GaugeMetricFamily(
+                    f"{PREFIX}_store_backlog_hits",
+                    "Hits collected on this host and not yet in the fleet store")
+                held.add_metric([], backlog_hits)
+                held_batches = GaugeMetricFamily(
+                    f"{PREFIX}_store_backlog_batches",
+                    "Collections' batches on this host not yet in the fleet store")
+                held_batches.add_metric([], batches)
+                ships = CounterMetricFamily(f"{PREFIX}_store_ships",
+                                            "Ships of the backlog to the fleet store by result",
+                                            labels=["result"])
+                for result, n in sorted(s.ships.items()):
+                    ships.add_metric([result], n)
+                yield from (held, held_batches, ships)
+                if s.ship_last_ok is not None:
+                    last_ship = GaugeMetricFamily(
+                        f"{PREFIX}_store_ship_last_ok_timestamp_seconds",
+                        "Unix time of the last ship that emptied the backlog")
+                    last_ship.add_metric([], s.ship_last_ok)
+                    yield last_ship
 
 
 def make_registry(dp: Datapath, state: DaemonState,
