@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ccxdp.datapath.loader import Datapath, check_root
+from ccxdp.hits.store import Store, store_path
 from ccxdp.policy.catalog import Catalog
 
 
@@ -36,3 +37,11 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def opt_out_store(app: App) -> Store:
+    """The store that keeps the opt-out list (opted_out, opt_out, opt_in), closed when the
+    command ends: the hits store in the state folder. The one place that says which."""
+    store = Store(store_path(app.state_dir))
+    click.get_current_context().call_on_close(store.close)
+    return store

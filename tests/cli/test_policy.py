@@ -580,7 +580,7 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
     path = tmp_path / "catalog.db"
     make_v1_catalog(path, V1_ROWS)
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
             ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3, "2026-11-02T00:00:00Z"),
