@@ -92,9 +92,10 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
     """Attribute a month's hits to lines and notify each infected line, at most once a month.
 
     A line is notified when its hits fall on at least --min-days days of the month, it is
-    not in --opt-out nor opted out in the store ('exempt line add'), it has a contact in --subscribers, and it was not notified for that
-    month before. Without --out or --smtp this is a dry run: it shows what it would do and
-    writes nothing. Every input file is checked before anything is written.
+    not in --opt-out nor opted out in the store ('exempt line add'), it has a contact in
+    --subscribers, and it was not notified for that month before. Without --out or --smtp
+    this is a dry run: it shows what it would do and writes nothing. Every input file is
+    checked before anything is written.
 
     \b
     Examples:

@@ -43,6 +43,8 @@ class DaemonState:
     collections: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     collected_hits: int = 0
     category_stored: dict[str, int] = field(default_factory=dict)
+    line_exempt_prefixes: int | None = None  # None: the daemon follows no sessions
+    opted_out_lines: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,16 @@ class DaemonMetrics(Collector):
             for k, v in sorted(s.category_stored.items()):
                 stored.add_metric([k], v)
             yield stored
+            held = GaugeMetricFamily(f"{PREFIX}_line_exempt_prefixes",
+                                     "Exempt prefixes that opted-out lines hold now (from "
+                                     "their sessions), beside the static ones")
+            lines = GaugeMetricFamily(f"{PREFIX}_opted_out_lines",
+                                      "Lines opted out in the store")
+            if s.line_exempt_prefixes is not None:
+                held.add_metric([], s.line_exempt_prefixes)
+            if s.opted_out_lines is not None:
+                lines.add_metric([], s.opted_out_lines)
+            yield from (held, lines)
 
 
 def make_registry(dp: Datapath, state: DaemonState,
