@@ -125,7 +125,7 @@ class Daemon:
         self._opted_out: set[str] | None = None  # None: the store was never read
         self._next_sessions_poll = 0.0
         self._line_prefixes: dict[str, str] | None = None  # as last applied
-        self._sessions_error: str | None = None  # logged once, not every second
+        self._sessions_errors: dict[str, str] = {}  # per step: logged once, not every second
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -421,6 +421,7 @@ class Daemon:
         except CcxdpError as e:
             self._sessions_failed("line_exempt", e)
             return
+        self._sessions_errors.pop("line_exempt", None)
         if wanted != self._line_prefixes:
             self._apply_line_prefixes(wanted)
 
@@ -445,6 +446,7 @@ class Daemon:
             except CcxdpError as e:
                 self._sessions_failed("sessions_read", e, source="radacct")
             else:
+                self._sessions_errors.pop("sessions_read", None)
                 if got != self._radacct_sessions:
                     self._radacct_sessions = got
                     self._sessions = None
@@ -456,16 +458,21 @@ class Daemon:
         except (CcxdpError, OSError, sqlite3.Error) as e:
             self._sessions_failed("opt_outs", e)
             return
+        self._sessions_errors.pop("opt_outs", None)
         if opted != self._opted_out:
             self.log("opt_outs", lines=len(opted))
             self._opted_out = opted
             with self.state.lock:
                 self.state.opted_out_lines = len(opted)
+        # Compare with the catalog itself at this pace, not only with what was last applied:
+        # a CLI call ('exempt line remove', 'sync') may have changed it meanwhile.
+        self._line_prefixes = None
 
-    def _sessions_failed(self, event: str, e: Exception, **fields: object) -> None:
+    def _sessions_failed(self, event: str, e: Exception, key: str | None = None,
+                         **fields: object) -> None:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if text != self._sessions_error:
-            self._sessions_error = text
+        if text != self._sessions_errors.get(key or event):
+            self._sessions_errors[key or event] = text
             self.log(event, level="error", result="error", error=text, **fields)
 
     def _apply_line_prefixes(self, wanted: dict[str, str]) -> None:
@@ -473,10 +480,10 @@ class Daemon:
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 changes = set_line_prefixes(self.dp, catalog, wanted)
         except (CcxdpError, OSError, sqlite3.Error) as e:  # retried next tick
-            self._sessions_failed("line_exempt", e)
+            self._sessions_failed("line_exempt", e, key="line_exempt_write")
             return
         self._line_prefixes = wanted
-        self._sessions_error = None
+        self._sessions_errors.pop("line_exempt_write", None)
         for c in changes:
             self.log("line_exempt", prefix=c.prefix, line=c.line, change=c.status)
         with self.state.lock:
@@ -490,7 +497,7 @@ class Daemon:
         self._radacct_sessions = []
         self._sessions = None
         self._next_sessions_poll = 0.0
-        self._sessions_error = None
+        self._sessions_errors.clear()
         if sessions is None:
             self._apply_line_prefixes({})
             self._opted_out = None
