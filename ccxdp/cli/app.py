@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from ccxdp.datapath.loader import Datapath, check_root
+from ccxdp.hits.fleet import FleetStore
 from ccxdp.hits.location import StoreLocation
+from ccxdp.hits.store import Store
 from ccxdp.policy.catalog import Catalog
 
 
@@ -50,3 +52,10 @@ def store_option(f):
         help="The hits store: a SQLite file (default: hits.db in the state folder) or the "
              "fleet's PostgreSQL, postgresql://USER@HOST/DB (its password from ~/.pgpass, "
              "PGPASSFILE or a service file, never in the URI). Env: CCXDP_STORE.")(f)
+def opt_out_store(app: App, store_spec: str | None) -> Store | FleetStore:
+    """The store that keeps the opt-out list (opted_out, opt_out, opt_in), closed when the
+    command ends: the hits store --store names, so that a fleet's opt-outs reach every
+    resolver's daemon and the notify host alike."""
+    store = app.store(store_spec).open()
+    click.get_current_context().call_on_close(store.close)
+    return store

@@ -93,9 +93,10 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
     """Attribute a month's hits to lines and notify each infected line, at most once a month.
 
     A line is notified when its hits fall on at least --min-days days of the month, it is
-    not in --opt-out, it has a contact in --subscribers, and it was not notified for that
-    month before. Without --out or --smtp this is a dry run: it shows what it would do and
-    writes nothing. Every input file is checked before anything is written.
+    not in --opt-out nor opted out in the store ('exempt line add'), it has a contact in
+    --subscribers, and it was not notified for that month before. Without --out or --smtp
+    this is a dry run: it shows what it would do and writes nothing. Every input file is
+    checked before anything is written.
 
     Against the fleet's PostgreSQL --store, one notify covers every resolver: a line's days
     and hits are counted across all of them, and the database's unique claim makes two
@@ -140,6 +141,8 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
     where = app.store(store_spec)
     store = where.open() if delivering else where.open_reader()
     click.get_current_context().call_on_close(store.close)
+    # Lines opted out in the store ('exempt line add') are never notified either.
+    opted |= set(store.opted_out())
     try:
         result = rec.notify(
             store, period, found, subscribers=subs, opt_out=opted, min_days=min_days,

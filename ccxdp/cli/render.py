@@ -6,13 +6,14 @@ import time
 from collections.abc import Mapping
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from ccxdp.datapath.loader import Attachment
 from ccxdp.datapath.settings import DESCRIPTIONS, Settings
 from ccxdp.hits.stats import StatsSnapshot
-from ccxdp.policy.catalog import BLOCK, CatalogEntry, ExemptEntry
-from ccxdp.policy.exempt import PrefixChange
+from ccxdp.policy.catalog import BLOCK, CatalogEntry, ExemptEntry, LineExemptEntry
+from ccxdp.policy.exempt import LinePrefixChange, PrefixChange
 from ccxdp.policy.lists import Change
 
 _OUTCOME_HELP = {
@@ -151,13 +152,50 @@ def render_prefix_changes(changes: list[PrefixChange]) -> Table:
     return table
 
 
-def render_exempt(entries: list[ExemptEntry]) -> Table:
-    table = Table(title=f"exempt source prefixes ({len(entries)})", title_justify="left")
+def render_exempt(entries: list[ExemptEntry],
+                  line_entries: list[LineExemptEntry] = ()) -> Table:
+    """Static prefixes, then those opted-out lines hold now (with the line)."""
+    count = len(entries) + len(line_entries)
+    table = Table(title=f"exempt source prefixes ({count})", title_justify="left")
     table.add_column("prefix")
     table.add_column("added (UTC)")
+    if line_entries:
+        table.add_column("line")
     for e in entries:
-        table.add_row(e.prefix, e.added_at)
+        table.add_row(e.prefix, e.added_at, *(["-"] if line_entries else []))
+    for e in line_entries:
+        # Line ids come from sessions files and the database: never read as rich markup.
+        table.add_row(e.prefix, e.added_at, escape(e.line))
     return table
+
+
+def render_opt_outs(opted: Mapping[str, str]) -> Table:
+    table = Table(title=f"opted-out lines ({len(opted)})", title_justify="left")
+    table.add_column("line")
+    table.add_column("since (UTC)")
+    for line, since in opted.items():
+        table.add_row(escape(line), since)
+    return table
+
+
+def render_line_results(results: list[tuple[str, str]]) -> Table:
+    table = Table(show_header=True)
+    table.add_column("line")
+    table.add_column("result")
+    for line, status in results:
+        table.add_row(escape(line), status)
+    return table
+
+
+def render_line_changes(changes: list[LinePrefixChange], prefixes: int) -> Group:
+    table = Table(show_header=True)
+    table.add_column("prefix")
+    table.add_column("line")
+    table.add_column("result")
+    for c in changes:
+        table.add_row(c.prefix, escape(c.line), c.status)
+    note = f"{prefixes} prefixes exempt for opted-out lines"
+    return Group(table, note) if changes else Group(f"unchanged: {note}")
 
 
 def render_settings(settings: Settings, loaded: bool, map_path: str, file_path: str) -> Group:

@@ -11,6 +11,7 @@ from ccxdp.datapath.settings import BLOCK_ACTIONS, SETTING_KEYS, SettingError, p
 from ccxdp.errors import DatapathError, InvalidNameError
 from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
+from ccxdp.policy.line_exempt import LineExemptError, check_line_id
 from ccxdp.policy.names import normalize
 
 
@@ -73,6 +74,18 @@ class PrefixType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class LineIdType(click.ParamType):
+    """A subscriber line id (L-1001, a circuit id): printable, no spaces."""
+
+    name = "line"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_line_id(value)
+        except LineExemptError as e:
+            self.fail(str(e), param, ctx)
+
+
 class AddressType(click.ParamType):
     def __init__(self, version: int):
         self.version = version
@@ -106,6 +119,7 @@ INTERFACE = InterfaceType()
 ACTION = ActionType()
 CATEGORY = CategoryType()
 PREFIX = PrefixType()
+LINE_ID = LineIdType()
 IPV4 = AddressType(4)
 IPV6 = AddressType(6)
 SETTING_KEY = SettingKeyType()

@@ -54,6 +54,7 @@ DEFAULT_LINE_ID_FIELD = "circuit-id"
 
 SESSION_HEADER = ["line_id", "address_or_prefix", "start", "stop"]
 _FOREVER = 1 << 62  # microseconds: an open session
+OPEN_US = _FOREVER  # the stop of an open session, for other readers of sessions
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,11 @@ def _resolve(items: list[Session]) -> list[Session]:
 
 
 # -- times and ids -------------------------------------------------------------------------
+
+
+def to_us(t: datetime) -> int:
+    """An aware datetime as Unix microseconds, exactly."""
+    return _us(t)
 
 
 def _us(t: datetime) -> int:

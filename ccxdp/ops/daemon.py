@@ -3,7 +3,8 @@
 It attaches the configured interfaces (adopting the pinned program and maps that are there:
 no gap in filtering, no reset of counters), syncs feeds when their file changes or their
 refresh interval passes, collects the per-source hits on an interval, serves metrics, and
-logs one structured line per event on stderr. SIGHUP reads the file again and applies the
+follows the sessions of opted-out lines (``[sessions]``) to keep their exempt prefixes
+current, logs one structured line per event on stderr. SIGHUP reads the file again and applies the
 difference; SIGTERM (or SIGINT) stops it, leaving the filter attached unless
 ``on_stop = "detach"``: filtering never depends on the daemon.
 
@@ -30,11 +31,21 @@ from typing import TextIO
 from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.location import ShipFailed, StoreLocation, collect_into, default_resolver
+from ccxdp.notify.attribution import Session, Sessions
 from ccxdp.ops.attach import apply_settings, attach
-from ccxdp.ops.daemon_config import Config, ConfigError, Feed, Interface, load_config
+from ccxdp.ops.daemon_config import (
+    Config,
+    ConfigError,
+    Feed,
+    Interface,
+    SessionsConfig,
+    load_config,
+)
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
 from ccxdp.policy.catalog import Catalog, normalize_category
+from ccxdp.policy.exempt import set_line_prefixes
 from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
+from ccxdp.policy.line_exempt import current_prefixes, read_file, read_radacct
 from ccxdp.policy.lists import canonical_action
 from ccxdp.utc import utc_now_text, utc_text
 
@@ -106,6 +117,14 @@ class Daemon:
         self._file_stat: dict[str, tuple | None] = {}
         self._next_collect: float | None = None
         self._pid_fd: int | None = None
+        # Sessions of opted-out lines: each source's last good read (a bad read keeps it).
+        self._session_files: dict[Path, tuple[tuple | None, list[Session]]] = {}
+        self._radacct_sessions: list[Session] = []
+        self._sessions: Sessions | None = None  # built from the above; None: build again
+        self._opted_out: set[str] | None = None  # None: the store was never read
+        self._next_sessions_poll = 0.0
+        self._line_prefixes: dict[str, str] | None = None  # as last applied
+        self._sessions_errors: dict[str, str] = {}  # per step: logged once, not every second
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -125,6 +144,7 @@ class Daemon:
             self._ensure_feed(feed)
         self._start_metrics(config)
         self._schedule_collect(config)
+        self._follow_sessions()
 
     def _claim_state_dir(self) -> None:
         """One daemon per state folder: a lock of its own (never the datapath's, which is
@@ -205,6 +225,7 @@ class Daemon:
             if now >= self._next_sync.get(feed.name, 0) or stat != self._file_stat.get(feed.name):
                 self._sync(feed, "changed" if stat != self._file_stat.get(feed.name)
                            else "interval")
+        self._follow_sessions()
         if self._next_collect is not None and now >= self._next_collect:
             self.collect()
             self._next_collect = time.monotonic() + self.config.collect_interval
@@ -401,6 +422,113 @@ class Daemon:
                      before=utc_text(before),
                      unattributed=config.expire_unattributed)
 
+    # -- sessions: the exempt prefixes of opted-out lines ---------------------------------
+    def _follow_sessions(self) -> None:
+        """Read the sessions files that changed, poll radacct and the opt-out list when
+        due, and make the line-derived exempt prefixes those opted-out lines hold now. Runs
+        every tick: a session's start or stop time passing counts as a change too."""
+        sc = self.config.sessions
+        if sc is None:
+            return
+        for kind, paths in (("sessions", sc.radius_csv), ("leases", sc.leases)):
+            for path in paths:
+                stat = _file_stat(path)
+                if path not in self._session_files or self._session_files[path][0] != stat:
+                    self._read_sessions_file(path, kind, stat, sc)
+        if time.monotonic() >= self._next_sessions_poll:
+            self._next_sessions_poll = time.monotonic() + sc.interval
+            self._poll_sessions(sc)
+        if self._opted_out is None:
+            return  # not knowing who opted out, change nothing
+        if self._sessions is None:
+            found = [s for _, got in self._session_files.values() for s in got]
+            self._sessions = Sessions.build(found + self._radacct_sessions)
+        try:
+            wanted = current_prefixes(self._sessions, self._opted_out)
+        except CcxdpError as e:
+            self._sessions_failed("line_exempt", e)
+            return
+        self._sessions_errors.pop("line_exempt", None)
+        if wanted != self._line_prefixes:
+            self._apply_line_prefixes(wanted)
+
+    def _read_sessions_file(self, path: Path, kind: str, stat: tuple | None,
+                            sc: SessionsConfig) -> None:
+        before = self._session_files.get(path, (None, []))[1]
+        try:
+            got = read_file(path, kind, sc.line_id_from)
+        except (CcxdpError, OSError) as e:
+            self._session_files[path] = (stat, before)  # the last good read stays
+            self.log("sessions_read", level="error", source=str(path), result="error",
+                     error=str(e).splitlines()[0])
+            return
+        self._session_files[path] = (stat, got)
+        self._sessions = None
+        self.log("sessions_read", source=str(path), result="ok", sessions=len(got))
+
+    def _poll_sessions(self, sc: SessionsConfig) -> None:
+        if sc.radacct is not None:
+            try:
+                got = read_radacct(sc.radacct)
+            except CcxdpError as e:
+                self._sessions_failed("sessions_read", e, source="radacct")
+            else:
+                self._sessions_errors.pop("sessions_read", None)
+                if got != self._radacct_sessions:
+                    self._radacct_sessions = got
+                    self._sessions = None
+                    self.log("sessions_read", source="radacct", result="ok",
+                             sessions=len(got))
+        try:
+            with self._store().open() as store:
+                opted = set(store.opted_out())
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self._sessions_failed("opt_outs", e)
+            return
+        self._sessions_errors.pop("opt_outs", None)
+        if opted != self._opted_out:
+            self.log("opt_outs", lines=len(opted))
+            self._opted_out = opted
+            with self.state.lock:
+                self.state.opted_out_lines = len(opted)
+        # Compare with the catalog itself at this pace, not only with what was last applied:
+        # a CLI call ('exempt line remove', 'sync') may have changed it meanwhile.
+        self._line_prefixes = None
+
+    def _sessions_failed(self, event: str, e: Exception, key: str | None = None,
+                         **fields: object) -> None:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if text != self._sessions_errors.get(key or event):
+            self._sessions_errors[key or event] = text
+            self.log(event, level="error", result="error", error=text, **fields)
+
+    def _apply_line_prefixes(self, wanted: dict[str, str]) -> None:
+        try:
+            with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                changes = set_line_prefixes(self.dp, catalog, wanted)
+        except (CcxdpError, OSError, sqlite3.Error) as e:  # retried next tick
+            self._sessions_failed("line_exempt", e, key="line_exempt_write")
+            return
+        self._line_prefixes = wanted
+        self._sessions_errors.pop("line_exempt_write", None)
+        for c in changes:
+            self.log("line_exempt", prefix=c.prefix, line=c.line, change=c.status)
+        with self.state.lock:
+            self.state.line_exempt_prefixes = len(wanted)
+
+    def _sessions_changed(self, sessions: SessionsConfig | None) -> None:
+        """After a reload: forget sources no longer configured and read the rest again at
+        once. Without [sessions] nobody follows the lines any more, so the prefixes the
+        daemon kept go: left alone, they would exempt whoever gets the address next."""
+        self._session_files.clear()
+        self._radacct_sessions = []
+        self._sessions = None
+        self._next_sessions_poll = 0.0
+        self._sessions_errors.clear()
+        if sessions is None:
+            self._apply_line_prefixes({})
+            self._opted_out = None
+
     # -- metrics ------------------------------------------------------------------------
     def _categories(self) -> dict[int, str]:
         with Catalog(self.dp.catalog_path) as catalog:
@@ -464,6 +592,8 @@ class Daemon:
                 self._ensure_feed(feed)
         if new.collect_interval != old.collect_interval:
             self._schedule_collect(new)
+        if new.sessions != old.sessions:
+            self._sessions_changed(new.sessions)
         if new.metrics_listen != old.metrics_listen:
             if self.metrics is not None:
                 self.metrics.stop()

@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,24 @@ from ccxdp.datapath.settings import (
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.fleet import check_uri, is_fleet
 from ccxdp.hits.location import check_resolver
+from ccxdp.notify.attribution import DEFAULT_LINE_ID_FIELD, LINE_ID_FIELDS
 from ccxdp.policy.catalog import normalize_category
 from ccxdp.policy.feeds import check_feed_name
 from ccxdp.policy.formats import FORMATS
+from ccxdp.policy.line_exempt import (
+    DEFAULT_RADACCT_LINE_ID,
+    DEFAULT_RADACCT_TABLE,
+    Radacct,
+    check_conninfo,
+    check_identifier,
+)
 
 ON_STOP = ("keep", "detach")
 LOG_FORMATS = ("logfmt", "json")
 MODES = tuple(m.value for m in Mode)
 DEFAULT_FEED_REFRESH = 3600.0
 DEFAULT_COLLECT_INTERVAL = 60.0
+DEFAULT_SESSIONS_INTERVAL = 5.0
 MAX_RETENTION_DAYS = 36500  # a century: beyond it the cut-off date does not exist
 
 
@@ -70,6 +80,20 @@ class Feed:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """[sessions]: where the daemon learns which line holds which address, to keep the
+    exempt prefixes of opted-out lines current (policy/line_exempt.py)."""
+
+    radius_csv: tuple[Path, ...] = ()  # line_id,address_or_prefix,start,stop; watched
+    leases: tuple[Path, ...] = ()  # dhcpd.leases or Kea CSV; watched
+    line_id_from: str = DEFAULT_LINE_ID_FIELD  # the lease field that names the line
+    radacct: Radacct | None = None  # FreeRADIUS's accounting table, polled
+    # Seconds between reads of radacct and of the opt-out list (files are looked at every
+    # second).
+    interval: float = DEFAULT_SESSIONS_INTERVAL
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     interfaces: tuple[Interface, ...]
@@ -86,6 +110,7 @@ class Config:
     retention_days: float = 0.0
     expire_unattributed: bool = False  # rows no line claimed go too once that old
     metrics_listen: tuple[str, int] | None = None
+    sessions: SessionsConfig | None = None  # None: line-derived prefixes are left alone
     on_stop: str = "keep"
     log_format: str = "logfmt"
 
@@ -167,6 +192,7 @@ def parse_config(path: Path, data: dict) -> Config:
     feeds_raw = top.get("feeds", (list,), [], "an array of tables ([[feeds]])")
     collect = _Reader(path, top.get("collect", (dict,), {}, "a table"), "collect.")
     metrics = _Reader(path, top.get("metrics", (dict,), {}, "a table"), "metrics.")
+    sessions_raw = top.get("sessions", (dict,), None, "a table")
     top.done()
     # Checked in the file's order of tables, so that the first mistake is the one reported.
     default_mode, ports, limits, settings = _filter(filt)
@@ -185,6 +211,7 @@ def parse_config(path: Path, data: dict) -> Config:
     collect.done()
     listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
     metrics.done()
+    sessions = _sessions(path, sessions_raw) if sessions_raw is not None else None
     return Config(
         path=path,
         interfaces=interfaces,
@@ -199,6 +226,7 @@ def parse_config(path: Path, data: dict) -> Config:
         retention_days=float(retention),
         expire_unattributed=expire_unattributed,
         metrics_listen=_listen(path, listen) if listen is not None else None,
+        sessions=sessions,
         on_stop=on_stop,
         log_format=log_format,
     )
@@ -293,6 +321,50 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
                           refresh))
     return tuple(feeds)
+
+
+def _paths(r: _Reader, name: str) -> tuple[Path, ...]:
+    """An array of file paths, relative ones from the config file's folder. They need not
+    exist yet: a sessions export may appear after the daemon started (it is read when it
+    does)."""
+    values = r.get(name, (list,), [], "an array of file paths")
+    out = []
+    for v in values:
+        if not isinstance(v, str) or not v:
+            r.fail(name, f"{v!r} is not a file path")
+        p = Path(v)
+        out.append(p if p.is_absolute() else r.path.parent / p)
+    if len(set(out)) != len(out):
+        r.fail(name, "a file is given twice")
+    return tuple(out)
+
+
+def _sessions(path: Path, table: dict) -> SessionsConfig:
+    """[sessions] and [sessions.radacct]."""
+    r = _Reader(path, table, "sessions.")
+    radius_csv = _paths(r, "radius_csv")
+    leases = _paths(r, "leases")
+    line_id_from = r.choice("line_id_from", LINE_ID_FIELDS, DEFAULT_LINE_ID_FIELD)
+    interval = r.seconds("interval", DEFAULT_SESSIONS_INTERVAL)
+    raw = r.get("radacct", (dict,), None, "a table ([sessions.radacct])")
+    r.done()
+    radacct = None
+    if raw is not None:
+        db = _Reader(path, raw, "sessions.radacct.")
+        uri = db.get("uri", (str,), None, "a string")
+        if uri is None:
+            db.fail("uri", "missing (a libpq connection URI, without a password)")
+        db.convert("uri", uri, check_conninfo)
+        line_id = db.convert("line_id", db.get("line_id", (str,), DEFAULT_RADACCT_LINE_ID,
+                                               "a string"), partial(check_identifier, "column"))
+        table_name = db.convert("table", db.get("table", (str,), DEFAULT_RADACCT_TABLE,
+                                                "a string"), partial(check_identifier, "table"))
+        db.done()
+        radacct = Radacct(uri, line_id, table_name)
+    if not (radius_csv or leases or radacct):
+        r.fail(None, "give at least one sessions source: radius_csv, leases or "
+                     "[sessions.radacct]")
+    return SessionsConfig(radius_csv, leases, line_id_from, radacct, interval)
 
 
 def _listen(path: Path, text: str) -> tuple[str, int]:

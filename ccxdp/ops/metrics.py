@@ -48,6 +48,8 @@ class DaemonState:
     backlog: tuple[int, int, int] | None = None  # batches, counters, hits
     ships: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
     ship_last_ok: float | None = None
+    line_exempt_prefixes: int | None = None  # None: the daemon follows no sessions
+    opted_out_lines: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,16 @@ class DaemonMetrics(Collector):
                         "Unix time of the last ship that emptied the backlog")
                     last_ship.add_metric([], s.ship_last_ok)
                     yield last_ship
+            held = GaugeMetricFamily(f"{PREFIX}_line_exempt_prefixes",
+                                     "Exempt prefixes that opted-out lines hold now (from "
+                                     "their sessions), beside the static ones")
+            lines = GaugeMetricFamily(f"{PREFIX}_opted_out_lines",
+                                      "Lines opted out in the store")
+            if s.line_exempt_prefixes is not None:
+                held.add_metric([], s.line_exempt_prefixes)
+            if s.opted_out_lines is not None:
+                lines.add_metric([], s.opted_out_lines)
+            yield from (held, lines)
 
 
 def make_registry(dp: Datapath, state: DaemonState,

@@ -38,7 +38,7 @@ MATCHES = ("exact", "subtree", "below")
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 MANUAL = "manual"  # the source of block add, allow add and block import
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _ENTRIES_V2 = """
 CREATE TABLE {table} (
@@ -109,6 +109,16 @@ CREATE TABLE exempt (
     prefix   TEXT PRIMARY KEY,  -- normalized, as ipaddress prints it: 198.18.0.0/24, fd00::/64
     added_at TEXT NOT NULL
 )"""
+# Prefixes exempt because an opted-out line holds them now (policy/line_exempt.py derives
+# them from the sessions sources): kept apart from the static ones above, so that a prefix
+# can be both and removing it from one set never removes it from the other. One line per
+# prefix: an address is held by one line at a time.
+_LINE_EXEMPT = """
+CREATE TABLE line_exempt (
+    prefix   TEXT PRIMARY KEY,  -- normalized, as in exempt
+    line     TEXT NOT NULL,
+    added_at TEXT NOT NULL      -- when this line got it
+)"""
 _META = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -116,7 +126,8 @@ CREATE TABLE meta (
 )"""
 _MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', '')"
 
-_FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _META]
+_FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _LINE_EXEMPT,
+          _META]
 
 # Version 1 had block entries only (name the primary key, action always 'drop', category an
 # unnamed number). Its rows become block entries; a category number in use gets a name.
@@ -170,6 +181,13 @@ class CatalogEntry:
 @dataclass(frozen=True)
 class ExemptEntry:
     prefix: str
+    added_at: str
+
+
+@dataclass(frozen=True)
+class LineExemptEntry:
+    prefix: str
+    line: str
     added_at: str
 
 
@@ -285,6 +303,9 @@ class Catalog:
                 version = 2
             if version == 2:
                 self._from_v2()
+                version = 3
+            if version == 3:
+                self.db.execute(_LINE_EXEMPT)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _from_v2(self) -> None:
@@ -548,6 +569,21 @@ class Catalog:
 
     def remove_exempt(self, prefixes: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM exempt WHERE prefix=?", [(p,) for p in prefixes])
+
+    def line_exempt(self) -> list[LineExemptEntry]:
+        rows = self.db.execute("SELECT prefix, line, added_at FROM line_exempt")
+        return [LineExemptEntry(prefix, line, restamp(added)) for prefix, line, added in rows]
+
+    def set_line_exempt(self, wanted: dict[str, str]) -> None:
+        """Make {prefix: line} the line-derived prefixes; a prefix that stays with its line
+        keeps its added time, one that moves to another line starts again."""
+        stamp = now()
+        have = {e.prefix: e.line for e in self.line_exempt()}
+        self.db.executemany("DELETE FROM line_exempt WHERE prefix=?",
+                            [(p,) for p, line in have.items() if wanted.get(p) != line])
+        self.db.executemany(
+            "INSERT INTO line_exempt (prefix, line, added_at) VALUES (?, ?, ?)",
+            [(p, line, stamp) for p, line in wanted.items() if have.get(p) != line])
 
 
 # -- the packed kernel entry of a listing ---------------------------------------------------

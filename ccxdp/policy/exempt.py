@@ -1,5 +1,9 @@
 """Exempt (opted-out) source prefixes: catalog and kernel LPM trie changed together.
 
+Two sets share the trie: static prefixes (``exempt add``, fixed ranges) and the prefixes
+opted-out lines hold now (line_exempt.py derives them from the sessions sources). The kernel
+holds their union; a prefix in both stays until it has left both.
+
 A query from an exempt source is neither judged nor counted per source; only the global
 "exempt" counter moves. The kernel keeps IPv4 prefixes IPv4-mapped (::ffff:a.b.c.d, the
 prefix length plus 96), the form it gives every source address.
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from ccxdp.datapath import shared
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
-from ccxdp.policy.catalog import Catalog, ExemptEntry
+from ccxdp.policy.catalog import Catalog, ExemptEntry, LineExemptEntry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -33,6 +37,13 @@ class PrefixError(CcxdpError):
 class PrefixChange:
     prefix: str
     status: str  # "added", "unchanged", "removed", "not listed"
+
+
+@dataclass(frozen=True)
+class LinePrefixChange:
+    prefix: str
+    line: str
+    status: str  # "added" (the line holds it now), "removed" (it does not any more)
 
 
 def parse_prefix(text: str) -> Network:
@@ -88,6 +99,15 @@ def sorted_entries(catalog: Catalog) -> list[ExemptEntry]:
     return sorted(catalog.exempt(), key=order)
 
 
+def sorted_line_entries(catalog: Catalog) -> list[LineExemptEntry]:
+    """The line-derived prefixes, in the order of sorted_entries."""
+    def order(e: LineExemptEntry):
+        net = ipaddress.ip_network(e.prefix)
+        return net.version, net.network_address, net.prefixlen
+
+    return sorted(catalog.line_exempt(), key=order)
+
+
 def add(dp: Datapath, catalog: Catalog, prefixes: Sequence[str]) -> list[PrefixChange]:
     nets = list(dict.fromkeys(parse_prefix(p) for p in prefixes))
     listed = {e.prefix for e in catalog.exempt()}
@@ -105,13 +125,34 @@ def remove(dp: Datapath, catalog: Catalog, prefixes: Sequence[str]) -> list[Pref
     changes = [PrefixChange(str(n), "removed" if str(n) in listed else "not listed")
                for n in nets]
     gone = [n for n in nets if str(n) in listed]
+    held = {e.prefix for e in catalog.line_exempt()}  # an opted-out line's: stays in the trie
     with catalog.transaction():
         catalog.remove_exempt(str(n) for n in gone)
         if dp.is_loaded() and gone:
             with dp.open_map(shared.MAP_EXEMPT) as m:
                 for n in gone:
-                    m.delete(lpm_key(n))
+                    if str(n) not in held:
+                        m.delete(lpm_key(n))
             _set_gate(dp)
+    return changes
+
+
+def set_line_prefixes(dp: Datapath, catalog: Catalog,
+                      wanted: dict[str, str]) -> list[LinePrefixChange]:
+    """Make {prefix: line} the line-derived prefixes, in the catalog and (where the program
+    is loaded) the kernel, together or not at all. Static prefixes are never touched. A
+    prefix that moves from one line to another is removed for the one, added for the
+    other. Prefixes must be normalized (parse_prefix)."""
+    have = {e.prefix: e.line for e in catalog.line_exempt()}
+    changes = [LinePrefixChange(p, line, "removed") for p, line in have.items()
+               if wanted.get(p) != line]
+    changes += [LinePrefixChange(p, line, "added") for p, line in wanted.items()
+                if have.get(p) != line]
+    if changes:
+        with catalog.transaction():
+            catalog.set_line_exempt(wanted)
+            if dp.is_loaded():
+                reconcile(dp, catalog)
     return changes
 
 
@@ -180,10 +221,11 @@ def _write(dp: Datapath, keys: list[shared.LpmKey]) -> None:
 
 
 def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
-    """Make the kernel's exempt trie hold exactly the catalog's prefixes; returns (written,
-    deleted). Run at every attach, beside blocklist.reconcile."""
-    wanted = {_key_tuple(k): k for k in (lpm_key(ipaddress.ip_network(e.prefix))
-                                         for e in catalog.exempt())}
+    """Make the kernel's exempt trie hold exactly the catalog's prefixes, static and
+    line-derived; returns (written, deleted). Run at every attach, beside
+    blocklist.reconcile, and after every change of the line-derived set."""
+    prefixes = [e.prefix for e in catalog.exempt()] + [e.prefix for e in catalog.line_exempt()]
+    wanted = {_key_tuple(k): k for k in (lpm_key(ipaddress.ip_network(p)) for p in prefixes)}
     with dp.open_map(shared.MAP_EXEMPT) as m:
         present = {_key_tuple(k): k for k in m.keys()}
         stale = [k for t, k in present.items() if t not in wanted]

@@ -580,7 +580,7 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
     path = tmp_path / "catalog.db"
     make_v1_catalog(path, V1_ROWS)
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
             ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3, "2026-11-02T00:00:00Z"),
@@ -789,3 +789,65 @@ def test_every_time_in_the_catalogs_json_is_utc_with_a_z(ccxdp, tmp_path):
     assert len(times) == 5
     for t in times:
         assert UTC_SECONDS.fullmatch(t), t
+
+
+# -- exempt by line --------------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_line_prefixes_and_static_prefixes_coexist(policy, tmp_path):
+    """exempt line sync exempts what opted-out lines hold now; a prefix both static and a
+    line's stays in the kernel until it has left both sets."""
+    cli = policy.cli
+    cli.run("block", "add", "evil.test", "--action", "nxdomain")
+    cli.run("exempt", "add", "198.18.9.0/24")
+    assert cli.json("exempt", "line", "add", "L-1", "L-3", "L-1") == [
+        {"line": "L-1", "status": "added"}, {"line": "L-3", "status": "added"}]
+    sessions = tmp_path / "radius.csv"
+    sessions.write_text("L-1,198.18.9.0/24,2026-01-01T00:00:00Z,\n"
+                        "L-1,fd00:9:1::/56,2026-01-01T00:00:00Z,\n"
+                        "L-2,198.18.5.3,2026-01-01T00:00:00Z,\n"
+                        "L-3,198.18.5.4,2026-01-01T00:00:00Z,2026-01-02T00:00:00Z\n")
+    out = cli.json("exempt", "line", "sync", "--sessions", str(sessions))
+    assert out == {"changes": [{"prefix": "198.18.9.0/24", "line": "L-1", "status": "added"},
+                               {"prefix": "fd00:9:1::/56", "line": "L-1", "status": "added"}],
+                   "prefixes": 2, "sessions": 4, "opted_out": 2}
+    assert policy.exempt_map() == {mapped("198.18.9.0/24"), mapped("fd00:9:1::/56")}
+    assert policy.judge("evil.test", "fd00:9:1:ff::1").retval == XDP_PASS
+    assert policy.judge("evil.test", "198.18.5.3").rcode == dns.rcode.NXDOMAIN
+    assert [(e["prefix"], e["line"]) for e in cli.json("exempt", "list")] == [
+        ("198.18.9.0/24", None), ("198.18.9.0/24", "L-1"), ("fd00:9:1::/56", "L-1")]
+    listed = cli.run("exempt", "list").stdout
+    assert re.search(r"198\.18\.9\.0/24 .* L-1 ", listed) and "fd00:9:1::/56" in listed
+
+    # The static one goes; the line still holds it, so the kernel keeps it.
+    cli.run("exempt", "remove", "198.18.9.0/24")
+    assert policy.exempt_map() == {mapped("198.18.9.0/24"), mapped("fd00:9:1::/56")}
+    assert cli.json("exempt", "line", "sync", "--sessions", str(sessions))["changes"] == []
+    # L-1 opts back in: its prefixes leave at once, without waiting for a sync.
+    cp = cli.run("exempt", "line", "remove", "L-1", "L-9", "--json", check=False)
+    one_line_error(cp, 1, "not opted out: 'L-9'", stderr=cp.stderr)
+    assert policy.exempt_map() == set()
+    assert policy.judge("evil.test", "198.18.9.7").rcode == dns.rcode.NXDOMAIN
+    assert [e["line"] for e in cli.json("exempt", "line", "list")] == ["L-3"]
+
+    # A bad sessions file changes nothing and says where.
+    cli.run("exempt", "line", "add", "L-2")
+    sessions.write_text("L-2,198.18.5.3,2026-01-01T00:00:00Z,\nL-2,198.18.5.300,2026,\n")
+    cp = cli.run("exempt", "line", "sync", "--sessions", str(sessions), check=False)
+    one_line_error(cp, 1, f"{sessions}:2: invalid address or prefix: 198.18.5.300")
+    assert policy.exempt_map() == set()
+
+
+@pytest.mark.root
+def test_exempt_line_refusals_are_one_line(policy, tmp_path):
+    cli = policy.cli
+    cp = cli.run("exempt", "line", "add", "L\x1b[31m", check=False)
+    assert "\x1b" not in cp.stderr
+    one_line_error(cp, 2, "invalid line id 'L\\x1b[31m'")
+    one_line_error(cli.run("exempt", "line", "sync", check=False), 2,
+                   "give at least one of --sessions, --leases, --radacct")
+    cp = cli.run("exempt", "line", "sync", "--radacct", "postgresql://u:pw@db/radius",
+                 check=False)
+    one_line_error(cp, 1, "holds a password")
+    assert "pw@" not in cp.stderr

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ccxdp.ops.daemon_config import ConfigError, Feed, Interface, load_config
+from ccxdp.ops.daemon_config import ConfigError, Feed, Interface, SessionsConfig, load_config
+from ccxdp.policy.line_exempt import Radacct
 from tests.conftest import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,10 @@ def test_the_example_config_parses_to_what_it_says():
     assert (c.retention_days, c.expire_unattributed) == (90.0, False)
     assert c.metrics_listen == ("127.0.0.1", 9108)
     assert (c.on_stop, c.log_format) == ("keep", "logfmt")
+    assert c.sessions == SessionsConfig(
+        (Path("/var/lib/ccxdp/radius-sessions.csv"),), (Path("/var/lib/dhcp/dhcpd.leases"),),
+        "circuit-id", Radacct("postgresql://ccxdp@radius-db.example/radius", "username",
+                              "radacct"), 5.0)
 
 
 def test_defaults_of_a_minimal_config(tmp_path):
@@ -41,6 +46,15 @@ def test_defaults_of_a_minimal_config(tmp_path):
     assert (c.collect_interval, c.on_stop) == (60.0, "keep")
     assert (c.retention_days, c.expire_unattributed) == (0.0, False)
     assert c.metrics_listen == ("fd00::10", 9100)
+    assert c.sessions is None
+
+
+def test_sessions_paths_are_relative_to_the_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[sessions]\nradius_csv = ["radius/s.csv"]\n')
+    c = load_config(path)
+    assert c.sessions == SessionsConfig((tmp_path / "radius/s.csv",), (), "circuit-id", None,
+                                        5.0)
 
 
 IFACE = '[[interfaces]]\nname = "lo"\n'
@@ -105,6 +119,26 @@ BAD = [
      "ADDRESS:PORT"),
     ("metrics-host", IFACE + '[metrics]\nlisten = "localhost:9108"\n', "metrics.listen",
      "not an IP address"),
+    ("sessions-empty", IFACE + '[sessions]\ninterval = 2\n', "sessions",
+     "at least one sessions source"),
+    ("sessions-csv-type", IFACE + '[sessions]\nradius_csv = "s.csv"\n',
+     "sessions.radius_csv", "array of file paths"),
+    ("sessions-twice", IFACE + '[sessions]\nleases = ["a", "a"]\n', "sessions.leases",
+     "given twice"),
+    ("sessions-line-id-from", IFACE + '[sessions]\nleases = ["a"]\nline_id_from = "mac"\n',
+     "sessions.line_id_from", "circuit-id"),
+    ("sessions-interval", IFACE + '[sessions]\nleases = ["a"]\ninterval = 0\n',
+     "sessions.interval", "more than 0"),
+    ("sessions-unknown", IFACE + '[sessions]\nleases = ["a"]\nfiles = ["b"]\n',
+     "sessions.files", "unknown key"),
+    ("radacct-no-uri", IFACE + '[sessions.radacct]\nline_id = "username"\n',
+     "sessions.radacct.uri", "missing"),
+    ("radacct-password", IFACE + '[sessions.radacct]\nuri = "postgresql://u:pw@db/r"\n',
+     "sessions.radacct.uri", "holds a password"),
+    ("radacct-column", IFACE + '[sessions.radacct]\nuri = "postgresql://u@db/r"\n'
+     'line_id = "user-name"\n', "sessions.radacct.line_id", "plain SQL name"),
+    ("radacct-table", IFACE + '[sessions.radacct]\nuri = "postgresql://u@db/r"\n'
+     'table = "a.b"\n', "sessions.radacct.table", "plain SQL name"),
 ]
 
 
