@@ -53,6 +53,7 @@ from ccxdp.hits.store import (
     now_iso,
     to_us,
 )
+from ccxdp.postgres import ConnInfoError, check_conninfo
 
 SCHEMA_VERSION = 1
 SCHEMES = ("postgresql://", "postgres://")
@@ -147,19 +148,11 @@ def is_fleet(spec: str | None) -> bool:
 
 
 def check_uri(uri: str) -> str:
-    """A PostgreSQL connection URI fit to use: parsable, and without a password."""
-    from psycopg import conninfo
-
+    """A fleet store URI fit to use: parsable, and without a password."""
     try:
-        params = conninfo.conninfo_to_dict(uri)
-    except Exception as e:  # noqa: BLE001 - psycopg raises ProgrammingError and others
-        raise StoreError(f"not a PostgreSQL connection URI: {_first_line(e)}") from None
-    if params.get("password"):
-        raise StoreError(
-            "the store URI carries a password: keep it in ~/.pgpass, a file named by "
-            "PGPASSFILE, or a service file (libpq's conventions), never in the URI"
-        )
-    return uri
+        return check_conninfo(uri, "the store URI")
+    except ConnInfoError as e:
+        raise StoreError(str(e)) from None
 
 
 def _first_line(e: BaseException) -> str:

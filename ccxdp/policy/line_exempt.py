@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ccxdp import postgres
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
 from ccxdp.notify import attribution
@@ -64,21 +65,11 @@ def check_identifier(what: str, text: str) -> str:
 
 
 def check_conninfo(uri: str) -> str:
-    """A libpq connection URI or key=value string without a password: passwords come by
-    libpq's own conventions (PGPASSFILE, ~/.pgpass, a service file), never in a config
-    file, argv or a log line. The URI itself is never echoed: it may hold one."""
-    from psycopg import conninfo
-
+    """The radacct connection string: as ccxdp.postgres takes every one."""
     try:
-        params = conninfo.conninfo_to_dict(uri)
-    except Exception:  # psycopg.ProgrammingError; its text would repeat the URI
-        raise LineExemptError(
-            "the radacct connection string is not a libpq URI or key=value string") from None
-    if "password" in params:
-        raise LineExemptError(
-            "the radacct connection string holds a password: leave it out and give it by "
-            "libpq's conventions (PGPASSFILE, ~/.pgpass or a service file)")
-    return uri
+        return postgres.check_conninfo(uri, "the radacct connection string")
+    except postgres.ConnInfoError as e:
+        raise LineExemptError(str(e)) from None
 
 
 @dataclass(frozen=True)
