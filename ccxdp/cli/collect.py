@@ -11,7 +11,7 @@ from ccxdp.cli.output import emit, err_console, json_option
 from ccxdp.datapath.loader import Datapath, check_root
 from ccxdp.hits.collector import CollectResult
 from ccxdp.hits.fleet import ShipResult
-from ccxdp.hits.location import ShipFailed, check_resolver, collect_into, default_resolver
+from ccxdp.hits.location import ShipFailed, check_resolver, collect, default_resolver, ship
 
 
 def render_collect(r: CollectResult) -> Table:
@@ -81,15 +81,17 @@ def collect_cmd(app, store_spec, resolver, as_json):
     check_root()
     where = app.store(store_spec)
     name = check_resolver(resolver or default_resolver()) if where.fleet else None
-    try:
-        result, shipped = collect_into(Datapath(app.pin_dir, app.state_dir), where, name)
-    except ShipFailed as e:
-        result = e.collected
-        emit(as_json, _collect_json(result, None, name), lambda: render_collect(result))
-        batches, _counters, hits = e.backlog
-        raise click.ClickException(
-            f"the hits are in this host's backlog ({hits:,} hits in {batches:,} batches, "
-            f"kept until shipped): {e}") from e
+    result = collect(Datapath(app.pin_dir, app.state_dir), where)
+    shipped = None
+    if name is not None:
+        try:
+            shipped = ship(where, name)
+        except ShipFailed as e:
+            emit(as_json, _collect_json(result, None, name), lambda: render_collect(result))
+            batches, _counters, hits = e.backlog
+            raise click.ClickException(
+                f"the hits are in this host's backlog ({hits:,} hits in {batches:,} batches, "
+                f"kept until shipped): {e}") from e
     emit(as_json, _collect_json(result, shipped, name), lambda: Group(
         render_collect(result), *([render_ship(shipped, name)] if shipped else [])))
     if result.lost:

@@ -232,7 +232,7 @@ class FleetStore:
             yield
         except self._psycopg.errors.IntegrityError as e:
             raise StoreError(f"a row breaks the fleet store's rules: {_first_line(e)}") from e
-        except self._psycopg.OperationalError as e:
+        except self._psycopg.Error as e:  # a lost connection, a missing grant, ...
             raise StoreError(f"the fleet store failed: {_first_line(e)}") from e
 
     def _q(self, sql: str, args: Iterable | None = None):

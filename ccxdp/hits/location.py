@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,28 +70,32 @@ class StoreLocation:
 
 
 class ShipFailed(StoreError):
-    """The collection is in the local backlog; shipping it to the fleet failed."""
+    """Shipping the backlog to the fleet failed; the hits wait in it, nothing is lost."""
 
-    def __init__(self, message: str, collected: CollectResult, backlog: tuple[int, int, int]):
+    def __init__(self, message: str, backlog: tuple[int, int, int]):
         super().__init__(message)
-        self.collected, self.backlog = collected, backlog
+        self.backlog = backlog  # batches, counters, hits
 
 
-def collect_into(dp: Datapath, where: StoreLocation, resolver: str | None = None
-                 ) -> tuple[CollectResult, ShipResult | None]:
-    """One collection, as `ccxdp collect` and the daemon run it. For one resolver: collect
-    and fold. For the fleet: collect into the local backlog, then ship the whole backlog;
-    when that fails the hits stay in the backlog (ShipFailed) for the next collection."""
+def collect(dp: Datapath, where: StoreLocation) -> CollectResult:
+    """One collection, as `ccxdp collect` and the daemon run it: for one resolver, collected
+    and folded; for the fleet, collected into this host's backlog (ship() sends it)."""
     if not where.fleet:
-        return collect_then_fold(dp, where.local_file), None
-    resolver = check_resolver(resolver or default_resolver())
+        return collect_then_fold(dp, where.local_file)
     # Marked before staging: a local reader must never fold what belongs to the fleet.
-    collected = collect_staged(dp, where.local_file, spool_for=where.spec)
+    return collect_staged(dp, where.local_file, spool_for=where.spec)
+
+
+def ship(where: StoreLocation, resolver: str) -> ShipResult:
+    """This host's whole backlog into the fleet store under ``resolver``. When that fails
+    the hits stay in the backlog (ShipFailed says how much) for the next ship."""
     try:
         with FleetStore(where.spec) as fleet, Store(where.local_file) as local:
-            shipped = fleet.ship(local, resolver)
-    except StoreError as e:
-        with Store(where.local_file) as local:
-            backlog = local.backlog()
-        raise ShipFailed(str(e), collected, backlog) from e
-    return collected, shipped
+            return fleet.ship(local, check_resolver(resolver))
+    except (StoreError, sqlite3.Error, OSError) as e:
+        try:
+            with Store(where.local_file) as local:
+                backlog = local.backlog()
+        except (StoreError, sqlite3.Error, OSError):
+            backlog = (0, 0, 0)  # unreadable: the error above says why
+        raise ShipFailed(str(e), backlog) from e

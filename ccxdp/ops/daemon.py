@@ -30,7 +30,7 @@ from typing import TextIO
 
 from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
-from ccxdp.hits.location import ShipFailed, StoreLocation, collect_into, default_resolver
+from ccxdp.hits.location import ShipFailed, StoreLocation, collect, default_resolver, ship
 from ccxdp.notify.attribution import Session, Sessions
 from ccxdp.ops.attach import apply_settings, attach
 from ccxdp.ops.daemon_config import (
@@ -348,16 +348,12 @@ class Daemon:
         self.log("collect_start")
         started = time.monotonic()
         where = self._store()
-        resolver = (self.config.resolver or default_resolver()) if where.fleet else None
-        shipped = failed = None
         try:
-            try:
-                r, shipped = collect_into(self.dp, where, resolver)
-            except ShipFailed as e:
-                r, failed = e.collected, e
-            if failed is None:
+            r = collect(self.dp, where)
+            stored = None
+            if not where.fleet:
                 with where.open() as store:
-                    stored = store.stored_per_category(resolver)
+                    stored = store.stored_per_category()
         except (CcxdpError, OSError, sqlite3.Error) as e:
             with self.state.lock:
                 self.state.collections["error"] += 1
@@ -369,14 +365,31 @@ class Daemon:
             self.state.collect_seconds = seconds
             self.state.collect_last = time.time()
             self.state.collected_hits += r.hits
-            if failed is None:
+            if stored is not None:
                 self.state.category_stored = stored
         self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
         if where.fleet:
-            self._shipped(resolver, shipped, failed)
+            self.ship(where)
         self.expire()
+
+    def ship(self, where: StoreLocation) -> None:
+        """This host's backlog to the fleet store, after each collection."""
+        resolver = self.config.resolver or default_resolver()
+        try:
+            shipped = ship(where, resolver)
+        except ShipFailed as e:
+            self._shipped(resolver, None, e)
+            return
+        self._shipped(resolver, shipped, None)
+        try:  # this resolver's totals per category, for the metrics; a failure is no loss
+            with where.open() as store:
+                stored = store.stored_per_category(resolver)
+        except CcxdpError:
+            return
+        with self.state.lock:
+            self.state.category_stored = stored
 
     def _shipped(self, resolver: str, shipped, failed: ShipFailed | None) -> None:
         """The ship after a fleet collection: logged, and the backlog exported."""

@@ -6,6 +6,8 @@ back."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +17,7 @@ from ccxdp.hits.fleet import FleetStore
 from ccxdp.lab.topology import Lab, LabSpec
 from tests.conftest import Ccxdp, make_pin_dir, remove_pins
 from tests.harness.postgres import running_server
-from tests.ops.test_daemon import config_text, daemon_factory, rcode
+from tests.ops.test_daemon import KILL_DELAYS, STREAMER, config_text, daemon_factory, rcode
 from tests.ops.test_metrics import scrape
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -191,3 +193,54 @@ def test_collect_against_an_unreachable_store_keeps_the_hits_and_says_so(ccxdp, 
     # Read locally, the backlog is refused rather than folded away from the fleet.
     cp = ccxdp.run("records", check=False)
     assert cp.returncode == 1 and "backlog for the fleet store" in cp.stderr
+
+
+def test_a_shipping_daemon_killed_at_any_point_loses_and_doubles_nothing(ccxdp, lab, fleet_uri,
+                                                                         tmp_path):
+    """The fleet's version of the kill -9 test: kills land amid collections and amid ships
+    (one follows the other), with a client querying on; every answer the client got is one
+    hit in PostgreSQL, no more, no less."""
+    ccxdp.run("store", "init", "--store", fleet_uri)
+    lab.native_tx_peer()
+    feed = tmp_path / "cc.txt"
+    feed.write_text("evil.test\n")
+    cfg = tmp_path / "ccxdp.toml"
+    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2)
+                   + f'store = "{fleet_uri}"\nresolver = "rs-k"\n')
+    with daemon_factory(ccxdp, lab, tmp_path) as make:
+        d = make(cfg).start()
+        killed_in: list[str] = []
+        stop = tmp_path / "stop"
+        out = tmp_path / "stream.jsonl"
+        with open(out, "w") as log:
+            client = lab.popen("cli", [sys.executable, "-c", STREAMER, lab.res_v4, str(stop),
+                                       "evil.test"], stdout=log)
+            try:
+                time.sleep(1.0)
+                # Then later and later, until a kill lands between the collection's log line
+                # and the ship's: inside the ship.
+                sweep = [*KILL_DELAYS, *(0.02 + 0.005 * i for i in range(40))]
+                for i, delay in enumerate(sweep):
+                    if i >= len(KILL_DELAYS) and "collect" in killed_in:
+                        break
+                    mark = len(d.events())
+                    d.wait_for("collect_start", since=mark, timeout=10, poll=0.001)
+                    time.sleep(delay)
+                    d.proc.kill()
+                    d.proc.wait(timeout=10)
+                    killed_in.append(d.events()[-1]["event"])
+                    time.sleep(0.3)
+                    d.start()
+                    time.sleep(0.3)
+            finally:
+                stop.touch()
+                client.wait(timeout=10)
+        assert d.stop() == 0
+    ccxdp.json("collect", "--store", fleet_uri, "--resolver", "rs-k")
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(answers) > 50 and set(answers) == {"NXDOMAIN"}
+    assert lab.unbound_queries_for("evil.test") == 0
+    with FleetStore(fleet_uri) as store:
+        assert store.total_hits() == len(answers)
+    assert ccxdp.json("store", "status")["backlog"]["hits"] == 0
+    assert "collect_start" in killed_in and "collect" in killed_in, killed_in
