@@ -4,7 +4,6 @@ exempt line add / remove / list / sync: opt-out by line, following the line's se
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import click
 
@@ -18,8 +17,7 @@ from ccxdp.cli.render import (
     render_opt_outs,
     render_prefix_changes,
 )
-from ccxdp.cli.types import LINE_ID, PREFIX
-from ccxdp.notify import attribution
+from ccxdp.cli.types import LINE_ID, PREFIX, sessions_options
 from ccxdp.policy import exempt as exempt_lib
 from ccxdp.policy import line_exempt
 
@@ -183,17 +181,8 @@ def line_list(app, store_spec, as_json):
          lambda: render_opt_outs(opted))
 
 
-INPUT = click.Path(dir_okay=False, path_type=Path)
-
-
 @exempt_line.command("sync")
-@click.option("--sessions", "sessions", type=INPUT, multiple=True,
-              help="Sessions CSV: line_id,address_or_prefix,start,stop (repeatable).")
-@click.option("--leases", "leases", type=INPUT, multiple=True,
-              help="ISC dhcpd.leases or Kea lease CSV (repeatable; told apart by content).")
-@click.option("--line-id-from", type=click.Choice(attribution.LINE_ID_FIELDS),
-              default=attribution.DEFAULT_LINE_ID_FIELD, show_default=True,
-              help="The lease field that names the line.")
+@sessions_options
 @click.option("--radacct", "radacct_uri", metavar="URI",
               help="FreeRADIUS's radacct table in PostgreSQL: a libpq URI without a password.")
 @click.option("--radacct-line-id", default=line_exempt.DEFAULT_RADACCT_LINE_ID,

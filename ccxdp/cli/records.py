@@ -16,6 +16,7 @@ from rich.text import Text
 
 from ccxdp.cli.app import pass_app, store_option
 from ccxdp.cli.output import emit, json_option
+from ccxdp.cli.types import INPUT, sessions_options
 from ccxdp.hits.store import StoreError, period_bounds
 from ccxdp.notify import attribution, mail
 from ccxdp.notify import records as rec
@@ -55,19 +56,11 @@ class EmailType(click.ParamType):
 
 
 PERIOD = PeriodType()
-# Existence is checked when the file is read (a clear error, before anything is written).
-INPUT = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.command()
 @click.option("--period", type=PERIOD, required=True, help="The calendar month (UTC), YYYY-MM.")
-@click.option("--sessions", "sessions", type=INPUT, multiple=True,
-              help="Sessions CSV: line_id,address_or_prefix,start,stop (repeatable).")
-@click.option("--leases", "leases", type=INPUT, multiple=True,
-              help="ISC dhcpd.leases or Kea lease CSV (repeatable; told apart by content).")
-@click.option("--line-id-from", type=click.Choice(attribution.LINE_ID_FIELDS),
-              default=attribution.DEFAULT_LINE_ID_FIELD, show_default=True,
-              help="The lease field that names the line.")
+@sessions_options
 @click.option("--subscribers", type=INPUT, help="Contacts CSV: line_id,email,language.")
 @click.option("--opt-out", type=INPUT, help="Line ids never to notify, one a line.")
 @click.option("--min-days", type=click.IntRange(min=1), default=rec.DEFAULT_MIN_DAYS,

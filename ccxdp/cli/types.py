@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import click
 
 from ccxdp.datapath.loader import check_interface_name
 from ccxdp.datapath.settings import BLOCK_ACTIONS, SETTING_KEYS, SettingError, parse_action
 from ccxdp.errors import DatapathError, InvalidNameError
+from ccxdp.notify import attribution
 from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
 from ccxdp.policy.line_exempt import LineExemptError, check_line_id
@@ -123,3 +125,25 @@ LINE_ID = LineIdType()
 IPV4 = AddressType(4)
 IPV6 = AddressType(6)
 SETTING_KEY = SettingKeyType()
+
+
+# An operator's input file: existence is checked when it is read (a clear error, before
+# anything is written).
+INPUT = click.Path(dir_okay=False, path_type=Path)
+
+
+def sessions_options(f):
+    """--sessions, --leases and --line-id-from: who held an address when, for notify and
+    exempt line sync alike."""
+    for option in reversed((
+        click.option("--sessions", "sessions", type=INPUT, multiple=True,
+                     help="Sessions CSV: line_id,address_or_prefix,start,stop (repeatable)."),
+        click.option("--leases", "leases", type=INPUT, multiple=True,
+                     help="ISC dhcpd.leases or Kea lease CSV (repeatable; told apart by "
+                          "content)."),
+        click.option("--line-id-from", type=click.Choice(attribution.LINE_ID_FIELDS),
+                     default=attribution.DEFAULT_LINE_ID_FIELD, show_default=True,
+                     help="The lease field that names the line."),
+    )):
+        f = option(f)
+    return f
