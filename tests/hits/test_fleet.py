@@ -266,3 +266,29 @@ def test_the_database_killed_mid_transaction_loses_and_doubles_nothing(tmp_path,
             assert len(store.hits()) == 19_999
     finally:
         server.remove()
+
+
+def _ccxdp(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "ccxdp")
+    return subprocess.run([exe, "--state-dir", str(tmp_path / "state"), *args],
+                          capture_output=True, text=True, timeout=60, env=os.environ)
+
+
+def test_store_commands_make_and_upgrade_the_schema_only_when_asked(fleet_uri, tmp_path):
+    cp = _ccxdp(tmp_path, "records", "--store", fleet_uri)
+    assert (cp.returncode, cp.stderr) == (1, "Error: the fleet store has no ccxdp schema: run "
+                                             "'ccxdp store init --store URI' once\n")
+    assert _ccxdp(tmp_path, "store", "init", "--store", fleet_uri).stdout == (
+        "made the fleet store's schema (version 1)\n")
+    assert _ccxdp(tmp_path, "store", "init", "--store", fleet_uri).stdout == (
+        "the fleet store has its schema already (version 1): nothing changed\n")
+    assert _ccxdp(tmp_path, "store", "migrate", "--store", fleet_uri).stdout == (
+        "the fleet store's schema is version 1 already: nothing changed\n")
+    cp = _ccxdp(tmp_path, "store", "migrate")
+    assert cp.returncode == 2 and "'store migrate' is for the fleet store" in cp.stderr
+    cp = _ccxdp(tmp_path, "store", "forget-resolver", "rs9", "--store", fleet_uri)
+    assert (cp.returncode, cp.stderr) == (1, "Error: no resolver named 'rs9' in the fleet "
+                                             "store\n")
+    cp = _ccxdp(tmp_path, "records", "--store", "postgresql://ccxdp:pw@db/ccxdp")
+    assert cp.returncode == 1 and "pw" not in cp.stderr.replace("password", "")
+    assert cp.stderr.startswith("Error: the store URI holds a password")
