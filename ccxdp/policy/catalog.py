@@ -15,6 +15,7 @@ It is derived from the listings (``blocklist`` keeps it in step) and is what ``b
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from array import array
@@ -38,7 +39,7 @@ MATCHES = ("exact", "subtree", "below")
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 MANUAL = "manual"  # the source of block add, allow add and block import
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _ENTRIES_V2 = """
 CREATE TABLE {table} (
@@ -81,7 +82,9 @@ CREATE TABLE sources (
     synced_at    TEXT,
     digest       TEXT,              -- sha256 of the file and options last applied
     line_format  TEXT,              -- feeds: the format the lines were read as
-    line_options TEXT               -- and the options and key they were read with
+    line_options TEXT,              -- and the options and key they were read with
+    origin       TEXT,              -- feeds not read from a local file: where from (_ORIGIN)
+    provenance   TEXT               -- and what that copy is (a zone's serial, an ETag), JSON
 )"""
 # A source's arrays live in files beside the catalog (arrays/<source>-<what>-<gen>.u64),
 # one row each here naming the current generation: rewriting tens of megabytes inside
@@ -126,6 +129,12 @@ CREATE TABLE meta (
 )"""
 _MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', '')"
 
+# Schema 5: a feed may come from elsewhere than a file of the operator's (a zone on a
+# primary, a URL): origin says where, as JSON ({"kind": "zone" | "url", ...}); its ``path``
+# is then the last good copy, kept in the state folder, which syncs read as any file.
+# provenance: what that copy is, JSON, for block list --sources and the records.
+_SOURCES_V5 = ["ALTER TABLE sources ADD COLUMN origin TEXT",
+               "ALTER TABLE sources ADD COLUMN provenance TEXT"]
 _FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _LINE_EXEMPT,
           _META]
 
@@ -204,6 +213,8 @@ class Source:
     added_at: str
     synced_at: str | None
     digest: str | None
+    origin: dict | None = None  # None: a local file; else {"kind": "zone" | "url", ...}
+    provenance: dict | None = None  # what the last good copy is (serial, ETag, ...)
 
     @property
     def is_feed(self) -> bool:
@@ -224,6 +235,10 @@ class Listing:
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+
+def _json(text: str | None) -> dict | None:
+    return json.loads(text) if text else None
 
 
 def signed(h: int) -> int:
@@ -257,7 +272,7 @@ def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> Cat
 
 
 _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
-                   "added_at, synced_at, digest")
+                   "added_at, synced_at, digest, origin, provenance")
 
 
 class Catalog:
@@ -306,6 +321,13 @@ class Catalog:
                 version = 3
             if version == 3:
                 self.db.execute(_LINE_EXEMPT)
+                version = 4
+            # Older steps make sources as it is now: only a table made by version 4 or
+            # before, and not remade since, lacks the columns.
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(sources)")}
+            if version >= 1 and "origin" not in columns:
+                for statement in _SOURCES_V5:
+                    self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _from_v2(self) -> None:
@@ -432,17 +454,20 @@ class Catalog:
     def sources(self) -> list[Source]:
         """Every source, in precedence order: manual first, then feeds as they were added."""
         rows = self.db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id")
-        return [Source(*r[:7], bool(r[7]), restamp(r[8]), restamp(r[9]), r[10]) for r in rows]
+        return [Source(*r[:7], bool(r[7]), restamp(r[8]), restamp(r[9]), r[10],
+                       _json(r[11]), _json(r[12])) for r in rows]
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources() if s.name == name), None)
 
     def add_source(self, name: str, path: str, fmt: str, column: str | None,
-                   action: str | None, category: int, skip_invalid: bool) -> Source:
+                   action: str | None, category: int, skip_invalid: bool,
+                   origin: dict | None = None) -> Source:
         self.db.execute(
             "INSERT INTO sources (name, path, format, column_name, action, category, "
-            "skip_invalid, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, path, fmt, column, action, category, int(skip_invalid), now()),
+            "skip_invalid, added_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, path, fmt, column, action, category, int(skip_invalid), now(),
+             json.dumps(origin, sort_keys=True) if origin is not None else None),
         )
         source = self.source(name)
         assert source is not None
@@ -451,6 +476,12 @@ class Catalog:
     def remove_source(self, source_id: int) -> None:
         self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))  # swept after
         self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
+
+    def set_provenance(self, source_id: int, provenance: dict | None) -> None:
+        """What the feed's last good copy is; written with the sync that applied it."""
+        self.db.execute("UPDATE sources SET provenance=? WHERE id=?",
+                        (json.dumps(provenance, sort_keys=True) if provenance is not None
+                         else None, source_id))
 
     def mark_synced(self, source_id: int, digest: str | None) -> None:
         self.db.execute("UPDATE sources SET synced_at=?, digest=? WHERE id=?",

@@ -580,7 +580,7 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
     path = tmp_path / "catalog.db"
     make_v1_catalog(path, V1_ROWS)
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
             ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3, "2026-11-02T00:00:00Z"),
@@ -597,6 +597,19 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
         assert c.entries("allow") == [] and c.exempt() == []
     with Catalog(path) as c:  # opening again changes nothing
         assert len(c.entries()) == 2 and c.categories() == {1: "emotet", 3: "category-3"}
+
+
+def test_a_feeds_origin_and_provenance_are_kept_with_it(tmp_path):
+    """Schema 5: a feed from a zone or a URL says where it came from and what its copy is."""
+    with Catalog(tmp_path / "catalog.db") as c, c.transaction():
+        s = c.add_source("rpz", "/var/lib/ccxdp/feeds/rpz.zone", "rpz", None, None, 0, False,
+                         origin={"kind": "zone", "primary": "198.18.0.9", "zone": "rpz.test"})
+        c.set_provenance(s.id, {"serial": 2026120401})
+        got = c.source("rpz")
+        assert (got.origin, got.provenance) == (
+            {"kind": "zone", "primary": "198.18.0.9", "zone": "rpz.test"},
+            {"serial": 2026120401})
+        assert c.source("manual").origin is None
 
 
 def test_catalog_refuses_a_newer_schema(tmp_path):
@@ -851,3 +864,14 @@ def test_exempt_line_refusals_are_one_line(policy, tmp_path):
                  check=False)
     one_line_error(cp, 1, "holds a password")
     assert "pw@" not in cp.stderr
+
+
+def test_a_version_4_catalog_gains_origin_and_provenance(tmp_path):
+    path = tmp_path / "catalog.db"
+    with Catalog(path) as c:
+        c.db.execute("ALTER TABLE sources DROP COLUMN origin")
+        c.db.execute("ALTER TABLE sources DROP COLUMN provenance")
+        c.db.execute("PRAGMA user_version=4")
+    with Catalog(path) as c:
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert (c.source("manual").origin, c.source("manual").provenance) == (None, None)
