@@ -235,3 +235,15 @@ def fleet_uri(postgres_server, monkeypatch):
     for key, value in postgres_server.env().items():
         monkeypatch.setenv(key, value)
     return postgres_server.database()
+
+
+@pytest.fixture(scope="session")
+def real_feeds() -> Path:
+    """The 13 real feed files of public blocklist projects, read where they lie: ../shared
+    beside the project (never copied into it); CCXDP_REAL_FEEDS moves them."""
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(os.environ.get("CCXDP_REAL_FEEDS", repo.parent / "shared" / "feeds" / "real"))
+    if not (path / "README.md").is_file():
+        pytest.fail(f"no real feed files in {path}: clone the project beside ../shared, or "
+                    f"set CCXDP_REAL_FEEDS")
+    return path

@@ -100,6 +100,25 @@ def report(r: feeds.ImportResult, as_json: bool) -> None:
             err_console().print(str(b), markup=False, highlight=False)
 
 
+def refused_json(e: feeds.FeedError) -> dict | None:
+    """A refused import's result object, with "refused": the reason's first line."""
+    if e.result is None:
+        return None
+    return {**result_json(e.result), "refused": str(e).splitlines()[0]}
+
+
+@contextmanager
+def refusals_reported(as_json: bool):
+    """With --json, a refused import still prints its result object before the one-line
+    error."""
+    try:
+        yield
+    except feeds.FeedError as e:
+        if as_json and e.result is not None:
+            emit(True, refused_json(e), None)
+        raise
+
+
 def source_options(f):
     f = click.option("--skip-invalid", is_flag=True,
                      help="Import the good lines and list the bad ones (default: refuse the "
@@ -129,39 +148,58 @@ def feed():
     """
 
 
+ALLOW_SHRINK = click.option(
+    "--allow-shrink", is_flag=True,
+    help="Apply a list that is empty or removes more of the feed's names than its max shrink "
+         "(default: refuse it, nothing changed).")
+
+
 @feed.command("add")
 @click.argument("name")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @source_options
+@click.option("--max-shrink", type=click.IntRange(0, 100), metavar="PERCENT",
+              help=f"The share of its names a sync may remove before it is refused "
+                   f"(default {feeds.DEFAULT_MAX_SHRINK:.0%}).")
+@ALLOW_SHRINK
 @json_option
 @pass_app
-def feed_add(app, name, path, fmt, column, action, category, skip_invalid, as_json):
+def feed_add(app, name, path, fmt, column, action, category, skip_invalid, max_shrink,
+             allow_shrink, as_json):
     """Register the feed NAME read from PATH, and load it.
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
     (default: the feed's name). A name several sources list stays listed until all drop it;
     entries added by hand win over feeds, and earlier feeds over later ones.
 
+    The shrink guard: a file that lists no name, or a later sync that would remove more than
+    --max-shrink of the feed's names (a truncated download, an emptied file, a wrong
+    --format), is refused and changes nothing, unless --allow-shrink.
+
     \b
     Example:
       ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
     """
-    with progress_steps(as_json) as step:
+    share = max_shrink / 100 if max_shrink is not None else None
+    with refusals_reported(as_json), progress_steps(as_json) as step:
         r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                           category, skip_invalid, step)
+                           category, skip_invalid, step, share, allow_shrink)
     report(r, as_json)
 
 
 @feed.command("sync")
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Read the file even if it has not changed.")
+@ALLOW_SHRINK
 @json_option
 @pass_app
-def feed_sync(app, names, force, as_json):
+def feed_sync(app, names, force, allow_shrink, as_json):
     """Read feeds again (all, or the NAMES given) and apply what changed.
 
     Only the difference against what each feed listed is written, in one atomic swap of the
-    kernel's list: names that stay listed are never unlisted for a moment.
+    kernel's list: names that stay listed are never unlisted for a moment. A file that lists
+    no name, or that would remove more than the feed's max shrink of its names, is refused
+    and changes nothing, unless --allow-shrink.
 
     \b
     Examples:
@@ -173,7 +211,14 @@ def feed_sync(app, names, force, as_json):
     results = []
     with progress_steps(as_json, max(len(wanted), 1)) as step:
         for name in wanted:
-            results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force))
+            try:
+                results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force,
+                                               allow_shrink))
+            except feeds.FeedError as e:
+                if as_json:  # the list so far, the refused one last
+                    done = [result_json(r) for r in results]
+                    emit(True, done + ([refused_json(e)] if e.result else []), None)
+                raise
     if as_json:
         emit(True, [result_json(r) for r in results], None)
         return
@@ -242,23 +287,29 @@ def block_import_command():
     @click.option("--replace", is_flag=True,
                   help="Make the file the whole list of entries added by hand (default: add "
                   "to them).")
+    @click.option("--allow-shrink", is_flag=True,
+                  help=f"With --replace: apply a file that removes more than "
+                       f"{feeds.DEFAULT_MAX_SHRINK:.0%} of the hand-made list.")
     @json_option
     @pass_app
-    def block_import(app, path, fmt, column, action, category, skip_invalid, replace, as_json):
+    def block_import(app, path, fmt, column, action, category, skip_invalid, replace,
+                     allow_shrink, as_json):
         """Import a file of names once, as entries added by hand (no feed is registered).
 
         The swap is atomic: during it, names listed before and after stay blocked, and
         afterwards removed names are no longer matched. A file with a bad line changes
-        nothing unless --skip-invalid.
+        nothing unless --skip-invalid; so does a file that lists no name, and, with
+        --replace, one that would remove more than half the hand-made list (unless
+        --allow-shrink).
 
         \b
         Examples:
           ccxdp block import c2-names.txt --category emotet
           ccxdp block import blocklist.hosts --replace
         """
-        with progress_steps(as_json) as step:
+        with refusals_reported(as_json), progress_steps(as_json) as step:
             r = feeds.import_file(app.datapath(), app.catalog(), path, fmt, column, action,
-                                  category, skip_invalid, replace, step)
+                                  category, skip_invalid, replace, step, allow_shrink)
         report(r, as_json)
 
     return block_import

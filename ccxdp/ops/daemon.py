@@ -305,9 +305,12 @@ class Daemon:
                     why = "options changed"
                 if catalog.source(feed.name) is None:
                     r = add_feed(self.dp, catalog, feed.name, feed.path, feed.format,
-                                 feed.column, feed.action, feed.category, feed.skip_invalid)
+                                 feed.column, feed.action, feed.category, feed.skip_invalid,
+                                 max_shrink=feed.max_shrink)
                     why = "added"
                 else:
+                    if catalog.source(feed.name).max_shrink != feed.max_shrink:
+                        catalog.set_max_shrink(feed.name, feed.max_shrink)  # no resync
                     r = sync_feed(self.dp, catalog, feed.name)
                 self._synced(feed, catalog, r, why)
         except (CcxdpError, OSError, sqlite3.Error) as e:  # OSError: BpfError too

@@ -77,6 +77,7 @@ class Feed:
     category: str | None = None
     skip_invalid: bool = False
     refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
+    max_shrink: float | None = None  # the share of its names a sync may remove; None: 0.5
 
 
 @dataclass(frozen=True)
@@ -317,9 +318,12 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
                              normalize_category)  # fmt: skip
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
+        shrink = r.get("max_shrink", (int,), None, "a percentage (0 to 100)")
+        if shrink is not None and not 0 <= shrink <= 100:
+            r.fail("max_shrink", f"{shrink} is not a percentage from 0 to 100")
         r.done()
         feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh))
+                          refresh, shrink / 100 if shrink is not None else None))
     return tuple(feeds)
 
 

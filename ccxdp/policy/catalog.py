@@ -84,7 +84,8 @@ CREATE TABLE sources (
     line_format  TEXT,              -- feeds: the format the lines were read as
     line_options TEXT,              -- and the options and key they were read with
     origin       TEXT,              -- feeds not read from a local file: where from (_ORIGIN)
-    provenance   TEXT               -- and what that copy is (a zone's serial, an ETag), JSON
+    provenance   TEXT,              -- and what that copy is (a zone's serial, an ETag), JSON
+    max_shrink   REAL               -- feeds: the share of names a sync may remove; NULL: 0.5
 )"""
 # A source's arrays live in files beside the catalog (arrays/<source>-<what>-<gen>.u64),
 # one row each here naming the current generation: rewriting tens of megabytes inside
@@ -132,9 +133,11 @@ _MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', 
 # Schema 5: a feed may come from elsewhere than a file of the operator's (a zone on a
 # primary, a URL): origin says where, as JSON ({"kind": "zone" | "url", ...}); its ``path``
 # is then the last good copy, kept in the state folder, which syncs read as any file.
-# provenance: what that copy is, JSON, for block list --sources and the records.
+# provenance: what that copy is, JSON, for block list --sources and the records. max_shrink:
+# the shrink guard's share for this feed (feeds.py).
 _SOURCES_V5 = ["ALTER TABLE sources ADD COLUMN origin TEXT",
-               "ALTER TABLE sources ADD COLUMN provenance TEXT"]
+               "ALTER TABLE sources ADD COLUMN provenance TEXT",
+               "ALTER TABLE sources ADD COLUMN max_shrink REAL"]
 _FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _LINE_EXEMPT,
           _META]
 
@@ -215,6 +218,7 @@ class Source:
     digest: str | None
     origin: dict | None = None  # None: a local file; else {"kind": "zone" | "url", ...}
     provenance: dict | None = None  # what the last good copy is (serial, ETag, ...)
+    max_shrink: float | None = None  # the share of names a sync may remove; None: default
 
     @property
     def is_feed(self) -> bool:
@@ -272,7 +276,7 @@ def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> Cat
 
 
 _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
-                   "added_at, synced_at, digest, origin, provenance")
+                   "added_at, synced_at, digest, origin, provenance, max_shrink")
 
 
 class Catalog:
@@ -455,19 +459,19 @@ class Catalog:
         """Every source, in precedence order: manual first, then feeds as they were added."""
         rows = self.db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id")
         return [Source(*r[:7], bool(r[7]), restamp(r[8]), restamp(r[9]), r[10],
-                       _json(r[11]), _json(r[12])) for r in rows]
+                       _json(r[11]), _json(r[12]), r[13]) for r in rows]
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources() if s.name == name), None)
 
     def add_source(self, name: str, path: str, fmt: str, column: str | None,
                    action: str | None, category: int, skip_invalid: bool,
-                   origin: dict | None = None) -> Source:
+                   origin: dict | None = None, max_shrink: float | None = None) -> Source:
         self.db.execute(
             "INSERT INTO sources (name, path, format, column_name, action, category, "
-            "skip_invalid, added_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "skip_invalid, added_at, origin, max_shrink) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, path, fmt, column, action, category, int(skip_invalid), now(),
-             json.dumps(origin, sort_keys=True) if origin is not None else None),
+             json.dumps(origin, sort_keys=True) if origin is not None else None, max_shrink),
         )
         source = self.source(name)
         assert source is not None
@@ -476,6 +480,9 @@ class Catalog:
     def remove_source(self, source_id: int) -> None:
         self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))  # swept after
         self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
+
+    def set_max_shrink(self, name: str, share: float | None) -> None:
+        self.db.execute("UPDATE sources SET max_shrink=? WHERE name=?", (share, name))
 
     def set_provenance(self, source_id: int, provenance: dict | None) -> None:
         """What the feed's last good copy is; written with the sync that applied it."""

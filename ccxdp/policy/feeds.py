@@ -60,10 +60,19 @@ _FEED_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 BAD_LINES_SHOWN = 20  # in an error message; --json and the result carry them all
 
 
+DEFAULT_MAX_SHRINK = 0.5  # a sync may remove at most half a feed's names unless told
+
+
 class FeedError(CcxdpError):
-    def __init__(self, message: str, bad: list[BadLine] | None = None):
+    def __init__(self, message: str, bad: list[BadLine] | None = None,
+                 result: ImportResult | None = None):
         super().__init__(message)
         self.bad = bad or []
+        self.result = result  # what was read before the refusal, for --json
+
+
+class ShrinkRefused(FeedError):
+    """A new list that would empty a feed, or remove more of its names than it may."""
 
 
 @dataclass
@@ -91,24 +100,52 @@ def check_feed_name(name: str) -> str:
     return text
 
 
-def _refuse_bad(parsed: ParsedFeed) -> None:
+def _refuse_bad(parsed: ParsedFeed, source: str) -> None:
     shown = "\n".join(str(b) for b in parsed.bad[:BAD_LINES_SHOWN])
     more = len(parsed.bad) - BAD_LINES_SHOWN
     tail = f"\n… and {more} more" if more > 0 else ""
+    result = ImportResult(source, parsed.path, parsed.format)
+    _fill(result, parsed)
     raise FeedError(
         f"{parsed.path}: {len(parsed.bad)} bad line(s); nothing was imported "
         f"(--skip-invalid imports the rest and lists them):\n{shown}{tail}",
-        parsed.bad,
+        parsed.bad, result,
     )
 
 
-def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool) -> ParsedFeed:
+def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool,
+          source: str = MANUAL) -> ParsedFeed:
     if not path.is_file():
         raise FeedError(f"{path}: no such file")
     parsed = formats.parse_feed(path, fmt, column)
     if parsed.bad and not skip_invalid:
-        _refuse_bad(parsed)
+        _refuse_bad(parsed, source)
     return parsed
+
+
+def check_shrink(what: str, old: dict[str, Listing], new: dict[str, Listing],
+                 max_shrink: float, result: ImportResult) -> None:
+    """The shrink guard: refuse a new list that is empty, or that removes more than
+    ``max_shrink`` of the names listed now. A truncated download, an emptied file or a
+    wrong --format all look like that, and each would unlist a feed's names at once."""
+    before = sum(len(old[k]) for k in KINDS)
+    after = sum(len(new[k]) for k in KINDS)
+    if after == 0:
+        raise ShrinkRefused(
+            f"{what}: the file lists no name ({result.format}, {result.entries:,} entries, "
+            f"{len(result.bad):,} bad lines, {sum(result.skipped.values()):,} skipped), "
+            f"{'down from ' + format(before, ',') + ' names' if before else 'nothing to list'}"
+            f": refused, nothing was changed (--allow-shrink applies it anyway)",
+            result=result)
+    if not before:
+        return
+    removed = sum(len(set(old[k].hashes).difference(new[k].hashes)) for k in KINDS)
+    if removed > max_shrink * before:
+        raise ShrinkRefused(
+            f"{what}: the new list would remove {removed:,} of its {before:,} names "
+            f"({removed / before:.0%}, more than the {max_shrink:.0%} allowed) and keep "
+            f"{before - removed:,}: refused, nothing was changed (--allow-shrink applies it "
+            f"anyway)", result=result)
 
 
 @dataclass
@@ -192,8 +229,11 @@ def add_feed(
     dp: Datapath, catalog: Catalog, name: str, path: Path, fmt: str = "auto",
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
+    max_shrink: float | None = None, allow_shrink: bool = False,
 ) -> ImportResult:
-    """Register a feed and sync it. A feed whose file is refused is not registered."""
+    """Register a feed and sync it. A feed whose file is refused is not registered.
+    ``max_shrink``: the share of its names a later sync may remove (default
+    DEFAULT_MAX_SHRINK); ``allow_shrink``: register it even when the file lists no name."""
     name = check_feed_name(name)
     if catalog.source(name) is not None:
         raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
@@ -202,20 +242,28 @@ def add_feed(
     category = normalize_category(category or name)
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
-                                    catalog.category_id(category), skip_invalid)
-        return _sync(dp, catalog, source, progress, force=True)
+                                    catalog.category_id(category), skip_invalid,
+                                    max_shrink=check_max_shrink(max_shrink))
+        return _sync(dp, catalog, source, progress, force=True, allow_shrink=allow_shrink)
+
+
+def check_max_shrink(share: float | None) -> float | None:
+    if share is not None and not 0 <= share <= 1:
+        raise FeedError(f"max shrink {share!r}: give a share of the names from 0 to 1 "
+                        f"(0.5: half)")
+    return share
 
 
 def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | None = None,
-              force: bool = False) -> ImportResult:
+              force: bool = False, allow_shrink: bool = False) -> ImportResult:
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
-    return _sync(dp, catalog, source, progress, force)
+    return _sync(dp, catalog, source, progress, force, allow_shrink)
 
 
 def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
-          force: bool) -> ImportResult:
+          force: bool, allow_shrink: bool = False) -> ImportResult:
     started = time.perf_counter()
     path = Path(source.path or "")
     if not path.is_file():
@@ -236,13 +284,18 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     if by_lines is not None:
         listings, names, snapshot = by_lines
     else:
-        parsed = parse(path, source.format or "auto", source.column, source.skip_invalid)
+        parsed = parse(path, source.format or "auto", source.column, source.skip_invalid,
+                       source.name)
         _fill(result, parsed)
         _step(progress, f"hashing {len(parsed.entries):,} names")
         hashed = hash_feed(parsed.entries, source.action or "default", source.category, key,
                            catalog)
         listings, names = listings_of(hashed), hashed.names
         snapshot = _line_snapshot(parsed, hashed, data, key)
+    if not allow_shrink:
+        old = {k: catalog.listing(source.id, k) for k in KINDS}
+        limit = source.max_shrink if source.max_shrink is not None else DEFAULT_MAX_SHRINK
+        check_shrink(f"feed {source.name!r}", old, listings, limit, result)
     _step(progress, "writing the catalog and the kernel table")
     with catalog.transaction():
         result.applied = apply(dp, catalog, {(source.id, k): v for k, v in listings.items()},
@@ -377,9 +430,11 @@ def feed_counts(catalog: Catalog) -> dict[int, dict[str, int]]:
 def import_file(
     dp: Datapath, catalog: Catalog, path: Path, fmt: str = "auto", column: str | None = None,
     action: str | None = None, category: str | None = None, skip_invalid: bool = False,
-    replace: bool = False, progress: Progress | None = None,
+    replace: bool = False, progress: Progress | None = None, allow_shrink: bool = False,
 ) -> ImportResult:
-    """Add a file's entries to the manual source (``replace``: make them its whole list)."""
+    """Add a file's entries to the manual source (``replace``: make them its whole list).
+    A file that lists no name is refused; with ``replace``, so is one that would remove
+    more than DEFAULT_MAX_SHRINK of the hand-made list (unless ``allow_shrink``)."""
     started = time.perf_counter()
     action = canonical_action(action) if action else "default"
     category = normalize_category(category) if category else None
@@ -392,6 +447,10 @@ def import_file(
         _step(progress, f"hashing {len(parsed.entries):,} names")
         hashed = hash_feed(parsed.entries, action, category_id, dp.hash_key(), catalog)
         listings, names = listings_of(hashed), hashed.names
+        if not allow_shrink or not replace:
+            old = ({k: catalog.listing(MANUAL_ID, k) for k in KINDS} if replace
+                   else dict.fromkeys(KINDS, Listing.empty()))
+            check_shrink(str(path), old, listings, DEFAULT_MAX_SHRINK, result)
         if not replace:
             for kind in KINDS:
                 old = catalog.listing(MANUAL_ID, kind)

@@ -3,6 +3,8 @@ only the difference, refused files that change nothing, and what the kernel then
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ccxdp.datapath import shared
@@ -265,3 +267,78 @@ def test_export_in_a_format_that_keeps_less_says_what_it_left_out(policy, tmp_pa
     action = "nxdomain" if fmt == "rpz" else "default"
     assert listed(policy) == {"a.test": ("exact", action, None),
                               "b.test": ("exact", action, None)}
+
+
+# -- the shrink guard ---------------------------------------------------------------------------
+
+def test_an_emptied_feed_file_is_refused_and_changes_nothing(policy, tmp_path, real_feeds):
+    """The issue's case: a 0-byte file (or one of comments only) used to unlist every name
+    of a feed, exit 0. The real phishing list's 190,215 names stay."""
+    from tests.conftest import one_line_error
+
+    cli = policy.cli
+    src = real_feeds / "blocklistproject-phishing.plain"
+    # Expected from the format's rules: every line that is neither blank nor a '#' comment.
+    names = sum(1 for line in src.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#"))
+    assert names == 190_215
+    feed = tmp_path / "phishing.txt"
+    feed.write_bytes(src.read_bytes())
+    assert cli.json("feed", "add", "phishing", str(feed))["entries"] == names
+    for emptied in (b"", b"# a comment\n# and another\n"):
+        feed.write_bytes(emptied)
+        one_line_error(cli.run("feed", "sync", "phishing", check=False), 1,
+                       "feed 'phishing': the file lists no name (plain, 0 entries",
+                       "down from 190,215 names: refused, nothing was changed")
+        assert [f["block"] for f in cli.json("feed", "list")] == [names]
+    # --json prints the result object of the refused sync too.
+    cp = cli.run("feed", "sync", "phishing", "--json", check=False)
+    [refused] = json.loads(cp.stdout)
+    assert (cp.returncode, refused["entries"], refused["refused"]) == (
+        1, 0, "feed 'phishing': the file lists no name (plain, 0 entries, 0 bad lines, 0 "
+              "skipped), down from 190,215 names: refused, nothing was changed "
+              "(--allow-shrink applies it anyway)")
+    [applied] = cli.json("feed", "sync", "phishing", "--allow-shrink")
+    assert applied["removed"]["block"] == names
+    assert cli.json("feed", "list")[0]["block"] == 0
+
+
+def test_a_sync_that_removes_too_many_names_is_refused_unless_allowed(policy, tmp_path):
+    from tests.conftest import one_line_error
+
+    cli = policy.cli
+    feed = write(tmp_path / "f.txt", *(f"n{i}.test" for i in range(10)))
+    cli.run("feed", "add", "f", str(feed))
+    write(feed, *(f"n{i}.test" for i in range(4)), "new.test")  # 6 of 10 go: 60%
+    one_line_error(cli.run("feed", "sync", "f", check=False), 1,
+                   "feed 'f': the new list would remove 6 of its 10 names (60%, more than "
+                   "the 50% allowed) and keep 4: refused, nothing was changed")
+    assert len(listed(policy)) == 10
+    write(feed, *(f"n{i}.test" for i in range(5)))  # exactly half: allowed
+    assert cli.json("feed", "sync", "f")[0]["removed"]["block"] == 5
+    # A feed with a larger allowance, from the start.
+    g = write(tmp_path / "g.txt", *(f"g{i}.test" for i in range(10)))
+    cli.run("feed", "add", "g", str(g), "--max-shrink", "80")
+    write(g, "g0.test", "g1.test", "g2.test")
+    assert cli.json("feed", "sync", "g")[0]["removed"]["block"] == 7
+
+
+def test_a_file_that_lists_no_name_is_not_registered_nor_imported(policy, tmp_path):
+    from tests.conftest import one_line_error
+
+    cli = policy.cli
+    comments = write(tmp_path / "c.txt", "# nothing here yet")
+    one_line_error(cli.run("feed", "add", "c", str(comments), check=False), 1,
+                   "feed 'c': the file lists no name", "nothing to list: refused")
+    assert cli.json("feed", "list") == []
+    cli.run("block", "add", "keep.test")
+    one_line_error(cli.run("block", "import", str(comments), "--replace", check=False), 1,
+                   "the file lists no name", "down from 1 names")
+    assert list(listed(policy)) == ["keep.test"]
+    # A forced wrong format, its bad lines skipped: no name left, refused all the same.
+    plain = write(tmp_path / "p.txt", "a.test", "b.test")
+    cp = cli.run("block", "import", str(plain), "--format", "hosts", "--replace",
+                 "--skip-invalid", check=False)
+    one_line_error(cp, 1, "the file lists no name (hosts, 0 entries, 2 bad lines",
+                   "refused, nothing was changed")
+    assert list(listed(policy)) == ["keep.test"]
