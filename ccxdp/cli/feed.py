@@ -56,6 +56,7 @@ def result_json(r: feeds.ImportResult) -> dict:
         "entries": r.entries,
         "duplicates": r.duplicates,
         "skipped": r.skipped,
+        "kept": r.kept,
         "bad_lines": [str(b) for b in r.bad],
         "unchanged": r.unchanged,
         "lines_parsed": r.lines_read,
@@ -84,6 +85,8 @@ def render_result(r: feeds.ImportResult) -> Table:
     rows.append(("duplicate lines merged", f"{r.duplicates:,}"))
     for reason, count in sorted(r.skipped.items()):
         rows.append((f"skipped: {reason}", f"{count:,}"))
+    for what, count in sorted(r.kept.items()):
+        rows.append((f"listed: {what}", f"{count:,}"))
     rows.append(("bad lines skipped", f"{len(r.bad):,}"))
     if j["kernel_names"] is not None:
         rows.append(("names in the kernel", f"{j['kernel_names']:,}"))

@@ -1,9 +1,11 @@
 """Domain names as users type them, and as the XDP program sees them (wire form).
 
 A name is stored and shown in one form: lower-case ASCII, internationalized labels as their
-A-label (``xn--…``), no trailing dot. ASCII names are checked by our own rules (C&C feeds
-carry underscores, which IDNA refuses); only labels with non-ASCII characters go through
-IDNA, with UTS 46 mapping, the way browsers and resolvers' stub libraries map what users type.
+A-label (``xn--…``), no trailing dot. An ASCII xn-- label is kept as given even when it
+does not decode to a valid IDNA label: it is a valid DNS name all the same. ASCII names are
+checked by our own rules (C&C feeds carry underscores, which IDNA refuses); only labels with
+non-ASCII characters go through IDNA, with UTS 46 mapping, the way browsers and resolvers'
+stub libraries map what users type.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ def normalize(name: str) -> str:
     for label in labels:
         if label[0] == "-" or label[-1] == "-":
             raise InvalidNameError(name, f"label {label!r} starts or ends with a hyphen")
-        if label.startswith("xn--") and not _valid_punycode(label):
-            raise InvalidNameError(name, f"label {label!r} is not valid punycode")
     if len(text) + 2 > DNS_MAX_NAME_LEN:  # wire form: one length byte a label, and the root
         raise InvalidNameError(name, "longer than 255 bytes in wire form")
     return text
@@ -71,6 +71,16 @@ def _to_ascii(name: str, text: str) -> str:
                 name, f"label {label!r} is not a valid internationalized label ({e})"
             ) from None
     return ".".join(out)
+
+
+def unusual_a_label(name: str) -> str | None:
+    """The first xn-- label of a normalized name that is not a valid IDNA A-label, or None.
+    Such a name is still a valid DNS name (letters, digits, hyphens) that a client can query,
+    and a C&C name may be one on purpose: it is listed, and feeds count it."""
+    for label in name.split("."):
+        if label.startswith("xn--") and not _valid_punycode(label):
+            return label
+    return None
 
 
 def _valid_punycode(label: str) -> bool:

@@ -87,11 +87,13 @@ def test_plain_quirks(tmp_path):
         E("wild.example", 5, "below"),
         E("sub.example", 6, "subtree"),
         E("xn--bcher-kva.example", 7),
+        E("xn--zz.example", 15),  # not valid IDNA, a valid DNS name: listed, and counted
         E("pair.example", 16, "subtree"),  # pair.example and *.pair.example
         E("dup.example", 19),
     ]
     assert parsed.duplicates == 3  # lines 8 (punycode of 7), 9 (case of 2), 18
     assert parsed.skipped == {}
+    assert parsed.kept == {"xn-- label that is not valid IDNA": 1}
     p = str(path)
     assert bad(parsed) == [
         f"{p}:10: IP address: 1.2.3.4",
@@ -99,7 +101,6 @@ def test_plain_quirks(tmp_path):
         f"{p}:12: a URL, not a domain name: http://url.example/path",
         f"{p}:13: label 'aaaaaaaaaaaaaaaaaaaa'… longer than 63 bytes: {LONG_LABEL}.example",
         f"{p}:14: several fields, not one name: two names.example",
-        f"{p}:15: label 'xn--zz' is not valid punycode: xn--zz.example",
         f"{p}:20: conflicts with line 19: .dup.example",
         f"{p}:21: label 'bad!char' has characters other than a-z 0-9 - _: bad!char.example",
         f"{p}:22: empty name (the root cannot be listed): *.",
@@ -175,8 +176,9 @@ def test_fast_path_agrees_with_careful_path(tmp_path, monkeypatch, fmt, line, ru
         _patch(monkeypatch, "_CSV_FAST_HOSTS", re.compile(r"^()()[^\n]*$", re.M))
     careful = parse_feed(path, fmt)
     assert fast == careful
-    assert [e.name for e in fast.entries][:3] == ["good.example", "xn--bcher-kva.example",
-                                                 "x" * 63 + ".example"]
+    assert [e.name for e in fast.entries][:4] == ["good.example", "xn--bcher-kva.example",
+                                                 "xn--zz.example", "x" * 63 + ".example"]
+    assert fast.kept == {"xn-- label that is not valid IDNA": 1}
     assert fast.duplicates > 0 and fast.bad
 
 
@@ -202,21 +204,21 @@ def test_csv_url_fast_path_agrees_with_careful_path(tmp_path, monkeypatch):
     assert parse_feed(path, "csv") == fast
     assert [e.name for e in fast.entries] == [
         "good.example", "auth.example", "evil.example", "upper.example", "port.example",
-        "q.example", "f.example", "files.example", "proto.example", "what.example",
-        "scheme.example", "sp.example", "plain.example", "xn--bcher-kva.example",
+        "q.example", "f.example", "xn--zz.example", "files.example", "proto.example",
+        "what.example", "scheme.example", "sp.example", "plain.example",
+        "xn--bcher-kva.example",
     ]
     assert fast.skipped == {"IP address host": 4}
     p = str(path)
-    assert bad(fast)[:6] == [
+    assert bad(fast)[:5] == [
         f"{p}:8: label 'example:abc' has characters other than a-z 0-9 - _: port.example:abc",
         f"{p}:11: label '-bad' starts or ends with a hyphen: http://-bad.example/",
-        f"{p}:12: label 'xn--zz' is not valid punycode: http://xn--zz.example/",
         f"{p}:14: URL without a host: http:///nohost",
         f"{p}:22: label {BACKSLASHED!r} has characters other than a-z 0-9 - _: "
         "http://back.example\\x/",
         f'{p}:26: empty value: ""',
     ]
-    assert len(fast.bad) == 12
+    assert len(fast.bad) == 10  # each of 5 bad values, listed twice
 
 
 FRAGMENTS = st.sampled_from([
@@ -420,6 +422,7 @@ def test_adblock_quirks(tmp_path):
         E("c2.example", 5, "subtree"),
         E("good.example", 6, "subtree", kind="allow"),
         E("pipe.example", 17, "subtree"),
+        E("start.example", 19),  # |name^: the name alone, as AdGuard Home reads it
         E("xn--bcher-kva.example", 21, "subtree"),
         E("evil.example", 22, "subtree", kind="allow"),  # allow and block are two entries
         E("all.example", 23, "subtree"),
@@ -427,7 +430,7 @@ def test_adblock_quirks(tmp_path):
     assert parsed.duplicates == 1  # ||Evil.Example^
     assert parsed.skipped == {
         "unsupported adblock modifier": 2,
-        "not a domain rule": 7,
+        "not a domain rule": 6,
         "IP address host": 1,
     }
     assert bad(parsed) == [
@@ -975,9 +978,9 @@ def test_export_lines():
         ("hosts", ExportEntry("s.example", match="subtree"),
          "hosts cannot hold s.example (match subtree: hosts lists exact names); "
          "use plain, rpz or csv"),
-        ("adblock", ExportEntry("e.example"),
-         "adblock cannot hold e.example (match exact: ||name^ is a subtree); "
-         "use plain, rpz or csv"),
+        ("adblock", ExportEntry("e.example", match="below"),
+         "adblock cannot hold e.example (match below: ||name^ is a subtree, |name^ the name "
+         "alone); use rpz or csv"),
         ("rpz", ExportEntry("n.example"),
          "rpz cannot hold n.example (no action: RPZ gives every name its own); "
          "give the action the entry has in effect"),

@@ -1,4 +1,6 @@
-"""adblock: ``||name^`` and ``@@||name^`` rules for whole domains."""
+"""adblock: domain rules as AdGuard Home reads them. ``||name^`` (and ``||name|``) is the
+name and every name below it, ``|name^`` and ``|name|`` the name alone; ``@@`` before either
+makes it an exception (an allow entry)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from ccxdp.policy.catalog import ALLOW, BLOCK
 from ccxdp.policy.formats.common import (
     _NAME,
+    EXACT,
     SUBTREE,
     ExportEntry,
     _Builder,
@@ -41,12 +44,12 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
     if rule.startswith("@@"):
         kind, rule = ALLOW, rule[2:]
     rule, _, modifiers = rule.partition("$")
-    if rule.endswith("^|"):
-        rule = rule[:-1]
-    host = rule[2:-1]
-    if not rule.startswith("||") or not rule.endswith("^") or not host or any(
-        c in host for c in "/*^|:?=&@"
-    ):
+    # '||' anchors at a label boundary (the name and below), '|' at the start of the name
+    # (the name alone); '^' or '|' ends the name.
+    match, host = (SUBTREE, rule[2:]) if rule.startswith("||") else (EXACT, rule[1:])
+    ended = rule.startswith("|") and host.endswith(("^", "|"))
+    host = host[:-2] if host.endswith("^|") else host[:-1]
+    if not ended or not host or any(c in host for c in "/*^|:?=&@"):
         b.skip("not a domain rule")
         return
     if any(m.strip().lower() not in _ADBLOCK_MODIFIERS for m in modifiers.split(",") if m):
@@ -59,15 +62,16 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
     if reason:
         b.refuse(lineno, reason, s)
         return
-    b.name(host, lineno, s, (kind, SUBTREE, None, None))
+    b.name(host, lineno, s, (kind, match, None, None))
 
 
 def _adblock_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
     yield "[Adblock Plus 2.0]"
     for e in entries:
         _check_entry(e, "adblock")
-        if e.match != SUBTREE:
-            raise _cannot("adblock", e, f"match {e.match}: ||name^ is a subtree",
-                          "use plain, rpz or csv")
+        if e.match not in (SUBTREE, EXACT):
+            raise _cannot("adblock", e, f"match {e.match}: ||name^ is a subtree, |name^ "
+                          "the name alone", "use rpz or csv")
         _names_only(e, "adblock")
-        yield f"@@||{e.name}^" if e.kind == ALLOW else f"||{e.name}^"
+        anchor = "||" if e.match == SUBTREE else "|"
+        yield f"@@{anchor}{e.name}^" if e.kind == ALLOW else f"{anchor}{e.name}^"

@@ -11,14 +11,14 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
 from ccxdp.datapath.settings import ACTION_NAMES, SettingError, parse_action
 from ccxdp.errors import CcxdpError, InvalidNameError
 from ccxdp.policy.catalog import ALLOW, BLOCK, KINDS, MATCHES
-from ccxdp.policy.names import normalize
+from ccxdp.policy.names import normalize, unusual_a_label
 
 FORMATS = ("plain", "hosts", "rpz", "adblock", "csv")
 
@@ -61,7 +61,7 @@ class ParsedFeed:
     bad: list[BadLine]  # unusable lines, in file order
     skipped: dict[str, int]  # lines (hosts: names) left out on purpose, by reason
     duplicates: int  # listings that repeated an entry already listed
-
+    kept: dict[str, int] = field(default_factory=dict)  # unusual names listed, by what
 
 @dataclass(frozen=True)
 class ExportEntry:
@@ -214,7 +214,10 @@ class _Builder:
         else:
             entries = self._merge()
         self.bad.sort(key=lambda b: b.line)
-        return ParsedFeed(self.path, fmt, entries, self.bad, self.skipped, self.duplicates)
+        unusual = sum(1 for e in entries if "xn--" in e.name and unusual_a_label(e.name))
+        kept = {"xn-- label that is not valid IDNA": unusual} if unusual else {}
+        return ParsedFeed(self.path, fmt, entries, self.bad, self.skipped, self.duplicates,
+                          kept)
 
     def _merge(self) -> list[FeedEntry]:
         attrs, default, lines = self.attrs, self.default, self.lines
