@@ -52,7 +52,7 @@ stats_was=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
 	sysctl -qw kernel.bpf_stats_enabled="$stats_was" || true
 	# Labs whose owner is gone (ours, if a step was killed midway); e2e.py removes its own.
-	"$py" -c 'from ccxdp.lab.netns import cleanup_stale; cleanup_stale("cxb")' >/dev/null 2>&1 || true
+	"$py" -c 'from ccxdp.lab.netns import cleanup_stale; cleanup_stale("bxn")' >/dev/null 2>&1 || true
 	rm -rf "$parts"
 }
 trap cleanup EXIT

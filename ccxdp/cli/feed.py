@@ -53,6 +53,7 @@ def result_json(r: feeds.ImportResult) -> dict:
         "source": r.source,
         "path": r.path,
         "format": r.format,
+        "column": r.column,
         "entries": r.entries,
         "duplicates": r.duplicates,
         "skipped": r.skipped,
@@ -73,7 +74,8 @@ def render_result(r: feeds.ImportResult) -> Table:
     t = Table(title=f"{r.source}: {r.path}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
-    rows = [("format", r.format), ("entries in the file", f"{r.entries:,}")]
+    rows = [("format", r.format + (f", names from column {r.column}" if r.column else "")),
+            ("entries in the file", f"{r.entries:,}")]
     if r.lines_read is not None:
         rows.append(("lines parsed", f"{r.lines_read:,} (new since the last sync)"))
     if r.unchanged:
@@ -173,7 +175,8 @@ def feed_add(app, name, path, fmt, column, action, category, skip_invalid, max_s
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
     (default: the feed's name). A name several sources list stays listed until all drop it;
-    entries added by hand win over feeds, and earlier feeds over later ones.
+    for its action and category, entries added by hand win over feeds, and earlier feeds
+    over later ones; its match is the broadest any source gives it.
 
     The shrink guard: a file that lists no name, or a later sync that would remove more than
     --max-shrink of the feed's names (a truncated download, an emptied file, a wrong

@@ -85,6 +85,7 @@ class ImportResult:
     bad: list[BadLine] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)  # unusual names listed all the same
+    column: str | None = None  # CSV: the column the names came from
     unchanged: bool = False  # the file and options were the same as at the last sync
     lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
@@ -384,6 +385,7 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     result.bad = bad
     result.skipped = dict(parsed.skipped)
     result.kept = dict(parsed.kept)
+    result.column = parsed.column
     # The new snapshot: lines found again keep theirs; new lines that gave one entry join.
     by_line = array("Q", [0]) + line_hashes  # FeedEntry.line counts from 1
     lines_of = array("Q", map(by_line.__getitem__, map(attrgetter("line"), entries)))
@@ -408,6 +410,7 @@ def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
     result.bad = parsed.bad
     result.skipped = dict(parsed.skipped)
     result.kept = dict(parsed.kept)
+    result.column = parsed.column
 
 
 def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:

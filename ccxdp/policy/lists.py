@@ -74,14 +74,64 @@ def canonical_action(action: str) -> str:
 
 # -- what the kernel holds -------------------------------------------------------------------
 def effective(listings: dict[tuple[int, str], Listing], kind: str) -> Listing:
-    """One kind's effective list: every source's listing, the earlier source winning."""
+    """One kind's effective list: every source's listing, the earlier source giving a name
+    its action and category, and the broadest of the sources' matches (one feed listing a
+    name exactly must not narrow another's block of its whole subtree: the C&C host is
+    often below the listed name)."""
     out = Listing.empty()
     none = array("Q")
+    listed = []
     for sid in sorted({sid for sid, k in listings if k == kind}, reverse=True):
         lst = listings[(sid, kind)]
         if len(lst):
             out = Listing(*bulk.merge(out.hashes, out.values, none, lst.hashes, lst.values))
+            listed.append(lst)
+    if len(listed) > 1:
+        _broaden(out, listed)
     return out
+
+
+_MATCH_FLAGS = shared.ENTRY_SUBTREE | shared.ENTRY_NOT_SELF
+
+
+def _broaden(out: Listing, listed: list[Listing]) -> None:
+    """Give each name several sources list the union of what they cover: the name itself
+    (any without ENTRY_NOT_SELF) and the names below it (any with ENTRY_SUBTREE). Only
+    names listed twice are looked at; the largest listing is searched, not copied."""
+    # Sources that all cover alike (several exact-only lists, several subtree-only ones: the
+    # usual case) cannot broaden each other: set() of the values runs at C speed.
+    if len({_cover(v) for lst in listed for v in set(lst.values)}) == 1:
+        return
+    listed = sorted(listed, key=len)
+    largest, others = listed[-1], listed[:-1]
+    seen: dict[int, int] = {}  # hash -> OR of (covers self, covers below) bits, so far
+    twice: set[int] = set()
+    for lst in others:
+        for h, v in zip(lst.hashes, lst.values, strict=True):
+            cover = _cover(v)
+            if h in seen:
+                twice.add(h)
+            seen[h] = seen.get(h, 0) | cover
+    hashes = largest.hashes
+    for h in list(seen):
+        i = bisect.bisect_left(hashes, h)
+        if i < len(hashes) and hashes[i] == h:
+            seen[h] |= _cover(largest.values[i])
+            twice.add(h)
+    for h in twice:
+        i = bisect.bisect_left(out.hashes, h)
+        value = out.values[i]
+        cover = seen[h]
+        flags = (shared.ENTRY_SUBTREE if cover & 2 else 0) | (
+            0 if cover & 1 else shared.ENTRY_NOT_SELF)
+        out.values[i] = value & ~(_MATCH_FLAGS << 8) | flags << 8
+
+
+def _cover(value: int) -> int:
+    """What a listing value covers: bit 0 the name itself, bit 1 the names below it."""
+    flags = (value >> 8) & 0xFF
+    return (0 if flags & shared.ENTRY_NOT_SELF else 1) | (2 if flags & shared.ENTRY_SUBTREE
+                                                          else 0)
 
 
 def combine(block_value: int, allow_value: int) -> int:

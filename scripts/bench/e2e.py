@@ -239,7 +239,7 @@ def main() -> int:
     try:
         files = write_inputs(work, block_names(args.names))
         spec = LabSpec(
-            prefix="cxb", second_client=False, sinkhole=False, start_timeout=300,
+            prefix="bxn", second_client=False, sinkhole=False, start_timeout=300,
             unbound_extra=("log-queries: no", 'module-config: "respip iterator"',
                            "rpz:", "    name: rpz.bench.", f'    zonefile: "{files["rpz"]}"'),
         )

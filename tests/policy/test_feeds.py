@@ -342,3 +342,30 @@ def test_a_file_that_lists_no_name_is_not_registered_nor_imported(policy, tmp_pa
     one_line_error(cp, 1, "the file lists no name (hosts, 0 entries, 2 bad lines",
                    "refused, nothing was changed")
     assert list(listed(policy)) == ["keep.test"]
+
+
+@pytest.mark.parametrize("exact_first", [True, False])
+def test_the_broader_block_wins_when_sources_disagree_on_the_match(policy, tmp_path,
+                                                                   exact_first):
+    """The issue's live case: one feed lists microsofthk.com exactly, another as a subtree
+    (||microsofthk.com^); update.microsofthk.com, the C&C host, must be blocked whichever
+    feed came first. Action and category stay the earlier source's."""
+    cli = policy.cli
+    exact = write(tmp_path / "exact.txt", "microsofthk.com", "only-exact.test")
+    subtree = write(tmp_path / "subtree.adblock", "||microsofthk.com^", "||only-sub.test^")
+    feeds = [("exact", exact, "nxdomain"), ("sub", subtree, "drop")]
+    for name, path, action in feeds if exact_first else feeds[::-1]:
+        cli.run("feed", "add", name, str(path), "--action", action)
+    first_action, first_category = ("nxdomain", "exact") if exact_first else ("drop", "sub")
+    assert listed(policy)["microsofthk.com"] == ("subtree", first_action, first_category)
+    assert listed(policy)["only-exact.test"][0] == "exact"
+    verdict = policy.judge("update.microsofthk.com")
+    if first_action == "nxdomain":
+        assert verdict.rcode == 3
+    else:
+        assert verdict.retval == XDP_DROP
+    assert policy.judge("x.only-exact.test").retval == XDP_PASS
+    # The subtree's feed goes: the name is exact again.
+    cli.run("feed", "remove", "sub")
+    assert listed(policy)["microsofthk.com"] == ("exact", "nxdomain", "exact")
+    assert policy.judge("update.microsofthk.com").retval == XDP_PASS

@@ -11,7 +11,8 @@ plain
     One name per line, ``#`` starts a comment (a whole line or the end of one). ``*.name``
     lists only the names below ``name`` (match "below", as an RPZ wildcard does); ``.name``
     lists ``name`` and everything below it (match "subtree", as the leading dot does in
-    squid's and dnsmasq's domain lists). A URL or an IP address is a bad line.
+    squid's and dnsmasq's domain lists). A URL is a bad line; an IP address is skipped as
+    "IP address host", as in the other formats (lists of names and addresses exist).
 hosts
     ``address name [alias…]``: every name on a line is an entry, whatever the address. Feeds
     write 0.0.0.0, 127.0.0.1, ::, ::1 or a sinkhole of their own, and each means "this name
@@ -34,7 +35,8 @@ rpz
     common form ``name [ttl] [IN] CNAME policy`` are read by a regular expression that gives
     the same entries; everything else goes through dnspython.
 adblock
-    ``||name^`` blocks the name and everything below it, ``@@||name^`` allows them; the
+    As AdGuard Home reads them: ``||name^`` (or ``||name|``) blocks the name and everything
+    below it, ``|name^`` (or ``|name|``) the name alone, and ``@@`` before either allows; the
     modifiers that do not narrow a rule (``$important``, ``$all``, ``$document``) are
     accepted, any other modifier makes the rule "unsupported adblock modifier" (a rule for
     third-party scripts only must not block the whole name). Cosmetic rules, paths, regular

@@ -62,6 +62,7 @@ class ParsedFeed:
     skipped: dict[str, int]  # lines (hosts: names) left out on purpose, by reason
     duplicates: int  # listings that repeated an entry already listed
     kept: dict[str, int] = field(default_factory=dict)  # unusual names listed, by what
+    column: str | None = None  # CSV: the column the names were read from (header or number)
 
 @dataclass(frozen=True)
 class ExportEntry:
@@ -164,6 +165,7 @@ class _Builder:
         self.bad: list[BadLine] = []
         self.skipped: dict[str, int] = {}
         self.duplicates = 0
+        self.column: str | None = None
 
     def run(self, names: list[str], first_line: int) -> None:
         """Names in normalized form, with the default attributes, on consecutive lines."""
@@ -217,7 +219,7 @@ class _Builder:
         unusual = sum(1 for e in entries if "xn--" in e.name and unusual_a_label(e.name))
         kept = {"xn-- label that is not valid IDNA": unusual} if unusual else {}
         return ParsedFeed(self.path, fmt, entries, self.bad, self.skipped, self.duplicates,
-                          kept)
+                          kept, self.column)
 
     def _merge(self) -> list[FeedEntry]:
         attrs, default, lines = self.attrs, self.default, self.lines

@@ -102,9 +102,14 @@ def _csv_column(path: str, header: list[str] | None, first_row: list[str],
             raise FeedFormatError(f"{path}: no column {wanted!r} (columns: {shown})")
         return names.index(wanted.lower())
     if names is not None:
-        for candidate in NAME_COLUMNS:
-            if candidate in names:
-                return names.index(candidate)
+        present = [names.index(c) for c in NAME_COLUMNS if c in names]
+        # Of the columns whose header could name hosts, the first whose value in the first
+        # row is one: C2IntelFeeds' "#domain,ioc,…" has its description under "ioc".
+        for index in present:
+            if index < len(first_row) and _looks_like_a_host(first_row[index]):
+                return index
+        if present:
+            return present[0]
         raise FeedFormatError(
             f"{path}: cannot tell which column holds the names (columns: {shown}); "
             "choose one with --column"
@@ -114,6 +119,15 @@ def _csv_column(path: str, header: list[str] | None, first_row: list[str],
     raise FeedFormatError(
         f"{path}: no header line and {len(first_row)} columns; choose one with --column"
     )
+
+
+def _looks_like_a_host(cell: str) -> bool:
+    value = cell.strip()
+    try:
+        host = _host(value)
+    except ValueError:
+        return False
+    return bool(host) and "." in host and not any(c.isspace() for c in value)
 
 
 def _host(value: str) -> str | None:
@@ -205,6 +219,7 @@ def _parse_csv(b: _Builder, text: str, column: str | None) -> None:
     nl = text.find("\n", start, end)
     first_raw = text[start : nl if nl >= 0 else end]
     col = _csv_column(b.path, header, _csv_fields(first_raw), column)
+    b.column = header[col] if header and col < len(header) else str(col + 1)
     names = [h.lower() for h in header] if header else []
     type_col = None
     if "ioc_type" in names and names[col] in ("ioc_value", "ioc"):

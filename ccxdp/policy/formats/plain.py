@@ -43,6 +43,12 @@ def _plain_line(b: _Builder, line: str, lineno: int) -> None:
         text, match = text[2:], BELOW
     elif text.startswith(".") and len(text) > 1:
         text, match = text[1:], SUBTREE
+    if _is_ip(text):
+        # A list of names and addresses (urlhaus-filter's domains list has both): the
+        # addresses are none of a DNS filter's business, left out and counted, as the
+        # other formats do.
+        b.skip("IP address host")
+        return
     reason = _not_a_name(text)
     if reason:
         b.refuse(lineno, reason, value)
