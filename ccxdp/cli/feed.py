@@ -125,6 +125,9 @@ def refusals_reported(as_json: bool):
 
 
 def source_options(f):
+    f = click.option("--match", type=click.Choice(["subtree"]),
+                     help="List each name the file gives exactly with every name below it "
+                     "(plain, hosts and CSV files; DNS-tunnel C2 lists need it).")(f)
     f = click.option("--skip-invalid", is_flag=True,
                      help="Import the good lines and list the bad ones (default: refuse the "
                      "whole file if a line is bad).")(f)
@@ -169,7 +172,7 @@ ALLOW_SHRINK = click.option(
 @ALLOW_SHRINK
 @json_option
 @pass_app
-def feed_add(app, name, path, fmt, column, action, category, skip_invalid, max_shrink,
+def feed_add(app, name, path, fmt, column, action, category, skip_invalid, match, max_shrink,
              allow_shrink, as_json):
     """Register the feed NAME read from PATH, and load it.
 
@@ -189,7 +192,7 @@ def feed_add(app, name, path, fmt, column, action, category, skip_invalid, max_s
     share = max_shrink / 100 if max_shrink is not None else None
     with refusals_reported(as_json), progress_steps(as_json) as step:
         r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                           category, skip_invalid, step, share, allow_shrink)
+                           category, skip_invalid, step, share, allow_shrink, match)
     report(r, as_json)
 
 
@@ -294,19 +297,18 @@ def block_import_command():
                   help="Make the file the whole list of entries added by hand (default: add "
                   "to them).")
     @click.option("--allow-shrink", is_flag=True,
-                  help=f"With --replace: apply a file that removes more than "
-                       f"{feeds.DEFAULT_MAX_SHRINK:.0%} of the hand-made list.")
+                  help="With --replace: apply a file that lists no name (empties the "
+                       "hand-made list).")
     @json_option
     @pass_app
-    def block_import(app, path, fmt, column, action, category, skip_invalid, replace,
+    def block_import(app, path, fmt, column, action, category, skip_invalid, match, replace,
                      allow_shrink, as_json):
         """Import a file of names once, as entries added by hand (no feed is registered).
 
         The swap is atomic: during it, names listed before and after stay blocked, and
         afterwards removed names are no longer matched. A file with a bad line changes
-        nothing unless --skip-invalid; so does a file that lists no name, and, with
-        --replace, one that would remove more than half the hand-made list (unless
-        --allow-shrink).
+        nothing unless --skip-invalid; so does a file that lists no name (with --replace it
+        would empty the hand-made list: --allow-shrink does it).
 
         \b
         Examples:
@@ -315,7 +317,7 @@ def block_import_command():
         """
         with refusals_reported(as_json), progress_steps(as_json) as step:
             r = feeds.import_file(app.datapath(), app.catalog(), path, fmt, column, action,
-                                  category, skip_invalid, replace, step, allow_shrink)
+                                  category, skip_invalid, replace, step, allow_shrink, match)
         report(r, as_json)
 
     return block_import

@@ -78,6 +78,7 @@ class Feed:
     skip_invalid: bool = False
     refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
     max_shrink: float | None = None  # the share of its names a sync may remove; None: 0.5
+    match: str | None = None  # "subtree": the file's exact names with everything below
 
 
 @dataclass(frozen=True)
@@ -318,12 +319,16 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
                              normalize_category)  # fmt: skip
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
+        match = r.get("match", (str,), None, "a string")
+        if match not in (None, "subtree"):
+            r.fail("match", f"{match!r}: the only choice is \"subtree\" (leave it out for "
+                            f"the format's own)")
         shrink = r.get("max_shrink", (int,), None, "a percentage (0 to 100)")
         if shrink is not None and not 0 <= shrink <= 100:
             r.fail("max_shrink", f"{shrink} is not a percentage from 0 to 100")
         r.done()
         feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh, shrink / 100 if shrink is not None else None))
+                          refresh, shrink / 100 if shrink is not None else None, match))
     return tuple(feeds)
 
 

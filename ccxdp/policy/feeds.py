@@ -116,10 +116,10 @@ def _refuse_bad(parsed: ParsedFeed, source: str) -> None:
 
 
 def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool,
-          source: str = MANUAL) -> ParsedFeed:
+          source: str = MANUAL, match: str | None = None) -> ParsedFeed:
     if not path.is_file():
         raise FeedError(f"{path}: no such file")
-    parsed = formats.parse_feed(path, fmt, column)
+    parsed = formats.parse_feed(path, fmt, column, match)
     if parsed.bad and not skip_invalid:
         _refuse_bad(parsed, source)
     return parsed
@@ -231,11 +231,12 @@ def add_feed(
     dp: Datapath, catalog: Catalog, name: str, path: Path, fmt: str = "auto",
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
-    max_shrink: float | None = None, allow_shrink: bool = False,
+    max_shrink: float | None = None, allow_shrink: bool = False, match: str | None = None,
 ) -> ImportResult:
     """Register a feed and sync it. A feed whose file is refused is not registered.
     ``max_shrink``: the share of its names a later sync may remove (default
-    DEFAULT_MAX_SHRINK); ``allow_shrink``: register it even when the file lists no name."""
+    DEFAULT_MAX_SHRINK); ``allow_shrink``: register it even when the file lists no name;
+    ``match="subtree"``: its exact names listed with everything below (formats.parse_feed)."""
     name = check_feed_name(name)
     if catalog.source(name) is not None:
         raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
@@ -245,7 +246,7 @@ def add_feed(
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
                                     catalog.category_id(category), skip_invalid,
-                                    max_shrink=check_max_shrink(max_shrink))
+                                    max_shrink=check_max_shrink(max_shrink), match=match)
         return _sync(dp, catalog, source, progress, force=True, allow_shrink=allow_shrink)
 
 
@@ -287,7 +288,7 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         listings, names, snapshot = by_lines
     else:
         parsed = parse(path, source.format or "auto", source.column, source.skip_invalid,
-                       source.name)
+                       source.name, source.match)
         _fill(result, parsed)
         _step(progress, f"hashing {len(parsed.entries):,} names")
         hashed = hash_feed(parsed.entries, source.action or "default", source.category, key,
@@ -327,7 +328,8 @@ def _lines_stand_alone(fmt: str, data: bytes) -> bool:
 
 def _options(source: Source, key: HashKey) -> str:
     return repr((source.format, source.column, source.action, source.category,
-                 source.skip_invalid, key.fingerprint))
+                 source.skip_invalid, key.fingerprint)
+                + ((source.match,) if source.match else ()))  # old digests stay valid
 
 
 def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, key: HashKey
@@ -363,7 +365,7 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / path.name
         part.write_bytes(text)
-        parsed = formats.parse_feed(part, fmt, source.column)
+        parsed = formats.parse_feed(part, fmt, source.column, source.match)
     if parsed.format != fmt:
         return None
     number = [i + 1 for i in fresh]
@@ -437,15 +439,17 @@ def import_file(
     dp: Datapath, catalog: Catalog, path: Path, fmt: str = "auto", column: str | None = None,
     action: str | None = None, category: str | None = None, skip_invalid: bool = False,
     replace: bool = False, progress: Progress | None = None, allow_shrink: bool = False,
+    match: str | None = None,
 ) -> ImportResult:
     """Add a file's entries to the manual source (``replace``: make them its whole list).
-    A file that lists no name is refused; with ``replace``, so is one that would remove
-    more than DEFAULT_MAX_SHRINK of the hand-made list (unless ``allow_shrink``)."""
+    A file that lists no name is refused, and with ``replace`` it would empty the hand-made
+    list: applied only with ``allow_shrink``. (The hand-made list is the operator's own:
+    replacing it by a different one is what --replace is for.)"""
     started = time.perf_counter()
     action = canonical_action(action) if action else "default"
     category = normalize_category(category) if category else None
     _step(progress, f"reading {Path(path).name}")
-    parsed = parse(Path(path), fmt, column, skip_invalid)
+    parsed = parse(Path(path), fmt, column, skip_invalid, match=match)
     result = ImportResult(MANUAL, str(path), fmt)
     _fill(result, parsed)
     with catalog.transaction():
@@ -456,7 +460,7 @@ def import_file(
         if not allow_shrink or not replace:
             old = ({k: catalog.listing(MANUAL_ID, k) for k in KINDS} if replace
                    else dict.fromkeys(KINDS, Listing.empty()))
-            check_shrink(str(path), old, listings, DEFAULT_MAX_SHRINK, result)
+            check_shrink(str(path), old, listings, 1.0, result)  # only an empty list
         if not replace:
             for kind in KINDS:
                 old = catalog.listing(MANUAL_ID, kind)

@@ -245,10 +245,12 @@ def test_a_sync_by_lines_lists_what_a_full_parse_lists(policy, tmp_path, fmt, li
 
 def test_export_refuses_what_the_format_cannot_mean_and_writes_nothing(policy, tmp_path):
     cli = policy.cli
-    cli.run("block", "add", "exact.test")
+    rpz = write(tmp_path / "below.rpz", "$ORIGIN rpz.test.", "@ SOA ns. h. 1 1 1 1 1",
+                "*.below.test CNAME .")
+    cli.run("block", "import", str(rpz))  # only the names below below.test
     out = tmp_path / "export.adblock"
     cp = cli.run("block", "export", "--format", "adblock", "-o", str(out), check=False)
-    assert cp.returncode == 1 and "adblock cannot hold exact.test" in cp.stderr
+    assert cp.returncode == 1 and "adblock cannot hold below.test" in cp.stderr
     assert not out.exists() and not list(tmp_path.glob("*export*"))
 
 
@@ -369,3 +371,24 @@ def test_the_broader_block_wins_when_sources_disagree_on_the_match(policy, tmp_p
     cli.run("feed", "remove", "sub")
     assert listed(policy)["microsofthk.com"] == ("exact", "nxdomain", "exact")
     assert policy.judge("update.microsofthk.com").retval == XDP_PASS
+
+
+def test_a_dns_tunnel_c2_list_imported_as_subtrees_blocks_its_beacons(policy, tmp_path,
+                                                                      real_feeds):
+    """C2IntelFeeds' DNS C2 domains: the beacons query random names below each listed one,
+    so the CSV is taken with --match subtree (its names column found by content)."""
+    from tests.conftest import one_line_error
+
+    cli = policy.cli
+    feed = tmp_path / "dnsc2.csv"
+    feed.write_bytes((real_feeds / "c2intelfeeds-dnsc2domains.csv").read_bytes())
+    added = cli.json("feed", "add", "dnsc2", str(feed), "--match", "subtree",
+                     "--action", "nxdomain")
+    assert (added["entries"], added["column"], added["added"]["block"]) == (31, "domain", 31)
+    assert {m for m, _a, _c in listed(policy).values()} == {"subtree"}
+    assert policy.judge("x7f3a9.ns1.163microsoft.com").rcode == 3
+    assert policy.judge("163microsoft.com").rcode == 3
+    rpz = write(tmp_path / "z.rpz", "$ORIGIN rpz.test.", "@ SOA ns. h. 1 1 1 1 1",
+                "a.test CNAME .")
+    one_line_error(cli.run("feed", "add", "z", str(rpz), "--match", "subtree", check=False),
+                   1, "rpz gives each entry its own match; --match is for plain, hosts, csv")

@@ -92,11 +92,10 @@ def test_plain_quirks(tmp_path):
         E("dup.example", 19),
     ]
     assert parsed.duplicates == 3  # lines 8 (punycode of 7), 9 (case of 2), 18
-    assert parsed.skipped == {}
+    assert parsed.skipped == {"IP address host": 1}  # line 10
     assert parsed.kept == {"xn-- label that is not valid IDNA": 1}
     p = str(path)
     assert bad(parsed) == [
-        f"{p}:10: IP address: 1.2.3.4",
         f"{p}:11: label 'bad_-' starts or ends with a hyphen: bad_-.example",
         f"{p}:12: a URL, not a domain name: http://url.example/path",
         f"{p}:13: label 'aaaaaaaaaaaaaaaaaaaa'… longer than 63 bytes: {LONG_LABEL}.example",

@@ -69,6 +69,7 @@ that names their problem.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from ccxdp.datapath.settings import ACTIONS
@@ -80,6 +81,7 @@ from ccxdp.policy.formats.adblock import (
     _adblock_names,
 )
 from ccxdp.policy.formats.common import (
+    EXACT,
     FORMATS,
     SUBTREE,
     BadLine,
@@ -98,11 +100,17 @@ from ccxdp.policy.formats.hosts import _HOSTS_RUNS, _hosts_line, _hosts_lines, _
 from ccxdp.policy.formats.plain import _PLAIN_RUNS, _plain_line, _plain_lines
 from ccxdp.policy.formats.rpz import _RPZ_DEFAULT, RPZ_ORIGIN, _parse_rpz, _rpz_lines
 
-
 # -- parse -----------------------------------------------------------------------------------
-def parse_feed(path: Path, fmt: str = "auto", column: str | None = None) -> ParsedFeed:
+MATCH_OVERRIDE_FORMATS = ("plain", "hosts", "csv")
+
+
+def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
+               match: str | None = None) -> ParsedFeed:
     """Read a feed file. Lines that cannot be used are in .bad; a file that cannot be read
-    as the format at all raises FeedFormatError."""
+    as the format at all raises FeedFormatError. ``match="subtree"``: the names a format
+    lists exactly are listed with everything below them (DNS-tunnel C2 lists name the
+    domain whose random subdomains the beacons query); only for formats whose lines carry no
+    match of their own."""
     if fmt != "auto" and fmt not in FORMATS:
         raise FeedFormatError(f"unknown feed format {fmt!r} ({', '.join(FORMATS)})")
     text = _read_text(path)
@@ -115,6 +123,12 @@ def parse_feed(path: Path, fmt: str = "auto", column: str | None = None) -> Pars
             )
     if column is not None and fmt != "csv":
         raise FeedFormatError(f"{path}: a column can only be chosen in a CSV feed, not {fmt}")
+    if match not in (None, EXACT, SUBTREE):
+        raise FeedFormatError(f"{path}: match {match!r}: give exact or subtree")
+    if match == SUBTREE and fmt not in MATCH_OVERRIDE_FORMATS:
+        raise FeedFormatError(
+            f"{path}: {fmt} gives each entry its own match; --match is for "
+            f"{', '.join(MATCH_OVERRIDE_FORMATS)} files")
     with _gc_paused():
         if fmt == "rpz":
             b = _Builder(str(path), _RPZ_DEFAULT)
@@ -131,7 +145,11 @@ def parse_feed(path: Path, fmt: str = "auto", column: str | None = None) -> Pars
                 _parse_lines(b, text, _ADBLOCK_RUNS, _adblock_names, _adblock_line)
             else:
                 _parse_csv(b, text, column)
-        return b.finish(fmt)
+        parsed = b.finish(fmt)
+    if match == SUBTREE:
+        parsed.entries = [e if e.match != EXACT else replace(e, match=SUBTREE)
+                          for e in parsed.entries]
+    return parsed
 
 
 def export_feed(
