@@ -271,7 +271,7 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     path = Path(source.path or "")
     if not path.is_file():
         raise FeedError(f"feed {source.name!r}: {path}: no such file; nothing was changed")
-    data = path.read_bytes()
+    data = formats.read_feed_bytes(path)  # a gzip or zip file's contents
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
     digest = hashlib.sha256(options.encode() + data).hexdigest()

@@ -392,3 +392,16 @@ def test_a_dns_tunnel_c2_list_imported_as_subtrees_blocks_its_beacons(policy, tm
                 "a.test CNAME .")
     one_line_error(cli.run("feed", "add", "z", str(rpz), "--match", "subtree", check=False),
                    1, "rpz gives each entry its own match; --match is for plain, hosts, csv")
+
+
+def test_a_gzip_feed_is_synced_by_difference_like_any_file(policy, tmp_path):
+    import gzip
+
+    cli = policy.cli
+    feed = tmp_path / "names.txt.gz"
+    feed.write_bytes(gzip.compress(b"".join(b"n%d.test\n" % i for i in range(20))))
+    assert cli.json("feed", "add", "gz", str(feed))["entries"] == 20
+    feed.write_bytes(gzip.compress(b"".join(b"n%d.test\n" % i for i in range(1, 22))))
+    [r] = cli.json("feed", "sync", "gz")
+    assert (r["added"]["block"], r["removed"]["block"], r["entries"]) == (2, 1, 21)
+    assert "n21.test" in listed(policy) and "n0.test" not in listed(policy)

@@ -1022,3 +1022,30 @@ def test_many_names_with_duplicates_keep_first_lines(tmp_path):
     parsed = parse_feed(path, "plain")
     assert parsed.duplicates == 2100 - 700
     assert parsed.entries == [E(names[i], i + 1) for i in range(700)]
+
+
+def test_gzip_and_zip_files_are_read_as_what_they_hold(tmp_path, real_feeds):
+    import gzip
+    import zipfile
+
+    src = real_feeds / "urlhaus-filter.rpz"
+    plain = parse_feed(src)
+    gz = tmp_path / "feed.rpz.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    zipped = tmp_path / "feed.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(src, "urlhaus-filter.rpz")
+    for packed in (gz, zipped):
+        got = parse_feed(packed)
+        assert (got.format, got.entries) == ("rpz", plain.entries)
+        assert len(got.entries) == 2_689
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    with pytest.raises(FeedFormatError, match="a damaged or truncated archive"):
+        parse_feed(cut)
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as z:
+        z.writestr("a.txt", "a.test\n")
+        z.writestr("b.txt", "b.test\n")
+    with pytest.raises(FeedFormatError, match="a zip archive of 2 files; a feed is one"):
+        parse_feed(two)

@@ -93,6 +93,7 @@ from ccxdp.policy.formats.common import (
     _gc_paused,
     _parse_lines,
     _read_text,
+    read_feed_bytes,
 )
 from ccxdp.policy.formats.csv import NAME_COLUMNS, _csv_lines, _parse_csv
 from ccxdp.policy.formats.detect import _DETECT_BYTES, _detect, detect_format
@@ -175,4 +176,5 @@ def export_feed(
 __all__ = [
     "ACTIONS", "FORMATS", "NAME_COLUMNS", "BadLine", "ExportEntry", "FeedEntry",
     "FeedFormatError", "ParsedFeed", "detect_format", "export_feed", "parse_feed",
+    "read_feed_bytes",
 ]

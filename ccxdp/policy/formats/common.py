@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import codecs
 import gc
+import gzip
 import ipaddress
 import re
+import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -74,14 +77,47 @@ class ExportEntry:
 
 
 # -- reading ---------------------------------------------------------------------------------
+MAX_DECOMPRESSED = 1 << 30  # a compressed feed may hold this much: a bomb is refused
+
+
+def read_feed_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, a gzip file's or a one-member zip archive's contents transparently
+    (blocklist projects publish both), at most ``limit`` bytes when given."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            if head[:2] == b"\x1f\x8b":
+                return _bounded(path, gzip.GzipFile(fileobj=f), limit, "gzip")
+            if head == b"PK\x03\x04":
+                with zipfile.ZipFile(f) as z:
+                    members = [m for m in z.infolist() if not m.is_dir()]
+                    if len(members) != 1:
+                        raise FeedFormatError(
+                            f"{path}: a zip archive of {len(members)} files; a feed is one")
+                    with z.open(members[0]) as member:
+                        return _bounded(path, member, limit, "zip")
+            return f.read() if limit is None else f.read(limit)
+    except OSError as e:
+        raise FeedFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise FeedFormatError(f"{path}: a damaged or truncated archive: {e}") from None
+
+
+def _bounded(path: Path, stream, limit: int | None, kind: str) -> bytes:
+    data = stream.read((limit if limit is not None else MAX_DECOMPRESSED) + 1)
+    if limit is not None:
+        return data[:limit]
+    if len(data) > MAX_DECOMPRESSED:
+        raise FeedFormatError(
+            f"{path}: the {kind} file holds more than {MAX_DECOMPRESSED >> 20} MiB: refused")
+    return data
+
+
 def _read_text(path: Path, limit: int | None = None) -> str:
     """The file as text with LF line ends, ending in one. Bytes that are not UTF-8 become
     U+FFFD, which the careful paths report as "not UTF-8"."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read() if limit is None else f.read(limit)
-    except OSError as e:
-        raise FeedFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = read_feed_bytes(path, limit)
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     text = data.decode("utf-8", errors="replace")
