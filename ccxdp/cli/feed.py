@@ -125,6 +125,9 @@ def refusals_reported(as_json: bool):
 
 
 def source_options(f):
+    f = click.option("--min-confidence", type=click.IntRange(0, 100), metavar="N",
+                     help="ThreatFox CSV: skip the rows whose confidence_level is below N "
+                     "(each entry's category is its fk_malware family).")(f)
     f = click.option("--match", type=click.Choice(["subtree"]),
                      help="List each name the file gives exactly with every name below it "
                      "(plain, hosts and CSV files; DNS-tunnel C2 lists need it).")(f)
@@ -172,8 +175,8 @@ ALLOW_SHRINK = click.option(
 @ALLOW_SHRINK
 @json_option
 @pass_app
-def feed_add(app, name, path, fmt, column, action, category, skip_invalid, match, max_shrink,
-             allow_shrink, as_json):
+def feed_add(app, name, path, fmt, column, action, category, skip_invalid, match,
+             min_confidence, max_shrink, allow_shrink, as_json):
     """Register the feed NAME read from PATH, and load it.
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
@@ -192,7 +195,8 @@ def feed_add(app, name, path, fmt, column, action, category, skip_invalid, match
     share = max_shrink / 100 if max_shrink is not None else None
     with refusals_reported(as_json), progress_steps(as_json) as step:
         r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                           category, skip_invalid, step, share, allow_shrink, match)
+                           category, skip_invalid, step, share, allow_shrink, match,
+                           min_confidence)
     report(r, as_json)
 
 
@@ -301,8 +305,8 @@ def block_import_command():
                        "hand-made list).")
     @json_option
     @pass_app
-    def block_import(app, path, fmt, column, action, category, skip_invalid, match, replace,
-                     allow_shrink, as_json):
+    def block_import(app, path, fmt, column, action, category, skip_invalid, match,
+                     min_confidence, replace, allow_shrink, as_json):
         """Import a file of names once, as entries added by hand (no feed is registered).
 
         The swap is atomic: during it, names listed before and after stay blocked, and
@@ -317,7 +321,8 @@ def block_import_command():
         """
         with refusals_reported(as_json), progress_steps(as_json) as step:
             r = feeds.import_file(app.datapath(), app.catalog(), path, fmt, column, action,
-                                  category, skip_invalid, replace, step, allow_shrink, match)
+                                  category, skip_invalid, replace, step, allow_shrink, match,
+                                  min_confidence)
         report(r, as_json)
 
     return block_import

@@ -285,7 +285,7 @@ class Daemon:
         action = canonical_action(feed.action) if feed.action else "default"
         return (source.path == str(feed.path) and (source.format or "auto") == feed.format
                 and source.column == feed.column and source.action == action
-                and source.match == feed.match
+                and source.match == feed.match and source.min_confidence == feed.min_confidence
                 and category == normalize_category(feed.category or feed.name)
                 and bool(source.skip_invalid) == feed.skip_invalid)
 
@@ -307,7 +307,8 @@ class Daemon:
                 if catalog.source(feed.name) is None:
                     r = add_feed(self.dp, catalog, feed.name, feed.path, feed.format,
                                  feed.column, feed.action, feed.category, feed.skip_invalid,
-                                 max_shrink=feed.max_shrink, match=feed.match)
+                                 max_shrink=feed.max_shrink, match=feed.match,
+                                 min_confidence=feed.min_confidence)
                     why = "added"
                 else:
                     if catalog.source(feed.name).max_shrink != feed.max_shrink:

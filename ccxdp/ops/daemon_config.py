@@ -79,6 +79,7 @@ class Feed:
     refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
     max_shrink: float | None = None  # the share of its names a sync may remove; None: 0.5
     match: str | None = None  # "subtree": the file's exact names with everything below
+    min_confidence: int | None = None  # ThreatFox CSV: rows below it are skipped
 
 
 @dataclass(frozen=True)
@@ -323,12 +324,16 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         if match not in (None, "subtree"):
             r.fail("match", f"{match!r}: the only choice is \"subtree\" (leave it out for "
                             f"the format's own)")
+        confidence = r.get("min_confidence", (int,), None, "a number from 0 to 100")
+        if confidence is not None and not 0 <= confidence <= 100:
+            r.fail("min_confidence", f"{confidence} is not a number from 0 to 100")
         shrink = r.get("max_shrink", (int,), None, "a percentage (0 to 100)")
         if shrink is not None and not 0 <= shrink <= 100:
             r.fail("max_shrink", f"{shrink} is not a percentage from 0 to 100")
         r.done()
         feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh, shrink / 100 if shrink is not None else None, match))
+                          refresh, shrink / 100 if shrink is not None else None, match,
+                          confidence))
     return tuple(feeds)
 
 

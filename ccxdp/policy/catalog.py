@@ -86,7 +86,8 @@ CREATE TABLE sources (
     origin       TEXT,              -- feeds not read from a local file: where from (_ORIGIN)
     provenance   TEXT,              -- and what that copy is (a zone's serial, an ETag), JSON
     max_shrink   REAL,              -- feeds: the share of names a sync may remove; NULL: 0.5
-    match        TEXT               -- feeds: 'subtree' lists exact names with all below
+    match        TEXT,              -- feeds: 'subtree' lists exact names with all below
+    min_confidence INTEGER          -- feeds in ThreatFox CSV: rows below it are skipped
 )"""
 # A source's arrays live in files beside the catalog (arrays/<source>-<what>-<gen>.u64),
 # one row each here naming the current generation: rewriting tens of megabytes inside
@@ -139,7 +140,8 @@ _MANUAL_ROW = f"INSERT INTO sources (id, name, added_at) VALUES (1, '{MANUAL}', 
 _SOURCES_V5 = ["ALTER TABLE sources ADD COLUMN origin TEXT",
                "ALTER TABLE sources ADD COLUMN provenance TEXT",
                "ALTER TABLE sources ADD COLUMN max_shrink REAL",
-               "ALTER TABLE sources ADD COLUMN match TEXT"]
+               "ALTER TABLE sources ADD COLUMN match TEXT",
+               "ALTER TABLE sources ADD COLUMN min_confidence INTEGER"]
 _FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _LINE_EXEMPT,
           _META]
 
@@ -222,6 +224,7 @@ class Source:
     provenance: dict | None = None  # what the last good copy is (serial, ETag, ...)
     max_shrink: float | None = None  # the share of names a sync may remove; None: default
     match: str | None = None  # "subtree": a format's exact names listed with all below
+    min_confidence: int | None = None  # ThreatFox CSV: rows below this confidence skipped
 
     @property
     def is_feed(self) -> bool:
@@ -279,7 +282,8 @@ def _entry(kind: str, row: tuple, looks: dict[int, tuple[str, str, int]]) -> Cat
 
 
 _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_invalid, "
-                   "added_at, synced_at, digest, origin, provenance, max_shrink, match")
+                   "added_at, synced_at, digest, origin, provenance, max_shrink, match, "
+                   "min_confidence")
 
 
 class Catalog:
@@ -462,7 +466,7 @@ class Catalog:
         """Every source, in precedence order: manual first, then feeds as they were added."""
         rows = self.db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id")
         return [Source(*r[:7], bool(r[7]), restamp(r[8]), restamp(r[9]), r[10],
-                       _json(r[11]), _json(r[12]), r[13], r[14]) for r in rows]
+                       _json(r[11]), _json(r[12]), r[13], r[14], r[15]) for r in rows]
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources() if s.name == name), None)
@@ -470,14 +474,14 @@ class Catalog:
     def add_source(self, name: str, path: str, fmt: str, column: str | None,
                    action: str | None, category: int, skip_invalid: bool,
                    origin: dict | None = None, max_shrink: float | None = None,
-                   match: str | None = None) -> Source:
+                   match: str | None = None, min_confidence: int | None = None) -> Source:
         self.db.execute(
             "INSERT INTO sources (name, path, format, column_name, action, category, "
-            "skip_invalid, added_at, origin, max_shrink, match) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "skip_invalid, added_at, origin, max_shrink, match, min_confidence) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, path, fmt, column, action, category, int(skip_invalid), now(),
              json.dumps(origin, sort_keys=True) if origin is not None else None, max_shrink,
-             match),
+             match, min_confidence),
         )
         source = self.source(name)
         assert source is not None

@@ -116,10 +116,11 @@ def _refuse_bad(parsed: ParsedFeed, source: str) -> None:
 
 
 def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool,
-          source: str = MANUAL, match: str | None = None) -> ParsedFeed:
+          source: str = MANUAL, match: str | None = None,
+          min_confidence: int | None = None) -> ParsedFeed:
     if not path.is_file():
         raise FeedError(f"{path}: no such file")
-    parsed = formats.parse_feed(path, fmt, column, match)
+    parsed = formats.parse_feed(path, fmt, column, match, min_confidence)
     if parsed.bad and not skip_invalid:
         _refuse_bad(parsed, source)
     return parsed
@@ -232,6 +233,7 @@ def add_feed(
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
     max_shrink: float | None = None, allow_shrink: bool = False, match: str | None = None,
+    min_confidence: int | None = None,
 ) -> ImportResult:
     """Register a feed and sync it. A feed whose file is refused is not registered.
     ``max_shrink``: the share of its names a later sync may remove (default
@@ -246,7 +248,8 @@ def add_feed(
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
                                     catalog.category_id(category), skip_invalid,
-                                    max_shrink=check_max_shrink(max_shrink), match=match)
+                                    max_shrink=check_max_shrink(max_shrink), match=match,
+                                    min_confidence=min_confidence)
         return _sync(dp, catalog, source, progress, force=True, allow_shrink=allow_shrink)
 
 
@@ -288,7 +291,7 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         listings, names, snapshot = by_lines
     else:
         parsed = parse(path, source.format or "auto", source.column, source.skip_invalid,
-                       source.name, source.match)
+                       source.name, source.match, source.min_confidence)
         _fill(result, parsed)
         _step(progress, f"hashing {len(parsed.entries):,} names")
         hashed = hash_feed(parsed.entries, source.action or "default", source.category, key,
@@ -329,7 +332,8 @@ def _lines_stand_alone(fmt: str, data: bytes) -> bool:
 def _options(source: Source, key: HashKey) -> str:
     return repr((source.format, source.column, source.action, source.category,
                  source.skip_invalid, key.fingerprint)
-                + ((source.match,) if source.match else ()))  # old digests stay valid
+                + ((source.match,) if source.match else ())  # old digests stay valid
+                + ((source.min_confidence,) if source.min_confidence is not None else ()))
 
 
 def _line_snapshot(parsed: ParsedFeed, hashed: Hashed, data: bytes, key: HashKey
@@ -365,7 +369,8 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / path.name
         part.write_bytes(text)
-        parsed = formats.parse_feed(part, fmt, source.column, source.match)
+        parsed = formats.parse_feed(part, fmt, source.column, source.match,
+                                    source.min_confidence)
     if parsed.format != fmt:
         return None
     number = [i + 1 for i in fresh]
@@ -439,7 +444,7 @@ def import_file(
     dp: Datapath, catalog: Catalog, path: Path, fmt: str = "auto", column: str | None = None,
     action: str | None = None, category: str | None = None, skip_invalid: bool = False,
     replace: bool = False, progress: Progress | None = None, allow_shrink: bool = False,
-    match: str | None = None,
+    match: str | None = None, min_confidence: int | None = None,
 ) -> ImportResult:
     """Add a file's entries to the manual source (``replace``: make them its whole list).
     A file that lists no name is refused, and with ``replace`` it would empty the hand-made
@@ -449,7 +454,8 @@ def import_file(
     action = canonical_action(action) if action else "default"
     category = normalize_category(category) if category else None
     _step(progress, f"reading {Path(path).name}")
-    parsed = parse(Path(path), fmt, column, skip_invalid, match=match)
+    parsed = parse(Path(path), fmt, column, skip_invalid, match=match,
+                   min_confidence=min_confidence)
     result = ImportResult(MANUAL, str(path), fmt)
     _fill(result, parsed)
     with catalog.transaction():

@@ -873,6 +873,7 @@ def test_a_version_4_catalog_gains_origin_and_provenance(tmp_path):
         c.db.execute("ALTER TABLE sources DROP COLUMN provenance")
         c.db.execute("ALTER TABLE sources DROP COLUMN max_shrink")
         c.db.execute("ALTER TABLE sources DROP COLUMN match")
+        c.db.execute("ALTER TABLE sources DROP COLUMN min_confidence")
         c.db.execute("PRAGMA user_version=4")
     with Catalog(path) as c:
         assert c.db.execute("PRAGMA user_version").fetchone()[0] == 5

@@ -405,3 +405,37 @@ def test_a_gzip_feed_is_synced_by_difference_like_any_file(policy, tmp_path):
     [r] = cli.json("feed", "sync", "gz")
     assert (r["added"]["block"], r["removed"]["block"], r["entries"]) == (2, 1, 21)
     assert "n21.test" in listed(policy) and "n0.test" not in listed(policy)
+
+
+THREATFOX_HEADER = ('# "first_seen_utc","ioc_id","ioc_value","ioc_type","threat_type",'
+                    '"fk_malware","malware_alias","malware_printable","last_seen_utc",'
+                    '"confidence_level","reference","tags","anonymous","reporter"')
+
+
+def test_a_threatfox_export_gives_its_domains_with_their_family_above_a_confidence(
+        policy, tmp_path):
+    """abuse.ch ThreatFox's real CSV header (no genuine export could be had, see
+    ../shared/feeds/real/README.md): domain and url IOCs are taken, the family is the
+    category, --min-confidence drops the rows below it."""
+    cli = policy.cli
+    rows = [
+        ("2026-12-01 10:00:00", "1001", "c2.cobalt.test", "domain", "botnet_cc",
+         "win.cobalt_strike", "", "Cobalt Strike", "", "100", "", "", "0", "abuse_ch"),
+        ("2026-12-01 10:01:00", "1002", "http://drop.mirai.test/x.sh", "url", "payload",
+         "elf.mirai", "", "Mirai", "", "50", "", "", "0", "r1"),
+        ("2026-12-01 10:02:00", "1003", "198.18.9.9:443", "ip:port", "botnet_cc",
+         "win.qakbot", "", "QakBot", "", "100", "", "", "0", "r2"),
+        ("2026-12-01 10:03:00", "1004", "ab" * 32, "sha256_hash", "payload",
+         "win.qakbot", "", "QakBot", "", "100", "", "", "0", "r2"),
+        ("2026-12-01 10:04:00", "1005", "anon.test", "domain", "botnet_cc",
+         "unknown", "", "Unknown malware", "", "75", "", "", "1", "r3"),
+    ]
+    body = "".join(", ".join(f'"{c}"' for c in r) + "\n" for r in rows)
+    path = tmp_path / "threatfox.csv"
+    path.write_text(f"################\n# ThreatFox IOCs\n{THREATFOX_HEADER}\n{body}"
+                    "# Number of entries: 5\n")
+    r = cli.json("feed", "add", "threatfox", str(path), "--min-confidence", "75")
+    assert (r["entries"], r["column"], r["skipped"]) == (2, "ioc_value", {
+        "confidence below 75": 1, "IP address host": 1, "ioc_type sha256_hash": 1})
+    assert listed(policy) == {"c2.cobalt.test": ("exact", "default", "win.cobalt_strike"),
+                              "anon.test": ("exact", "default", "threatfox")}

@@ -653,11 +653,12 @@ def test_threatfox_csv(tmp_path):
     path = write(tmp_path, "threatfox.csv", THREATFOX, crlf=True)
     parsed = parse_feed(path)
     assert parsed.format == "csv"
+    # Each with its malware family (fk_malware) as the category.
     assert parsed.entries == [
-        E("dazayse.hi-lo.bet", 9),
-        E("malicious.example", 11),
-        E("evil.com", 13),
-        E("c2.xn--bcher-kva.example", 16),
+        E("dazayse.hi-lo.bet", 9, category="js.clearfake"),
+        E("malicious.example", 11, category="example"),
+        E("evil.com", 13, category="x"),
+        E("c2.xn--bcher-kva.example", 16, category="x"),
     ]
     assert parsed.duplicates == 1
     assert parsed.skipped == {"IP address host": 2, "ioc_type sha1_hash": 1,

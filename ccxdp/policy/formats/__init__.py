@@ -106,12 +106,13 @@ MATCH_OVERRIDE_FORMATS = ("plain", "hosts", "csv")
 
 
 def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
-               match: str | None = None) -> ParsedFeed:
+               match: str | None = None, min_confidence: int | None = None) -> ParsedFeed:
     """Read a feed file. Lines that cannot be used are in .bad; a file that cannot be read
     as the format at all raises FeedFormatError. ``match="subtree"``: the names a format
     lists exactly are listed with everything below them (DNS-tunnel C2 lists name the
     domain whose random subdomains the beacons query); only for formats whose lines carry no
-    match of their own."""
+    match of their own. ``min_confidence``: a ThreatFox export's rows below that
+    confidence_level are skipped (its fk_malware is each entry's category in any case)."""
     if fmt != "auto" and fmt not in FORMATS:
         raise FeedFormatError(f"unknown feed format {fmt!r} ({', '.join(FORMATS)})")
     text = _read_text(path)
@@ -124,6 +125,9 @@ def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
             )
     if column is not None and fmt != "csv":
         raise FeedFormatError(f"{path}: a column can only be chosen in a CSV feed, not {fmt}")
+    if min_confidence is not None and fmt != "csv":
+        raise FeedFormatError(f"{path}: --min-confidence is for CSV feeds (ThreatFox's), "
+                              f"not {fmt}")
     if match not in (None, EXACT, SUBTREE):
         raise FeedFormatError(f"{path}: match {match!r}: give exact or subtree")
     if match == SUBTREE and fmt not in MATCH_OVERRIDE_FORMATS:
@@ -145,7 +149,7 @@ def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
                 b.default = (BLOCK, SUBTREE, None, None)  # what ||name^ says
                 _parse_lines(b, text, _ADBLOCK_RUNS, _adblock_names, _adblock_line)
             else:
-                _parse_csv(b, text, column)
+                _parse_csv(b, text, column, min_confidence)
         parsed = b.finish(fmt)
     if match == SUBTREE:
         parsed.entries = [e if e.match != EXACT else replace(e, match=SUBTREE)

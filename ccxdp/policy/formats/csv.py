@@ -166,6 +166,46 @@ def _csv_value(b: _Builder, cell: str, lineno: int, attrs: _Attrs | None = None)
         b.name(host, lineno, value, attrs)
 
 
+class _ThreatFox:
+    """A ThreatFox export's malware family (fk_malware, e.g. win.cobalt_strike) as each
+    entry's category, and its confidence_level against ``min_confidence``."""
+
+    def __init__(self, names: list[str], min_confidence: int | None, value_col: int):
+        self.value_col = value_col
+        self.first: dict[str, str | None] = {}  # host -> the family its first row gave
+        self.family = names.index("fk_malware") if "fk_malware" in names else None
+        self.confidence = (names.index("confidence_level") if "confidence_level" in names
+                           else None)
+        self.min_confidence = min_confidence
+
+    def attrs(self, b: _Builder, row: list[str], lineno: int) -> _Attrs | None:
+        def cell(index: int | None) -> str:
+            return row[index].strip() if index is not None and index < len(row) else ""
+
+        if self.min_confidence is not None:
+            text = cell(self.confidence)
+            if not text.isdigit():
+                b.refuse(lineno, f"confidence_level {text!r} is not a number", ",".join(row))
+                return None
+            if int(text) < self.min_confidence:
+                b.skip(f"confidence below {self.min_confidence}")
+                return None
+        family = cell(self.family).lower()
+        category = family if _CATEGORY_LIKE.fullmatch(family) and family != "unknown" else None
+        # ThreatFox lists a host again under another family (a URL on a domain IOC's host):
+        # one name, its first family; not a conflict.
+        try:
+            host = (_host(cell(self.value_col)) or "").lower().rstrip(".")
+        except ValueError:
+            host = ""
+        if host:
+            category = self.first.setdefault(host, category)
+        return (BLOCK, EXACT, None, category)
+
+
+_CATEGORY_LIKE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62})")
+
+
 class _Semantic:
     """The kind, match, action and category columns of a file export_feed wrote."""
 
@@ -211,7 +251,8 @@ class _Semantic:
         return (kind, match, action, category)
 
 
-def _parse_csv(b: _Builder, text: str, column: str | None) -> None:
+def _parse_csv(b: _Builder, text: str, column: str | None,
+               min_confidence: int | None = None) -> None:
     header, start, first_line = _csv_layout(text)
     end = _csv_end(text, start)
     if end <= start:
@@ -225,6 +266,11 @@ def _parse_csv(b: _Builder, text: str, column: str | None) -> None:
     if "ioc_type" in names and names[col] in ("ioc_value", "ioc"):
         type_col = names.index("ioc_type")
     semantic = _Semantic(names) if "name" in names and "kind" in names else None
+    if semantic is None and ("fk_malware" in names or min_confidence is not None):
+        if min_confidence is not None and "confidence_level" not in names:
+            raise FeedFormatError(
+                f"{b.path}: --min-confidence needs a confidence_level column (ThreatFox's)")
+        semantic = _ThreatFox(names, min_confidence, col)
 
     if semantic is None:
         picked = _pick_by_pattern(text, start, end, first_raw, col, type_col)
