@@ -101,8 +101,13 @@ def render_result(r: feeds.ImportResult) -> Table:
 def report(r: feeds.ImportResult, as_json: bool) -> None:
     emit(as_json, result_json(r), lambda: render_result(r))
     if r.bad and not as_json:
-        for b in r.bad:
-            err_console().print(str(b), markup=False, highlight=False)
+        # As on a refusal: the first few, and how many more (--json lists every one).
+        for b in r.bad[:feeds.BAD_LINES_SHOWN]:  # one line each, however long
+            err_console().print(str(b), markup=False, highlight=False, soft_wrap=True)
+        more = len(r.bad) - feeds.BAD_LINES_SHOWN
+        if more > 0:
+            err_console().print(f"… and {more:,} more bad lines (--json lists them all)",
+                                markup=False, highlight=False)
 
 
 def refused_json(e: feeds.FeedError) -> dict | None:

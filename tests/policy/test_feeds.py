@@ -439,3 +439,13 @@ def test_a_threatfox_export_gives_its_domains_with_their_family_above_a_confiden
         "confidence below 75": 1, "IP address host": 1, "ioc_type sha256_hash": 1})
     assert listed(policy) == {"c2.cobalt.test": ("exact", "default", "win.cobalt_strike"),
                               "anon.test": ("exact", "default", "threatfox")}
+
+
+def test_skipped_bad_lines_are_capped_on_the_terminal_and_all_in_json(policy, tmp_path):
+    cli = policy.cli
+    path = write(tmp_path / "mixed.txt", "good.test", *(f"bad name {i}" for i in range(30)))
+    cp = cli.run("block", "import", str(path), "--skip-invalid")
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 21 and lines[-1] == "… and 10 more bad lines (--json lists them all)"
+    assert lines[0] == f"{path}:2: several fields, not one name: bad name 0"
+    assert len(cli.json("block", "import", str(path), "--skip-invalid")["bad_lines"]) == 30
