@@ -477,6 +477,10 @@ class Catalog:
         self.db.execute("DELETE FROM source_arrays WHERE source=?", (source_id,))  # swept after
         self.db.execute("DELETE FROM sources WHERE id=?", (source_id,))
 
+    def set_source_path(self, source_id: int, path: str) -> None:
+        """A feed's file, moved (a URL feed's new copy); written with the sync that reads it."""
+        self.db.execute("UPDATE sources SET path=? WHERE id=?", (path, source_id))
+
     def set_provenance(self, source_id: int, provenance: dict | None) -> None:
         """What the feed's last good copy is; written with the sync that applied it."""
         self.db.execute("UPDATE sources SET provenance=? WHERE id=?",

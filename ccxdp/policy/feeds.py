@@ -79,6 +79,7 @@ class ImportResult:
     lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
     seconds: float = 0.0
+    provenance: dict | None = None  # a feed from elsewhere (a URL): what its copy is
 
 
 def check_feed_name(name: str) -> str:
@@ -89,6 +90,15 @@ def check_feed_name(name: str) -> str:
             f"(not {MANUAL!r}, which names entries added by hand)"
         )
     return text
+
+
+def check_new_feed(catalog: Catalog, name: str) -> str:
+    """A name no feed has yet."""
+    name = check_feed_name(name)
+    if catalog.source(name) is not None:
+        raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
+                        "again; remove it first to change its options)")
+    return name
 
 
 def _refuse_bad(parsed: ParsedFeed) -> None:
@@ -192,30 +202,31 @@ def add_feed(
     dp: Datapath, catalog: Catalog, name: str, path: Path, fmt: str = "auto",
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
+    origin: dict | None = None, provenance: dict | None = None,
 ) -> ImportResult:
-    """Register a feed and sync it. A feed whose file is refused is not registered."""
-    name = check_feed_name(name)
-    if catalog.source(name) is not None:
-        raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
-                        "again; remove it first to change its options)")
+    """Register a feed and sync it. A feed whose file is refused is not registered.
+    ``origin``, ``provenance``: for a feed whose file is a copy from elsewhere (download.py)."""
+    name = check_new_feed(catalog, name)
     action = canonical_action(action) if action else "default"
     category = normalize_category(category or name)
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
-                                    catalog.category_id(category), skip_invalid)
-        return _sync(dp, catalog, source, progress, force=True)
+                                    catalog.category_id(category), skip_invalid, origin)
+        return _sync(dp, catalog, source, progress, True, provenance)
 
 
 def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | None = None,
-              force: bool = False) -> ImportResult:
+              force: bool = False, provenance: dict | None = None) -> ImportResult:
+    """Read the feed's file again and apply what changed; ``provenance``: what that file
+    is, when it is a copy from elsewhere, kept in the same transaction."""
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
-    return _sync(dp, catalog, source, progress, force)
+    return _sync(dp, catalog, source, progress, force, provenance)
 
 
 def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
-          force: bool) -> ImportResult:
+          force: bool, provenance: dict | None = None) -> ImportResult:
     started = time.perf_counter()
     path = Path(source.path or "")
     if not path.is_file():
@@ -224,10 +235,14 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
     digest = hashlib.sha256(options.encode() + data).hexdigest()
-    result = ImportResult(source.name, str(path), source.format or "auto")
+    result = ImportResult(source.name, str(path), source.format or "auto",
+                          provenance=provenance or source.provenance)
     if not force and digest == source.digest:
         result.unchanged = True
-        catalog.mark_synced(source.id, digest)
+        with catalog.transaction():
+            catalog.mark_synced(source.id, digest)
+            if provenance is not None:
+                catalog.set_provenance(source.id, provenance)
         result.seconds = time.perf_counter() - started
         return result
     _step(progress, f"reading {path.name}")
@@ -249,6 +264,8 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
                                names)
         catalog.set_line_snapshot(source.id, result.format, options, *snapshot)
         catalog.mark_synced(source.id, digest)
+        if provenance is not None:
+            catalog.set_provenance(source.id, provenance)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -362,6 +379,8 @@ def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
     with catalog.transaction():
         applied = apply(dp, catalog, {(source.id, k): Listing.empty() for k in KINDS}, {})
         catalog.remove_source(source.id)
+    if source.origin is not None and source.path:  # a copy ccxdp kept (a download): its own
+        Path(source.path).unlink(missing_ok=True)
     return applied
 
 
