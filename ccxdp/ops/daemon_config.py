@@ -29,6 +29,7 @@ from ccxdp.hits.fleet import check_uri, is_fleet
 from ccxdp.hits.location import check_resolver
 from ccxdp.notify.attribution import DEFAULT_LINE_ID_FIELD, LINE_ID_FIELDS
 from ccxdp.policy.catalog import normalize_category
+from ccxdp.policy.download import DEFAULT_MAX_BYTES, UrlOrigin, check_ca, check_url
 from ccxdp.policy.feeds import check_feed_name
 from ccxdp.policy.formats import FORMATS
 from ccxdp.policy.line_exempt import (
@@ -70,13 +71,14 @@ class Interface:
 @dataclass(frozen=True)
 class Feed:
     name: str
-    path: Path
+    path: Path | None  # None: the feed comes from `url`
     format: str = "auto"
     column: str | None = None
     action: str | None = None
     category: str | None = None
     skip_invalid: bool = False
     refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
+    url: UrlOrigin | None = None  # a feed downloaded over HTTPS (policy/download.py)
 
 
 @dataclass(frozen=True)
@@ -302,14 +304,7 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         name = r.convert("name", name, check_feed_name)
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
-        file = r.get("path", (str,), None, "a string")
-        if file is None:
-            r.fail("path", "missing (the feed's file)")
-        file_path = Path(file)
-        if not file_path.is_absolute():
-            file_path = (path.parent / file_path)
-        if not file_path.is_file():
-            r.fail("path", f"{file_path}: no such file")
+        file_path, url = _feed_source(r)
         fmt = r.choice("format", ("auto", *FORMATS), "auto")
         column = r.get("column", (str,), None, "a string")
         action = r.convert("action", r.get("action", (str,), None, "a string"), parse_action)
@@ -318,9 +313,39 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
         r.done()
-        feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh))
+        feeds.append(Feed(name, file_path, fmt, column, action, category, skip, refresh,
+                          url))
     return tuple(feeds)
+
+
+def _feed_source(r: _Reader) -> tuple[Path | None, UrlOrigin | None]:
+    """Where a [[feeds]] table's feed comes from: `path`, or `url` with its options."""
+    file = r.get("path", (str,), None, "a string")
+    url = r.get("url", (str,), None, "a string")
+    url_keys = [k for k in ("ca", "max_bytes", "insecure_http") if k in r.table]
+    if file is None and url is None:
+        r.fail("path", "missing (the feed's file; or url, where to download it)")
+    if file is not None and url is not None:
+        r.fail("url", "give path or url, not both")
+    if file is not None:
+        if url_keys:
+            r.fail(url_keys[0], "goes with url, not path")
+        file_path = Path(file)
+        if not file_path.is_absolute():
+            file_path = r.path.parent / file_path
+        if not file_path.is_file():
+            r.fail("path", f"{file_path}: no such file")
+        return file_path.resolve(), None
+    insecure = r.get("insecure_http", (bool,), False, "true or false")
+    r.convert("url", url, partial(check_url, insecure_http=insecure))
+    ca = r.get("ca", (str,), None, "a string (a PEM file)")
+    if ca is not None:
+        ca_path = Path(ca) if Path(ca).is_absolute() else r.path.parent / ca
+        ca = str(r.convert("ca", ca_path, check_ca))
+    max_bytes = r.get("max_bytes", (int,), DEFAULT_MAX_BYTES, "a whole number of bytes")
+    if max_bytes < 1:
+        r.fail("max_bytes", f"{max_bytes} must be 1 or more")
+    return None, UrlOrigin(url, ca, max_bytes, insecure)
 
 
 def _paths(r: _Reader, name: str) -> tuple[Path, ...]:
