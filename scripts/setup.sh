@@ -24,10 +24,10 @@ fi
 # brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
 # scripts/bench.sh (the load generator, the chart); man-db and groff-base show ccxdp(8);
 # postgresql is the fleet's hits store (the tests start their own servers with its initdb),
-# libpq5 is the client library psycopg loads.
+# libpq5 is the client library psycopg loads; openssl makes the HTTPS feed tests' certificates.
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
 	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd dnsperf
-	python3-matplotlib man-db groff-base postgresql libpq5)
+	python3-matplotlib man-db groff-base postgresql libpq5 openssl)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

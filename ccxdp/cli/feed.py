@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from rich.console import Group
 from rich.progress import (
     BarColumn,
     Progress,
@@ -17,11 +18,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
 from ccxdp.cli.types import ACTION, CATEGORY
-from ccxdp.policy import feeds, formats
+from ccxdp.policy import download, feeds, formats
 from ccxdp.policy.catalog import BLOCK, KINDS
 
 FORMAT = click.Choice(["auto", *formats.FORMATS])
@@ -66,15 +68,37 @@ def result_json(r: feeds.ImportResult) -> dict:
         "changed": dict(a.changed) if a else dict.fromkeys(KINDS, 0),
         "kernel_names": a.kernel_names if a else None,
         "seconds": round(r.seconds, 3),
+        "provenance": r.provenance,
     }
+
+
+def fetched_lines(provenance: dict | None) -> list[tuple[str, str]]:
+    """A URL feed's copy, as (label, text) rows; the server's words escaped."""
+    p = provenance or {}
+    if "url" not in p:
+        return []
+    got = p.get("compression") or ""
+    if got == "zip":
+        got = f"zip, member {download.shown(p.get('member'))}"
+    return [(k, v) for k, v in (
+        ("URL", download.redact(p["url"])),
+        ("ETag", download.shown(p["etag"]) if p.get("etag") else None),
+        ("Last-Modified", download.shown(p["last_modified"]) if p.get("last_modified")
+         else None),
+        ("fetched", f"{p.get('fetched_at')} ({p.get('bytes', 0):,} bytes{', ' if got else ''}"
+                    f"{got})"),
+        ("checked", p.get("checked_at")),
+    ) if v]
 
 
 def render_result(r: feeds.ImportResult) -> Table:
     j = result_json(r)
-    t = Table(title=f"{r.source}: {r.path}", show_header=False, title_justify="left")
+    where = download.redact(r.provenance["url"]) if r.provenance else r.path
+    t = Table(title=Text(f"{r.source}: {where}"), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
-    rows = [("format", r.format + (f", names from column {r.column}" if r.column else "")),
+    rows = [*fetched_lines(r.provenance),
+            ("format", r.format + (f", names from column {r.column}" if r.column else "")),
             ("entries in the file", f"{r.entries:,}")]
     if r.lines_read is not None:
         rows.append(("lines parsed", f"{r.lines_read:,} (new since the last sync)"))
@@ -94,7 +118,7 @@ def render_result(r: feeds.ImportResult) -> Table:
         rows.append(("names in the kernel", f"{j['kernel_names']:,}"))
     rows.append(("time", f"{r.seconds:.2f} s"))
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, Text(v))
     return t
 
 
@@ -172,7 +196,17 @@ ALLOW_SHRINK = click.option(
 
 @feed.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--url", help="Download the feed from this https:// URL instead of reading "
+              "PATH; every sync fetches it again (a conditional GET).")
+@click.option("--ca", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --url: trust only the CA certificates in this PEM file (default: "
+              "the system's).")
+@click.option("--max-bytes", type=click.IntRange(min=1),
+              help="With --url: refuse a body, or what it unpacks to, larger than this "
+              f"(default: {download.DEFAULT_MAX_BYTES:,}, 256 MiB).")
+@click.option("--insecure-http", is_flag=True,
+              help="With --url: allow a plain http:// URL, and redirects to one.")
 @source_options
 @click.option("--max-shrink", type=click.IntRange(0, 100), metavar="PERCENT",
               help=f"The share of its names a sync may remove before it is refused "
@@ -180,34 +214,48 @@ ALLOW_SHRINK = click.option(
 @ALLOW_SHRINK
 @json_option
 @pass_app
-def feed_add(app, name, path, fmt, column, action, category, skip_invalid, match,
-             min_confidence, max_shrink, allow_shrink, as_json):
-    """Register the feed NAME read from PATH, and load it.
+def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, action,
+             category, skip_invalid, match, min_confidence, max_shrink, allow_shrink, as_json):
+    """Register the feed NAME read from PATH (or downloaded from --url), and load it.
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
     (default: the feed's name). A name several sources list stays listed until all drop it;
     for its action and category, entries added by hand win over feeds, and earlier feeds
-    over later ones; its match is the broadest any source gives it.
+    over later ones; its match is the broadest any source gives it. A URL feed is
+    registered only when its download is complete and good; ccxdp keeps the last good copy.
 
     The shrink guard: a file that lists no name, or a later sync that would remove more than
     --max-shrink of the feed's names (a truncated download, an emptied file, a wrong
     --format), is refused and changes nothing, unless --allow-shrink.
 
     \b
-    Example:
+    Examples:
       ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
+      ccxdp feed add urlhaus --url https://urlhaus.abuse.ch/downloads/hostfile/
     """
+    if (path is None) == (url is None):
+        raise click.UsageError("give the feed's PATH or --url URL, one of them")
+    if url is None and (ca or max_bytes or insecure_http):
+        raise click.UsageError("--ca, --max-bytes and --insecure-http go with --url")
     share = max_shrink / 100 if max_shrink is not None else None
+    options = {"max_shrink": share, "allow_shrink": allow_shrink, "match": match,
+               "min_confidence": min_confidence}
     with refusals_reported(as_json), progress_steps(as_json) as step:
-        r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                           category, skip_invalid, step, share, allow_shrink, match,
-                           min_confidence)
+        if url is None:
+            r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
+                               category, skip_invalid, step, **options)
+        else:
+            origin = download.UrlOrigin.make(url, ca, max_bytes, insecure_http)
+            r = download.add_url_feed(app.datapath(), app.catalog(), name, origin, fmt,
+                                      column, action, category, skip_invalid, step,
+                                      feed_options=options)
     report(r, as_json)
 
 
 @feed.command("sync")
 @click.argument("names", nargs=-1)
-@click.option("--force", is_flag=True, help="Read the file even if it has not changed.")
+@click.option("--force", is_flag=True, help="Read the file even if it has not changed (a URL "
+              "feed: download it whatever its server says).")
 @ALLOW_SHRINK
 @json_option
 @pass_app
@@ -215,9 +263,10 @@ def feed_sync(app, names, force, allow_shrink, as_json):
     """Read feeds again (all, or the NAMES given) and apply what changed.
 
     Only the difference against what each feed listed is written, in one atomic swap of the
-    kernel's list: names that stay listed are never unlisted for a moment. A file that lists
-    no name, or that would remove more than the feed's max shrink of its names, is refused
-    and changes nothing, unless --allow-shrink.
+    kernel's list: names that stay listed are never unlisted for a moment. A URL feed is
+    downloaded again first (a 304 from its server costs no parse); a failed download changes
+    nothing. A file that lists no name, or that would remove more than the feed's max shrink
+    of its names, is refused and changes nothing, unless --allow-shrink.
 
     \b
     Examples:
@@ -229,9 +278,11 @@ def feed_sync(app, names, force, allow_shrink, as_json):
     results = []
     with progress_steps(as_json, max(len(wanted), 1)) as step:
         for name in wanted:
+            url_feed = download.is_url_feed(catalog.source(feeds.check_feed_name(name)))
+            sync = download.sync_url_feed if url_feed else feeds.sync_feed
             try:
-                results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force,
-                                               allow_shrink))
+                results.append(sync(app.datapath(), catalog, name, step, force,
+                                    allow_shrink=allow_shrink))
             except feeds.FeedError as e:
                 if as_json:  # the list so far, the refused one last
                     done = [result_json(r) for r in results]
@@ -250,7 +301,8 @@ def feed_sync(app, names, force, allow_shrink, as_json):
 @json_option
 @pass_app
 def feed_list(app, as_json):
-    """List the feeds: file, format, action, category, names listed, last sync.
+    """List the feeds: file or URL, format, action, category, names listed, last sync; for
+    a URL feed, its ETag, Last-Modified and last fetch.
 
     \b
     Example:
@@ -263,19 +315,32 @@ def feed_list(app, as_json):
         {"name": s.name, "path": s.path, "format": s.format, "column": s.column,
          "action": s.action, "category": categories.get(s.category),
          "skip_invalid": s.skip_invalid, "block": counts[s.id]["block"],
-         "allow": counts[s.id]["allow"], "added_at": s.added_at, "synced_at": s.synced_at}
+         "allow": counts[s.id]["allow"], "added_at": s.added_at, "synced_at": s.synced_at,
+         "origin": s.origin, "provenance": s.provenance}
         for s in catalog.sources() if s.is_feed
     ]
 
-    def table() -> Table:
+    def table() -> Table | Group:
         t = Table(title="feeds")
-        for col in ("name", "path", "format", "action", "category", "block", "allow",
+        for col in ("name", "path or URL", "format", "action", "category", "block", "allow",
                     "synced_at"):
             t.add_column(col, justify="right" if col in ("block", "allow") else "left")
         for r in rows:
-            t.add_row(r["name"], r["path"], r["format"], r["action"], r["category"] or "-",
-                      f"{r['block']:,}", f"{r['allow']:,}", r["synced_at"] or "-")
-        return t
+            url = (r["origin"] or {}).get("url")
+            t.add_row(r["name"], Text(download.redact(url) if url else r["path"] or "-"),
+                      r["format"], r["action"], r["category"] or "-", f"{r['block']:,}",
+                      f"{r['allow']:,}", r["synced_at"] or "-")
+        fetched = [(r["name"], dict(fetched_lines(r["provenance"]))) for r in rows]
+        fetched = [(name, f) for name, f in fetched if f]
+        if not fetched:
+            return t
+        d = Table(title="downloads: the last good copy of each URL feed")
+        columns = ("ETag", "Last-Modified", "fetched", "checked")
+        for col in ("name", *columns):
+            d.add_column(col)
+        for name, f in fetched:
+            d.add_row(name, *(Text(f.get(col) or "-") for col in columns))
+        return Group(t, d)
 
     emit(as_json, rows, table)
 

@@ -43,6 +43,7 @@ from ccxdp.ops.daemon_config import (
 )
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
 from ccxdp.policy.catalog import Catalog, normalize_category
+from ccxdp.policy.download import add_url_feed, redact, retry_delay, sync_url_feed
 from ccxdp.policy.exempt import set_line_prefixes
 from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
 from ccxdp.policy.line_exempt import current_prefixes, read_file, read_radacct
@@ -114,6 +115,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._next_sync: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # failed syncs in a row, per feed: the backoff
         self._file_stat: dict[str, tuple | None] = {}
         self._next_collect: float | None = None
         self._pid_fd: int | None = None
@@ -224,7 +226,7 @@ class Daemon:
             stat = _file_stat(feed.path)
             if now >= self._next_sync.get(feed.name, 0) or stat != self._file_stat.get(feed.name):
                 self._sync(feed, "changed" if stat != self._file_stat.get(feed.name)
-                           else "interval")
+                           else "retry" if self._failures.get(feed.name) else "interval")
         self._follow_sessions()
         if self._next_collect is not None and now >= self._next_collect:
             self.collect()
@@ -283,7 +285,9 @@ class Daemon:
             return False
         category = catalog.categories().get(source.category)
         action = canonical_action(feed.action) if feed.action else "default"
-        return (source.path == str(feed.path) and (source.format or "auto") == feed.format
+        where = (source.origin == feed.url.as_dict() if feed.url is not None
+                 else source.origin is None and source.path == str(feed.path))
+        return (where and (source.format or "auto") == feed.format
                 and source.column == feed.column and source.action == action
                 and source.match == feed.match and source.min_confidence == feed.min_confidence
                 and category == normalize_category(feed.category or feed.name)
@@ -297,6 +301,9 @@ class Daemon:
         registered (its file may have been refused before), removed and added again when its
         options in the config changed."""
         self._file_stat[feed.name] = _file_stat(feed.path)
+        if feed.url is not None:
+            self._sync_url(feed, why)
+            return
         try:
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
@@ -318,8 +325,34 @@ class Daemon:
         except (CcxdpError, OSError, sqlite3.Error) as e:  # OSError: BpfError too
             self._sync_failed(feed, e, why)
 
+    def _sync_url(self, feed: Feed, why: str) -> None:
+        """A URL feed, as _sync does a file, but downloaded without the datapath's lock
+        (download.py takes it to apply the copy): a slow server holds up no CLI call and no
+        collection. One attempt per turn; a failure is retried with backoff (_sync_failed)."""
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                if catalog.source(feed.name) is not None and not self._feed_matches(feed,
+                                                                                    catalog):
+                    with self.dp:
+                        remove_feed(self.dp, catalog, feed.name)
+                    self.log("feed_remove", feed=feed.name, reason="options changed")
+                    why = "options changed"
+                if catalog.source(feed.name) is None:
+                    r = add_url_feed(self.dp, catalog, feed.name, feed.url, feed.format,
+                                     feed.column, feed.action, feed.category,
+                                     feed.skip_invalid, attempts=1, feed_options={
+                                         "max_shrink": feed.max_shrink, "match": feed.match,
+                                         "min_confidence": feed.min_confidence})
+                    why = "added"
+                else:
+                    r = sync_url_feed(self.dp, catalog, feed.name, attempts=1)
+                self._synced(feed, catalog, r, why)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self._sync_failed(feed, e, why)
+
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
         self._next_sync[feed.name] = time.monotonic() + feed.refresh
+        self._failures.pop(feed.name, None)
         source = catalog.source(feed.name)
         counts = feed_counts(catalog).get(source.id, {}) if source else {}
         with self.state.lock:
@@ -328,6 +361,7 @@ class Daemon:
             fs.last_sync, fs.last_ok = time.time(), True
             fs.syncs["ok"] += 1
         fields = {"feed": feed.name, "why": why, "result": "unchanged" if r.unchanged else "ok",
+                  "url": redact(feed.url.url) if feed.url else None,
                   "names": counts.get("block", 0), "seconds": r.seconds}
         if r.applied is not None:
             fields.update(added=sum(r.applied.added.values()),
@@ -337,13 +371,17 @@ class Daemon:
         self.log("feed_sync", **fields)
 
     def _sync_failed(self, feed: Feed, e: Exception, why: str) -> None:
-        self._next_sync[feed.name] = time.monotonic() + feed.refresh
+        failures = self._failures[feed.name] = self._failures.get(feed.name, 0) + 1
+        # A file is read again as soon as it changes; a server is asked again with backoff.
+        delay = feed.refresh if feed.url is None else retry_delay(failures, feed.refresh)
+        self._next_sync[feed.name] = time.monotonic() + delay
         with self.state.lock:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
             fs.last_sync, fs.last_ok = time.time(), False
             fs.syncs["error"] += 1
         self.log("feed_sync", level="error", feed=feed.name, why=why, result="error",
-                 error=str(e).splitlines()[0])
+                 url=redact(feed.url.url) if feed.url else None,
+                 retry_in=delay if feed.url else None, error=str(e).splitlines()[0])
 
     # -- collection ---------------------------------------------------------------------
     def _store(self) -> StoreLocation:
@@ -603,6 +641,7 @@ class Daemon:
                 except (CcxdpError, OSError, sqlite3.Error) as e:
                     self.log("feed_remove", level="error", feed=name, error=str(e))
                 self._next_sync.pop(name, None)
+                self._failures.pop(name, None)
                 with self.state.lock:
                     self.state.feeds.pop(name, None)
         for feed in new.feeds:
@@ -623,7 +662,9 @@ class Daemon:
         self.log("reload", result="ok", config=str(new.path))
 
 
-def _file_stat(path: Path) -> tuple | None:
+def _file_stat(path: Path | None) -> tuple | None:
+    if path is None:  # a URL feed: no file of the operator's to watch
+        return None
     try:
         st = path.stat()
     except OSError:

@@ -29,6 +29,7 @@ from ccxdp.hits.fleet import check_uri, is_fleet
 from ccxdp.hits.location import check_resolver
 from ccxdp.notify.attribution import DEFAULT_LINE_ID_FIELD, LINE_ID_FIELDS
 from ccxdp.policy.catalog import normalize_category
+from ccxdp.policy.download import DEFAULT_MAX_BYTES, UrlOrigin, check_ca, check_url
 from ccxdp.policy.feeds import check_feed_name
 from ccxdp.policy.formats import FORMATS
 from ccxdp.policy.line_exempt import (
@@ -70,7 +71,7 @@ class Interface:
 @dataclass(frozen=True)
 class Feed:
     name: str
-    path: Path
+    path: Path | None  # None: the feed comes from `url`
     format: str = "auto"
     column: str | None = None
     action: str | None = None
@@ -80,6 +81,7 @@ class Feed:
     max_shrink: float | None = None  # the share of its names a sync may remove; None: 0.5
     match: str | None = None  # "subtree": the file's exact names with everything below
     min_confidence: int | None = None  # ThreatFox CSV: rows below it are skipped
+    url: UrlOrigin | None = None  # a feed downloaded over HTTPS (policy/download.py)
 
 
 @dataclass(frozen=True)
@@ -305,14 +307,7 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         name = r.convert("name", name, check_feed_name)
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
-        file = r.get("path", (str,), None, "a string")
-        if file is None:
-            r.fail("path", "missing (the feed's file)")
-        file_path = Path(file)
-        if not file_path.is_absolute():
-            file_path = (path.parent / file_path)
-        if not file_path.is_file():
-            r.fail("path", f"{file_path}: no such file")
+        file_path, url = _feed_source(r)
         fmt = r.choice("format", ("auto", *FORMATS), "auto")
         column = r.get("column", (str,), None, "a string")
         action = r.convert("action", r.get("action", (str,), None, "a string"), parse_action)
@@ -331,10 +326,40 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         if shrink is not None and not 0 <= shrink <= 100:
             r.fail("max_shrink", f"{shrink} is not a percentage from 0 to 100")
         r.done()
-        feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh, shrink / 100 if shrink is not None else None, match,
-                          confidence))
+        feeds.append(Feed(name, file_path, fmt, column, action, category, skip, refresh,
+                          shrink / 100 if shrink is not None else None, match, confidence,
+                          url))
     return tuple(feeds)
+
+
+def _feed_source(r: _Reader) -> tuple[Path | None, UrlOrigin | None]:
+    """Where a [[feeds]] table's feed comes from: `path`, or `url` with its options."""
+    file = r.get("path", (str,), None, "a string")
+    url = r.get("url", (str,), None, "a string")
+    url_keys = [k for k in ("ca", "max_bytes", "insecure_http") if k in r.table]
+    if file is None and url is None:
+        r.fail("path", "missing (the feed's file; or url, where to download it)")
+    if file is not None and url is not None:
+        r.fail("url", "give path or url, not both")
+    if file is not None:
+        if url_keys:
+            r.fail(url_keys[0], "goes with url, not path")
+        file_path = Path(file)
+        if not file_path.is_absolute():
+            file_path = r.path.parent / file_path
+        if not file_path.is_file():
+            r.fail("path", f"{file_path}: no such file")
+        return file_path.resolve(), None
+    insecure = r.get("insecure_http", (bool,), False, "true or false")
+    r.convert("url", url, partial(check_url, insecure_http=insecure))
+    ca = r.get("ca", (str,), None, "a string (a PEM file)")
+    if ca is not None:
+        ca_path = Path(ca) if Path(ca).is_absolute() else r.path.parent / ca
+        ca = str(r.convert("ca", ca_path, check_ca))
+    max_bytes = r.get("max_bytes", (int,), DEFAULT_MAX_BYTES, "a whole number of bytes")
+    if max_bytes < 1:
+        r.fail("max_bytes", f"{max_bytes} must be 1 or more")
+    return None, UrlOrigin(url, ca, max_bytes, insecure)
 
 
 def _paths(r: _Reader, name: str) -> tuple[Path, ...]:

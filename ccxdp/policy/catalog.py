@@ -494,6 +494,10 @@ class Catalog:
     def set_max_shrink(self, name: str, share: float | None) -> None:
         self.db.execute("UPDATE sources SET max_shrink=? WHERE name=?", (share, name))
 
+    def set_source_path(self, source_id: int, path: str) -> None:
+        """A feed's file, moved (a URL feed's new copy); written with the sync that reads it."""
+        self.db.execute("UPDATE sources SET path=? WHERE id=?", (path, source_id))
+
     def set_provenance(self, source_id: int, provenance: dict | None) -> None:
         """What the feed's last good copy is; written with the sync that applied it."""
         self.db.execute("UPDATE sources SET provenance=? WHERE id=?",

@@ -61,6 +61,9 @@ BAD_LINES_SHOWN = 20  # in an error message; --json and the result carry them al
 
 
 DEFAULT_MAX_SHRINK = 0.5  # a sync may remove at most half a feed's names unless told
+# The share is guarded from this many names up: a hand-kept list of a few names changes
+# by more than half as a matter of course; a cut download of a real feed does not.
+SHRINK_GUARDED_FROM = 20
 
 
 class FeedError(CcxdpError):
@@ -90,6 +93,7 @@ class ImportResult:
     lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
     seconds: float = 0.0
+    provenance: dict | None = None  # a feed from elsewhere (a URL): what its copy is
 
 
 def check_feed_name(name: str) -> str:
@@ -100,6 +104,15 @@ def check_feed_name(name: str) -> str:
             f"(not {MANUAL!r}, which names entries added by hand)"
         )
     return text
+
+
+def check_new_feed(catalog: Catalog, name: str) -> str:
+    """A name no feed has yet."""
+    name = check_feed_name(name)
+    if catalog.source(name) is not None:
+        raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
+                        "again; remove it first to change its options)")
+    return name
 
 
 def _refuse_bad(parsed: ParsedFeed, source: str) -> None:
@@ -140,7 +153,7 @@ def check_shrink(what: str, old: dict[str, Listing], new: dict[str, Listing],
             f"{'down from ' + format(before, ',') + ' names' if before else 'nothing to list'}"
             f": refused, nothing was changed (--allow-shrink applies it anyway)",
             result=result)
-    if not before:
+    if before < SHRINK_GUARDED_FROM:
         return
     removed = sum(len(set(old[k].hashes).difference(new[k].hashes)) for k in KINDS)
     if removed > max_shrink * before:
@@ -233,24 +246,23 @@ def add_feed(
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
     max_shrink: float | None = None, allow_shrink: bool = False, match: str | None = None,
-    min_confidence: int | None = None,
+    min_confidence: int | None = None, origin: dict | None = None,
+    provenance: dict | None = None,
 ) -> ImportResult:
     """Register a feed and sync it. A feed whose file is refused is not registered.
     ``max_shrink``: the share of its names a later sync may remove (default
     DEFAULT_MAX_SHRINK); ``allow_shrink``: register it even when the file lists no name;
-    ``match="subtree"``: its exact names listed with everything below (formats.parse_feed)."""
-    name = check_feed_name(name)
-    if catalog.source(name) is not None:
-        raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
-                        "again; remove it first to change its options)")
+    ``match="subtree"``: its exact names listed with everything below (formats.parse_feed);
+    ``origin``, ``provenance``: for a feed whose file is a copy from elsewhere (download.py)."""
+    name = check_new_feed(catalog, name)
     action = canonical_action(action) if action else "default"
     category = normalize_category(category or name)
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
-                                    catalog.category_id(category), skip_invalid,
+                                    catalog.category_id(category), skip_invalid, origin,
                                     max_shrink=check_max_shrink(max_shrink), match=match,
                                     min_confidence=min_confidence)
-        return _sync(dp, catalog, source, progress, force=True, allow_shrink=allow_shrink)
+        return _sync(dp, catalog, source, progress, True, allow_shrink, provenance)
 
 
 def check_max_shrink(share: float | None) -> float | None:
@@ -261,15 +273,19 @@ def check_max_shrink(share: float | None) -> float | None:
 
 
 def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | None = None,
-              force: bool = False, allow_shrink: bool = False) -> ImportResult:
+              force: bool = False, allow_shrink: bool = False,
+              provenance: dict | None = None) -> ImportResult:
+    """Read the feed's file again and apply what changed; ``provenance``: what that file
+    is, when it is a copy from elsewhere, kept in the same transaction."""
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
-    return _sync(dp, catalog, source, progress, force, allow_shrink)
+    return _sync(dp, catalog, source, progress, force, allow_shrink, provenance)
 
 
 def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
-          force: bool, allow_shrink: bool = False) -> ImportResult:
+          force: bool, allow_shrink: bool = False,
+          provenance: dict | None = None) -> ImportResult:
     started = time.perf_counter()
     path = Path(source.path or "")
     if not path.is_file():
@@ -278,10 +294,14 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
     digest = hashlib.sha256(options.encode() + data).hexdigest()
-    result = ImportResult(source.name, str(path), source.format or "auto")
+    result = ImportResult(source.name, str(path), source.format or "auto",
+                          provenance=provenance or source.provenance)
     if not force and digest == source.digest:
         result.unchanged = True
-        catalog.mark_synced(source.id, digest)
+        with catalog.transaction():
+            catalog.mark_synced(source.id, digest)
+            if provenance is not None:
+                catalog.set_provenance(source.id, provenance)
         result.seconds = time.perf_counter() - started
         return result
     _step(progress, f"reading {path.name}")
@@ -308,6 +328,8 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
                                names)
         catalog.set_line_snapshot(source.id, result.format, options, *snapshot)
         catalog.mark_synced(source.id, digest)
+        if provenance is not None:
+            catalog.set_provenance(source.id, provenance)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -428,6 +450,8 @@ def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
     with catalog.transaction():
         applied = apply(dp, catalog, {(source.id, k): Listing.empty() for k in KINDS}, {})
         catalog.remove_source(source.id)
+    if source.origin is not None and source.path:  # a copy ccxdp kept (a download): its own
+        Path(source.path).unlink(missing_ok=True)
     return applied
 
 

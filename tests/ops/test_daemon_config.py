@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from ccxdp.ops.daemon_config import ConfigError, Feed, Interface, SessionsConfig, load_config
+from ccxdp.policy.download import UrlOrigin
 from ccxdp.policy.line_exempt import Radacct
 from tests.conftest import one_line_error
+from tests.harness.https import certificates
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ccxdp.toml"
@@ -86,6 +88,23 @@ BAD = [
      "feeds[0].path", "no such file"),
     ("feed-bad-name", IFACE + '[[feeds]]\nname = "bad name"\npath = "FEED"\n',
      "feeds[0].name", "letters, digits"),
+    ("feed-no-path-or-url", IFACE + '[[feeds]]\nname = "cc"\n', "feeds[0].path",
+     "missing (the feed's file; or url"),
+    ("feed-path-and-url", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\n'
+     'url = "https://127.0.0.1/cc.txt"\n', "feeds[0].url", "give path or url, not both"),
+    ("feed-url-http", IFACE + '[[feeds]]\nname = "cc"\nurl = "http://127.0.0.1/cc.txt"\n',
+     "feeds[0].url", "plain http is refused"),
+    ("feed-url-password", IFACE + '[[feeds]]\nname = "cc"\n'
+     'url = "https://u:s3cret@127.0.0.1/cc.txt"\n', "feeds[0].url",
+     "https://***@127.0.0.1/cc.txt: a URL with a user name or password is refused"),
+    ("feed-url-ca-missing", IFACE + '[[feeds]]\nname = "cc"\nurl = "https://127.0.0.1/x"\n'
+     'ca = "/nonexistent/ca.pem"\n', "feeds[0].ca", "/nonexistent/ca.pem: no such file"),
+    ("feed-url-ca-not-pem", IFACE + '[[feeds]]\nname = "cc"\nurl = "https://127.0.0.1/x"\n'
+     'ca = "FEED"\n', "feeds[0].ca", "not a file of PEM CA certificates"),
+    ("feed-url-max-bytes", IFACE + '[[feeds]]\nname = "cc"\nurl = "https://127.0.0.1/x"\n'
+     'max_bytes = 0\n', "feeds[0].max_bytes", "1 or more"),
+    ("feed-path-with-ca", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\nca = "FEED"\n',
+     "feeds[0].ca", "goes with url, not path"),
     # The catalog's rule for category names (1-63 characters): a 64-character one used to
     # pass --check and then fail at every sync.
     ("feed-category-too-long", IFACE + '[[feeds]]\nname = "cc"\npath = "FEED"\ncategory = "'
@@ -199,6 +218,19 @@ def test_log_lines_are_logfmt_or_json():
     Log("json", out)("collect", level="warning", hits=3)
     record = json.loads(out.getvalue())
     assert (record["level"], record["event"], record["hits"]) == ("warning", "collect", 3)
+
+
+def test_a_url_feed_and_its_options(tmp_path):
+    ca = certificates(tmp_path).ca  # tmp_path/ca.pem
+    path = tmp_path / "c.toml"
+    path.write_text('[[feeds]]\nname = "cc"\nurl = "https://feeds.test/cc.txt.gz"\n'
+                    'ca = "ca.pem"\nmax_bytes = 1048576\nrefresh = 600\n'
+                    '[[feeds]]\nname = "plain"\nurl = "http://feeds.test/p.txt"\n'
+                    'insecure_http = true\n')
+    assert load_config(path).feeds == (
+        Feed("cc", None, refresh=600.0,
+             url=UrlOrigin("https://feeds.test/cc.txt.gz", str(ca), 1048576, False)),
+        Feed("plain", None, url=UrlOrigin("http://feeds.test/p.txt", None, 256 << 20, True)))
 
 
 @pytest.mark.root

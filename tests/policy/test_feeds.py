@@ -309,20 +309,25 @@ def test_a_sync_that_removes_too_many_names_is_refused_unless_allowed(policy, tm
     from tests.conftest import one_line_error
 
     cli = policy.cli
-    feed = write(tmp_path / "f.txt", *(f"n{i}.test" for i in range(10)))
+    feed = write(tmp_path / "f.txt", *(f"n{i}.test" for i in range(40)))
     cli.run("feed", "add", "f", str(feed))
-    write(feed, *(f"n{i}.test" for i in range(4)), "new.test")  # 6 of 10 go: 60%
+    write(feed, *(f"n{i}.test" for i in range(16)), "new.test")  # 24 of 40 go: 60%
     one_line_error(cli.run("feed", "sync", "f", check=False), 1,
-                   "feed 'f': the new list would remove 6 of its 10 names (60%, more than "
-                   "the 50% allowed) and keep 4: refused, nothing was changed")
-    assert len(listed(policy)) == 10
-    write(feed, *(f"n{i}.test" for i in range(5)))  # exactly half: allowed
-    assert cli.json("feed", "sync", "f")[0]["removed"]["block"] == 5
+                   "feed 'f': the new list would remove 24 of its 40 names (60%, more than "
+                   "the 50% allowed) and keep 16: refused, nothing was changed")
+    assert len(listed(policy)) == 40
+    write(feed, *(f"n{i}.test" for i in range(20)))  # exactly half: allowed
+    assert cli.json("feed", "sync", "f")[0]["removed"]["block"] == 20
     # A feed with a larger allowance, from the start.
-    g = write(tmp_path / "g.txt", *(f"g{i}.test" for i in range(10)))
+    g = write(tmp_path / "g.txt", *(f"g{i}.test" for i in range(40)))
     cli.run("feed", "add", "g", str(g), "--max-shrink", "80")
-    write(g, "g0.test", "g1.test", "g2.test")
-    assert cli.json("feed", "sync", "g")[0]["removed"]["block"] == 7
+    write(g, *(f"g{i}.test" for i in range(10)))
+    assert cli.json("feed", "sync", "g")[0]["removed"]["block"] == 30
+    # A list of fewer than 20 names changes freely (but never to nothing).
+    h = write(tmp_path / "h.txt", "a.test", "b.test")
+    cli.run("feed", "add", "h", str(h))
+    write(h, "c.test")
+    assert cli.json("feed", "sync", "h")[0]["removed"]["block"] == 2
 
 
 def test_a_file_that_lists_no_name_is_not_registered_nor_imported(policy, tmp_path):
