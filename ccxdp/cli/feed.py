@@ -20,8 +20,8 @@ from rich.table import Table
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
-from ccxdp.cli.types import ACTION, CATEGORY
-from ccxdp.policy import feeds, formats
+from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, TSIG_KEY, ZONE
+from ccxdp.policy import feeds, formats, transfer
 from ccxdp.policy.catalog import BLOCK, KINDS
 
 FORMAT = click.Choice(["auto", *formats.FORMATS])
@@ -64,6 +64,7 @@ def result_json(r: feeds.ImportResult) -> dict:
         "changed": dict(a.changed) if a else dict.fromkeys(KINDS, 0),
         "kernel_names": a.kernel_names if a else None,
         "seconds": round(r.seconds, 3),
+        "provenance": r.provenance,
     }
 
 
@@ -73,10 +74,15 @@ def render_result(r: feeds.ImportResult) -> Table:
     t.add_column(style="bold")
     t.add_column(justify="right")
     rows = [("format", r.format), ("entries in the file", f"{r.entries:,}")]
+    p = r.provenance or {}
+    if "serial" in p:
+        rows.append(("zone, serial", f"{p['zone']}, {p['serial']}"))
+        rows.append(("last transfer", f"{p['transfer']} at {p['transferred_at']}"))
     if r.lines_read is not None:
         rows.append(("lines parsed", f"{r.lines_read:,} (new since the last sync)"))
     if r.unchanged:
-        rows.append(("changes", "none: the file is as at the last sync"))
+        rows.append(("changes", "none: the zone is up to date" if "serial" in p
+                     else "none: the file is as at the last sync"))
     else:
         for what in ("added", "removed", "changed"):
             rows.append((f"{what} (block / allow)",
@@ -129,39 +135,72 @@ def feed():
     """
 
 
+def zone_options(f):
+    f = click.option("--tsig", type=TSIG_KEY, help="With --primary: sign the transfers with "
+                     "this TSIG key (BIND's keyfile, as tsig-keygen writes it, or Knot's).")(f)
+    f = click.option("--zone", type=ZONE, help="With --primary: the RPZ zone to transfer.")(f)
+    f = click.option("--primary", type=PRIMARY,
+                     help="Transfer the feed from this primary server (ADDRESS[:PORT]) instead "
+                     "of reading PATH: AXFR first, IXFR after.")(f)
+    return f
+
+
 @feed.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @source_options
+@zone_options
 @json_option
 @pass_app
-def feed_add(app, name, path, fmt, column, action, category, skip_invalid, as_json):
-    """Register the feed NAME read from PATH, and load it.
+def feed_add(app, name, path, fmt, column, action, category, skip_invalid, primary, zone,
+             tsig, as_json):
+    """Register the feed NAME read from PATH (or transferred from --primary), and load it.
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
     (default: the feed's name). A name several sources list stays listed until all drop it;
     entries added by hand win over feeds, and earlier feeds over later ones.
 
+    With --primary and --zone, the feed is an RPZ zone on that server: the last good copy
+    is kept in the state folder, and 'feed sync' (or the daemon, on the SOA's timers and on
+    NOTIFY) transfers what changed. A failed transfer changes nothing.
+
     \b
-    Example:
+    Examples:
       ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
+      ccxdp feed add rpz-cc --primary 192.0.2.53 --zone rpz.example --tsig /etc/ccxdp/x.key
     """
+    if (path is None) == (primary is None):
+        raise click.UsageError("give the feed's PATH, or --primary and --zone (not both)")
+    if primary is None and (zone or tsig):
+        raise click.UsageError("--zone and --tsig go with --primary")
+    if primary is not None and (zone is None or fmt != "auto" or column):
+        raise click.UsageError("--primary needs --zone, and takes no --format or --column "
+                               "(a zone is RPZ)")
+    if tsig is not None and tsig.warning:
+        err_console().print(f"warning: {tsig.warning}", markup=False, highlight=False)
     with progress_steps(as_json) as step:
-        r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                           category, skip_invalid, step)
+        if primary is not None:
+            origin = transfer.ZoneOrigin(primary, zone, tsig.path if tsig else None)
+            r = transfer.add_zone_feed(app.datapath(), app.catalog(), name, origin, action,
+                                       category, skip_invalid, step)
+        else:
+            r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column,
+                               action, category, skip_invalid, step)
     report(r, as_json)
 
 
 @feed.command("sync")
 @click.argument("names", nargs=-1)
-@click.option("--force", is_flag=True, help="Read the file even if it has not changed.")
+@click.option("--force", is_flag=True, help="Read the file even if it has not changed (a "
+              "zone: transfer it whole, AXFR).")
 @json_option
 @pass_app
 def feed_sync(app, names, force, as_json):
     """Read feeds again (all, or the NAMES given) and apply what changed.
 
     Only the difference against what each feed listed is written, in one atomic swap of the
-    kernel's list: names that stay listed are never unlisted for a moment.
+    kernel's list: names that stay listed are never unlisted for a moment. A zone feed is
+    transferred now (IXFR from the serial applied).
 
     \b
     Examples:
@@ -173,7 +212,7 @@ def feed_sync(app, names, force, as_json):
     results = []
     with progress_steps(as_json, max(len(wanted), 1)) as step:
         for name in wanted:
-            results.append(feeds.sync_feed(app.datapath(), catalog, name, step, force))
+            results.append(transfer.sync(app.datapath(), catalog, name, step, force))
     if as_json:
         emit(True, [result_json(r) for r in results], None)
         return
@@ -187,7 +226,8 @@ def feed_sync(app, names, force, as_json):
 @json_option
 @pass_app
 def feed_list(app, as_json):
-    """List the feeds: file, format, action, category, names listed, last sync.
+    """List the feeds: file (or zone, serial, last transfer), format, action, category,
+    names listed, last sync.
 
     \b
     Example:
@@ -200,21 +240,42 @@ def feed_list(app, as_json):
         {"name": s.name, "path": s.path, "format": s.format, "column": s.column,
          "action": s.action, "category": categories.get(s.category),
          "skip_invalid": s.skip_invalid, "block": counts[s.id]["block"],
-         "allow": counts[s.id]["allow"], "added_at": s.added_at, "synced_at": s.synced_at}
+         "allow": counts[s.id]["allow"], "added_at": s.added_at, "synced_at": s.synced_at,
+         "origin": s.origin, "provenance": s.provenance}
         for s in catalog.sources() if s.is_feed
     ]
 
+    zones = any((r["origin"] or {}).get("kind") == transfer.ZONE for r in rows)
+
     def table() -> Table:
         t = Table(title="feeds")
-        for col in ("name", "path", "format", "action", "category", "block", "allow",
-                    "synced_at"):
-            t.add_column(col, justify="right" if col in ("block", "allow") else "left")
+        columns = ["name", "path", "format", "action", "category", "block", "allow",
+                   "synced_at"]
+        if zones:
+            columns[1:2] = ["path or zone", "serial", "last transfer"]
+        for col in columns:
+            t.add_column(col, justify="right" if col in ("block", "allow", "serial")
+                         else "left")
         for r in rows:
-            t.add_row(r["name"], r["path"], r["format"], r["action"], r["category"] or "-",
-                      f"{r['block']:,}", f"{r['allow']:,}", r["synced_at"] or "-")
+            p = r["provenance"] or {}
+            cells = [r["name"], where(r), r["format"], r["action"], r["category"] or "-",
+                     f"{r['block']:,}", f"{r['allow']:,}", r["synced_at"] or "-"]
+            if zones:
+                last = (f"{p['transfer']} {p['transferred_at']}" if p.get("transferred_at")
+                        else "-")
+                cells[2:2] = [str(p.get("serial", "-")), last]
+            t.add_row(*cells)
         return t
 
     emit(as_json, rows, table)
+
+
+def where(row: dict) -> str:
+    """A feed's file, or for a zone feed its zone and primary."""
+    o = row["origin"] or {}
+    if o.get("kind") != transfer.ZONE:
+        return row["path"]
+    return f"{o['zone']} from {transfer.Primary(o['primary'], o['port'])}"
 
 
 @feed.command("remove")

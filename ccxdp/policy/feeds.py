@@ -79,6 +79,7 @@ class ImportResult:
     lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
     seconds: float = 0.0
+    provenance: dict | None = None  # a copy fetched from elsewhere: what it is (transfer.py)
 
 
 def check_feed_name(name: str) -> str:
@@ -192,8 +193,11 @@ def add_feed(
     dp: Datapath, catalog: Catalog, name: str, path: Path, fmt: str = "auto",
     column: str | None = None, action: str | None = None, category: str | None = None,
     skip_invalid: bool = False, progress: Progress | None = None,
+    origin: dict | None = None, provenance: dict | None = None,
 ) -> ImportResult:
-    """Register a feed and sync it. A feed whose file is refused is not registered."""
+    """Register a feed and sync it. A feed whose file is refused is not registered.
+    ``origin``: where a copy fetched from elsewhere comes from (``path`` is then the copy);
+    ``provenance``: what that copy is, kept with the sync that applies it."""
     name = check_feed_name(name)
     if catalog.source(name) is not None:
         raise FeedError(f"feed {name!r} exists already ('ccxdp feed sync {name}' reads it "
@@ -202,20 +206,21 @@ def add_feed(
     category = normalize_category(category or name)
     with catalog.transaction():
         source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
-                                    catalog.category_id(category), skip_invalid)
-        return _sync(dp, catalog, source, progress, force=True)
+                                    catalog.category_id(category), skip_invalid,
+                                    origin=origin)
+        return _sync(dp, catalog, source, progress, force=True, provenance=provenance)
 
 
 def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | None = None,
-              force: bool = False) -> ImportResult:
+              force: bool = False, provenance: dict | None = None) -> ImportResult:
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
-    return _sync(dp, catalog, source, progress, force)
+    return _sync(dp, catalog, source, progress, force, provenance)
 
 
 def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
-          force: bool) -> ImportResult:
+          force: bool, provenance: dict | None = None) -> ImportResult:
     started = time.perf_counter()
     path = Path(source.path or "")
     if not path.is_file():
@@ -224,10 +229,14 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
     digest = hashlib.sha256(options.encode() + data).hexdigest()
-    result = ImportResult(source.name, str(path), source.format or "auto")
+    result = ImportResult(source.name, str(path), source.format or "auto",
+                          provenance=provenance)
     if not force and digest == source.digest:
         result.unchanged = True
-        catalog.mark_synced(source.id, digest)
+        with catalog.transaction():
+            catalog.mark_synced(source.id, digest)
+            if provenance is not None:
+                catalog.set_provenance(source.id, provenance)
         result.seconds = time.perf_counter() - started
         return result
     _step(progress, f"reading {path.name}")
@@ -249,6 +258,8 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
                                names)
         catalog.set_line_snapshot(source.id, result.format, options, *snapshot)
         catalog.mark_synced(source.id, digest)
+        if provenance is not None:
+            catalog.set_provenance(source.id, provenance)
     result.seconds = time.perf_counter() - started
     return result
 
