@@ -38,6 +38,7 @@ from ccxdp.policy.line_exempt import (
     check_conninfo,
     check_identifier,
 )
+from ccxdp.policy.transfer import ZoneOrigin, check_zone, parse_primary, read_tsig
 
 ON_STOP = ("keep", "detach")
 LOG_FORMATS = ("logfmt", "json")
@@ -70,13 +71,14 @@ class Interface:
 @dataclass(frozen=True)
 class Feed:
     name: str
-    path: Path
+    path: Path | None  # None: a zone feed
     format: str = "auto"
     column: str | None = None
     action: str | None = None
     category: str | None = None
     skip_invalid: bool = False
     refresh: float = DEFAULT_FEED_REFRESH  # seconds between reads when the file is unchanged
+    zone: ZoneOrigin | None = None  # a feed by zone transfer: refreshed on its SOA's timers
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Config:
     retention_days: float = 0.0
     expire_unattributed: bool = False  # rows no line claimed go too once that old
     metrics_listen: tuple[str, int] | None = None
+    notify_listen: tuple[str, int] | None = None  # [feeds_notify]: NOTIFY from primaries
     sessions: SessionsConfig | None = None  # None: line-derived prefixes are left alone
     on_stop: str = "keep"
     log_format: str = "logfmt"
@@ -192,6 +195,7 @@ def parse_config(path: Path, data: dict) -> Config:
     feeds_raw = top.get("feeds", (list,), [], "an array of tables ([[feeds]])")
     collect = _Reader(path, top.get("collect", (dict,), {}, "a table"), "collect.")
     metrics = _Reader(path, top.get("metrics", (dict,), {}, "a table"), "metrics.")
+    notify = _Reader(path, top.get("feeds_notify", (dict,), {}, "a table"), "feeds_notify.")
     sessions_raw = top.get("sessions", (dict,), None, "a table")
     top.done()
     # Checked in the file's order of tables, so that the first mistake is the one reported.
@@ -211,6 +215,8 @@ def parse_config(path: Path, data: dict) -> Config:
     collect.done()
     listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
     metrics.done()
+    notify_listen = notify.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
+    notify.done()
     sessions = _sessions(path, sessions_raw) if sessions_raw is not None else None
     return Config(
         path=path,
@@ -226,6 +232,8 @@ def parse_config(path: Path, data: dict) -> Config:
         retention_days=float(retention),
         expire_unattributed=expire_unattributed,
         metrics_listen=_listen(path, listen) if listen is not None else None,
+        notify_listen=(_listen(path, notify_listen, "feeds_notify.listen")
+                       if notify_listen is not None else None),
         sessions=sessions,
         on_stop=on_stop,
         log_format=log_format,
@@ -303,13 +311,19 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
         file = r.get("path", (str,), None, "a string")
-        if file is None:
-            r.fail("path", "missing (the feed's file)")
-        file_path = Path(file)
-        if not file_path.is_absolute():
-            file_path = (path.parent / file_path)
-        if not file_path.is_file():
-            r.fail("path", f"{file_path}: no such file")
+        if file is not None and "primary" in r.table:
+            r.fail("primary", "give path (a file) or primary (a zone transfer), not both")
+        zone = _zone_origin(r) if file is None else None
+        if file is not None:
+            file_path = Path(file)
+            if not file_path.is_absolute():
+                file_path = (path.parent / file_path)
+            if not file_path.is_file():
+                r.fail("path", f"{file_path}: no such file")
+        if zone is not None and ({"format", "column", "refresh"} & set(r.table)):
+            key = min({"format", "column", "refresh"} & set(r.table))
+            r.fail(key, "not for a zone feed: its format is RPZ, and its SOA's refresh, "
+                   "retry and expire (and NOTIFY) say when it is transferred")
         fmt = r.choice("format", ("auto", *FORMATS), "auto")
         column = r.get("column", (str,), None, "a string")
         action = r.convert("action", r.get("action", (str,), None, "a string"), parse_action)
@@ -318,9 +332,28 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         skip = r.get("skip_invalid", (bool,), False, "true or false")
         refresh = r.seconds("refresh", DEFAULT_FEED_REFRESH)
         r.done()
-        feeds.append(Feed(name, file_path.resolve(), fmt, column, action, category, skip,
-                          refresh))
+        feeds.append(Feed(name, file_path.resolve() if zone is None else None, fmt, column,
+                          action, category, skip, refresh, zone))
     return tuple(feeds)
+
+
+def _zone_origin(r: _Reader) -> ZoneOrigin:
+    """A feed without a path: primary and zone (and tsig, a key file), or a mistake."""
+    if "primary" not in r.table:
+        if "zone" in r.table or "tsig" in r.table:
+            r.fail("primary", "missing (the server to transfer the zone from)")
+        r.fail("path", "missing (the feed's file; or primary and zone, for a zone transfer)")
+    primary = r.convert("primary", r.get("primary", (str,), None, 'a string '
+                                         '("ADDRESS[:PORT]")'), parse_primary)
+    zone = r.get("zone", (str,), None, "a string")
+    if zone is None:
+        r.fail("zone", "missing (the RPZ zone to transfer from the primary)")
+    zone = r.convert("zone", zone, check_zone)
+    tsig = r.get("tsig", (str,), None, "a string (a key file)")
+    if tsig is not None:
+        key_path = Path(tsig) if Path(tsig).is_absolute() else r.path.parent / tsig
+        tsig = r.convert("tsig", key_path, read_tsig).path
+    return ZoneOrigin(primary, zone, tsig)
 
 
 def _paths(r: _Reader, name: str) -> tuple[Path, ...]:
@@ -367,19 +400,18 @@ def _sessions(path: Path, table: dict) -> SessionsConfig:
     return SessionsConfig(radius_csv, leases, line_id_from, radacct, interval)
 
 
-def _listen(path: Path, text: str) -> tuple[str, int]:
+def _listen(path: Path, text: str, key: str = "metrics.listen") -> tuple[str, int]:
     """"198.18.0.10:9108" or "[fd00::10]:9108" -> (address, port)."""
     m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
     if not m:
-        raise ConfigError(path, "metrics.listen",
-                          f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+        raise ConfigError(path, key, f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
     host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(path, "metrics.listen", f"{host!r} is not an IP address") from None
+        raise ConfigError(path, key, f"{host!r} is not an IP address") from None
     if not 1 <= int(port) <= 65535:
-        raise ConfigError(path, "metrics.listen", f"port {port} is outside 1..65535")
+        raise ConfigError(path, key, f"port {port} is outside 1..65535")
     return host, int(port)
 
 

@@ -405,6 +405,8 @@ def _reason(e: BaseException, timeout: float) -> str:
         return "the primary closed the connection before the transfer was complete"
     if isinstance(e, dns.exception.Timeout | socket.timeout | TimeoutError):
         return f"no answer from the primary within {timeout:g} s"
+    if isinstance(e, ConnectionResetError):
+        return "the connection was reset before the transfer was complete"
     if isinstance(e, ConnectionRefusedError):
         return "connection refused (is the primary listening on that port?)"
     if isinstance(e, dns.xfr.TransferError):
