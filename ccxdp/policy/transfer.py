@@ -22,6 +22,7 @@ import binascii
 import ipaddress
 import os
 import re
+import selectors
 import socket
 import stat
 import threading
@@ -692,50 +693,93 @@ def answer_notify(wire: bytes, sender: str, watched: list[Watched]
 
 
 class NotifyListener:
-    """A UDP socket answering NOTIFY in a thread of its own. ``on_event`` is called for
-    every datagram answered or dropped (the daemon queues them, to act and log in its own
-    loop); ``watched`` gives the zones accepted now (the config may be reloaded)."""
+    """UDP and TCP sockets on one address answering NOTIFY, in a thread of their own (Knot
+    sends NOTIFY over TCP, BIND over UDP). ``on_event`` is called for every message answered
+    or dropped (the daemon queues them, to act and log in its own loop); ``watched`` gives
+    the zones accepted now (the config may be reloaded)."""
+
+    TCP_IDLE = 5.0  # seconds a TCP connection may wait for its next message
 
     def __init__(self, address: str, port: int, watched: Callable[[], list[Watched]],
                  on_event: Callable[[NotifyEvent], None]):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.tcp = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.sock.bind((address, port))
+            self.udp.bind((address, port))
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind((address, self.udp.getsockname()[1]))
+            self.tcp.listen(16)
         except OSError:
-            self.sock.close()
+            self.udp.close()
+            self.tcp.close()
             raise
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()
+        self.address = self.udp.getsockname()
         self.watched = watched
         self.on_event = on_event
         self._stop = False
         self.thread = threading.Thread(target=self._serve, name="ccxdp-notify", daemon=True)
         self.thread.start()
 
+    def _answer(self, wire: bytes, sender: str) -> bytes | None:
+        try:
+            reply, event = answer_notify(wire, sender, self.watched())
+        except Exception as e:  # noqa: BLE001 - one bad message must not stop the thread
+            reply, event = None, NotifyEvent(sender, None, None, "none", type(e).__name__)
+        self.on_event(event)
+        return reply
+
     def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.udp, selectors.EVENT_READ)
+        sel.register(self.tcp, selectors.EVENT_READ)
         while not self._stop:
-            try:
-                wire, sender = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop:
-                    return
-                continue
-            try:
-                reply, event = answer_notify(wire, sender[0], self.watched())
-            except Exception as e:  # noqa: BLE001 - one bad datagram must not stop the thread
-                reply, event = None, NotifyEvent(sender[0], None, None, "none",
-                                                 f"{type(e).__name__}")
-            if reply is not None:
+            for key, _ in sel.select(timeout=0.2):
                 try:
-                    self.sock.sendto(reply, sender)
+                    if key.fileobj is self.udp:
+                        wire, sender = self.udp.recvfrom(65535)
+                        reply = self._answer(wire, sender[0])
+                        if reply is not None:
+                            self.udp.sendto(reply, sender)
+                    else:
+                        conn, sender = self.tcp.accept()
+                        threading.Thread(target=self._stream, args=(conn, sender[0]),
+                                         daemon=True).start()
                 except OSError:
-                    pass
-            self.on_event(event)
+                    if self._stop:
+                        return
+        sel.close()
+
+    def _stream(self, conn: socket.socket, sender: str) -> None:
+        """NOTIFY over TCP: length-prefixed messages until the primary closes or idles."""
+        with conn:
+            conn.settimeout(self.TCP_IDLE)
+            try:
+                while not self._stop:
+                    head = _read_exactly(conn, 2)
+                    if head is None:
+                        return
+                    wire = _read_exactly(conn, int.from_bytes(head, "big"))
+                    if wire is None:
+                        return
+                    reply = self._answer(wire, sender)
+                    if reply is not None:
+                        conn.sendall(len(reply).to_bytes(2, "big") + reply)
+            except OSError:
+                return
 
     def stop(self) -> None:
         self._stop = True
         self.thread.join(timeout=2)
-        self.sock.close()
+        self.udp.close()
+        self.tcp.close()
+
+
+def _read_exactly(conn: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        got = conn.recv(count - len(data))
+        if not got:
+            return None
+        data += got
+    return data
