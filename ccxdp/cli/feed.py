@@ -167,7 +167,7 @@ def feed_add(app, name, path, fmt, column, action, category, skip_invalid, prima
     \b
     Examples:
       ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
-      ccxdp feed add rpz-cc --primary 192.0.2.53 --zone rpz.example --tsig /etc/ccxdp/x.key
+      ccxdp feed add rpz-cc --primary 192.0.2.53:5300 --zone rpz.example
     """
     if (path is None) == (primary is None):
         raise click.UsageError("give the feed's PATH, or --primary and --zone (not both)")

@@ -21,6 +21,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import queue
 import re
 import selectors
 import socket
@@ -452,8 +453,7 @@ def fetch(origin: ZoneOrigin, base: Source | None = None, force: bool = False,
             keyname=dns.name.from_text(key.name) if key else None,
             keyalgorithm=key.algorithm if key else dns.tsig.default_algorithm,
         )
-        dns.query.inbound_xfr(origin.primary.address, copy, query, port=origin.primary.port,
-                              timeout=timeout, lifetime=TRANSFER_LIFETIME)
+        _inbound(origin.primary, copy, query, serial_asked, timeout)
     except (dns.exception.DNSException, EOFError, OSError, ValueError) as e:
         raise TransferError(f"{origin.where()}: {_reason(e, timeout)}; nothing was "
                             "changed") from None
@@ -471,6 +471,59 @@ def fetch(origin: ZoneOrigin, base: Source | None = None, force: bool = False,
     serial, refresh, retry, expire = soa
     return Fetched(origin, kind, serial_asked, None if kind == UP_TO_DATE else copy, serial,
                    (refresh, retry, expire), seconds, key.warning if key else None)
+
+
+def _inbound(primary: Primary, copy: ZoneCopy, query: dns.message.Message,
+             serial: int | None, timeout: float) -> None:
+    """dns.query.inbound_xfr, but the stream is read by a thread of its own as fast as it
+    comes: parsing a million records takes longer than a primary waits for a secondary that
+    stops reading (knotd dropped a 1,000,000-name AXFR midway before this)."""
+    frames: queue.SimpleQueue = queue.SimpleQueue()
+    wire = query.to_wire()
+    deadline = time.monotonic() + TRANSFER_LIFETIME
+    with socket.create_connection((primary.address, primary.port), timeout=timeout) as s:
+        s.sendall(len(wire).to_bytes(2, "big") + wire)
+
+        def read() -> None:
+            try:
+                while True:
+                    head = _read_exactly(s, 2)
+                    body = _read_exactly(s, int.from_bytes(head, "big")) if head else None
+                    frames.put(body if body is not None else EOFError())
+                    if body is None:
+                        return
+            except OSError as e:
+                frames.put(e)
+
+        reader = threading.Thread(target=read, name="ccxdp-xfr", daemon=True)
+        reader.start()
+        rdtype = query.question[0].rdtype
+        try:
+            with dns.xfr.Inbound(copy, rdtype, serial) as inbound:
+                done, first, tsig_ctx = False, True, None
+                while not done:
+                    try:
+                        item = frames.get(timeout=max(0.0, min(timeout,
+                                                               deadline - time.monotonic())))
+                    except queue.Empty:
+                        raise dns.exception.Timeout from None
+                    if isinstance(item, BaseException):
+                        raise item
+                    r = dns.message.from_wire(item, keyring=query.keyring,
+                                              request_mac=query.mac, xfr=True,
+                                              tsig_ctx=tsig_ctx, multi=True,
+                                              one_rr_per_rrset=rdtype == dns.rdatatype.IXFR)
+                    if not query.is_response(r, xfr_continuation=not first):
+                        raise dns.query.BadResponse
+                    first = False
+                    done = inbound.process_message(r)
+                    tsig_ctx = r.tsig_ctx
+        finally:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # ends the reader's recv
+            except OSError:
+                pass
+            reader.join(timeout=5)
 
 
 def _provenance(fetched: Fetched, before: dict | None) -> dict:
