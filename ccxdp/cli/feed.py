@@ -20,7 +20,8 @@ from rich.table import Table
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
-from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, TSIG_KEY, ZONE
+from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, ZONE
+from ccxdp.errors import CcxdpError
 from ccxdp.policy import feeds, formats, transfer
 from ccxdp.policy.catalog import BLOCK, KINDS
 
@@ -136,8 +137,9 @@ def feed():
 
 
 def zone_options(f):
-    f = click.option("--tsig", type=TSIG_KEY, help="With --primary: sign the transfers with "
-                     "this TSIG key (BIND's keyfile, as tsig-keygen writes it, or Knot's).")(f)
+    f = click.option("--tsig", type=click.Path(path_type=Path, dir_okay=False),
+                     help="With --primary: sign the transfers with this TSIG key (BIND's "
+                     "keyfile, as tsig-keygen writes it, or Knot's).")(f)
     f = click.option("--zone", type=ZONE, help="With --primary: the RPZ zone to transfer.")(f)
     f = click.option("--primary", type=PRIMARY,
                      help="Transfer the feed from this primary server (ADDRESS[:PORT]) instead "
@@ -176,8 +178,13 @@ def feed_add(app, name, path, fmt, column, action, category, skip_invalid, prima
     if primary is not None and (zone is None or fmt != "auto" or column):
         raise click.UsageError("--primary needs --zone, and takes no --format or --column "
                                "(a zone is RPZ)")
-    if tsig is not None and tsig.warning:
-        err_console().print(f"warning: {tsig.warning}", markup=False, highlight=False)
+    if tsig is not None:
+        try:  # read here, not by the parameter type: examples name key files not present
+            tsig = transfer.read_tsig(tsig)
+        except CcxdpError as e:
+            raise click.BadParameter(str(e), param_hint="'--tsig'") from None
+        if tsig.warning:
+            err_console().print(f"warning: {tsig.warning}", markup=False, highlight=False)
     with progress_steps(as_json) as step:
         if primary is not None:
             origin = transfer.ZoneOrigin(primary, zone, tsig.path if tsig else None)

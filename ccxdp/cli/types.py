@@ -15,7 +15,7 @@ from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
 from ccxdp.policy.line_exempt import LineExemptError, check_line_id
 from ccxdp.policy.names import normalize
-from ccxdp.policy.transfer import check_zone, parse_primary, read_tsig
+from ccxdp.policy.transfer import check_zone, parse_primary
 
 
 class DomainNameType(click.ParamType):
@@ -124,18 +124,6 @@ class ZoneType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-class TsigKeyType(click.ParamType):
-    """A TSIG key file (BIND's or Knot's), read and checked: a TsigKey."""
-
-    name = "keyfile"
-
-    def convert(self, value, param, ctx):
-        try:
-            return read_tsig(value)
-        except CcxdpError as e:
-            self.fail(str(e), param, ctx)
-
-
 class SettingKeyType(click.ParamType):
     name = "key"
 
@@ -162,7 +150,6 @@ IPV6 = AddressType(6)
 SETTING_KEY = SettingKeyType()
 PRIMARY = PrimaryType()
 ZONE = ZoneType()
-TSIG_KEY = TsigKeyType()
 
 
 # An operator's input file: existence is checked when it is read (a clear error, before
