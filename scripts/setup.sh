@@ -24,10 +24,15 @@ fi
 # brings systemd-analyze, which checks the unit file; dnsperf and python3-matplotlib are for
 # scripts/bench.sh (the load generator, the chart); man-db and groff-base show ccxdp(8);
 # postgresql is the fleet's hits store (the tests start their own servers with its initdb),
-# libpq5 is the client library psycopg loads; openssl makes the HTTPS feed tests' certificates.
+# libpq5 is the client library psycopg loads; openssl makes the HTTPS feed tests' certificates;
+# knot and bind9 are the RPZ primaries that the zone-transfer tests and scripts/bench_xfr.py
+# start on loopback (AXFR, IXFR, NOTIFY, TSIG), bind9-utils brings nsupdate and tsig-keygen
+# for them: their services stay off.
 packages=(python3-bpfcc libbpf1 python3-venv python3-pip iproute2 unbound bind9-dnsutils
 	knot-dnsutils bpftool kmod procps shellcheck gcc libc6-dev vagrant systemd dnsperf
-	python3-matplotlib man-db groff-base postgresql libpq5 openssl)
+	python3-matplotlib man-db groff-base postgresql libpq5 openssl knot bind9 bind9-utils)
+# Packages whose own service must not run here: the tests start private servers instead.
+services=(knot.service named.service)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
@@ -44,6 +49,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 		trap 'rm -f "$policy"' EXIT
 	fi
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# policy-rc.d keeps a service from starting during apt only; disable (and stop) the units
+# too, so that a reboot or an earlier install without it leaves no knotd or named running.
+if command -v systemctl >/dev/null; then
+	for unit in "${services[@]}"; do
+		if systemctl is-enabled -q "$unit" 2>/dev/null || systemctl is-active -q "$unit" 2>/dev/null; then
+			say "disabling $unit (the tests start their own servers)"
+			systemctl disable --now -q "$unit" 2>/dev/null || true
+		fi
+	done
 fi
 
 # bcc compiles against kernel headers. Use the running kernel's when the machine has them;

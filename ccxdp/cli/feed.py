@@ -22,8 +22,9 @@ from rich.text import Text
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
-from ccxdp.cli.types import ACTION, CATEGORY
-from ccxdp.policy import download, feeds, formats
+from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, ZONE
+from ccxdp.errors import CcxdpError
+from ccxdp.policy import download, feeds, formats, transfer
 from ccxdp.policy.catalog import BLOCK, KINDS
 
 FORMAT = click.Choice(["auto", *formats.FORMATS])
@@ -100,10 +101,15 @@ def render_result(r: feeds.ImportResult) -> Table:
     rows = [*fetched_lines(r.provenance),
             ("format", r.format + (f", names from column {r.column}" if r.column else "")),
             ("entries in the file", f"{r.entries:,}")]
+    p = r.provenance or {}
+    if "serial" in p:
+        rows.append(("zone, serial", f"{p['zone']}, {p['serial']}"))
+        rows.append(("last transfer", f"{p['transfer']} at {p['transferred_at']}"))
     if r.lines_read is not None:
         rows.append(("lines parsed", f"{r.lines_read:,} (new since the last sync)"))
     if r.unchanged:
-        rows.append(("changes", "none: the file is as at the last sync"))
+        rows.append(("changes", "none: the zone is up to date" if "serial" in p
+                     else "none: the file is as at the last sync"))
     else:
         for what in ("added", "removed", "changed"):
             rows.append((f"{what} (block / allow)",
@@ -194,6 +200,17 @@ ALLOW_SHRINK = click.option(
          "(default: refuse it, nothing changed).")
 
 
+def zone_options(f):
+    f = click.option("--tsig", type=click.Path(path_type=Path, dir_okay=False),
+                     help="With --primary: sign the transfers with this TSIG key (BIND's "
+                     "keyfile, as tsig-keygen writes it, or Knot's).")(f)
+    f = click.option("--zone", type=ZONE, help="With --primary: the RPZ zone to transfer.")(f)
+    f = click.option("--primary", type=PRIMARY,
+                     help="Transfer the feed from this primary server (ADDRESS[:PORT]) instead "
+                     "of reading PATH: AXFR first, IXFR after.")(f)
+    return f
+
+
 @feed.command("add")
 @click.argument("name")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
@@ -208,6 +225,7 @@ ALLOW_SHRINK = click.option(
 @click.option("--insecure-http", is_flag=True,
               help="With --url: allow a plain http:// URL, and redirects to one.")
 @source_options
+@zone_options
 @click.option("--max-shrink", type=click.IntRange(0, 100), metavar="PERCENT",
               help=f"The share of its names a sync may remove before it is refused "
                    f"(default {feeds.DEFAULT_MAX_SHRINK:.0%}).")
@@ -215,8 +233,10 @@ ALLOW_SHRINK = click.option(
 @json_option
 @pass_app
 def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, action,
-             category, skip_invalid, match, min_confidence, max_shrink, allow_shrink, as_json):
-    """Register the feed NAME read from PATH (or downloaded from --url), and load it.
+             category, skip_invalid, match, min_confidence, primary, zone, tsig, max_shrink,
+             allow_shrink, as_json):
+    """Register the feed NAME read from PATH (or downloaded from --url, or transferred from
+    --primary), and load it.
 
     Its entries get --action (unless the file names one, as RPZ does) and --category
     (default: the feed's name). A name several sources list stays listed until all drop it;
@@ -228,34 +248,58 @@ def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, ac
     --max-shrink of the feed's names (a truncated download, an emptied file, a wrong
     --format), is refused and changes nothing, unless --allow-shrink.
 
+    With --primary and --zone, the feed is an RPZ zone on that server: the last good copy
+    is kept in the state folder, and 'feed sync' (or the daemon, on the SOA's timers and on
+    NOTIFY) transfers what changed. A failed transfer changes nothing.
+
     \b
     Examples:
       ccxdp feed add abuse-domains /srv/feeds/domains.txt --action nxdomain
       ccxdp feed add urlhaus --url https://urlhaus.abuse.ch/downloads/hostfile/
+      ccxdp feed add rpz-cc --primary 192.0.2.53:5300 --zone rpz.example
     """
-    if (path is None) == (url is None):
-        raise click.UsageError("give the feed's PATH or --url URL, one of them")
+    if sum(x is not None for x in (path, url, primary)) != 1:
+        raise click.UsageError("give the feed's PATH, --url URL, or --primary and --zone: "
+                               "one of them")
     if url is None and (ca or max_bytes or insecure_http):
         raise click.UsageError("--ca, --max-bytes and --insecure-http go with --url")
+    if primary is None and (zone or tsig):
+        raise click.UsageError("--zone and --tsig go with --primary")
+    if primary is not None and (zone is None or fmt != "auto" or column or match
+                                or min_confidence is not None):
+        raise click.UsageError("--primary needs --zone, and takes no --format, --column, "
+                               "--match or --min-confidence (a zone is RPZ)")
+    if tsig is not None:
+        try:  # read here, not by the parameter type: examples name key files not present
+            tsig = transfer.read_tsig(tsig)
+        except CcxdpError as e:
+            raise click.BadParameter(str(e), param_hint="'--tsig'") from None
+        if tsig.warning:
+            err_console().print(f"warning: {tsig.warning}", markup=False, highlight=False)
     share = max_shrink / 100 if max_shrink is not None else None
     options = {"max_shrink": share, "allow_shrink": allow_shrink, "match": match,
                "min_confidence": min_confidence}
     with refusals_reported(as_json), progress_steps(as_json) as step:
-        if url is None:
-            r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
-                               category, skip_invalid, step, **options)
-        else:
+        if primary is not None:
+            origin = transfer.ZoneOrigin(primary, zone, tsig.path if tsig else None)
+            r = transfer.add_zone_feed(app.datapath(), app.catalog(), name, origin, action,
+                                       category, skip_invalid, step,
+                                       max_shrink=share, allow_shrink=allow_shrink)
+        elif url is not None:
             origin = download.UrlOrigin.make(url, ca, max_bytes, insecure_http)
             r = download.add_url_feed(app.datapath(), app.catalog(), name, origin, fmt,
                                       column, action, category, skip_invalid, step,
                                       feed_options=options)
+        else:
+            r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
+                               category, skip_invalid, step, **options)
     report(r, as_json)
 
 
 @feed.command("sync")
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Read the file even if it has not changed (a URL "
-              "feed: download it whatever its server says).")
+              "feed: download it whatever its server says; a zone: transfer it whole, AXFR).")
 @ALLOW_SHRINK
 @json_option
 @pass_app
@@ -265,8 +309,9 @@ def feed_sync(app, names, force, allow_shrink, as_json):
     Only the difference against what each feed listed is written, in one atomic swap of the
     kernel's list: names that stay listed are never unlisted for a moment. A URL feed is
     downloaded again first (a 304 from its server costs no parse); a failed download changes
-    nothing. A file that lists no name, or that would remove more than the feed's max shrink
-    of its names, is refused and changes nothing, unless --allow-shrink.
+    nothing. A zone feed is transferred now (IXFR from the serial applied). A file that lists
+    no name, or that would remove more than the feed's max shrink of its names, is refused
+    and changes nothing, unless --allow-shrink.
 
     \b
     Examples:
@@ -278,8 +323,11 @@ def feed_sync(app, names, force, allow_shrink, as_json):
     results = []
     with progress_steps(as_json, max(len(wanted), 1)) as step:
         for name in wanted:
-            url_feed = download.is_url_feed(catalog.source(feeds.check_feed_name(name)))
-            sync = download.sync_url_feed if url_feed else feeds.sync_feed
+            source = catalog.source(feeds.check_feed_name(name))
+            if download.is_url_feed(source):
+                sync = download.sync_url_feed
+            else:
+                sync = transfer.sync  # a zone feed by transfer, a file feed by reading it
             try:
                 results.append(sync(app.datapath(), catalog, name, step, force,
                                     allow_shrink=allow_shrink))
@@ -301,8 +349,9 @@ def feed_sync(app, names, force, allow_shrink, as_json):
 @json_option
 @pass_app
 def feed_list(app, as_json):
-    """List the feeds: file or URL, format, action, category, names listed, last sync; for
-    a URL feed, its ETag, Last-Modified and last fetch.
+    """List the feeds: file, URL or zone, format, action, category, names listed, last sync;
+    for a URL feed its ETag, Last-Modified and last fetch; for a zone its serial and last
+    transfer.
 
     \b
     Example:
@@ -320,16 +369,28 @@ def feed_list(app, as_json):
         for s in catalog.sources() if s.is_feed
     ]
 
+    zones = any((r["origin"] or {}).get("kind") == transfer.ZONE for r in rows)
+
     def table() -> Table | Group:
         t = Table(title="feeds")
-        for col in ("name", "path or URL", "format", "action", "category", "block", "allow",
-                    "synced_at"):
-            t.add_column(col, justify="right" if col in ("block", "allow") else "left")
+        columns = ["name", "path or URL", "format", "action", "category", "block", "allow",
+                   "synced_at"]
+        if zones:
+            columns[1:2] = ["path, URL or zone", "serial", "last transfer"]
+        for col in columns:
+            t.add_column(col, justify="right" if col in ("block", "allow", "serial")
+                         else "left")
         for r in rows:
+            p = r["provenance"] or {}
             url = (r["origin"] or {}).get("url")
-            t.add_row(r["name"], Text(download.redact(url) if url else r["path"] or "-"),
-                      r["format"], r["action"], r["category"] or "-", f"{r['block']:,}",
-                      f"{r['allow']:,}", r["synced_at"] or "-")
+            cells = [r["name"], Text(download.redact(url) if url else where(r) or "-"),
+                     r["format"], r["action"], r["category"] or "-", f"{r['block']:,}",
+                     f"{r['allow']:,}", r["synced_at"] or "-"]
+            if zones:
+                last = (f"{p['transfer']} {p['transferred_at']}" if p.get("transferred_at")
+                        else "-")
+                cells[2:2] = [str(p.get("serial", "-")), last]
+            t.add_row(*cells)
         fetched = [(r["name"], dict(fetched_lines(r["provenance"]))) for r in rows]
         fetched = [(name, f) for name, f in fetched if f]
         if not fetched:
@@ -343,6 +404,14 @@ def feed_list(app, as_json):
         return Group(t, d)
 
     emit(as_json, rows, table)
+
+
+def where(row: dict) -> str:
+    """A feed's file, or for a zone feed its zone and primary."""
+    o = row["origin"] or {}
+    if o.get("kind") != transfer.ZONE:
+        return row["path"]
+    return f"{o['zone']} from {transfer.Primary(o['primary'], o['port'])}"
 
 
 @feed.command("remove")

@@ -9,12 +9,13 @@ import click
 
 from ccxdp.datapath.loader import check_interface_name
 from ccxdp.datapath.settings import BLOCK_ACTIONS, SETTING_KEYS, SettingError, parse_action
-from ccxdp.errors import DatapathError, InvalidNameError
+from ccxdp.errors import CcxdpError, DatapathError, InvalidNameError
 from ccxdp.notify import attribution
 from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
 from ccxdp.policy.line_exempt import LineExemptError, check_line_id
 from ccxdp.policy.names import normalize
+from ccxdp.policy.transfer import check_zone, parse_primary
 
 
 class DomainNameType(click.ParamType):
@@ -101,6 +102,28 @@ class AddressType(click.ParamType):
             self.fail(f"{value!r} is not an IPv{self.version} address", param, ctx)
 
 
+class PrimaryType(click.ParamType):
+    """A zone's primary server: ADDRESS[:PORT]."""
+
+    name = "address[:port]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_primary(value)
+        except CcxdpError as e:
+            self.fail(str(e), param, ctx)
+
+
+class ZoneType(click.ParamType):
+    name = "zone"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_zone(value)
+        except CcxdpError as e:
+            self.fail(str(e), param, ctx)
+
+
 class SettingKeyType(click.ParamType):
     name = "key"
 
@@ -125,6 +148,8 @@ LINE_ID = LineIdType()
 IPV4 = AddressType(4)
 IPV6 = AddressType(6)
 SETTING_KEY = SettingKeyType()
+PRIMARY = PrimaryType()
+ZONE = ZoneType()
 
 
 # An operator's input file: existence is checked when it is read (a clear error, before

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import signal
 import sqlite3
 import sys
@@ -42,6 +43,7 @@ from ccxdp.ops.daemon_config import (
     load_config,
 )
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
+from ccxdp.policy import transfer
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.download import add_url_feed, redact, retry_delay, sync_url_feed
 from ccxdp.policy.exempt import set_line_prefixes
@@ -127,6 +129,11 @@ class Daemon:
         self._next_sessions_poll = 0.0
         self._line_prefixes: dict[str, str] | None = None  # as last applied
         self._sessions_errors: dict[str, str] = {}  # per step: logged once, not every second
+        # NOTIFY: the listener's thread queues what it answered; the loop logs and acts.
+        self._notify: transfer.NotifyListener | None = None
+        self._notices: queue.SimpleQueue[transfer.NotifyEvent] = queue.SimpleQueue()
+        self._watched: list[transfer.Watched] = []
+        self._tsig_warned: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +152,7 @@ class Daemon:
         for feed in config.feeds:
             self._ensure_feed(feed)
         self._start_metrics(config)
+        self._start_notify(config)
         self._schedule_collect(config)
         self._follow_sessions()
 
@@ -206,6 +214,9 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
+        if self._notify is not None:
+            self._notify.stop()
+            self._notify = None
         self.log("stop", on_stop=config.on_stop)
         self.config = None
         if self._pid_fd is not None:
@@ -221,8 +232,13 @@ class Daemon:
         return max(0.0, min(due) - now)
 
     def tick(self) -> None:
+        self._notified()
         now = time.monotonic()
         for feed in self.config.feeds:
+            if feed.zone is not None:  # on the SOA's timers (and NOTIFY)
+                if now >= self._next_sync.get(feed.name, 0):
+                    self._sync(feed, "refresh")
+                continue
             stat = _file_stat(feed.path)
             if now >= self._next_sync.get(feed.name, 0) or stat != self._file_stat.get(feed.name):
                 self._sync(feed, "changed" if stat != self._file_stat.get(feed.name)
@@ -285,10 +301,17 @@ class Daemon:
             return False
         category = catalog.categories().get(source.category)
         action = canonical_action(feed.action) if feed.action else "default"
-        where = (source.origin == feed.url.as_dict() if feed.url is not None
-                 else source.origin is None and source.path == str(feed.path))
-        return (where and (source.format or "auto") == feed.format
-                and source.column == feed.column and source.action == action
+        if feed.zone is not None:
+            same_source = source.origin == feed.zone.as_dict()
+        elif feed.url is not None:
+            same_source = (source.origin == feed.url.as_dict()
+                           and (source.format or "auto") == feed.format
+                           and source.column == feed.column)
+        else:
+            same_source = (source.path == str(feed.path) and source.origin is None
+                           and (source.format or "auto") == feed.format
+                           and source.column == feed.column)
+        return (same_source and source.action == action
                 and source.match == feed.match and source.min_confidence == feed.min_confidence
                 and category == normalize_category(feed.category or feed.name)
                 and bool(source.skip_invalid) == feed.skip_invalid)
@@ -300,6 +323,9 @@ class Daemon:
         """Sync a feed, registering it first with the config's options: added when it is not
         registered (its file may have been refused before), removed and added again when its
         options in the config changed."""
+        if feed.zone is not None:
+            self._sync_zone(feed, why)
+            return
         self._file_stat[feed.name] = _file_stat(feed.path)
         if feed.url is not None:
             self._sync_url(feed, why)
@@ -350,10 +376,37 @@ class Daemon:
         except (CcxdpError, OSError, sqlite3.Error) as e:
             self._sync_failed(feed, e, why)
 
+    def _sync_zone(self, feed: Feed, why: str) -> None:
+        """A zone feed: transferred without the datapath's lock (an AXFR of a million names
+        takes a while), then applied under it."""
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                source = catalog.source(feed.name)
+                matches = source is not None and self._feed_matches(feed, catalog)
+            fetched = transfer.fetch(feed.zone, source if matches else None)
+            if fetched.warning and feed.name not in self._tsig_warned:
+                self._tsig_warned.add(feed.name)
+                self.log("feed_tsig", level="warning", feed=feed.name, warning=fetched.warning)
+            with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                if catalog.source(feed.name) is not None and not matches:
+                    remove_feed(self.dp, catalog, feed.name)
+                    self.log("feed_remove", feed=feed.name, reason="options changed")
+                    why = "options changed"
+                add = None
+                if catalog.source(feed.name) is None:
+                    add = {"action": feed.action, "category": feed.category,
+                           "skip_invalid": feed.skip_invalid, "max_shrink": feed.max_shrink}
+                    why = "added"
+                r = transfer.apply(self.dp, catalog, feed.name, fetched, add=add)
+                self._synced(feed, catalog, r, why)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self._sync_failed(feed, e, why)
+
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
-        self._next_sync[feed.name] = time.monotonic() + feed.refresh
         self._failures.pop(feed.name, None)
         source = catalog.source(feed.name)
+        self._next_sync[feed.name] = time.monotonic() + (
+            transfer.next_refresh(source, ok=True) if feed.zone else feed.refresh)
         counts = feed_counts(catalog).get(source.id, {}) if source else {}
         with self.state.lock:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
@@ -368,20 +421,90 @@ class Daemon:
                           removed=sum(r.applied.removed.values()))
         if r.bad:
             fields["bad_lines"] = len(r.bad)
+        if r.provenance and "serial" in r.provenance:
+            fields.update(zone=r.provenance["zone"], serial=r.provenance["serial"],
+                          transfer=None if r.unchanged else r.provenance["transfer"])
         self.log("feed_sync", **fields)
 
     def _sync_failed(self, feed: Feed, e: Exception, why: str) -> None:
+        result, fields, delay = "error", {}, None
         failures = self._failures[feed.name] = self._failures.get(feed.name, 0) + 1
-        # A file is read again as soon as it changes; a server is asked again with backoff.
-        delay = feed.refresh if feed.url is None else retry_delay(failures, feed.refresh)
-        self._next_sync[feed.name] = time.monotonic() + delay
+        if feed.zone is None:
+            # A file is read again as soon as it changes; a server is asked again with backoff.
+            delay = feed.refresh if feed.url is None else retry_delay(failures, feed.refresh)
+            self._next_sync[feed.name] = time.monotonic() + delay
+        else:
+            try:
+                with Catalog(self.dp.catalog_path) as catalog:
+                    source = catalog.source(feed.name)
+            except (CcxdpError, OSError, sqlite3.Error):
+                source = None
+            self._next_sync[feed.name] = time.monotonic() + transfer.next_refresh(source,
+                                                                                 ok=False)
+            if transfer.expired(source):
+                # Past the SOA's expire a secondary stops answering; ccxdp keeps blocking
+                # with the last good list instead, and says so at every retry.
+                p = source.provenance
+                result = "expired"
+                fields = {"serial": p["serial"], "checked_at": p["checked_at"],
+                          "kept": "the last good list stays applied"}
         with self.state.lock:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
             fs.last_sync, fs.last_ok = time.time(), False
             fs.syncs["error"] += 1
-        self.log("feed_sync", level="error", feed=feed.name, why=why, result="error",
+        self.log("feed_sync", level="error", feed=feed.name, why=why, result=result,
                  url=redact(feed.url.url) if feed.url else None,
-                 retry_in=delay if feed.url else None, error=str(e).splitlines()[0])
+                 retry_in=delay if feed.url else None, error=str(e).splitlines()[0], **fields)
+
+    # -- NOTIFY -------------------------------------------------------------------------
+    def _watch(self, config: Config) -> None:
+        """The zones NOTIFY is accepted for, with their keys (read once per config)."""
+        watched = []
+        for feed in config.feeds:
+            if feed.zone is None:
+                continue
+            try:
+                key = transfer.read_tsig(feed.zone.tsig) if feed.zone.tsig else None
+            except CcxdpError as e:
+                self.log("notify", level="error", feed=feed.name, error=str(e))
+                continue
+            watched.append(transfer.Watched(feed.name, feed.zone.zone, feed.zone.primary, key))
+        self._watched = watched
+
+    def _start_notify(self, config: Config) -> None:
+        self._watch(config)
+        if config.notify_listen is None:
+            return
+        address, port = config.notify_listen
+        try:
+            self._notify = transfer.NotifyListener(address, port, lambda: self._watched,
+                                                   self._on_notify)
+        except OSError as e:
+            raise ConfigError(config.path, "feeds_notify.listen",
+                              f"cannot listen on {address}:{port}: {e.strerror}") from None
+        self.log("notify_listen", listen=f"{address}:{port}")
+
+    def _on_notify(self, event: transfer.NotifyEvent) -> None:
+        """In the listener's thread: hand the event to the loop, waking it for a transfer."""
+        self._notices.put(event)
+        if event.feed is not None:
+            self._wake.set()
+
+    def _notified(self) -> None:
+        due = []
+        while True:
+            try:
+                e = self._notices.get_nowait()
+            except queue.Empty:
+                break
+            self.log("notify", level="info" if e.feed else "warning", sender=e.sender,
+                     zone=e.zone, serial=e.serial, rcode=e.rcode, feed=e.feed,
+                     result="accepted" if e.feed else "refused", reason=e.reason)
+            if e.feed:
+                due += e.feed.split(",")
+        for feed in self.config.feeds:
+            if feed.name in due:
+                self._sync(feed, "notify")
 
     # -- collection ---------------------------------------------------------------------
     def _store(self) -> StoreLocation:
@@ -651,6 +774,15 @@ class Daemon:
             self._schedule_collect(new)
         if new.sessions != old.sessions:
             self._sessions_changed(new.sessions)
+        self._watch(new)
+        if new.notify_listen != old.notify_listen:
+            if self._notify is not None:
+                self._notify.stop()
+                self._notify = None
+            try:
+                self._start_notify(new)
+            except ConfigError as e:
+                self.log("notify_listen", level="error", error=str(e))
         if new.metrics_listen != old.metrics_listen:
             if self.metrics is not None:
                 self.metrics.stop()

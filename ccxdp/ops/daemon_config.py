@@ -39,6 +39,7 @@ from ccxdp.policy.line_exempt import (
     check_conninfo,
     check_identifier,
 )
+from ccxdp.policy.transfer import ZoneOrigin, check_zone, parse_primary, read_tsig
 
 ON_STOP = ("keep", "detach")
 LOG_FORMATS = ("logfmt", "json")
@@ -71,7 +72,7 @@ class Interface:
 @dataclass(frozen=True)
 class Feed:
     name: str
-    path: Path | None  # None: the feed comes from `url`
+    path: Path | None  # None: the feed comes from `url`, or from a primary (`zone`)
     format: str = "auto"
     column: str | None = None
     action: str | None = None
@@ -82,6 +83,7 @@ class Feed:
     match: str | None = None  # "subtree": the file's exact names with everything below
     min_confidence: int | None = None  # ThreatFox CSV: rows below it are skipped
     url: UrlOrigin | None = None  # a feed downloaded over HTTPS (policy/download.py)
+    zone: ZoneOrigin | None = None  # a feed by zone transfer: refreshed on its SOA's timers
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Config:
     retention_days: float = 0.0
     expire_unattributed: bool = False  # rows no line claimed go too once that old
     metrics_listen: tuple[str, int] | None = None
+    notify_listen: tuple[str, int] | None = None  # [feeds_notify]: NOTIFY from primaries
     sessions: SessionsConfig | None = None  # None: line-derived prefixes are left alone
     on_stop: str = "keep"
     log_format: str = "logfmt"
@@ -197,6 +200,7 @@ def parse_config(path: Path, data: dict) -> Config:
     feeds_raw = top.get("feeds", (list,), [], "an array of tables ([[feeds]])")
     collect = _Reader(path, top.get("collect", (dict,), {}, "a table"), "collect.")
     metrics = _Reader(path, top.get("metrics", (dict,), {}, "a table"), "metrics.")
+    notify = _Reader(path, top.get("feeds_notify", (dict,), {}, "a table"), "feeds_notify.")
     sessions_raw = top.get("sessions", (dict,), None, "a table")
     top.done()
     # Checked in the file's order of tables, so that the first mistake is the one reported.
@@ -216,6 +220,8 @@ def parse_config(path: Path, data: dict) -> Config:
     collect.done()
     listen = metrics.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
     metrics.done()
+    notify_listen = notify.get("listen", (str,), None, 'a string ("ADDRESS:PORT")')
+    notify.done()
     sessions = _sessions(path, sessions_raw) if sessions_raw is not None else None
     return Config(
         path=path,
@@ -231,6 +237,8 @@ def parse_config(path: Path, data: dict) -> Config:
         retention_days=float(retention),
         expire_unattributed=expire_unattributed,
         metrics_listen=_listen(path, listen) if listen is not None else None,
+        notify_listen=(_listen(path, notify_listen, "feeds_notify.listen")
+                       if notify_listen is not None else None),
         sessions=sessions,
         on_stop=on_stop,
         log_format=log_format,
@@ -307,7 +315,19 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         name = r.convert("name", name, check_feed_name)
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
-        file_path, url = _feed_source(r)
+        if "primary" in r.table:
+            if "path" in r.table or "url" in r.table:
+                r.fail("primary", "give path (a file), url or primary (a zone transfer), "
+                                  "one of them")
+            zone = _zone_origin(r)
+            if {"format", "column", "refresh"} & set(r.table):
+                key = min({"format", "column", "refresh"} & set(r.table))
+                r.fail(key, "not for a zone feed: its format is RPZ, and its SOA's refresh, "
+                       "retry and expire (and NOTIFY) say when it is transferred")
+            file_path, url = None, None
+        else:
+            zone = None
+            file_path, url = _feed_source(r)
         fmt = r.choice("format", ("auto", *FORMATS), "auto")
         column = r.get("column", (str,), None, "a string")
         action = r.convert("action", r.get("action", (str,), None, "a string"), parse_action)
@@ -328,7 +348,7 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         r.done()
         feeds.append(Feed(name, file_path, fmt, column, action, category, skip, refresh,
                           shrink / 100 if shrink is not None else None, match, confidence,
-                          url))
+                          url, zone))
     return tuple(feeds)
 
 
@@ -360,6 +380,25 @@ def _feed_source(r: _Reader) -> tuple[Path | None, UrlOrigin | None]:
     if max_bytes < 1:
         r.fail("max_bytes", f"{max_bytes} must be 1 or more")
     return None, UrlOrigin(url, ca, max_bytes, insecure)
+
+
+def _zone_origin(r: _Reader) -> ZoneOrigin:
+    """A feed without a path: primary and zone (and tsig, a key file), or a mistake."""
+    if "primary" not in r.table:
+        if "zone" in r.table or "tsig" in r.table:
+            r.fail("primary", "missing (the server to transfer the zone from)")
+        r.fail("path", "missing (the feed's file; or primary and zone, for a zone transfer)")
+    primary = r.convert("primary", r.get("primary", (str,), None, 'a string '
+                                         '("ADDRESS[:PORT]")'), parse_primary)
+    zone = r.get("zone", (str,), None, "a string")
+    if zone is None:
+        r.fail("zone", "missing (the RPZ zone to transfer from the primary)")
+    zone = r.convert("zone", zone, check_zone)
+    tsig = r.get("tsig", (str,), None, "a string (a key file)")
+    if tsig is not None:
+        key_path = Path(tsig) if Path(tsig).is_absolute() else r.path.parent / tsig
+        tsig = r.convert("tsig", key_path, read_tsig).path
+    return ZoneOrigin(primary, zone, tsig)
 
 
 def _paths(r: _Reader, name: str) -> tuple[Path, ...]:
@@ -406,19 +445,18 @@ def _sessions(path: Path, table: dict) -> SessionsConfig:
     return SessionsConfig(radius_csv, leases, line_id_from, radacct, interval)
 
 
-def _listen(path: Path, text: str) -> tuple[str, int]:
+def _listen(path: Path, text: str, key: str = "metrics.listen") -> tuple[str, int]:
     """"198.18.0.10:9108" or "[fd00::10]:9108" -> (address, port)."""
     m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
     if not m:
-        raise ConfigError(path, "metrics.listen",
-                          f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+        raise ConfigError(path, key, f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
     host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(path, "metrics.listen", f"{host!r} is not an IP address") from None
+        raise ConfigError(path, key, f"{host!r} is not an IP address") from None
     if not 1 <= int(port) <= 65535:
-        raise ConfigError(path, "metrics.listen", f"port {port} is outside 1..65535")
+        raise ConfigError(path, key, f"port {port} is outside 1..65535")
     return host, int(port)
 
 

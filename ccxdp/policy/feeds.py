@@ -93,7 +93,7 @@ class ImportResult:
     lines_read: int | None = None  # a sync by lines: how many (new) lines were parsed
     applied: Applied | None = None
     seconds: float = 0.0
-    provenance: dict | None = None  # a feed from elsewhere (a URL): what its copy is
+    provenance: dict | None = None  # a copy fetched from elsewhere (a URL, a zone): what it is
 
 
 def check_feed_name(name: str) -> str:

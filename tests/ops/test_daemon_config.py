@@ -11,6 +11,7 @@ import pytest
 from ccxdp.ops.daemon_config import ConfigError, Feed, Interface, SessionsConfig, load_config
 from ccxdp.policy.download import UrlOrigin
 from ccxdp.policy.line_exempt import Radacct
+from ccxdp.policy.transfer import Primary, ZoneOrigin
 from tests.conftest import one_line_error
 from tests.harness.https import certificates
 
@@ -259,3 +260,47 @@ def test_a_category_check_passes_is_one_the_catalog_takes(ccxdp, tmp_path):
     ccxdp.run("run", "--config", str(path), "--check")
     ccxdp.run("feed", "add", "cc", str(feed), "--category", category.upper())
     assert ccxdp.json("feed", "list")[0]["category"] == category
+
+
+def test_a_zone_feed_and_the_notify_listener(tmp_path):
+    key = tmp_path / "k.key"
+    key.write_text('key "k" { algorithm hmac-sha256; secret "'
+                   'a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="; };\n')
+    key.chmod(0o600)
+    path = tmp_path / "c.toml"
+    path.write_text(IFACE + '[[feeds]]\nname = "cc"\nprimary = "198.18.0.53:5353"\n'
+                    'zone = "RPZ.Test."\ntsig = "k.key"\naction = "drop"\n'
+                    '[feeds_notify]\nlisten = "198.18.0.10:5300"\n')
+    c = load_config(path)
+    assert c.feeds == (Feed("cc", None, "auto", None, "drop", None, False, 3600.0,
+                            ZoneOrigin(Primary("198.18.0.53", 5353), "rpz.test", key)),)
+    assert c.notify_listen == ("198.18.0.10", 5300)
+
+
+@pytest.mark.parametrize("feed, key, words", [
+    ('path = "/etc/hosts"\nprimary = "198.18.0.53"\nzone = "z"', "feeds[0].primary",
+     "not both"),
+    ('primary = "198.18.0.53"', "feeds[0].zone", "missing"),
+    ('zone = "z"', "feeds[0].primary", "missing"),
+    ('primary = "ns.example"\nzone = "z"', "feeds[0].primary", "not ADDRESS[:PORT]"),
+    ('primary = "198.18.0.53"\nzone = "z"\nformat = "plain"', "feeds[0].format",
+     "not for a zone feed"),
+    ('primary = "198.18.0.53"\nzone = "z"\nrefresh = 60', "feeds[0].refresh",
+     "not for a zone feed"),
+    ('primary = "198.18.0.53"\nzone = "z"\ntsig = "nokey"', "feeds[0].tsig",
+     "No such file"),
+])
+def test_zone_feed_mistakes_name_the_key(tmp_path, feed, key, words):
+    path = tmp_path / "c.toml"
+    path.write_text(IFACE + f'[[feeds]]\nname = "cc"\n{feed}\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"{path}: {key}: " in str(e.value) and words in str(e.value)
+
+
+def test_a_bad_notify_listen_names_its_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(IFACE + '[feeds_notify]\nlisten = "nowhere"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"{path}: feeds_notify.listen: 'nowhere' is not ADDRESS:PORT" in str(e.value)
