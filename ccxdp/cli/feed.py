@@ -94,7 +94,8 @@ def fetched_lines(provenance: dict | None) -> list[tuple[str, str]]:
 
 def render_result(r: feeds.ImportResult) -> Table:
     j = result_json(r)
-    where = download.redact(r.provenance["url"]) if r.provenance else r.path
+    url = (r.provenance or {}).get("url")  # a zone feed's provenance has none
+    where = download.redact(url) if url else r.path
     t = Table(title=Text(f"{r.source}: {where}"), show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
@@ -259,8 +260,8 @@ def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, ac
       ccxdp feed add rpz-cc --primary 192.0.2.53:5300 --zone rpz.example
     """
     if sum(x is not None for x in (path, url, primary)) != 1:
-        raise click.UsageError("give the feed's PATH, --url URL, or --primary and --zone: "
-                               "one of them")
+        raise click.UsageError("give the feed's PATH or --url URL or --primary and --zone: "
+                               "one of them, not both")
     if url is None and (ca or max_bytes or insecure_http):
         raise click.UsageError("--ca, --max-bytes and --insecure-http go with --url")
     if primary is None and (zone or tsig):

@@ -315,10 +315,12 @@ def _feeds(path: Path, tables: list) -> tuple[Feed, ...]:
         name = r.convert("name", name, check_feed_name)
         if any(f.name == name for f in feeds):
             r.fail("name", f"feed {name!r} is listed twice")
+        if "primary" not in r.table and ({"zone", "tsig"} & set(r.table)):
+            r.fail("primary", "missing (the server to transfer the zone from)")
         if "primary" in r.table:
             if "path" in r.table or "url" in r.table:
-                r.fail("primary", "give path (a file), url or primary (a zone transfer), "
-                                  "one of them")
+                r.fail("primary", "give path (a file), url or primary (a zone transfer): one "
+                                  "of them, not both")
             zone = _zone_origin(r)
             if {"format", "column", "refresh"} & set(r.table):
                 key = min({"format", "column", "refresh"} & set(r.table))

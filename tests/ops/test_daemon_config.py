@@ -273,7 +273,7 @@ def test_a_zone_feed_and_the_notify_listener(tmp_path):
                     '[feeds_notify]\nlisten = "198.18.0.10:5300"\n')
     c = load_config(path)
     assert c.feeds == (Feed("cc", None, "auto", None, "drop", None, False, 3600.0,
-                            ZoneOrigin(Primary("198.18.0.53", 5353), "rpz.test", key)),)
+                            zone=ZoneOrigin(Primary("198.18.0.53", 5353), "rpz.test", key)),)
     assert c.notify_listen == ("198.18.0.10", 5300)
 
 
