@@ -15,11 +15,10 @@ from ccxdp.policy.formats.common import (
     _Builder,
     _cannot,
     _check_entry,
-    _is_ip,
     _names_only,
     _runs,
 )
-from ccxdp.policy.formats.plain import _not_a_name
+from ccxdp.policy.formats.plain import _one_name
 
 # -- adblock ---------------------------------------------------------------------------------
 _ADBLOCK_RUNS = _runs(rf"\|\|{_NAME}\^")
@@ -55,14 +54,7 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
     if any(m.strip().lower() not in _ADBLOCK_MODIFIERS for m in modifiers.split(",") if m):
         b.skip("unsupported adblock modifier")
         return
-    if _is_ip(host):
-        b.skip("IP address host")
-        return
-    reason = _not_a_name(host)
-    if reason:
-        b.refuse(lineno, reason, s)
-        return
-    b.name(host, lineno, s, (kind, match, None, None))
+    _one_name(b, host, lineno, s, (kind, match, None, None))
 
 
 def _adblock_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:

@@ -23,15 +23,18 @@ from ccxdp.policy.formats.common import (
 _PLAIN_RUNS = _runs(_NAME)
 
 
-def _not_a_name(text: str) -> str | None:
-    """Why a value that should be one name is not, before normalize() looks at it."""
-    if len(text.split()) > 1:
-        return "several fields, not one name"
-    if "://" in text:
-        return "a URL, not a domain name"
+def _one_name(b: _Builder, text: str, lineno: int, value: str, attrs) -> None:
+    """A value that should be one name: an address is skipped and counted (lists of names
+    and addresses exist: urlhaus-filter's has both; they are none of a DNS filter's
+    business), several fields or a URL is a bad line, else the name goes to the builder."""
     if _is_ip(text):
-        return "IP address"
-    return None
+        b.skip("IP address host")
+    elif len(text.split()) > 1:
+        b.refuse(lineno, "several fields, not one name", value)
+    elif "://" in text:
+        b.refuse(lineno, "a URL, not a domain name", value)
+    else:
+        b.name(text, lineno, value, attrs)
 
 
 def _plain_line(b: _Builder, line: str, lineno: int) -> None:
@@ -43,17 +46,7 @@ def _plain_line(b: _Builder, line: str, lineno: int) -> None:
         text, match = text[2:], BELOW
     elif text.startswith(".") and len(text) > 1:
         text, match = text[1:], SUBTREE
-    if _is_ip(text):
-        # A list of names and addresses (urlhaus-filter's domains list has both): the
-        # addresses are none of a DNS filter's business, left out and counted, as the
-        # other formats do.
-        b.skip("IP address host")
-        return
-    reason = _not_a_name(text)
-    if reason:
-        b.refuse(lineno, reason, value)
-        return
-    b.name(text, lineno, value, (BLOCK, match, None, None))
+    _one_name(b, text, lineno, value, (BLOCK, match, None, None))
 
 
 def _plain_lines(entries: Iterable[ExportEntry]) -> Iterator[str]:
