@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ccxdp.cli.render import feed_copies
 from ccxdp.datapath.loader import Datapath, check_root
 from ccxdp.hits.fleet import FleetStore
 from ccxdp.hits.location import StoreLocation
@@ -34,6 +35,15 @@ class App:
     def store(self, spec: str | None) -> StoreLocation:
         """Where the hits are, from --store (see ccxdp/hits/location.py)."""
         return StoreLocation(spec, self.state_dir)
+
+    def feed_copies(self) -> dict[str, dict]:
+        """The fetched feeds' copies as this host's catalog has them, for records made
+        here; none when there is no catalog (a host that only reads the fleet store)."""
+        path = Datapath(self.pin_dir, self.state_dir).catalog_path  # no lock: only read
+        if not path.exists():
+            return {}
+        with Catalog(path) as catalog:
+            return feed_copies(catalog.sources())
 
     def catalog(self) -> Catalog:
         if self._catalog is None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import click
+from rich.console import Group
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import emit, err_console, json_option
-from ccxdp.cli.render import render_changes, render_entries
+from ccxdp.cli.render import feed_copies, render_changes, render_entries, render_feed_copies
 from ccxdp.cli.types import ACTION, CATEGORY, DOMAIN
 from ccxdp.datapath.hashing import name_hash
 from ccxdp.policy import lists
@@ -24,7 +25,7 @@ def changes_json(changes, kind: str = BLOCK) -> list[dict]:
 
 
 def entries_json(entries, categories: dict[int, str], kind: str = BLOCK,
-                 sources: dict | None = None) -> list[dict]:
+                 sources: dict | None = None, copies: dict | None = None) -> list[dict]:
     out = []
     for e in entries:
         item = {"name": e.name, "match": e.match}
@@ -34,6 +35,7 @@ def entries_json(entries, categories: dict[int, str], kind: str = BLOCK,
         if sources is not None:
             listed = sources.get(e.hash, [])
             item["sources"] = [name for name, _ in listed]
+            item["copies"] = {name: copies[name] for name, _ in listed if name in (copies or {})}
             seen = [when for _, when in listed if when]
             item["last_seen"] = max(seen) if seen else None
         out.append(item)
@@ -117,8 +119,9 @@ def block_remove(app, names, as_json):
 
 @block.command("list")
 @click.option("--sources", "with_sources", is_flag=True,
-              help="Also show which sources (manual, feeds) list each name, and when a feed "
-              "listing it was last synced.")
+              help="Also show which sources (manual, feeds) list each name, when a feed "
+              "listing it was last synced, and what a fetched feed's copy is (a zone's "
+              "serial, a URL's ETag and Last-Modified).")
 @json_option
 @pass_app
 def block_list(app, with_sources, as_json):
@@ -133,8 +136,13 @@ def block_list(app, with_sources, as_json):
     entries = catalog.entries(BLOCK)
     categories = catalog.categories()
     sources = lists.sources_of(catalog) if with_sources else None
-    emit(as_json, entries_json(entries, categories, BLOCK, sources),
-         lambda: render_entries(entries, categories, BLOCK, sources))
+    copies = feed_copies(catalog.sources()) if with_sources else {}
+
+    def render():
+        table = render_entries(entries, categories, BLOCK, sources)
+        return Group(table, render_feed_copies(copies)) if copies else table
+
+    emit(as_json, entries_json(entries, categories, BLOCK, sources, copies), render)
 
 
 def register(group: click.Group) -> None:

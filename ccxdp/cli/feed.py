@@ -50,9 +50,11 @@ def progress_steps(as_json: bool, files: int = 1):
         yield step
 
 
-def result_json(r: feeds.ImportResult) -> dict:
+def result_json(r: feeds.ImportResult, show_skipped: bool = False) -> dict:
     a = r.applied
+    listed = {"skipped_lines": [skipped_json(b) for b in r.skipped_lines]} if show_skipped else {}
     return {
+        **listed,
         "source": r.source,
         "path": r.path,
         "format": r.format,
@@ -71,6 +73,10 @@ def result_json(r: feeds.ImportResult) -> dict:
         "seconds": round(r.seconds, 3),
         "provenance": r.provenance,
     }
+
+
+def skipped_json(b: formats.BadLine) -> dict:
+    return {"line": b.line, "reason": b.reason, "value": b.value}
 
 
 def fetched_lines(provenance: dict | None) -> list[tuple[str, str]]:
@@ -129,8 +135,17 @@ def render_result(r: feeds.ImportResult) -> Table:
     return t
 
 
-def report(r: feeds.ImportResult, as_json: bool) -> None:
-    emit(as_json, result_json(r), lambda: render_result(r))
+def report(r: feeds.ImportResult, as_json: bool, show_skipped: bool = False) -> None:
+    emit(as_json, result_json(r, show_skipped), lambda: render_result(r))
+    if show_skipped and not as_json:
+        for b in r.skipped_lines:
+            console().print(f"{b.path}:{b.line}: skipped, {b.reason}: {b.value}",
+                            markup=False, highlight=False, soft_wrap=True)
+        more = sum(r.skipped.values()) - len(r.skipped_lines)
+        if more > 0:
+            console().print(f"… and {more:,} more skipped lines (the first "
+                            f"{formats.SKIPPED_LINES_KEPT:,} are listed; the counts above "
+                            "cover all)", markup=False, highlight=False, soft_wrap=True)
     if r.bad and not as_json:
         # As on a refusal: the first few, and how many more (--json lists every one).
         for b in r.bad[:feeds.BAD_LINES_SHOWN]:  # one line each, however long
@@ -141,22 +156,22 @@ def report(r: feeds.ImportResult, as_json: bool) -> None:
                                 markup=False, highlight=False)
 
 
-def refused_json(e: feeds.FeedError) -> dict | None:
+def refused_json(e: feeds.FeedError, show_skipped: bool = False) -> dict | None:
     """A refused import's result object, with "refused": the reason's first line."""
     if e.result is None:
         return None
-    return {**result_json(e.result), "refused": str(e).splitlines()[0]}
+    return {**result_json(e.result, show_skipped), "refused": str(e).splitlines()[0]}
 
 
 @contextmanager
-def refusals_reported(as_json: bool):
+def refusals_reported(as_json: bool, show_skipped: bool = False):
     """With --json, a refused import still prints its result object before the one-line
     error."""
     try:
         yield
     except feeds.FeedError as e:
         if as_json and e.result is not None:
-            emit(True, refused_json(e), None)
+            emit(True, refused_json(e, show_skipped), None)
         raise
 
 
@@ -195,6 +210,11 @@ def feed():
     """
 
 
+SHOW_SKIPPED = click.option(
+    "--show-skipped", is_flag=True,
+    help=f"List the lines left out on purpose (addresses, other record types, rules that "
+         f"name no domain), the first {formats.SKIPPED_LINES_KEPT:,}; with --json, as "
+         f"skipped_lines.")
 ALLOW_SHRINK = click.option(
     "--allow-shrink", is_flag=True,
     help="Apply a list that is empty or removes more of the feed's names than its max shrink "
@@ -231,11 +251,12 @@ def zone_options(f):
               help=f"The share of its names a sync may remove before it is refused "
                    f"(default {feeds.DEFAULT_MAX_SHRINK:.0%}).")
 @ALLOW_SHRINK
+@SHOW_SKIPPED
 @json_option
 @pass_app
 def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, action,
              category, skip_invalid, match, min_confidence, primary, zone, tsig, max_shrink,
-             allow_shrink, as_json):
+             allow_shrink, show_skipped, as_json):
     """Register the feed NAME read from PATH (or downloaded from --url, or transferred from
     --primary), and load it.
 
@@ -280,7 +301,7 @@ def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, ac
     share = max_shrink / 100 if max_shrink is not None else None
     options = {"max_shrink": share, "allow_shrink": allow_shrink, "match": match,
                "min_confidence": min_confidence}
-    with refusals_reported(as_json), progress_steps(as_json) as step:
+    with refusals_reported(as_json, show_skipped), progress_steps(as_json) as step:
         if primary is not None:
             origin = transfer.ZoneOrigin(primary, zone, tsig.path if tsig else None)
             r = transfer.add_zone_feed(app.datapath(), app.catalog(), name, origin, action,
@@ -294,7 +315,7 @@ def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, ac
         else:
             r = feeds.add_feed(app.datapath(), app.catalog(), name, path, fmt, column, action,
                                category, skip_invalid, step, **options)
-    report(r, as_json)
+    report(r, as_json, show_skipped)
 
 
 @feed.command("sync")
@@ -302,9 +323,10 @@ def feed_add(app, name, path, url, ca, max_bytes, insecure_http, fmt, column, ac
 @click.option("--force", is_flag=True, help="Read the file even if it has not changed (a URL "
               "feed: download it whatever its server says; a zone: transfer it whole, AXFR).")
 @ALLOW_SHRINK
+@SHOW_SKIPPED
 @json_option
 @pass_app
-def feed_sync(app, names, force, allow_shrink, as_json):
+def feed_sync(app, names, force, allow_shrink, show_skipped, as_json):
     """Read feeds again (all, or the NAMES given) and apply what changed.
 
     Only the difference against what each feed listed is written, in one atomic swap of the
@@ -334,14 +356,15 @@ def feed_sync(app, names, force, allow_shrink, as_json):
                                     allow_shrink=allow_shrink))
             except feeds.FeedError as e:
                 if as_json:  # the list so far, the refused one last
-                    done = [result_json(r) for r in results]
-                    emit(True, done + ([refused_json(e)] if e.result else []), None)
+                    done = [result_json(r, show_skipped) for r in results]
+                    refused = [refused_json(e, show_skipped)] if e.result else []
+                    emit(True, done + refused, None)
                 raise
     if as_json:
-        emit(True, [result_json(r) for r in results], None)
+        emit(True, [result_json(r, show_skipped) for r in results], None)
         return
     for r in results:
-        report(r, False)
+        report(r, False, show_skipped)
     if not results:
         err_console().print("no feeds ('ccxdp feed add NAME PATH' adds one)")
 
@@ -443,10 +466,11 @@ def block_import_command():
     @click.option("--allow-shrink", is_flag=True,
                   help="With --replace: apply a file that lists no name (empties the "
                        "hand-made list).")
+    @SHOW_SKIPPED
     @json_option
     @pass_app
     def block_import(app, path, fmt, column, action, category, skip_invalid, match,
-                     min_confidence, replace, allow_shrink, as_json):
+                     min_confidence, replace, allow_shrink, show_skipped, as_json):
         """Import a file of names once, as entries added by hand (no feed is registered).
 
         The swap is atomic: during it, names listed before and after stay blocked, and
@@ -459,11 +483,11 @@ def block_import_command():
           ccxdp block import c2-names.txt --category emotet
           ccxdp block import blocklist.hosts --replace
         """
-        with refusals_reported(as_json), progress_steps(as_json) as step:
+        with refusals_reported(as_json, show_skipped), progress_steps(as_json) as step:
             r = feeds.import_file(app.datapath(), app.catalog(), path, fmt, column, action,
                                   category, skip_invalid, replace, step, allow_shrink, match,
                                   min_confidence)
-        report(r, as_json)
+        report(r, as_json, show_skipped)
 
     return block_import
 

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
+from rich.console import Group
 from rich.text import Text
 
 from ccxdp.cli.app import pass_app, store_option
 from ccxdp.cli.output import emit, json_option
+from ccxdp.cli.render import render_feed_copies
 from ccxdp.cli.types import INPUT, sessions_options
 from ccxdp.hits.store import StoreError, period_bounds
 from ccxdp.notify import attribution, mail
@@ -202,12 +204,20 @@ def records(app, period, line, top, by_resolver, store_spec, as_json):
         notes[(n.line, n.period)] = (
             f"{n.sent_at} ({n.channel})" if n.state == "sent" else "pending (unconfirmed)"
         )
+    named = {f for r in found for f in r.feeds}
+    copies = {k: v for k, v in app.feed_copies().items() if k in named}
     data = {
         "records": [{**r.to_json(), "notification": sent.get((r.line, r.period))}
                     for r in found],
         "unattributed": left_json,
+        "feed_copies": copies,
     }
-    emit(as_json, data, lambda: rec.render_records(found, notes, left))
+
+    def render():
+        shown = rec.render_records(found, notes, left)
+        return Group(shown, render_feed_copies(copies)) if copies else shown
+
+    emit(as_json, data, render)
 
 
 @click.command()

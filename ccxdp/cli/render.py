@@ -12,9 +12,49 @@ from rich.table import Table
 from ccxdp.datapath.loader import Attachment
 from ccxdp.datapath.settings import DESCRIPTIONS, Settings
 from ccxdp.hits.stats import StatsSnapshot
+from ccxdp.policy import download
 from ccxdp.policy.catalog import BLOCK, CatalogEntry, ExemptEntry, LineExemptEntry
 from ccxdp.policy.exempt import LinePrefixChange, PrefixChange
 from ccxdp.policy.lists import Change
+
+
+def feed_copy(provenance: dict | None) -> dict | None:
+    """What a fetched feed's last good copy is, as evidence of where a listing came from: a
+    zone and its serial, or a URL and its validators; None for a file feed. Redacted and
+    escaped, fit for a terminal, a log or JSON."""
+    p = provenance or {}
+    if "serial" in p:
+        return {"zone": download.shown(p["zone"]), "serial": p["serial"]}
+    if "url" in p:
+        return {"url": download.redact(p["url"]),
+                "etag": download.shown(p["etag"]) if p.get("etag") else None,
+                "last_modified": (download.shown(p["last_modified"])
+                                  if p.get("last_modified") else None)}
+    return None
+
+
+def feed_copy_text(copy: dict) -> str:
+    if "serial" in copy:
+        return f"zone {copy['zone']}, serial {copy['serial']}"
+    validators = [f"ETag {copy['etag']}" if copy["etag"] else None,
+                  f"Last-Modified {copy['last_modified']}" if copy["last_modified"] else None]
+    return ", ".join([copy["url"], *filter(None, validators)])
+
+
+def feed_copies(sources) -> dict[str, dict]:
+    """{feed name: its copy} of the fetched feeds among ``sources`` (catalog Sources)."""
+    return {s.name: c for s in sources if (c := feed_copy(s.provenance)) is not None}
+
+
+def render_feed_copies(copies: Mapping[str, dict]) -> Table:
+    table = Table(title="where the feeds' names came from (their copies now)",
+                  title_justify="left")
+    table.add_column("feed")
+    table.add_column("copy")
+    for name, copy in sorted(copies.items()):
+        table.add_row(escape(name), escape(feed_copy_text(copy)))
+    return table
+
 
 _OUTCOME_HELP = {
     "not_dns": "not UDP to a DNS port, passed",

@@ -87,6 +87,7 @@ class ImportResult:
     duplicates: int = 0
     bad: list[BadLine] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    skipped_lines: list[BadLine] = field(default_factory=list)  # the first of them
     kept: dict[str, int] = field(default_factory=dict)  # unusual names listed all the same
     column: str | None = None  # CSV: the column the names came from
     unchanged: bool = False  # the file and options were the same as at the last sync
@@ -398,6 +399,8 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     number = [i + 1 for i in fresh]
     entries = [dc_replace(e, line=number[e.line - 1]) for e in parsed.entries]
     bad = [dc_replace(b, path=str(path), line=number[b.line - 1]) for b in parsed.bad]
+    skipped_lines = [dc_replace(b, path=str(path), line=number[b.line - 1])
+                     for b in parsed.skipped_lines]
     if bad and not source.skip_invalid:
         _refuse_bad(ParsedFeed(str(path), fmt, entries, bad, parsed.skipped, 0))
     hashed = hash_feed(entries, source.action or "default", source.category, key, catalog)
@@ -413,6 +416,7 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     result.entries = sum(len(v) for v in listings.values())
     result.bad = bad
     result.skipped = dict(parsed.skipped)
+    result.skipped_lines = skipped_lines
     result.kept = dict(parsed.kept)
     result.column = parsed.column
     # The new snapshot: lines found again keep theirs; new lines that gave one entry join.
@@ -438,6 +442,7 @@ def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
     result.duplicates = parsed.duplicates
     result.bad = parsed.bad
     result.skipped = dict(parsed.skipped)
+    result.skipped_lines = parsed.skipped_lines
     result.kept = dict(parsed.kept)
     result.column = parsed.column
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ccxdp.hits.store import Store, store_path, to_us
+from tests.harness.https import certificates, serving
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -103,3 +104,41 @@ def test_records_name_the_feeds_whose_entries_the_lines_hits_matched(ccxdp, lab,
         ("L-1", {"by-hand": 1, "emotet": 1}, ["abuse", "local"]),
         ("L-2", {"qakbot": 1}, ["other"]),
     ]
+
+
+def test_records_say_what_copy_of_a_fetched_feed_the_names_came_from(ccxdp, lab, tmp_path,
+                                                                    monkeypatch):
+    """A URL feed's copy (its URL, ETag and Last-Modified) beside the records' feeds field,
+    as this host's catalog has it: the evidence of where a line's blocked names came from."""
+    monkeypatch.setenv("COLUMNS", "250")
+    a = lab.cli_v4_addrs[0]
+    certs = certificates(tmp_path / "certs")
+    ccxdp.json("attach", lab.res_if, *lab.res_netns_opt)
+    with serving(tmp_path / "server", certs.cert, certs.key) as server:
+        url = server.route("/cc.txt", body="evil.test\n", etag='"v7"',
+                           last_modified="Tue, 01 Dec 2026 10:00:00 GMT")
+        ccxdp.run("feed", "add", "abuse", "--url", url, "--ca", str(certs.ca),
+                  "--category", "emotet")
+    (tmp_path / "local.txt").write_text("evil.test\n")
+    ccxdp.run("feed", "add", "local", str(tmp_path / "local.txt"), "--category", "emotet")
+    assert lab.dig("evil.test", source=a).timed_out
+    assert ccxdp.json("collect")["hits"] == 1
+    _hits, rows = stored(ccxdp)
+    period = datetime.fromtimestamp(rows[0].hour, UTC).strftime("%Y-%m")
+    sessions = tmp_path / "sessions.csv"
+    sessions.write_text(f"L-1,{a},2000-01-01T00:00:00Z,\n")
+    subscribers = tmp_path / "subscribers.csv"
+    subscribers.write_text("L-1,l1@isp.example,en\n")
+    ccxdp.run("notify", "--period", period, "--sessions", str(sessions), "--min-days", "1",
+              "--subscribers", str(subscribers), "--from", "noc@isp.example",
+              "--out", str(tmp_path / "outbox"))
+    out = ccxdp.json("records", "--period", period)
+    assert [(r["line"], r["feeds"]) for r in out["records"]] == [("L-1", ["abuse", "local"])]
+    copy = {"url": url, "etag": '"v7"', "last_modified": "Tue, 01 Dec 2026 10:00:00 GMT"}
+    assert out["feed_copies"] == {"abuse": copy}
+    listed = ccxdp.json("block", "list", "--sources")
+    assert [(e["name"], e["sources"], e["copies"]) for e in listed] == [
+        ("evil.test", ["abuse", "local"], {"abuse": copy})]
+    for command in (["records", "--period", period], ["block", "list", "--sources"]):
+        text = ccxdp.run(*command).stdout
+        assert f'│ abuse │ {url}, ETag "v7", Last-Modified Tue, 01 Dec 2026 10:00:00 GMT │' in text

@@ -507,7 +507,7 @@ def test_usage_errors(tmp_path, args, message):
 def test_commands_on_an_empty_state_folder_make_nothing(tmp_path):
     state = tmp_path / "state"
     assert json.loads(ccxdp(state, "records", "--json").stdout) == {
-        "records": [], "unattributed": []}
+        "records": [], "unattributed": [], "feed_copies": {}}
     rep = json.loads(ccxdp(state, "report", "--period", PERIOD, "--json").stdout)
     assert rep["lines_seen"] == 0 and rep["categories"] == []
     data = json.loads(ccxdp(state, "notify", "--period", PERIOD, "--json").stdout)

@@ -446,6 +446,34 @@ def test_a_threatfox_export_gives_its_domains_with_their_family_above_a_confiden
                               "anon.test": ("exact", "default", "threatfox")}
 
 
+def test_show_skipped_lists_the_lines_left_out_on_purpose(policy, tmp_path):
+    cli = policy.cli
+    path = write(tmp_path / "mixed.txt", "one.test", "192.0.2.1", "two.test", "2001:db8::1")
+    cp = cli.run("feed", "add", "mixed", str(path), "--show-skipped")
+    assert cp.stdout.splitlines()[-2:] == [
+        f"{path}:2: skipped, IP address host: 192.0.2.1",
+        f"{path}:4: skipped, IP address host: 2001:db8::1"]
+    assert "skipped," not in cli.run("feed", "sync", "mixed", "--force").stdout
+    r = cli.json("feed", "sync", "mixed", "--force", "--show-skipped")
+    assert r[0]["skipped_lines"] == [
+        {"line": 2, "reason": "IP address host", "value": "192.0.2.1"},
+        {"line": 4, "reason": "IP address host", "value": "2001:db8::1"}]
+    assert "skipped_lines" not in cli.json("feed", "sync", "mixed", "--force")[0]
+
+
+def test_show_skipped_lists_the_first_thousand(policy, tmp_path):
+    cli = policy.cli
+    path = write(tmp_path / "ips.txt", "one.test", *(f"10.0.{i // 256}.{i % 256}"
+                                                     for i in range(1500)))
+    out = cli.run("block", "import", str(path), "--show-skipped").stdout.splitlines()
+    assert out[-1] == ("… and 500 more skipped lines (the first 1,000 are listed; the counts "
+                       "above cover all)")
+    assert out[-1001] == f"{path}:2: skipped, IP address host: 10.0.0.0"
+    assert out[-2] == f"{path}:1001: skipped, IP address host: 10.0.3.231"
+    r = cli.json("block", "import", str(path), "--show-skipped")
+    assert (r["skipped"], len(r["skipped_lines"])) == ({"IP address host": 1500}, 1000)
+
+
 def test_skipped_bad_lines_are_capped_on_the_terminal_and_all_in_json(policy, tmp_path):
     cli = policy.cli
     path = write(tmp_path / "mixed.txt", "good.test", *(f"bad name {i}" for i in range(30)))

@@ -664,6 +664,13 @@ def test_threatfox_csv(tmp_path):
     assert parsed.skipped == {"IP address host": 2, "ioc_type sha1_hash": 1,
                               "ioc_type md5_hash": 1}
     assert bad(parsed) == [f"{path}:17: label 'bad_-' starts or ends with a hyphen: bad_-.example"]
+    # Each skipped row, by line, in file order (the ioc_type ones are counted in bulk).
+    assert [str(b) for b in parsed.skipped_lines] == [
+        f"{path}:10: IP address host: 64.227.143.36:5555",
+        f"{path}:12: ioc_type sha1_hash: 3dd25cbfe76db155615283f905992030468f3da9",
+        f"{path}:14: IP address host: http://[2001:db8::7]/a",
+        f"{path}:15: ioc_type md5_hash: abcdef0123456789",
+    ]
 
 
 def test_ioc_types_written_by_hand(tmp_path):
@@ -672,6 +679,8 @@ def test_ioc_types_written_by_hand(tmp_path):
     parsed = parse_feed(write(tmp_path, "iocs.csv", text))
     assert parsed.entries == [E("a.example", 2), E("b.example", 3)]
     assert parsed.skipped == {"IP address host": 1, "ioc_type md5_hash": 2}
+    assert [(b.line, b.reason) for b in parsed.skipped_lines] == [
+        (4, "IP address host"), (5, "ioc_type md5_hash"), (6, "ioc_type md5_hash")]
 
 
 URLHAUS = """\

@@ -203,3 +203,27 @@ def test_the_exception_of_the_agh_list_is_an_exact_allow(real_feeds):
     got = {(e.kind, e.match) for e in parsed.entries if e.name in ("auslogics.com",
                                                                    "www.auslogics.com")}
     assert got == {("block", "subtree"), ("allow", "exact")}
+
+
+def _skipped_line_numbers(path, is_skipped) -> list[int]:
+    return [n for n, line in enumerate(_lines(path), 1) if is_skipped(line)]
+
+
+@pytest.mark.parametrize(("name", "reason", "is_skipped"), [
+    # 23,079 address lines among the names: the first 1,000 of them are listed, by line.
+    ("urlhaus-filter-domains.plain", "IP address host",
+     lambda line: _ip(line.split("#", 1)[0].strip())),
+    # 59,510 rpz-ip triggers, the same.
+    ("hagezi-tif-ips.rpz", "rpz-ip trigger",
+     lambda line: ".rpz-ip" in line.split(";", 1)[0].split(" ", 1)[0].lower()),
+])
+def test_skipped_lines_are_listed_by_line_and_capped(real_feeds, name, reason, is_skipped):
+    path = real_feeds / name
+    parsed = formats.parse_feed(path, "auto", None)
+    numbers = _skipped_line_numbers(path, is_skipped)
+    assert parsed.skipped[reason] == len(numbers) > formats.SKIPPED_LINES_KEPT == 1000
+    assert [b.line for b in parsed.skipped_lines] == numbers[:1000]
+    assert {b.reason for b in parsed.skipped_lines} == {reason}
+    lines = _lines(path)
+    assert all(b.value.split()[0].lower().rstrip(".") in lines[b.line - 1].lower()
+               for b in parsed.skipped_lines)

@@ -107,6 +107,11 @@ def test_axfr_then_ixfr_from_knot_with_tsig_reach_the_kernel(policy, monkeypatch
         assert f["provenance"]["checked_at"] >= f["provenance"]["transferred_at"]
         text = cli.run("feed", "list").stdout
         assert f"{ZONE} from 127.0.0.1:{knot.port}" in text and "ixfr" in text
+        # The zone and serial each listed name came from.
+        sources = {e["name"]: e["copies"] for e in cli.json("block", "list", "--sources")}
+        assert sources == dict.fromkeys(("new.test", "sink.test", "c2.test"),
+                                        {"cc": {"zone": ZONE, "serial": 2}})
+        assert f"│ cc   │ zone {ZONE}, serial 2 │" in cli.run("block", "list", "--sources").stdout
 
         # --force: the whole zone again, the same list.
         forced = cli.json("feed", "sync", "cc", "--force")[0]

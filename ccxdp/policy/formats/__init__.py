@@ -83,6 +83,7 @@ from ccxdp.policy.formats.adblock import (
 from ccxdp.policy.formats.common import (
     EXACT,
     FORMATS,
+    SKIPPED_LINES_KEPT,
     SUBTREE,
     BadLine,
     ExportEntry,
@@ -178,7 +179,8 @@ def export_feed(
 
 
 __all__ = [
-    "ACTIONS", "FORMATS", "NAME_COLUMNS", "BadLine", "ExportEntry", "FeedEntry",
+    "ACTIONS", "FORMATS", "NAME_COLUMNS", "SKIPPED_LINES_KEPT", "BadLine", "ExportEntry",
+    "FeedEntry",
     "FeedFormatError", "ParsedFeed", "detect_format", "export_feed", "parse_feed",
     "read_feed_bytes",
 ]

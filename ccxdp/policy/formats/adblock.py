@@ -35,7 +35,7 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
     if not s or s[0] == "!" or (s[0] == "[" and s[-1] == "]"):
         return  # comment, or the [Adblock Plus 2.0] header
     if any(c in s for c in _COSMETIC):
-        b.skip("not a domain rule")
+        b.skip("not a domain rule", lineno, s)
         return
     if s[0] == "#":
         return  # a comment, the way AdGuard's DNS lists write them
@@ -49,10 +49,10 @@ def _adblock_line(b: _Builder, line: str, lineno: int) -> None:
     ended = rule.startswith("|") and host.endswith(("^", "|"))
     host = host[:-2] if host.endswith("^|") else host[:-1]
     if not ended or not host or any(c in host for c in "/*^|:?=&@"):
-        b.skip("not a domain rule")
+        b.skip("not a domain rule", lineno, s)
         return
     if any(m.strip().lower() not in _ADBLOCK_MODIFIERS for m in modifiers.split(",") if m):
-        b.skip("unsupported adblock modifier")
+        b.skip("unsupported adblock modifier", lineno, s)
         return
     _one_name(b, host, lineno, s, (kind, match, None, None))
 

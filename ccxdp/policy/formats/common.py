@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 
 from ccxdp.datapath.settings import ACTION_NAMES, SettingError, parse_action
@@ -66,6 +66,8 @@ class ParsedFeed:
     duplicates: int  # listings that repeated an entry already listed
     kept: dict[str, int] = field(default_factory=dict)  # unusual names listed, by what
     column: str | None = None  # CSV: the column the names were read from (header or number)
+    # The first SKIPPED_LINES_KEPT skipped lines, in file order (``skipped`` counts them all)
+    skipped_lines: list[BadLine] = field(default_factory=list)
 
 @dataclass(frozen=True)
 class ExportEntry:
@@ -142,6 +144,11 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# Skipped lines kept to be listed (--show-skipped): a feed of names and addresses skips
+# tens of thousands, and the counts by reason say the rest.
+SKIPPED_LINES_KEPT = 1000
+
+
 def _cut(text: str) -> str:
     text = text.strip()
     return text if len(text) <= VALUE_SHOWN else text[: VALUE_SHOWN - 1] + "…"
@@ -200,6 +207,7 @@ class _Builder:
         self.values: dict[int, str] = {}  # index -> text on the line, where not the name
         self.bad: list[BadLine] = []
         self.skipped: dict[str, int] = {}
+        self.skipped_lines: list[BadLine] = []
         self.duplicates = 0
         self.column: str | None = None
 
@@ -232,8 +240,19 @@ class _Builder:
     def refuse(self, line: int, reason: str, value: str) -> None:
         self.bad.append(BadLine(self.path, line, reason, _cut(value)))
 
-    def skip(self, reason: str, count: int = 1) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + count
+    def skip(self, reason: str, line: int, value: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.skipped_lines) < SKIPPED_LINES_KEPT:
+            self.skipped_lines.append(BadLine(self.path, line, reason, _cut(value)))
+
+    def skip_many(self, counts: dict[str, int], lines: Iterable[tuple[int, str, str]]) -> None:
+        """Lines skipped in bulk, ``counts`` by reason; ``lines`` yields their (line, reason,
+        value) in file order, taken only as far as the kept list has room."""
+        for reason, count in counts.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+        room = max(SKIPPED_LINES_KEPT - len(self.skipped_lines), 0)
+        self.skipped_lines += (BadLine(self.path, n, reason, _cut(v))
+                               for n, reason, v in islice(lines, room))
 
     def finish(self, fmt: str) -> ParsedFeed:
         names, lines = self.names, self.lines
@@ -252,10 +271,11 @@ class _Builder:
         else:
             entries = self._merge()
         self.bad.sort(key=lambda b: b.line)
+        self.skipped_lines.sort(key=lambda b: b.line)
         unusual = sum(1 for e in entries if "xn--" in e.name and unusual_a_label(e.name))
         kept = {"xn-- label that is not valid IDNA": unusual} if unusual else {}
         return ParsedFeed(self.path, fmt, entries, self.bad, self.skipped, self.duplicates,
-                          kept, self.column)
+                          kept, self.column, self.skipped_lines)
 
     def _merge(self) -> list[FeedEntry]:
         attrs, default, lines = self.attrs, self.default, self.lines

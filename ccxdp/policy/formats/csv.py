@@ -159,7 +159,7 @@ def _csv_value(b: _Builder, cell: str, lineno: int, attrs: _Attrs | None = None)
     if not host:
         b.refuse(lineno, "URL without a host", value)
     elif _is_ip(host):
-        b.skip("IP address host")
+        b.skip("IP address host", lineno, value)
     elif len(host.split()) > 1:
         b.refuse(lineno, "several words, not one name", value)
     else:
@@ -188,7 +188,8 @@ class _ThreatFox:
                 b.refuse(lineno, f"confidence_level {text!r} is not a number", ",".join(row))
                 return None
             if int(text) < self.min_confidence:
-                b.skip(f"confidence below {self.min_confidence}")
+                b.skip(f"confidence below {self.min_confidence}", lineno,
+                       f"{cell(self.value_col)} (confidence_level {text})")
                 return None
         family = cell(self.family).lower()
         category = family if _CATEGORY_LIKE.fullmatch(family) and family != "unknown" else None
@@ -395,9 +396,15 @@ def _ioc_rows(b: _Builder, picked: list[tuple[str, str]],
     if any(t.strip().lower() in _IOC_TYPES for t in others):  # " Domain", by hand: slowly
         taken = [t.strip().lower() in _IOC_TYPES for t in types]
         others = Counter(t for t, ok in zip(types, taken, strict=True) if not ok)
-    for ioc_type, count in others.items():
+    def reason(ioc_type: str) -> str:
         ioc_type = ioc_type.strip().lower()
-        b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}", count)
+        return "IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}"
+
+    counts: Counter[str] = Counter()
+    for ioc_type, count in others.items():
+        counts[reason(ioc_type)] += count
+    rows = zip(numbers, picked, taken, strict=True)
+    b.skip_many(counts, ((n, reason(t), v) for n, (v, t), ok in rows if not ok))
     if not others:
         return list(map(itemgetter(0), picked)), numbers
     return (list(compress(map(itemgetter(0), picked), taken)),
@@ -445,7 +452,8 @@ def _csv_rows(b: _Builder, lines: list[str], numbers: list[int] | None, first_li
         if type_col is not None:
             ioc_type = row[type_col].strip().lower() if type_col < len(row) else ""
             if ioc_type not in _IOC_TYPES:
-                b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}")
+                b.skip("IP address host" if ioc_type == "ip:port" else f"ioc_type {ioc_type}",
+                       lineno, cell)
                 continue
         attrs = None
         if semantic is not None:

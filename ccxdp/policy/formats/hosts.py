@@ -47,9 +47,9 @@ def _hosts_line(b: _Builder, line: str, lineno: int) -> None:
     for value in fields[1:]:
         low = value.lower().rstrip(".")
         if low in _BOILERPLATE or low.startswith("ip6-"):
-            b.skip("hosts-file boilerplate")
+            b.skip("hosts-file boilerplate", lineno, value)
         elif _is_ip(value):
-            b.skip("IP address host")
+            b.skip("IP address host", lineno, value)
         else:
             b.name(value, lineno, value)
 

@@ -28,7 +28,7 @@ def _one_name(b: _Builder, text: str, lineno: int, value: str, attrs) -> None:
     and addresses exist: urlhaus-filter's has both; they are none of a DNS filter's
     business), several fields or a URL is a bad line, else the name goes to the builder."""
     if _is_ip(text):
-        b.skip("IP address host")
+        b.skip("IP address host", lineno, value)
     elif len(text.split()) > 1:
         b.refuse(lineno, "several fields, not one name", value)
     elif "://" in text:

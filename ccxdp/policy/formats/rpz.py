@@ -243,7 +243,7 @@ class _Zone:
                 ):
                     policy = (ALLOW, None)  # the old passthru: a CNAME to the name itself
                 if policy is None:
-                    b.skip("CNAME rewrite")
+                    b.skip("CNAME rewrite", line, f"{value} CNAME {target}")
                     continue
                 kind, action = policy
                 slow.append((text, line, value, (kind, match, action, None)))
@@ -255,7 +255,8 @@ class _Zone:
                     slow.append((text, line, value, (BLOCK, match, "sinkhole", None)))
                 seen.add(rdata)
             else:
-                b.skip(f"{dns.rdatatype.to_text(rdtype)} record")
+                kind = dns.rdatatype.to_text(rdtype)
+                b.skip(f"{kind} record", line, f"{value} {kind}")
         queue = iter(slow)
         pending = next(queue, None)
         for first, origin, items in self.fast:
@@ -278,11 +279,11 @@ class _Zone:
         labels = relative.labels
         if not labels:
             if rdtype not in (dns.rdatatype.SOA, dns.rdatatype.NS):
-                b.skip("record at the zone apex")
+                b.skip("record at the zone apex", line, f"@ {dns.rdatatype.to_text(rdtype)}")
             return None
         trigger = _NOT_QNAME.get(labels[-1].lower())
         if trigger is not None:
-            b.skip(trigger)
+            b.skip(trigger, line, f"{relative} {dns.rdatatype.to_text(rdtype)}")
             return None
         value = relative.to_text()
         if labels[0] == b"*":
