@@ -52,7 +52,7 @@
  * enum ccxdp_action; value: count, host order. Written by the program on every frame.
  * Per-CPU because XDP runs in softirq on each CPU: no atomics, no contention.
  */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v4, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
@@ -171,9 +171,10 @@ struct ccxdp_scratch {
 	__u32 qoff;     /* offset of the QNAME from the frame's start */
 	__u32 avail;    /* DNS payload bytes from the QNAME on (the UDP length ends it) */
 	__u16 l3_off;   /* offset of the IP header */
-	__u16 l4_off;   /* offset of the UDP header */
+	__u16 l4_off;   /* offset of the UDP or TCP header */
 	__u8 ipv6;      /* 1: IPv6, 0: IPv4 */
-	__u8 pad[3];
+	__u8 tcp;       /* 1: the query came over TCP (after its 2-byte length), 0: UDP */
+	__u8 pad[2];
 	__u8 label_off[DNS_MAX_LABELS + 1];
 	__u32 label;    /* index of the label being hashed */
 	__u32 pos;      /* offset from the QNAME of the next byte to hash */

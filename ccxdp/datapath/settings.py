@@ -1,5 +1,6 @@
 """Run-time settings of the data path (the ccxdp_config map): the default action, the
-sinkhole addresses, the TTLs of synthesized answers. Changed without reloading the program."""
+sinkhole addresses, the TTLs of synthesized answers, what becomes of frames that cannot be
+judged. Changed without reloading the program."""
 
 from __future__ import annotations
 
@@ -50,7 +51,13 @@ DESCRIPTIONS = {
     "answer_ttl": "TTL of sinkhole answers (seconds)",
     "negative_ttl": "TTL and SOA MINIMUM of NXDOMAIN/NODATA answers (seconds)",
     "edns_udp_size": "UDP payload size in the OPT record of answers",
+    "fragments": "first IP fragments to a DNS port: drop or pass (counted either way)",
+    "unparsed": "frames with headers deeper than parsed: drop or pass (counted either way)",
 }
+
+# What `fragments` and `unparsed` may be, and the bit of Config.pass_unjudged each sets.
+UNJUDGED_CHOICES = ("drop", "pass")
+_PASS_BITS = {"fragments": shared.PASS_FRAGMENTS, "unparsed": shared.PASS_UNPARSED}
 
 
 def action_name(action: int) -> str:
@@ -67,6 +74,10 @@ class Settings:
     answer_ttl: int = 300  # seconds a client may cache a sinkhole address
     negative_ttl: int = 300  # seconds caches keep NXDOMAIN/NODATA (RFC 2308 SOA MINIMUM)
     edns_udp_size: int = 1232  # the DNS flag day 2020 value: no fragmentation
+    # A DNS query never needs fragments or more headers than the program walks; what brings
+    # them to a DNS port is a way around the filter, so the defaults close it (docs/datapath.md).
+    fragments: str = "drop"
+    unparsed: str = "drop"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,6 +86,8 @@ class Settings:
     def to_kernel(self) -> shared.Config:
         c = shared.Config()
         c.default_action = ACTION_NAMES[self.default_action]
+        c.pass_unjudged = sum(bit for key, bit in _PASS_BITS.items()
+                              if getattr(self, key) == "pass")
         c.edns_udp_size = socket.htons(self.edns_udp_size)
         c.answer_ttl = socket.htonl(self.answer_ttl)
         c.negative_ttl = socket.htonl(self.negative_ttl)
@@ -97,6 +110,8 @@ class Settings:
             answer_ttl=socket.ntohl(c.answer_ttl),
             negative_ttl=socket.ntohl(c.negative_ttl),
             edns_udp_size=socket.ntohs(c.edns_udp_size),
+            **{key: "pass" if c.pass_unjudged & bit else "drop"
+               for key, bit in _PASS_BITS.items()},
         )
 
     def with_value(self, key: str, text: str) -> Settings:
@@ -147,6 +162,9 @@ def _check(key: str, value: object) -> None:
     elif key in ("answer_ttl", "negative_ttl"):
         if not 0 <= value <= _TTL_MAX:
             raise SettingError(f"{key}: {value} is outside 0..{_TTL_MAX}")
+    elif key in _PASS_BITS:
+        if value not in UNJUDGED_CHOICES:
+            raise SettingError(f"{key}: {value!r} is not one of {', '.join(UNJUDGED_CHOICES)}")
     elif key == "edns_udp_size":
         if not 512 <= value <= 65535:
             raise SettingError(f"edns_udp_size: {value} is outside 512..65535")

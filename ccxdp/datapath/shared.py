@@ -27,7 +27,7 @@ DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
-MAP_STATS = "ccxdp_stats_v3"
+MAP_STATS = "ccxdp_stats_v4"
 MAP_NAME_SLOTS = "ccxdp_nslot_v1"
 MAP_NAME_RANGES = "ccxdp_nrange_v1"
 MAP_NAME_ACTIVE = "ccxdp_nact_v1"
@@ -42,7 +42,7 @@ MAP_EXEMPT = "ccxdp_exempt_v1"
 MAP_EXEMPT_GATE = "ccxdp_exgate_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v6"
+PROG_PIN = "ccxdp_xdp_v7"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -58,6 +58,8 @@ class Outcome(enum.IntEnum):
     ALLOWED = 7
     MONITORED = 8
     EXEMPT = 9
+    TCP_OTHER = 10
+    TCP_RETRY = 11
 
 
 class Malformed(enum.IntEnum):
@@ -70,6 +72,10 @@ class Malformed(enum.IntEnum):
 class Event(enum.IntEnum):
     SOURCE_LOST = 0
     ANSWER_FAILED = 1
+    FRAGMENT_DROPPED = 2
+    UNPARSED_DROPPED = 3
+    TCP_CLOSED = 4
+    NOT_UNICAST = 5
 
 
 class Action(enum.IntEnum):
@@ -157,13 +163,18 @@ class HashKeyLayout(ct.Structure):
 class Config(ct.Structure):
     _fields_ = [
         ("default_action", ct.c_uint8),
-        ("pad", ct.c_uint8 * 1),
+        ("pass_unjudged", ct.c_uint8),  # PASS_* bits
         ("edns_udp_size", ct.c_uint16),  # network order
         ("answer_ttl", ct.c_uint32),  # network order
         ("negative_ttl", ct.c_uint32),  # network order
         ("sinkhole_v4", ct.c_uint8 * 4),
         ("sinkhole_v6", ct.c_uint8 * 16),
     ]
+
+
+# Bits of Config.pass_unjudged: which frames that cannot be judged pass instead of dropping.
+PASS_FRAGMENTS = 0x01
+PASS_UNPARSED = 0x02
 
 
 class LpmKey(ct.Structure):

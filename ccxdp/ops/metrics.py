@@ -128,7 +128,9 @@ class DaemonMetrics(Collector):
         yield malformed
         events = CounterMetricFamily(
             f"{PREFIX}_events", "Events: source_lost (a hit not counted per source: the "
-            "per-source map was full; the kernel never evicts), answer_failed",
+            "per-source map was full; the kernel never evicts), answer_failed (the frame "
+            "could not grow to the answer's size), fragment_dropped, unparsed_dropped, "
+            "tcp_closed (a blocked TCP query's connection closed), not_unicast",
             labels=["event"])
         for k, v in snap.events.items():
             events.add_metric([k], v)
