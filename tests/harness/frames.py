@@ -101,8 +101,10 @@ def three_vlans(frame: bytes) -> bytes:
     return eth + tags + rest
 
 
-def tcp4(payload: bytes, dport=53):
-    return bytes(Ether(**ETH) / IP(src=CLIENT4, dst=RESOLVER4) / TCP(dport=dport) / Raw(payload))
+def tcp4(payload: bytes, dport=53, **ip):
+    """A SYN (scapy's default flags) carrying payload; tcp_query() makes a query's segment."""
+    return bytes(Ether(**ETH) / IP(src=CLIENT4, dst=RESOLVER4, **ip) / TCP(dport=dport)
+                 / Raw(payload))
 
 
 def tcp_query(message: bytes, family: int = 4, flags: str = "PA", seq: int = 1000,
