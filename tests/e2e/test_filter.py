@@ -56,7 +56,8 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert stats["outcomes"]["malformed"] == 0
     assert stats["judged"] == 11
     assert stats["names"] == 2
-    assert stats["events"] == {"source_lost": 0, "answer_failed": 0}
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "fragment_dropped": 0,
+                               "unparsed_dropped": 0, "tcp_closed": 0, "not_unicast": 0}
     assert stats["actions"]["drop"] == 8
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
     assert hits == {(client_a, 0): 3, (client_b, 0): 1, (client_a6, 0): 4}
