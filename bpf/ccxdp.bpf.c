@@ -296,6 +296,7 @@ static __always_inline int parse_tcp_query(struct frame *f)
 {
 	struct tcphdr *tcp;
 	struct dnshdr *dns;
+	long len, in_segment;
 	__be16 *msg_len;
 	void *payload_end;
 	__u8 *judge_port;
@@ -321,9 +322,16 @@ static __always_inline int parse_tcp_query(struct frame *f)
 	if (!(dns = parse_dnshdr(&f->c)) || !dns_is_judged_query(dns) ||
 	    bpf_ntohs(*msg_len) < sizeof(*dns))
 		return XDP_PASS;
-	payload_end = (void *)dns + bpf_ntohs(*msg_len);
-	if (payload_end > f->ip_end)
-		payload_end = f->ip_end;
+	/* The smaller of the two as a length, not as a choice between two packet pointers:
+	 * that choice kept two verifier states apart through the name loops (390,000
+	 * instructions processed instead of 230,000). */
+	len = bpf_ntohs(*msg_len);
+	in_segment = f->ip_end - (void *)dns;
+	if (in_segment < 0)
+		return XDP_PASS; /* an IP length that ends before the DNS header */
+	if (len > in_segment)
+		len = in_segment;
+	payload_end = (void *)dns + (len & 0xffff);
 	if (payload_end < f->c.pos || payload_end > f->c.end)
 		return XDP_PASS;
 	/* A query's start: from here on, what does not parse is malformed. */
