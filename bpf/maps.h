@@ -153,7 +153,8 @@ BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_exempt_v1, CCXDP_
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_exgate_v1, 1 << CCXDP_EXEMPT_GATE_BITS,
 		 CCXDP_PIN(CCXDP_MAP_EXEMPT_GATE));
 
-/* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
+/* Judged destination ports, over UDP and TCP. Key: port, host order. Value: 1 to judge.
+ * Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 
 /* The name-hash key, one entry. Written once by the control plane from its key file. */
