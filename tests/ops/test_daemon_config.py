@@ -76,6 +76,8 @@ BAD = [
     ("bad-address", '[filter]\nsinkhole_v4 = "fd00::1"\n' + IFACE, "filter.sinkhole_v4",
      "not an IPv4 address"),
     ("ttl-range", '[filter]\nanswer_ttl = -1\n' + IFACE, "filter.answer_ttl", "outside"),
+    ("bad-fragments", '[filter]\nfragments = "maybe"\n' + IFACE, "filter.fragments",
+     "not one of drop, pass"),
     ("bad-mode", '[filter]\nmode = "fast"\n' + IFACE, "filter.mode", "auto, native, generic"),
     ("interface-without-name", '[[interfaces]]\nmode = "auto"\n', "interfaces[0].name",
      "missing"),
