@@ -2,9 +2,11 @@
 /*
  * ccxdp: judge DNS queries at the NIC against a list of C&C names.
  *
- * Ethernet -> VLAN tags -> IPv4/IPv6 -> UDP or TCP to a DNS port -> DNS header -> QNAME, then the
- * hash of every suffix of the name is looked up and the most specific entry decides. Anything
- * that is not a judged query passes unchanged; one exit counts exactly one outcome per frame.
+ * Ethernet -> VLAN tags -> IPv4/IPv6 -> UDP or TCP to a DNS port -> DNS header -> QNAME, then
+ * the hash of every suffix of the name is looked up and the most specific entry decides.
+ * Anything that is not a judged query passes unchanged, but for what could hide one from the
+ * filter (fragments, headers deeper than parsed: the `fragments` and `unparsed` settings); one
+ * exit counts exactly one outcome per frame.
  */
 #include <uapi/linux/bpf.h>
 
@@ -288,9 +290,9 @@ static __always_inline int parse_l3_source(struct frame *f)
  * TCP to a judged port whose segment starts with a DNS query (RFC 7766 8: the 2-byte length,
  * then the message): leaves the cursor on the QNAME, and in f the end of what may hold the
  * question, the message's or the segment's, whichever comes first (the message may go on in
- * later segments). Only the segment at hand is seen: a query that does not start it, or whose
- * question does not fit in it, passes as CCXDP_OUT_TCP_OTHER; so do queries pipelined after
- * the first in one segment.
+ * later segments). Only the segment at hand is seen: a segment that starts no query passes as
+ * CCXDP_OUT_TCP_OTHER, one whose question runs past its end as malformed, and queries
+ * pipelined after the first in one segment pass unjudged.
  */
 static __always_inline int parse_tcp_query(struct frame *f)
 {
