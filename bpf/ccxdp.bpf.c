@@ -288,7 +288,7 @@ static __always_inline int parse_l3_source(struct frame *f)
 
 /*
  * TCP to a judged port whose segment starts with a DNS query (RFC 7766 8: the 2-byte length,
- * then the message): leaves the cursor on the QNAME, and in f the end of what may hold the
+ * then the message; or the message alone, its length sent before): leaves the cursor on the QNAME, and in f the end of what may hold the
  * question, the message's or the segment's, whichever comes first (the message may go on in
  * later segments). Only the segment at hand is seen: a segment that starts no query passes as
  * CCXDP_OUT_TCP_OTHER, one whose question runs past its end as malformed, and queries
@@ -320,14 +320,20 @@ static __always_inline int parse_tcp_query(struct frame *f)
 	msg_len = f->c.pos;
 	if ((void *)(msg_len + 1) > f->c.end)
 		return XDP_PASS;
-	f->c.pos = msg_len + 1;
-	if (!(dns = parse_dnshdr(&f->c)) || !dns_is_judged_query(dns) ||
-	    bpf_ntohs(*msg_len) < sizeof(*dns))
-		return XDP_PASS;
+	/* The message after its length, or alone: a client that writes the length on its own
+	 * sends the message in the next segment (the length then reads as the whole segment). */
+	len = bpf_ntohs(*msg_len);
+	dns = (void *)(msg_len + 1);
+	if ((void *)(dns + 1) > f->c.end || !dns_is_judged_query(dns) || len < sizeof(*dns)) {
+		dns = (void *)msg_len;
+		if ((void *)(dns + 1) > f->c.end || !dns_is_judged_query(dns))
+			return XDP_PASS;
+		len = f->ip_end - (void *)dns;
+	}
+	f->c.pos = dns + 1;
 	/* The smaller of the two as a length, not as a choice between two packet pointers:
 	 * that choice kept two verifier states apart through the name loops (390,000
 	 * instructions processed instead of 230,000). */
-	len = bpf_ntohs(*msg_len);
 	in_segment = f->ip_end - (void *)dns;
 	if (in_segment < 0)
 		return XDP_PASS; /* an IP length that ends before the DNS header */

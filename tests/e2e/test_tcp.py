@@ -91,6 +91,36 @@ def test_blocked_tcp_queries_fail_at_once_and_never_reach_unbound(ccxdp, lab, mo
 BEFORE_UNBOUND_GIVES_UP_S = 0.15
 
 
+# Runs in the client's namespace: a client that writes the query's length and the query in
+# two writes with Nagle off, so they leave in two segments; prints what it read: "eof" or hex.
+_LENGTH_THEN_MESSAGE = r"""
+import socket, sys, time
+import dns.message
+wire = dns.message.make_query(sys.argv[2], "A").to_wire()
+s = socket.create_connection((sys.argv[1], 53), timeout=3)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(len(wire).to_bytes(2, "big"))
+time.sleep(0.05)
+s.sendall(wire)
+data = s.recv(65535)
+print(data.hex() if data else "eof")
+"""
+
+
+def test_query_sent_after_its_length_in_another_segment(ccxdp, lab):
+    import sys
+
+    attach_blocking(ccxdp, lab, "native")
+    cp, took = timed(lambda: lab.run("cli", [sys.executable, "-c", _LENGTH_THEN_MESSAGE,
+                                             lab.res_v4, "evil.test"]))
+    assert cp.stdout.strip() == "eof" and took < AT_ONCE_S + 0.05, cp.stdout + cp.stderr
+    assert lab.unbound_queries_for("evil.test") == 0
+    cp = lab.run("cli", [sys.executable, "-c", _LENGTH_THEN_MESSAGE, lab.res_v4,
+                         "mail.lab.example"])
+    assert cp.stdout.strip() not in ("", "eof"), cp.stdout + cp.stderr
+    assert lab.unbound_queries_for("mail.lab.example") == 1
+
+
 @pytest.fixture
 def one_tcp_slot():
     """A lab whose unbound takes one TCP connection at a time (its default is 10 a thread),

@@ -112,6 +112,24 @@ def test_every_blocking_action_closes_the_connection(datapath, action):
                                              f"actions.{action}": 1}
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_message_after_a_segment_holding_its_length(datapath, family):
+    """A client that writes the 2-byte length on its own sends the message in the next
+    segment, where it starts with the DNS header: that segment is judged too."""
+    dp, fd = datapath
+    block(dp)
+    length_alone = tcp_query(b"", family=family)
+    before = read_stats(dp)
+    result = libbpf.prog_test_run(fd, length_alone)
+    assert result.retval == XDP_PASS and result.data_out == length_alone
+    message = tcp_query(query(BLOCKED), family=family, length_prefix=False, seq=1002)
+    result = libbpf.prog_test_run(fd, message)
+    assert result.retval == XDP_PASS
+    check_fin(message, result.data_out, family)
+    assert delta(before, read_stats(dp)) == {"outcomes.tcp_other": 1, "outcomes.blocked": 1,
+                                             "events.tcp_closed": 1, "actions.nxdomain": 1}
+
+
 def test_question_in_the_first_of_several_segments(datapath):
     """The message goes on in a later segment (a long OPT, say): its question is here."""
     dp, fd = datapath
@@ -167,7 +185,7 @@ def test_miss_passes(datapath):
 NOT_A_START = [
     ("syn", tcp_query(b"", flags="S", length_prefix=False)),
     ("pure-ack", tcp_query(b"", flags="A", length_prefix=False)),
-    ("no-length-prefix", tcp_query(query(BLOCKED), length_prefix=False)),
+    ("message-alone-not-a-query", tcp_query(b"\x12\x34" + b"\xff" * 20, length_prefix=False)),
     ("syn-with-data-fast-open", tcp_query(query(BLOCKED), flags="S")),
     ("rst-with-data", tcp_query(query(BLOCKED), flags="RA")),
     ("no-ack-flag", tcp_query(query(BLOCKED), flags="P")),
