@@ -99,6 +99,28 @@ def test_blocked_query_becomes_a_fin_to_the_resolver(datapath, case, family, kw)
     assert sources(after) == {(CLIENT4 if family == 4 else CLIENT6, CATEGORY): 1}
 
 
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("flags", ["0x0000", "0x0120", "0x0100", "0x0110"],
+                         ids=["no-flags", "rd-ad", "rd", "rd-cd"])
+def test_what_the_client_resends_after_the_fin_is_not_counted_again(datapath, family, flags):
+    """The resolver's FIN took the query's first byte: the client's TCP resends the rest, from
+    the second byte of the length on. That segment starts no query (its would-be QDCOUNT is
+    the low byte of the flags, then 0), passes, and the query stays counted once."""
+    dp, fd = datapath
+    block(dp)
+    message = query(BLOCKED, flags=int(flags, 16))
+    first = tcp_query(message, family=family, seq=1000)
+    assert libbpf.prog_test_run(fd, first).retval == XDP_PASS
+    before = read_stats(dp)
+    rest = tcp_query((struct.pack("!H", len(message)) + message)[1:], family=family, seq=1001,
+                     length_prefix=False)
+    result = libbpf.prog_test_run(fd, rest)
+    assert result.retval == XDP_PASS and result.data_out == rest
+    after = read_stats(dp)
+    assert delta(before, after) == {"outcomes.tcp_other": 1}
+    assert sum(s.hits for s in after.sources) == 1
+
+
 @pytest.mark.parametrize("action", ["drop", "nxdomain", "nodata", "sinkhole", "refused"])
 def test_every_blocking_action_closes_the_connection(datapath, action):
     dp, fd = datapath
