@@ -333,6 +333,43 @@ def test_hits_collected_later_keep_the_month_at_one_message(world):
     assert len(list(out.glob("*.eml"))) == 2
 
 
+def test_notified_line_stays_notified_when_hits_arrive_in_its_hour(world):
+    """The collector adds hits to an hour notify already attributed: the line keeps what was
+    attributed (and its notice) in every view; the new hits wait, under their address, for
+    the next notify to attribute them."""
+    out = world["dir"] / "outbox"
+    args = notify_args(world, "--from", SENDER, "--out", str(out), "--json")
+    ccxdp(world["state"], *args)
+    with Store(store_path(world["state"])) as store:  # A's first hour of L-1, again
+        add_hits(store, hit_rows([(A, EMOTET, 3, 10, 2, 52, 53, ())]))
+    recs = json.loads(ccxdp(world["state"], "records", "--period", PERIOD, "--json").stdout)
+    by_line = {r["line"]: r for r in recs["records"]}
+    assert sorted(by_line) == ["L-1", "L-2", "L-3", "L-4"]
+    assert {k: v for k, v in by_line["L-1"].items() if k != "notification"} == L1
+    assert by_line["L-1"]["notification"]["state"] == "sent"
+    assert recs["unattributed"] == [
+        {"address": A, "hits": 2, "categories": {"emotet": 2}, "period": PERIOD,
+         "first_seen": "2026-11-03T10:52:00Z", "last_seen": "2026-11-03T10:53:30Z",
+         "reason": "not attributed"},
+        {**UNATTRIBUTED_D, "period": PERIOD, "reason": "not attributed"}]
+    rep = json.loads(ccxdp(world["state"], "report", "--period", PERIOD, "--json").stdout)
+    assert (rep["lines_seen"], rep["lines_notified"], rep["hits"]) == (4, 2, 31)
+    assert rep["unattributed_addresses"] == 2
+    with Store(store_path(world["state"])) as store:
+        assert len(store.notifications(period=PERIOD)) == 2
+    # notify without sessions attributes nothing, and still knows L-1 was notified.
+    bare = json.loads(ccxdp(world["state"], "notify", "--period", PERIOD, "--json").stdout)
+    assert bare["already_notified"] == ["L-1", "L-3"] and bare["attributed_rows"] == 0
+    again = json.loads(ccxdp(world["state"], *args).stdout)
+    assert again["already_notified"] == ["L-1", "L-3"] and again["notified"] == []
+    assert again["attributed_rows"] == 1
+    [l1] = json.loads(ccxdp(world["state"], "records", "--line", "L-1", "--json").stdout)[
+        "records"]
+    assert (l1["hits"], l1["days"], l1["first_seen"], l1["addresses"]) == (
+        11, 3, "2026-11-03T10:05:00Z", [A, B])
+    assert len(list(out.glob("*.eml"))) == 2
+
+
 def test_outbox_crash_after_writing_is_recovered(world):
     """A run killed after the .eml reached the outbox but before 'sent' was recorded: the
     claim is pending; the next run finds the file by its Message-ID and records it, sending
