@@ -482,10 +482,10 @@ class Store:
         in Unix microseconds (UTC), hits > 0, and update the collector's checkpoint with
         ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
         both or neither are kept. A row for an (address, category, hour) already stored adds
-        to it as the fold does: hits summed, first_seen the earlier, last_seen the later, and
-        hits added to an attributed row's hour wait beside it for attribution. The store's constraints refuse a
-        malformed row (and then nothing is written); the address text is the caller's to
-        get right."""
+        to it as the fold does: hits summed, first_seen the earlier, last_seen the later; hits
+        added to an hour whose row was attributed wait beside it for attribution. The
+        store's constraints refuse a malformed row (and then nothing is written); the address
+        text is the caller's to get right."""
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
         return self._write(list(rows), dict(categories or {}), [], cp)
 
