@@ -6,7 +6,7 @@ The month (in a temporary state folder, removed afterwards): --unattributed addr
 hits on 3 days each and no session; --lines lines with one address each, on 3 days, in a
 sessions CSV; one line whose delegated prefix held --big-line addresses. Every command runs
 as the real ``ccxdp`` process, its stdout a pipe (TSV) and a terminal (a pty, 200 columns);
-printed per command and output: seconds, lines printed, peak RSS.
+printed per command and output: seconds, CPU seconds, lines printed, peak RSS.
 
     .venv/bin/python scripts/bench_records.py [--unattributed 65000] [--lines 20000]
         [--big-line 20000] [--src DIR]
@@ -81,8 +81,9 @@ def build(state: Path, sessions: Path, unattributed_n: int, lines: int, big: int
     return rows
 
 
-def run(argv: list[str], env: dict, tty: bool) -> tuple[float, int, float]:
-    """(seconds, lines printed, peak RSS MiB) of one command."""
+def run(argv: list[str], env: dict, tty: bool) -> tuple[float, float, int, float]:
+    """(seconds, CPU seconds, lines printed, peak RSS MiB) of one command. CPU seconds (user
+    and system) are what a loaded machine does not inflate."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as err:
         if tty:
@@ -104,7 +105,8 @@ def run(argv: list[str], env: dict, tty: bool) -> tuple[float, int, float]:
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(argv)}: {err.read().decode()}")
-    return time.monotonic() - started, out.count(b"\n"), usage.ru_maxrss / 1024
+    return (time.monotonic() - started, usage.ru_utime + usage.ru_stime, out.count(b"\n"),
+            usage.ru_maxrss / 1024)
 
 
 def _drain(fd: int) -> bytes:
@@ -158,13 +160,14 @@ def main() -> None:
             ("notify dry run, after", ["notify", "--period", PERIOD, "--sessions",
                                        str(sessions)]),
         ]
-        print(f"{'command':<24} {'stdout':<6} {'seconds':>8} {'lines':>9} {'peak MiB':>9}")
+        print(f"{'command':<24} {'stdout':<6} {'seconds':>8} {'CPU s':>7} {'lines':>9} "
+              f"{'peak MiB':>9}")
         for name, argv in commands:
             modes = ["pipe"] if "--json" in argv else ["pipe", "tty"]
             for mode in modes:
-                seconds, lines, peak = run(base + argv, env, mode == "tty")
-                print(f"{name:<24} {mode:<6} {seconds:>8.2f} {lines:>9,} {peak:>9.0f}",
-                      flush=True)
+                seconds, cpu, lines, peak = run(base + argv, env, mode == "tty")
+                print(f"{name:<24} {mode:<6} {seconds:>8.2f} {cpu:>7.2f} {lines:>9,} "
+                      f"{peak:>9.0f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

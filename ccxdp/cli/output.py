@@ -16,6 +16,7 @@ import json
 import sys
 
 import click
+from rich import markup
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -38,9 +39,29 @@ def emit(as_json: bool, data, renderable_factory) -> None:
         json.dump(data, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     elif sys.stdout.isatty():
-        console().print(renderable_factory())
+        console().print(fit_terminal(renderable_factory()))
     else:
         sys.stdout.write(plain_text(renderable_factory()))
+
+
+# rich lays out every cell of a table to fit the screen: 20,000 rows of records took 100 s of
+# CPU. A terminal shows this many rows of a table and counts the rest; piped, TSV has all.
+TERMINAL_ROWS = 1000
+
+
+def fit_terminal(renderable: RenderableType, rows: int = TERMINAL_ROWS) -> RenderableType:
+    """The renderable with each table cut to ``rows`` rows, and a line saying how many more
+    there are and where to get them."""
+    if isinstance(renderable, Group):
+        return Group(*(fit_terminal(r, rows) for r in renderable.renderables))
+    if isinstance(renderable, Table) and renderable.row_count > rows:
+        more = renderable.row_count - rows
+        renderable.rows = renderable.rows[:rows]
+        for column in renderable.columns:
+            column._cells = column._cells[:rows]
+        return Group(renderable, Text(f"… and {more:,} more rows: piped, the output is TSV "
+                                      f"with every row; --json for all"))
+    return renderable
 
 
 def plain_text(renderable: RenderableType) -> str:
@@ -89,7 +110,9 @@ def _cell_text(cell, out: Console, keep_lines: bool = False) -> str:
     # A str cell is rich markup (as the table would render it, escapes undone); Text is
     # taken as it is.
     if isinstance(cell, str):
-        text = out.render_str(cell).plain
+        # Without a "[" there is no markup to undo; rich's highlighter is colour only, and
+        # was most of the time of a 20,000-row table.
+        text = markup.render(cell).plain if "[" in cell else cell
     elif isinstance(cell, Text):
         text = cell.plain
     else:

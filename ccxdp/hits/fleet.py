@@ -471,6 +471,13 @@ class FleetStore:
             f"LEFT JOIN categories c ON c.id = h.category GROUP BY 1", args).fetchall()
         return {str(name): int(n) for name, n in rows}
 
+    def unattributed_hits(self, start: int, end: int) -> list[tuple]:
+        """As Store.unattributed_hits, every resolver's hits of an address together."""
+        return [tuple(r) for r in self._q(
+            "SELECT address, category, sum(hits)::bigint, min(first_us), max(last_us) "
+            "FROM hits WHERE line = '' AND hour >= %s AND hour < %s "
+            "GROUP BY address, category", (start, end)).fetchall()]
+
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         where = "hour >= %s AND hour < %s" + (" AND line = %s" if line is not None else "")
         args = (start, end) + ((line,) if line is not None else ())

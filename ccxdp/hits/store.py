@@ -38,7 +38,6 @@ from socket import AF_INET, AF_INET6, inet_ntop
 
 from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
-from ccxdp.utc import utc_text
 
 HITS_DB = "hits.db"  # in the state folder, beside the catalog
 _OLD_HITS_DB = "records.db"  # its name until it was told apart from the records it feeds
@@ -231,9 +230,14 @@ def from_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
 def iso(us: int) -> str:
-    """ISO 8601 in UTC with a Z; microseconds only when there are any."""
-    return utc_text(from_us(us), "auto")
+    """ISO 8601 in UTC with a Z; microseconds only when there are any (utc_text's "auto"
+    form, made without time zone arithmetic: records call it twice an address)."""
+    t = _NAIVE_EPOCH + timedelta(microseconds=us)
+    return t.isoformat(timespec="microseconds" if t.microsecond else "seconds") + "Z"
 
 
 def now_iso() -> str:
@@ -666,6 +670,15 @@ class Store:
         return self.db.execute(
             "SELECT (SELECT coalesce(sum(hits), 0) FROM hits) + "
             "(SELECT coalesce(sum(hits), 0) FROM line_hits)").fetchone()[0]
+
+    def unattributed_hits(self, start: int, end: int) -> list[tuple]:
+        """Hits in [start, end) no line was given yet, summed per address and category:
+        (address, category, hits, first_us, last_us)."""
+        self._fold_first()
+        return self.db.execute(
+            "SELECT address, category, sum(hits), min(first_us), max(last_us) FROM hits "
+            "WHERE line = '' AND hour >= ? AND hour < ? GROUP BY address, category",
+            (start, end)).fetchall()
 
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         """Attributed hits in [start, end), raw and folded alike: (line, category, hour, hits,

@@ -164,7 +164,7 @@ def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[
         if line is not None:
             assignments.append((h.address, h.category, h.hour, h.hits, line, h.resolver))
         else:
-            left.append((h, reason))
+            left.append((h.address, h.category, h.hits, h.first_us, h.last_us, reason))
     done = store.attribute(assignments)
     return done, _unattributed(store, left)
 
@@ -172,30 +172,30 @@ def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[
 def unattributed(store: Store, period: str) -> list[Unattributed]:
     """Rows of the period that have no line (yet), per address."""
     start, end = period_bounds(period)
-    rows = [(h, "not attributed") for h in store.hits(start, end) if h.line is None]
-    return _unattributed(store, rows)
+    return _unattributed(store, [(*row, "not attributed")
+                                 for row in store.unattributed_hits(start, end)])
 
 
 def _unattributed(store: Store, rows) -> list[Unattributed]:
+    """(address, category, hits, first_us, last_us, reason) rows, per address."""
     names = store.categories()
-    acc: dict[str, dict] = {}
-    for h, reason in rows:
-        a = acc.setdefault(
-            h.address, {"hits": 0, "first": h.first_us, "last": h.last_us,
-                        "cats": defaultdict(int), "reasons": set()},
-        )
-        a["hits"] += h.hits
-        a["first"] = min(a["first"], h.first_us)
-        a["last"] = max(a["last"], h.last_us)
-        a["cats"][category_name(h.category, names)] += h.hits
-        a["reasons"].add(reason)
+    acc: dict[str, list] = {}
+    for address, category, hits, first_us, last_us, reason in rows:
+        a = acc.get(address)
+        if a is None:
+            a = acc[address] = [0, first_us, last_us, defaultdict(int), set()]
+        a[0] += hits
+        a[1] = min(a[1], first_us)
+        a[2] = max(a[2], last_us)
+        a[3][category_name(category, names)] += hits
+        a[4].add(reason)
     return [
         Unattributed(
-            address=addr, hits=a["hits"], categories=dict(sorted(a["cats"].items())),
-            first_seen=iso(a["first"]), last_seen=iso(a["last"]),
-            reason="; ".join(sorted(a["reasons"])),
+            address=addr, hits=hits, categories=dict(sorted(cats.items())),
+            first_seen=iso(first), last_seen=iso(last), reason="; ".join(sorted(reasons)),
         )
-        for addr, a in sorted(acc.items(), key=lambda kv: _address_key(kv[0]))
+        for addr, (hits, first, last, cats, reasons) in sorted(
+            acc.items(), key=lambda kv: _address_key(kv[0]))
     ]
 
 

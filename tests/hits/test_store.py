@@ -543,3 +543,13 @@ def test_kill_minus_9_between_or_inside_stage_and_fold_keeps_totals_exact(tmp_pa
             assert store.total_hits() == taken  # folds what was staged
             assert store.staged() == 0
     assert True in states  # some kills landed between a stage and its fold
+
+
+@pytest.mark.parametrize("us", [0, 1, 999_999, 1_000_000, 1_793_700_000_000_005,
+                                1_793_703_599_999_999, 4_102_444_800_000_000])
+def test_iso_is_the_one_time_form(us):
+    """iso is made without time zone arithmetic, for speed: the same text as utc_text."""
+    from ccxdp.hits.store import from_us
+    from ccxdp.utc import utc_text
+
+    assert iso(us) == utc_text(from_us(us), "auto")
