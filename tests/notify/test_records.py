@@ -494,6 +494,10 @@ def test_notified_line_stays_notified_when_hits_arrive_in_its_hour(world):
     assert rep["unattributed_addresses"] == 2
     with Store(store_path(world["state"])) as store:
         assert len(store.notifications(period=PERIOD)) == 2
+    human = ccxdp(world["state"], "records", "--line", "L-1").stdout.splitlines()
+    assert re.fullmatch(r"L-1\t2026-11\t9\t3\temotet 7, qakbot 2\t.*\t\S+Z \(outbox\)", human[2])
+    report = ccxdp(world["state"], "report", "--period", PERIOD).stdout.splitlines()
+    assert "all\t4\t2\t31" in report and "2 addresses with hits had no line" in report
     # notify without sessions attributes nothing, and still knows L-1 was notified.
     bare = json.loads(ccxdp(world["state"], "notify", "--period", PERIOD, "--json").stdout)
     assert bare["already_notified"] == ["L-1", "L-3"] and bare["attributed_rows"] == 0
