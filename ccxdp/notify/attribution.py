@@ -27,7 +27,9 @@ session that begins while another line's session is still open ends that one (an
 held by one line at a time, and a RADIUS Stop can be lost); sessions of the same line that
 touch are merged. DHCP leases that were released, expired or freed end the holder's session.
 A hit is matched against the most specific address or prefix that has sessions around its
-time (a /128 before the /56 that contains it). A stored row (one address, category, hour)
+time (a /128 before the /56 that contains it). IPv6 hits are counted per prefix (the setting
+``source_prefix_v6``, /64 by default), so such a row names a prefix, and only sessions on that
+prefix or a shorter one that contains it can take it. A stored row (one address, category, hour)
 is attributed only when a single session covers it from its first to its last hit; a row
 that straddles a change of holder, or that no session covers, stays under its address and is
 reported as unattributed.
@@ -93,10 +95,15 @@ class Sessions:
         return sum(1 for items in self.by_network.values() for s in items if s.line)
 
     def lookup(self, address: str, first_us: int, last_us: int) -> tuple[str | None, str]:
-        """(line, "") when one session covers [first, last]; else (None, reason)."""
-        addr = ipaddress.ip_address(address)
-        for plen in self.lengths.get(addr.version, ()):
-            net = ipaddress.ip_network((addr, plen), strict=False)
+        """(line, "") when one session covers [first, last]; else (None, reason). The
+        address may be the IPv6 prefix the hit was counted by (``2001:db8:1:200::/56``): only
+        a session on that prefix or a shorter one holds all of it, so more specific sessions
+        (a /128 inside a counted /64) never take its hits."""
+        source = ipaddress.ip_network(address)
+        for plen in self.lengths.get(source.version, ()):
+            if plen > source.prefixlen:
+                continue
+            net = source.supernet(new_prefix=plen)
             items = self.by_network.get(net)
             if not items:
                 continue

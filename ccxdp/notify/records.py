@@ -95,7 +95,7 @@ def category_name(category: int, names: dict[int, str]) -> str:
 
 
 def _address_key(text: str):
-    a = ipaddress.ip_address(text)
+    a = ipaddress.ip_network(text)  # an address, or the IPv6 prefix a source was counted by
     return a.version, a
 
 
