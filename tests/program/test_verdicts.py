@@ -13,7 +13,6 @@ from ccxdp.hits.stats import read_stats
 from tests.conftest import set_entries
 from tests.harness.frames import (
     CLIENT4,
-    CLIENT6,
     FLAG_QR,
     FLAG_RD,
     arp,
