@@ -121,11 +121,11 @@ def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) 
 
 def plan_line(plan: PlanState, source_prefix_v6: int) -> str:
     """What the address plan makes of hits, in one line (status)."""
-    per = "IPv4 per address, IPv6 per /" + str(source_prefix_v6)
+    per = f"IPv6 per /{source_prefix_v6}"
     if not plan.declared:
-        return f"address plan: none declared, every source is counted per source ({per})"
-    return (f"address plan: {len(plan.prefixes)} prefixes; hits from them counted per source "
-            f"({per}), from elsewhere only in outside_plan")
+        return f"address plan: none, every source counted per source ({per})"
+    return (f"address plan: {len(plan.prefixes)} prefixes, other sources only in "
+            f"outside_plan ({per})")
 
 
 def render_plan(entries: list[PlanEntry]) -> Table | str:
