@@ -88,17 +88,24 @@ BOOT = 1_790_000_000 * 10**9  # a hit clock's offset to Unix time, in ns, for st
 
 
 def packed(address: str) -> bytes:
-    a = ipaddress.ip_address(address)
+    a = ipaddress.ip_network(address).network_address
     return (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a).packed
+
+
+def prefix_len(address: str) -> int:
+    """The kernel key's prefix length of a source: an IPv6 prefix's, else 128 (an address;
+    IPv4 ones are kept IPv4-mapped, 128 bits)."""
+    net = ipaddress.ip_network(address)
+    return net.prefixlen if net.version == 6 else 128
 
 
 def counters(*entries, offset_ns: int = BOOT) -> tuple[bytes, bytes]:
     """Kernel bytes, as the collector stages them, of (address, category, hits, first_us,
-    last_us) entries (Unix microseconds)."""
+    last_us) entries (Unix microseconds); an address may be an IPv6 prefix (fd00:cc::/64)."""
     keys = values = b""
     for address, category, hits, first_us, last_us in entries:
         raw = packed(address)
-        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1)
+        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1, prefix_len(address))
         values += COUNTER_VALUE.pack(hits, first_us * 1000 - offset_ns,
                                      last_us * 1000 - offset_ns)
     return keys, values
