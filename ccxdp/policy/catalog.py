@@ -352,7 +352,7 @@ class Catalog:
             if version >= 1 and "origin" not in columns:
                 for statement in _SOURCES_V5:
                     self.db.execute(statement)
-            if 1 <= version < 6:
+            if 1 <= version < 6 and not self._has_table("plan"):
                 self.db.execute(_PLAN)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

@@ -64,8 +64,11 @@ def _checked(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[st
         raise StoreError(f"a hit row has 7 or 8 fields, not {len(raw)}: {raw!r}")
     address, category, name, hour_start, hits, first, last, *rest = raw
     feeds = (rest[0] if rest else ()) or ()
-    if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise StoreError(f"not an IPv4Address or IPv6Address: {address!r}")
+    sources = ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv6Network
+    if not isinstance(address, sources):
+        raise StoreError(f"not an IPv4Address, IPv6Address or IPv6Network: {address!r}")
+    if isinstance(address, ipaddress.IPv6Network):  # a source counted by its prefix
+        address = str(address)
     if type(category) is not int or not 0 <= category <= CATEGORY_MAX:
         raise StoreError(f"category id out of range 0-{CATEGORY_MAX}: {category!r}")
     if name is not None and (type(name) is not str or not name):
