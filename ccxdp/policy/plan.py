@@ -8,8 +8,8 @@ get a subscriber's line notified. No plan declared: every source is counted, as 
 
 The trie holds the plan's prefixes with value 1 and, while there is at least one, ::/0 with
 value 0, so that a source outside them finds 0 and, with no plan at all, the program finds
-nothing. Prefixes go in before ::/0, and ::/0 goes out before the last prefix does: a change
-never leaves a source of the plan counted as outside it.
+nothing. A change never counts a source that is in the plan before and after it as outside
+(reconcile says in which order the trie is written).
 """
 
 from __future__ import annotations
@@ -113,42 +113,46 @@ def _key_tuple(key: shared.LpmKey) -> tuple[int, bytes]:
 
 def reconcile(dp: Datapath, catalog: Catalog) -> tuple[int, int]:
     """Make the kernel's plan trie hold exactly the catalog's plan (and ::/0 while there is
-    one), in the order the module docstring gives; returns (written, deleted). Run at every
-    attach and after every change. If the kernel refuses a prefix (trie full), what this
-    call wrote is taken out again and the catalog's transaction is rolled back by the
-    caller's error."""
+    one); returns (written, deleted). Run at every attach and after every change.
+
+    The order keeps every source that is in the plan before and after the change counted
+    throughout: ::/0 goes first when no plan is left, new prefixes go in before old ones go
+    out, and ::/0 comes last when a plan begins. If the kernel refuses a prefix (trie full),
+    the prefixes this call wrote are taken out again before anything was deleted, and the
+    caller's catalog transaction is rolled back by the error."""
     prefixes = [lpm_key(ipaddress.ip_network(e.prefix)) for e in catalog.plan()]
-    wanted = {_key_tuple(k): (k, INSIDE) for k in prefixes}
-    if prefixes:
-        wanted[_key_tuple(CATCH_ALL)] = (CATCH_ALL, OUTSIDE)
+    wanted = {_key_tuple(k): k for k in prefixes}
     catch_all = _key_tuple(CATCH_ALL)
     with dp.open_map(shared.MAP_PLAN) as m:
         present = {_key_tuple(k): (k, m.lookup(k).value) for k in list(m.keys())}
-        stale = [t for t in present if t not in wanted]
-        # ::/0 first: until the last prefix is gone, no source of the plan is ever outside.
-        stale.sort(key=lambda t: t != catch_all)
-        for t in stale:
-            m.delete(present[t][0])
-        missing = [t for t, (_k, v) in wanted.items()
-                   if t not in present or present[t][1] != v]
-        missing.sort(key=lambda t: t == catch_all)  # ::/0 last
+        deleted = 0
+        if not prefixes and catch_all in present:
+            m.delete(CATCH_ALL)
+            deleted += 1
+        missing = [t for t in wanted if present.get(t, (None, None))[1] != INSIDE]
         written = []
         try:
             for t in missing:
-                key, value = wanted[t]
-                m.update(key, ct.c_uint8(value))
+                m.update(wanted[t], ct.c_uint8(INSIDE))
                 written.append(t)
         except OSError as e:
-            for t in reversed(written):
+            for t in written:
                 if t in present:
                     m.update(present[t][0], ct.c_uint8(present[t][1]))
                 else:
-                    m.delete(wanted[t][0])
-            for t in stale:
-                m.update(present[t][0], ct.c_uint8(present[t][1]))
+                    m.delete(wanted[t])
+            if not prefixes and catch_all in present:
+                m.update(CATCH_ALL, ct.c_uint8(OUTSIDE))
             raise CcxdpError(
                 f"cannot write {len(prefixes)} prefixes to the kernel map {shared.MAP_PLAN}: "
                 f"{e.strerror or e} (full? it holds at most {m.info.max_entries}); "
                 "nothing was changed"
             ) from e
-    return len(missing), len(stale)
+        for t, (key, _value) in present.items():
+            if t != catch_all and t not in wanted:
+                m.delete(key)
+                deleted += 1
+        if prefixes and present.get(catch_all, (None, None))[1] != OUTSIDE:
+            m.update(CATCH_ALL, ct.c_uint8(OUTSIDE))
+            written.append(catch_all)
+    return len(written), deleted

@@ -165,3 +165,38 @@ def test_full_map_inside_plan_keeps_counting_known_sources(blocking):
     assert len(counted) == 8192
     assert counted[CLIENT4] == 11
     assert after.events["source_lost"] - before.events["source_lost"] == 101
+
+
+def test_a_source_in_the_old_and_the_new_plan_is_never_outside_it(blocking, monkeypatch):
+    """Between every two writes of the trie while the plan changes, a source that both plans
+    hold is counted per source, never as outside the plan."""
+    dp, fd = blocking
+    frame = udp4(query(BLOCKED), src="198.18.0.77")
+    writes = []
+    real_update, real_delete = libbpf.Map.update, libbpf.Map.delete
+
+    def judge():
+        before = read_stats(dp).events["outside_plan"]
+        send(fd, frame)
+        writes.append(read_stats(dp).events["outside_plan"] - before)
+
+    def update(self, *a, **k):
+        real_update(self, *a, **k)
+        if self.info.name == shared.MAP_PLAN:
+            judge()
+
+    def delete(self, *a, **k):
+        out = real_delete(self, *a, **k)
+        if self.info.name == shared.MAP_PLAN:
+            judge()
+        return out
+
+    with planned(dp, ["198.18.0.0/24", "fd00:cc::/32"]) as catalog:
+        monkeypatch.setattr(libbpf.Map, "update", update)
+        monkeypatch.setattr(libbpf.Map, "delete", delete)
+        plan.set_prefixes(dp, catalog, ["198.18.0.0/16"])
+        plan.set_prefixes(dp, catalog, ["198.18.0.0/23", "fd00::/8"])
+        plan.set_prefixes(dp, catalog, [])
+        monkeypatch.undo()
+    # 3 writes each: one prefix in, two out; two in, one out; ::/0 out, then two prefixes.
+    assert writes == [0] * 9
