@@ -44,17 +44,24 @@ static __always_inline __u32 bucket_find(const struct ccxdp_name_bucket *bk, __u
 
 /*
  * The entry of one suffix hash in a buffer of the name table (maps.h), packed as
- * action | flags << 4 | category << 8, or -1 when the buffer does not hold it. One bucket is
- * read; its second only when the first says one of its names went there.
+ * action | flags << 4 | category << 8, or -1 when the buffer does not hold it. The filter
+ * word first; then one bucket, and its second only when the first says one of its names
+ * went there.
  */
 static __always_inline __s64 lookup_name(__u64 suffix_hash, __u32 buffer)
 {
 	__u32 base = (buffer & 1) * CCXDP_NAME_BUCKETS;
 	__u32 first = name_bucket_first(suffix_hash, CCXDP_NAME_BUCKETS);
-	__u32 index LOOP_KEY = base + first;
+	__u32 index LOOP_KEY = first; /* one key slot for the three lookups (see LOOP_KEY) */
 	__u32 lo = (__u32)suffix_hash, hi = (__u16)(suffix_hash >> 32), meta, at;
-	struct ccxdp_name_bucket *bk = ccxdp_nbkt_v1.lookup(&index);
+	__u64 bits = CCXDP_NAME_FILTER_BITS(suffix_hash);
+	struct ccxdp_name_bucket *bk;
+	__u64 *word = ccxdp_nfilt_v1.lookup(&index);
 
+	if (!word || (*word & bits) != bits)
+		return -1;
+	index = base + first;
+	bk = ccxdp_nbkt_v1.lookup(&index);
 	if (!bk)
 		return -1;
 	meta = bk->meta;

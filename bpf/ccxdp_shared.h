@@ -21,6 +21,7 @@
 #define CCXDP_MAP_STATS "ccxdp_stats_v3"
 #define CCXDP_MAP_NAME_BUCKETS "ccxdp_nbkt_v1"
 #define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v2"
+#define CCXDP_MAP_NAME_FILTER "ccxdp_nfilt_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v2"
 #define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
@@ -144,6 +145,9 @@ struct ccxdp_name_bucket {
 #define CCXDP_NB_USED(meta) ((meta) & 7)
 #define CCXDP_NB_PRIMARY(meta) (((meta) >> 3) & 7)
 #define CCXDP_NB_SPILLED 0x80
+
+/* The two bits a hash sets in its first bucket's word of the name filter (maps.h). */
+#define CCXDP_NAME_FILTER_BITS(hash) ((1ULL << ((hash) & 63)) | (1ULL << (((hash) >> 6) & 63)))
 
 /* The fewest buckets a table has: below 2^16 the bucket and the 48 stored bits no longer
  * determine the whole hash. */

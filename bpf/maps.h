@@ -75,6 +75,21 @@ BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v2, CCXDP_NACT_ENTRIES,
 		 CCXDP_PIN(CCXDP_MAP_NAME_ACTIVE));
 
 /*
+ * The name filter: one 64-bit word per bucket, in which each name of either buffer whose
+ * first bucket it is sets CCXDP_NAME_FILTER_BITS, so that a suffix nobody lists (nearly all of
+ * them) is judged by a word in a 2.7 MB array rather than by a line of the 43 MB table. Under
+ * real traffic that is the difference between the upper suffixes of unlisted names staying
+ * in the cache and TLB (one dense array) or each taking a page of the table. The bucket's
+ * address does not depend on the word, only the decision to read it, so for a listed name
+ * both loads are in flight at once. About 1% false positives with the table full. The control
+ * plane sets a list's bits before it goes live and clears bits only by rebuilding from the
+ * live list once no packet can read the other buffer, so the filter never says "no" for a
+ * listed name. Key: first bucket. Value: host order. Mappable.
+ */
+BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_nfilt_v1, CCXDP_NAME_BUCKETS,
+		 CCXDP_PIN(CCXDP_MAP_NAME_FILTER), BPF_F_MMAPABLE);
+
+/*
  * Hits per source, double-buffered so that a collector takes every hit exactly once.
  * Key: struct ccxdp_source_key (address in network order; buffer = epoch & 1). Value: struct
  * ccxdp_source_hits, host order. Written by the program on every blocked or monitored query

@@ -100,7 +100,7 @@ def xlated_insns(fd: int) -> int | None:
 
 def table_memory(dp: Datapath) -> str:
     total = 0
-    for name in (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE):
+    for name in (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE, shared.MAP_NAME_FILTER):
         with dp.open_map(name) as m:
             total += libbpf.map_memlock(m.fd)
     return f"{total / 2**20:.1f} MiB"

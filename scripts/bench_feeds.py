@@ -30,7 +30,7 @@ TARGET_IMPORT_S = 4.5  # what Unbound takes here to load a 1M-name RPZ
 TARGET_BYTES_PER_NAME = 48
 TARGET_SYNC_S = 0.5
 
-NAME_MAPS = (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE)
+NAME_MAPS = (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE, shared.MAP_NAME_FILTER)
 
 
 def name(i: int) -> str:

@@ -345,6 +345,13 @@ int ccxdp_build_buckets(const __u64 *h, const __u64 *v, size_t n, __u32 nb,
 	return 0;
 }
 
+/* Set the name filter's bits of n hashes in its nb words (bpf/maps.h). */
+void ccxdp_filter_set(const __u64 *h, size_t n, __u32 nb, __u64 *words)
+{
+	for (size_t i = 0; i < n; i++)
+		words[name_bucket_first(h[i], nb)] |= CCXDP_NAME_FILTER_BITS(h[i]);
+}
+
 /* The (hash, value) pairs one buffer of nb buckets holds, in bucket order; returns how many. */
 size_t ccxdp_read_buckets(const struct ccxdp_name_bucket *b, __u32 nb, __u64 *h, __u64 *v)
 {

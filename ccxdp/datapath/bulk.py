@@ -84,6 +84,8 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_build_buckets.restype = ct.c_int
     so.ccxdp_read_buckets.argtypes = [ct.c_void_p, ct.c_uint32, u64p, u64p]
     so.ccxdp_read_buckets.restype = sz
+    so.ccxdp_filter_set.argtypes = [u64p, sz, ct.c_uint32, u64p]
+    so.ccxdp_filter_set.restype = None
     so.ccxdp_merge.argtypes = [u64p, u64p, sz, u64p, sz, u64p, u64p, sz, u64p, u64p]
     so.ccxdp_merge.restype = sz
     so.ccxdp_diff.argtypes = [u64p, u64p, sz, u64p, u64p, sz, u64p, u64p, u64p, u64p]
@@ -297,6 +299,18 @@ def read_buckets(buf: bytes | bytearray | memoryview, nb: int, *, use_c: bool = 
 
 
 _USED = bytes(b & 7 for b in range(256))
+
+
+def filter_words(h: array, nb: int, *, use_c: bool = True) -> array:
+    """The name filter's nb words (bpf/maps.h) holding exactly these hashes."""
+    words = array("Q", bytes(8 * nb))
+    so = lib() if use_c else None
+    if so is None:
+        for x in h:
+            words[bucket_first(x, nb)] |= (1 << (x & 63)) | (1 << ((x >> 6) & 63))
+        return words
+    so.ccxdp_filter_set(_ptr(h), len(h), nb, _ptr(words))
+    return words
 
 
 def merge(

@@ -1,5 +1,6 @@
 """The kernel's name table: two buffers of buckets of one cache line, the live one chosen by
-one word (bpf/maps.h says why a switch is atomic, ccxdp_shared.h what a bucket holds).
+one word, and the filter in front of them (bpf/maps.h says why a switch is atomic,
+ccxdp_shared.h what a bucket holds).
 
 Every change of the list, one name or a million, is a ``publish`` of the whole new list: its
 buckets are built (bulk.c) and written into the buffer no packet reads, the live word
@@ -37,14 +38,17 @@ class NameTable:
     """Open on a loaded datapath; use as a context manager (closes the maps)."""
 
     def __init__(self, dp: Datapath):
-        self._maps = [dp.open_map(n) for n in (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE)]
-        buckets, self._active = self._maps
+        self._maps = [dp.open_map(n) for n in (
+            shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE, shared.MAP_NAME_FILTER)]
+        buckets, self._active, filt = self._maps
         self.buckets = buckets.info.max_entries // 2  # per buffer
         self.capacity = self._word(shared.NACT_CAPACITY)
         self._buckets = _mmap(buckets, _BUCKET)
+        self._filter = _mmap(filt, 8)
 
     def close(self) -> None:
         self._buckets.close()
+        self._filter.close()
         for m in self._maps:
             m.close()
 
@@ -80,12 +84,15 @@ class NameTable:
             view.release()
 
     def lookup(self, h: int) -> tuple[int, int, int] | None:
-        """(action, flags, category) the live list holds for one hash, or None: its first
-        bucket, then its second if the first spilled, as the program reads them."""
+        """(action, flags, category) the live list holds for one hash, or None: the filter,
+        its first bucket, then its second if the first spilled, as the program reads them."""
+        nb = self.buckets
+        first = bulk.bucket_first(h, nb)
+        bits = (1 << (h & 63)) | (1 << ((h >> 6) & 63))
+        if int.from_bytes(self._filter[8 * first : 8 * first + 8], "little") & bits != bits:
+            return None
         view = self._buffer(self.active())
         try:
-            nb = self.buckets
-            first = bulk.bucket_first(h, nb)
             for nr, own in ((first, True), (bulk.bucket_second(h, first, nb), False)):
                 bucket = shared.NameBucket.from_buffer_copy(view[nr * _BUCKET : (nr + 1) * _BUCKET])
                 used, primary = bucket.meta & 7, (bucket.meta >> 3) & 7
@@ -120,8 +127,16 @@ class NameTable:
         size = _BUCKET * self.buckets
         self._buckets[spare * size : (spare + 1) * size] = buckets
         self._active.update(ct.c_uint32(shared.NACT_COUNT + spare), ct.c_uint32(n))
+        # The filter must hold the new hashes before they go live, and the old ones until no
+        # packet can read the old buffer: first the union, after the switch the new alone.
+        new_words = bulk.filter_words(hashes, self.buckets)
+        fsize = 8 * self.buckets
+        union = int.from_bytes(self._filter[:fsize], "little") | int.from_bytes(
+            new_words.tobytes(), "little")
+        self._filter[:fsize] = union.to_bytes(fsize, "little")
         self._active.update(ct.c_uint32(shared.NACT_LIVE), ct.c_uint32(spare))
         wait_for_readers()
+        self._filter[:fsize] = new_words.tobytes()
 
 
 def count_names(dp: Datapath) -> int:

@@ -30,6 +30,7 @@ DNS_MAX_LABELS = 127
 MAP_STATS = "ccxdp_stats_v3"
 MAP_NAME_BUCKETS = "ccxdp_nbkt_v1"
 MAP_NAME_ACTIVE = "ccxdp_nact_v2"
+MAP_NAME_FILTER = "ccxdp_nfilt_v1"
 MAP_SOURCES = "ccxdp_srcs_v2"
 MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
@@ -181,6 +182,7 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_STATS: (ct.c_uint32, ct.c_uint64),
     MAP_NAME_BUCKETS: (ct.c_uint32, NameBucket),
     MAP_NAME_ACTIVE: (ct.c_uint32, ct.c_uint32),
+    MAP_NAME_FILTER: (ct.c_uint32, ct.c_uint64),
     MAP_SOURCES: (SourceKey, SourceHits),
     MAP_SOURCE_EPOCH: (ct.c_uint32, ct.c_uint64),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),

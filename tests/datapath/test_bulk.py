@@ -136,6 +136,15 @@ def test_a_hash_that_differs_only_in_bits_the_bucket_holds_is_not_found(compiled
         assert bucket_lookup(built, x ^ 1) is None
 
 
+def test_filter_words(compiled):
+    h, _ = entries(random.Random(8), 3000)
+    words = compiled.filter_words(h, 1024)
+    assert words == compiled.filter_words(h, 1024, use_c=False)
+    for x in h:  # never "no" for a listed hash
+        bits = (1 << (x & 63)) | (1 << ((x >> 6) & 63))
+        assert words[bulk.bucket_first(x, 1024)] & bits == bits
+
+
 def test_build_buckets_refuses_what_does_not_fit(compiled):
     h, v = entries(random.Random(6), 10)
     for use_c in (True, False):

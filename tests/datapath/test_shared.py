@@ -37,6 +37,7 @@ EXPECTED_MAPS = {
     shared.MAP_STATS: (MapType.PERCPU_ARRAY, shared.STAT_MAX),
     shared.MAP_NAME_BUCKETS: (MapType.ARRAY, 2 * LIMITS.name_buckets),
     shared.MAP_NAME_ACTIVE: (MapType.ARRAY, shared.NACT_ENTRIES),
+    shared.MAP_NAME_FILTER: (MapType.ARRAY, LIMITS.name_buckets),
     shared.MAP_SOURCES: (MapType.HASH, 2 * LIMITS.max_sources),  # two buffers
     shared.MAP_SOURCE_EPOCH: (MapType.ARRAY, 1),
     shared.MAP_PORTS: (MapType.ARRAY, 65536),
