@@ -55,7 +55,7 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
  * Only when its first bucket overflowed (CCXDP_NB_SPILLED, about 1% of buckets with the table
  * full) is its second bucket read too. The control plane builds the buckets
  * (ccxdp/datapath/bulk.c) with about 3 names a bucket in a full table, 7 slots each, so
- * that overflow stays rare; 43 bytes a name in all with both buffers full.
+ * that overflow stays rare: 43 bytes a name with both buffers full, 45 with the filter below.
  *
  * Why a swap is atomic: the control plane writes a whole new list into the buffer no packet
  * reads, then changes entry CCXDP_NACT_LIVE of ccxdp_nact, one aligned 32-bit word whose only

@@ -65,7 +65,7 @@ class Limits:
     @property
     def name_buckets(self) -> int:
         # 3 names a bucket of 7 slots when full: few buckets overflow (maps.h), and both
-        # buffers take 2 * 64 / 3 = 43 bytes a name.
+        # buffers take 2 * 64 / 3 = 43 bytes a name, the name filter 8 / 3 more.
         return max(shared.NAME_BUCKETS_MIN, -(-self.max_names // NAMES_PER_BUCKET))
 
     def cflags(self) -> list[str]:
