@@ -19,7 +19,7 @@
 #error "ccxdp's name hash reads little-endian words"
 #endif
 
-/* A bijection of 64 bits whose top bits (the table and bloom indexes) depend on every input
+/* A bijection of 64 bits whose top bits (the bucket index) depend on every input
  * bit. */
 static __always_inline __u64 mix64(__u64 x)
 {
