@@ -26,46 +26,68 @@
  */
 #define LOOP_KEY __attribute__((aligned(8)))
 
-/* The entry of one suffix hash in a buffer of the name table (maps.h), or NULL. */
-static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer)
+/*
+ * The slot of a bucket holding the hash whose low 48 bits are lo and hi, among the slots
+ * whose bits are set in mask; CCXDP_NAME_BUCKET_SLOTS if none. Every slot's tag_lo is
+ * compared, used or not (unused ones are zero): seven loads from the one line and a branch
+ * each, cheaper than reading the slot count first, and the mask, tested only once the tag
+ * matched, keeps an unused or foreign slot from counting. The mask is never compared with the
+ * slot number, so the verifier's states do not split on its value.
+ */
+static __always_inline __u32 bucket_find(const struct ccxdp_name_bucket *bk, __u32 lo, __u32 hi,
+					 __u32 mask)
 {
-	__u32 r LOOP_KEY = ((buffer & 1) << CCXDP_NAME_INDEX_LOG2) |
-			   (__u32)(suffix_hash >> (64 - CCXDP_NAME_INDEX_LOG2));
-	struct ccxdp_name_range *range = ccxdp_nrange_v1.lookup(&r);
-	__u32 base = (buffer & 1) * CCXDP_MAX_NAMES, i, end;
-
-	if (!range)
-		return NULL;
-	i = range->start;
-	end = range->end;
-	for (int n = 0; n < CCXDP_NAME_RUN_MAX; n++) {
-		__u32 at LOOP_KEY = base + i;
-		struct ccxdp_name_slot *slot;
-
-		if (i >= end)
-			break;
-		slot = ccxdp_nslot_v1.lookup(&at);
-		if (!slot || slot->hash > suffix_hash)
-			break; /* sorted: it is not there */
-		if (slot->hash == suffix_hash)
-			return &slot->entry;
-		i++;
-	}
-	return NULL;
+#pragma unroll
+	for (__u32 i = 0; i < CCXDP_NAME_BUCKET_SLOTS; i++)
+		if (bk->tag_lo[i] == lo && bk->tag_hi[i] == hi && ((mask >> i) & 1))
+			return i;
+	return CCXDP_NAME_BUCKET_SLOTS;
 }
 
-static __always_inline int bloom_may_hold(__u64 suffix_hash)
+/*
+ * The entry of one suffix hash in a buffer of the name table (maps.h), packed as
+ * action | flags << 4 | category << 8, or -1 when the buffer does not hold it. The filter
+ * word first; then one bucket, and its second only when the first says one of its names
+ * went there.
+ */
+static __always_inline __s64 lookup_name(__u64 suffix_hash, __u32 buffer)
 {
-	__u32 index LOOP_KEY = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
-	__u64 bits = (1ULL << (suffix_hash & 63)) | (1ULL << ((suffix_hash >> 6) & 63));
-	__u64 *word = ccxdp_bloom_v2.lookup(&index);
+	__u32 base = (buffer & 1) * CCXDP_NAME_BUCKETS;
+	__u32 first = name_bucket_first(suffix_hash, CCXDP_NAME_BUCKETS);
+	__u32 index LOOP_KEY = first; /* one key slot for the three lookups (see LOOP_KEY) */
+	__u32 lo = (__u32)suffix_hash, hi = (__u16)(suffix_hash >> 32), meta, at;
+	__u64 bits = CCXDP_NAME_FILTER_BITS(suffix_hash);
+	struct ccxdp_name_bucket *bk;
+	__u64 *word = ccxdp_nfilt_v1.lookup(&index);
 
-	return word && (*word & bits) == bits;
+	if (!word || (*word & bits) != bits)
+		return -1;
+	index = base + first;
+	bk = ccxdp_nbkt_v1.lookup(&index);
+	if (!bk)
+		return -1;
+	meta = bk->meta;
+	at = bucket_find(bk, lo, hi, (1U << CCXDP_NB_PRIMARY(meta)) - 1);
+	if (at >= CCXDP_NAME_BUCKET_SLOTS) {
+		if (!(meta & CCXDP_NB_SPILLED))
+			return -1;
+		index = base + name_bucket_second(suffix_hash, first, CCXDP_NAME_BUCKETS);
+		bk = ccxdp_nbkt_v1.lookup(&index);
+		if (!bk)
+			return -1;
+		meta = bk->meta;
+		at = bucket_find(bk, lo, hi,
+				 ((1U << CCXDP_NB_USED(meta)) - 1) &
+					 ~((1U << CCXDP_NB_PRIMARY(meta)) - 1));
+		if (at >= CCXDP_NAME_BUCKET_SLOTS)
+			return -1;
+	}
+	return bk->what[at] | (__s64)bk->category[at] << 8;
 }
 
 static __always_inline void count_stat(__u32 index)
 {
-	__u64 *counter = ccxdp_stats_v4.lookup(&index);
+	__u64 *counter = ccxdp_stats_v5.lookup(&index);
 
 	if (counter)
 		*counter += 1; /* per-CPU: softirq, no atomics needed */
@@ -88,16 +110,16 @@ static __always_inline void count_source(struct ccxdp_source_key *key)
 		return;
 	}
 	key->buffer = *epoch & 1;
-	hits = ccxdp_srcs_v2.lookup(key);
+	hits = ccxdp_srcs_v3.lookup(key);
 	if (!hits) {
 		struct ccxdp_source_hits first = { .hits = 1, .first_seen_ns = now,
 						   .last_seen_ns = now };
 
-		if (ccxdp_srcs_v2.insert(key, &first) == 0)
+		if (ccxdp_srcs_v3.insert(key, &first) == 0)
 			return;
 		/* Another CPU created it between our lookup and insert: add to theirs. Or the map
 		 * is full (no LRU eviction): the hit is lost, and counted as lost. */
-		hits = ccxdp_srcs_v2.lookup(key);
+		hits = ccxdp_srcs_v3.lookup(key);
 		if (!hits) {
 			count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_SOURCE_LOST);
 			return;
@@ -105,6 +127,32 @@ static __always_inline void count_source(struct ccxdp_source_key *key)
 	}
 	__sync_fetch_and_add(&hits->hits, 1);
 	hits->last_seen_ns = now;
+}
+
+/* The per-source key of a hit: IPv4 per address, IPv6 per prefix of prefix_v6 bits (a
+ * subscriber's delegation), so that the rotating privacy addresses of one line are one entry
+ * and a flood from one delegated prefix cannot make more than one. */
+static __always_inline void key_by_prefix(struct ccxdp_source_key *key, __u32 prefix_v6)
+{
+	__u64 hi, lo, hi_mask, lo_mask;
+	__u32 mapped[3];
+
+	__builtin_memcpy(mapped, key->addr, sizeof(mapped));
+	if (mapped[0] == 0 && mapped[1] == 0 && mapped[2] == bpf_htonl(0xffff)) {
+		key->prefix_len = 128;
+		return;
+	}
+	if (prefix_v6 == 0 || prefix_v6 > 128)
+		prefix_v6 = 128; /* never written: per address, as before prefixes */
+	key->prefix_len = prefix_v6;
+	__builtin_memcpy(&hi, key->addr, 8);
+	__builtin_memcpy(&lo, key->addr + 8, 8);
+	hi_mask = prefix_v6 >= 64 ? ~0ULL : ~0ULL << (64 - prefix_v6);
+	lo_mask = prefix_v6 >= 128 ? ~0ULL : prefix_v6 <= 64 ? 0 : ~0ULL << (128 - prefix_v6);
+	hi &= __builtin_bswap64(hi_mask); /* the address is big-endian, BPF on x86 little */
+	lo &= __builtin_bswap64(lo_mask);
+	__builtin_memcpy(key->addr, &hi, 8);
+	__builtin_memcpy(key->addr + 8, &lo, 8);
 }
 
 /*
@@ -120,6 +168,7 @@ struct map_keys {
 	__u32 gate;		     /* ccxdp_exgate */
 	__u32 live;		     /* ccxdp_config */
 	struct ccxdp_lpm_key exempt; /* ccxdp_exempt */
+	struct ccxdp_lpm_key plan;   /* ccxdp_plan */
 };
 
 /* What the entry's steps learn about one frame, handed from each step to the next. */
@@ -164,7 +213,7 @@ static __always_inline int unjudged_verdict(struct frame *f, __u8 pass_bit, __u3
 
 	if (config_live) {
 		f->key->live = *config_live & 1;
-		cfg = ccxdp_config_v3.lookup(&f->key->live);
+		cfg = ccxdp_config_v5.lookup(&f->key->live);
 		if (cfg && (cfg->pass_unjudged & pass_bit))
 			return XDP_PASS;
 	}
@@ -452,6 +501,20 @@ static __always_inline int parse_question(struct xdp_md *ctx, struct frame *f)
 	return CCXDP_CONTINUE;
 }
 
+/* Whether a hit may be counted per source: with no address plan, or from inside it. A
+ * source outside the plan may be spoofed, and an entry for it could crowd out a real line
+ * (maps.h, ccxdp_plan). */
+static __always_inline int source_in_plan(struct frame *f)
+{
+	struct ccxdp_lpm_key *plan = &f->key->plan;
+	__u8 *inside;
+
+	plan->prefixlen = 128;
+	__builtin_memcpy(plan->addr, f->s->source.addr, 16);
+	inside = ccxdp_plan_v1.lookup(plan);
+	return !inside || *inside;
+}
+
 /* Hash every suffix of the name and let the most specific entry decide: its action, with the
  * configured default resolved, and the live settings are left in f. */
 static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
@@ -462,7 +525,7 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	int action;
 
 	key = ccxdp_hkey_v2.lookup(&f->key->zero);
-	active = ccxdp_nact_v1.lookup(&f->key->zero);
+	active = ccxdp_nact_v2.lookup(&f->key->zero); /* CCXDP_NACT_LIVE */
 	if (!key || !active)
 		return XDP_PASS;
 	s->buffer = *active; /* once per packet: one list from the first suffix to the last */
@@ -476,7 +539,7 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	if (!config_live)
 		return XDP_PASS;
 	f->key->live = *config_live & 1; /* read once: one whole struct, old or new */
-	f->cfg = ccxdp_config_v3.lookup(&f->key->live);
+	f->cfg = ccxdp_config_v5.lookup(&f->key->live);
 	if (!f->cfg)
 		return XDP_PASS;
 
@@ -489,8 +552,9 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	return CCXDP_CONTINUE;
 }
 
-/* Do what the action says: pass an allowed query; count the source of any other, then pass a
- * monitored query and drop or answer a blocked one, or close its connection over TCP. */
+/* Do what the action says: pass an allowed query; count the source of any other (per source
+ * inside the address plan, only globally outside it), then pass a monitored query and drop or
+ * answer a blocked one, or close its connection over TCP. */
 static __always_inline int act(struct xdp_md *ctx, struct frame *f)
 {
 	struct ccxdp_scratch *s = f->s;
@@ -508,7 +572,12 @@ static __always_inline int act(struct xdp_md *ctx, struct frame *f)
 		return XDP_PASS;
 	}
 	s->source.category = s->match.category;
-	count_source(&s->source);
+	if (source_in_plan(f)) {
+		key_by_prefix(&s->source, f->cfg->source_prefix_v6);
+		count_source(&s->source);
+	} else {
+		count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_OUTSIDE_PLAN);
+	}
 	if (f->action == CCXDP_ACTION_MONITOR) {
 		f->outcome = CCXDP_OUT_MONITORED;
 		return XDP_PASS;

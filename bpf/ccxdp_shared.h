@@ -18,19 +18,19 @@
 
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
-#define CCXDP_MAP_STATS "ccxdp_stats_v4"
-#define CCXDP_MAP_NAME_SLOTS "ccxdp_nslot_v1"
-#define CCXDP_MAP_NAME_RANGES "ccxdp_nrange_v1"
-#define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v1"
-#define CCXDP_MAP_SOURCES "ccxdp_srcs_v2"
+#define CCXDP_MAP_STATS "ccxdp_stats_v5"
+#define CCXDP_MAP_NAME_BUCKETS "ccxdp_nbkt_v1"
+#define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v2"
+#define CCXDP_MAP_NAME_FILTER "ccxdp_nfilt_v1"
+#define CCXDP_MAP_SOURCES "ccxdp_srcs_v3"
 #define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
-#define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
-#define CCXDP_MAP_CONFIG "ccxdp_config_v3"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v5"
 #define CCXDP_MAP_CONFIG_ACTIVE "ccxdp_cact_v1"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_EXEMPT_GATE "ccxdp_exgate_v1"
+#define CCXDP_MAP_PLAN "ccxdp_plan_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */
@@ -71,12 +71,14 @@ enum ccxdp_event {
 				     * per-source map was full) */
 	CCXDP_EV_ANSWER_FAILED = 1, /* not answered because the frame could not grow to the
 				     * answer's size: dropped instead */
-	CCXDP_EV_FRAGMENT_DROPPED = 2, /* a first fragment to a DNS port, dropped (`fragments`) */
-	CCXDP_EV_UNPARSED_DROPPED = 3, /* headers deeper than parsed, dropped (`unparsed`) */
-	CCXDP_EV_TCP_CLOSED = 4,    /* a blocked query over TCP: its connection closed (answer.h) */
-	CCXDP_EV_NOT_UNICAST = 5,   /* a blocked query to a broadcast or multicast address:
+	CCXDP_EV_OUTSIDE_PLAN = 2,  /* a blocked or monitored query from a source outside the
+				     * address plan (ccxdp_plan): counted here, never per source */
+	CCXDP_EV_FRAGMENT_DROPPED = 3, /* a first fragment to a DNS port, dropped (`fragments`) */
+	CCXDP_EV_UNPARSED_DROPPED = 4, /* headers deeper than parsed, dropped (`unparsed`) */
+	CCXDP_EV_TCP_CLOSED = 5,    /* a blocked query over TCP: its connection closed (answer.h) */
+	CCXDP_EV_NOT_UNICAST = 6,   /* a blocked query to a broadcast or multicast address:
 				     * dropped, since an answer must come from a unicast address */
-	CCXDP_EV_MAX = 6,
+	CCXDP_EV_MAX = 7,
 };
 
 /* What an entry does to a query it decides (RPZ's vocabulary). */
@@ -103,13 +105,15 @@ enum ccxdp_action {
 /* Run-time settings, the one entry of ccxdp_config: changed without reloading the program. */
 struct ccxdp_config {
 	__u8 default_action;  /* enum ccxdp_action for entries whose action is DEFAULT */
-	__u8 pass_unjudged;   /* CCXDP_PASS_*: which frames that cannot be judged pass; 0 drops
-			       * them all, so a config never written drops them */
+	__u8 source_prefix_v6; /* IPv6 sources are counted per prefix of this length (1-128) */
 	__be16 edns_udp_size; /* UDP payload size in the OPT of answers (network order) */
 	__be32 answer_ttl;    /* TTL of sinkhole A/AAAA records (network order) */
 	__be32 negative_ttl;  /* TTL and MINIMUM of the SOA in negative answers (network order) */
 	__u8 sinkhole_v4[4];  /* network order */
 	__u8 sinkhole_v6[16]; /* network order */
+	__u8 pass_unjudged;   /* CCXDP_PASS_*: which frames that cannot be judged pass; 0 drops
+			       * them all, so a config never written drops them */
+	__u8 pad[3];
 };
 
 /* Bits of ccxdp_config.pass_unjudged. */
@@ -139,33 +143,54 @@ struct ccxdp_entry {
 	__u16 category;  /* small id of a malware family or feed; 0 = none */
 };
 
-/* One slot of the name table (maps.h): a name's keyed hash and its entry. */
-struct ccxdp_name_slot {
-	__u64 hash;               /* keyed 64-bit hash of the name in wire form (dns.h) */
-	struct ccxdp_entry entry;
-	__u32 pad;
+/*
+ * One bucket of the name table (maps.h): one 64-byte cache line holding up to
+ * CCXDP_NAME_BUCKET_SLOTS names. Slot i holds the low 48 bits of a name's keyed hash (tag_lo,
+ * tag_hi) and its entry (what: action | flags << 4; category). A name's first bucket is
+ * given by the top 32 bits of its hash (bucket_of in dns.h), so with at least 2^16 buckets
+ * the bucket and the 48 bits together determine all 64 bits: the comparison is the full
+ * hash's. Slots [0, CCXDP_NB_PRIMARY(meta)) hold names whose first bucket this is; slots
+ * from there to CCXDP_NB_USED(meta) hold names whose first bucket was full, placed in their
+ * second bucket. CCXDP_NB_SPILLED says some name of this first bucket lives in its second
+ * bucket, the only case in which a lookup reads a second line.
+ */
+#define CCXDP_NAME_BUCKET_SLOTS 7
+struct ccxdp_name_bucket {
+	__u32 tag_lo[CCXDP_NAME_BUCKET_SLOTS];   /* hash bits 0-31 */
+	__u16 tag_hi[CCXDP_NAME_BUCKET_SLOTS];   /* hash bits 32-47 */
+	__u16 category[CCXDP_NAME_BUCKET_SLOTS]; /* struct ccxdp_entry's category */
+	__u8 what[CCXDP_NAME_BUCKET_SLOTS];      /* struct ccxdp_entry's action | flags << 4 */
+	__u8 meta;                               /* CCXDP_NB_* */
 };
+#define CCXDP_NB_USED(meta) ((meta) & 7)
+#define CCXDP_NB_PRIMARY(meta) (((meta) >> 3) & 7)
+#define CCXDP_NB_SPILLED 0x80
 
-/* Where the hashes whose top bits are r lie in one buffer of the name table: slots
- * [start, end). */
-struct ccxdp_name_range {
-	__u32 start;
-	__u32 end;
-};
+/* The two bits a hash sets in its first bucket's word of the name filter (maps.h). */
+#define CCXDP_NAME_FILTER_BITS(hash) ((1ULL << ((hash) & 63)) | (1ULL << (((hash) >> 6) & 63)))
 
-/* Hashes one range may hold: the control plane refuses a list that would need more (with
- * two names per range on average, that is about a one-in-30,000 event for a full table,
- * and a fresh hash key makes another list). */
-#define CCXDP_NAME_RUN_MAX 16
+/* The fewest buckets a table has: below 2^16 the bucket and the 48 stored bits no longer
+ * determine the whole hash. */
+#define CCXDP_NAME_BUCKETS_MIN 65536
+
+/* Entries of ccxdp_nact: the live buffer (the one word a packet reads), then what only the
+ * control plane reads: the capacity in names set at first attach and each buffer's count. */
+#define CCXDP_NACT_LIVE 0
+#define CCXDP_NACT_CAPACITY 1
+#define CCXDP_NACT_COUNT 2 /* + buffer */
+#define CCXDP_NACT_ENTRIES 4
 
 /* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
- * both families. Hits are kept per category so records can name the families a line touched,
- * and per collection buffer: the low bit of the epoch (ccxdp_sepoch) when the hit came. */
+ * both families. IPv6 sources are kept per prefix (a subscriber's delegation, the setting
+ * source_prefix_v6): the address with the bits past prefix_len cleared, so that rotating
+ * privacy addresses of one line make one entry. Hits are kept per category so records can
+ * name the families a line touched, and per collection buffer: the low bit of the epoch
+ * (ccxdp_sepoch) when the hit came. */
 struct ccxdp_source_key {
-	__u8 addr[16];  /* network byte order */
+	__u8 addr[16];   /* network byte order */
 	__u16 category;
-	__u8 buffer;    /* 0 or 1: epoch & 1 */
-	__u8 pad[1];
+	__u8 buffer;     /* 0 or 1: epoch & 1 */
+	__u8 prefix_len; /* leading bits of addr that name the source: 128 for IPv4 (mapped) */
 };
 
 struct ccxdp_source_hits {

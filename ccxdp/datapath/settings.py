@@ -51,6 +51,8 @@ DESCRIPTIONS = {
     "answer_ttl": "TTL of sinkhole answers (seconds)",
     "negative_ttl": "TTL and SOA MINIMUM of NXDOMAIN/NODATA answers (seconds)",
     "edns_udp_size": "UDP payload size in the OPT record of answers",
+    "source_prefix_v6": "IPv6 hits are counted per prefix of this length (the subscribers' "
+                        "delegation; 128: per address)",
     "fragments": "first IP fragments to a DNS port: drop or pass (counted either way)",
     "unparsed": "frames with headers deeper than parsed: drop or pass (counted either way)",
 }
@@ -74,6 +76,9 @@ class Settings:
     answer_ttl: int = 300  # seconds a client may cache a sinkhole address
     negative_ttl: int = 300  # seconds caches keep NXDOMAIN/NODATA (RFC 2308 SOA MINIMUM)
     edns_udp_size: int = 1232  # the DNS flag day 2020 value: no fragmentation
+    # A line's privacy addresses rotate within its /64 (RFC 8981): one source per /64, so
+    # one line is one entry. ISPs that delegate /56 or /48 say so here.
+    source_prefix_v6: int = 64
     # A DNS query never needs fragments or more headers than the program walks; what brings
     # them to a DNS port is a way around the filter, so the defaults close it (docs/datapath.md).
     fragments: str = "drop"
@@ -86,6 +91,7 @@ class Settings:
     def to_kernel(self) -> shared.Config:
         c = shared.Config()
         c.default_action = ACTION_NAMES[self.default_action]
+        c.source_prefix_v6 = self.source_prefix_v6
         c.pass_unjudged = sum(bit for key, bit in _PASS_BITS.items()
                               if getattr(self, key) == "pass")
         c.edns_udp_size = socket.htons(self.edns_udp_size)
@@ -110,6 +116,7 @@ class Settings:
             answer_ttl=socket.ntohl(c.answer_ttl),
             negative_ttl=socket.ntohl(c.negative_ttl),
             edns_udp_size=socket.ntohs(c.edns_udp_size),
+            source_prefix_v6=c.source_prefix_v6 or 128,
             **{key: "pass" if c.pass_unjudged & bit else "drop"
                for key, bit in _PASS_BITS.items()},
         )
@@ -141,6 +148,8 @@ SETTING_KEYS = tuple(f.name for f in fields(Settings))
 NUMBER_SETTINGS = frozenset(f.name for f in fields(Settings) if f.type == "int")
 
 _TTL_MAX = 2**31 - 1  # RFC 2181 8
+# Shorter than an RIR's smallest allocation to an ISP would count whole ISPs as one source.
+SOURCE_PREFIX_V6_MIN = 32
 
 
 def _check(key: str, value: object) -> None:
@@ -168,3 +177,9 @@ def _check(key: str, value: object) -> None:
     elif key == "edns_udp_size":
         if not 512 <= value <= 65535:
             raise SettingError(f"edns_udp_size: {value} is outside 512..65535")
+    elif key == "source_prefix_v6":
+        if not SOURCE_PREFIX_V6_MIN <= value <= 128:
+            raise SettingError(
+                f"source_prefix_v6: {value} is outside {SOURCE_PREFIX_V6_MIN}..128 (a "
+                f"delegation is a /48 to /64; 128 counts each address)"
+            )

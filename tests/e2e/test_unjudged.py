@@ -142,5 +142,6 @@ def test_blocked_query_with_options_is_answered(filtering, lab, family):
     after = ccxdp.json("stats")
     assert _changes(before, after, "events") == {}
     assert _changes(before, after, "outcomes").get("blocked") == 1
-    client = lab.cli_v4 if family == 4 else lab.cli_v6
+    client = (lab.cli_v4 if family == 4  # IPv6 per /64
+              else str(ipaddress.ip_network((lab.cli_v6, 64), strict=False)))
     assert {s["address"]: s["hits"] for s in after["sources"]} == {client: 1}

@@ -16,8 +16,9 @@ from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.hashing import name_hash
 from ccxdp.hits.stats import read_stats
 from tests.conftest import publish_entries
-from tests.harness.frames import CLIENT4, CLIENT6, ext_headers, query, tcp_query
+from tests.harness.frames import CLIENT4, ext_headers, query, tcp_query
 from tests.program.test_answers import inet_checksum
+from tests.program.test_verdicts import CLIENT6_PREFIX
 
 pytestmark = pytest.mark.root
 
@@ -96,7 +97,7 @@ def test_blocked_query_becomes_a_fin_to_the_resolver(datapath, case, family, kw)
     after = read_stats(dp)
     assert delta(before, after) == {"outcomes.blocked": 1, "events.tcp_closed": 1,
                                     "actions.nxdomain": 1}
-    assert sources(after) == {(CLIENT4 if family == 4 else CLIENT6, CATEGORY): 1}
+    assert sources(after) == {(CLIENT4 if family == 4 else CLIENT6_PREFIX, CATEGORY): 1}
 
 
 @pytest.mark.parametrize("family", [4, 6])
