@@ -15,6 +15,7 @@ from ccxdp.cli.app import App
 from ccxdp.datapath.libbpf import BpfError
 from ccxdp.datapath.loader import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR
 from ccxdp.errors import CcxdpError
+from ccxdp.inputs import shown
 
 
 class CcxdpGroup(click.Group):
@@ -24,7 +25,9 @@ class CcxdpGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (CcxdpError, BpfError) as e:
-            raise click.ClickException(str(e)) from e
+            # Messages quote files and servers: whatever a library call let through, no
+            # control character reaches the terminal (line breaks separate listed lines).
+            raise click.ClickException("\n".join(map(shown, str(e).split("\n")))) from e
         except PermissionError as e:
             raise click.ClickException(f"{e.strerror}: {e.filename} (run ccxdp as root)") from e
 
