@@ -7,10 +7,12 @@ kernel never start clang.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import click
 
+from ccxdp import sqlite
 from ccxdp.cli.app import App
 from ccxdp.datapath.libbpf import BpfError
 from ccxdp.datapath.loader import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR
@@ -30,6 +32,9 @@ class CcxdpGroup(click.Group):
             raise click.ClickException("\n".join(map(shown, str(e).split("\n")))) from e
         except PermissionError as e:
             raise click.ClickException(f"{e.strerror}: {e.filename} (run ccxdp as root)") from e
+        except (sqlite3.Error, OSError) as e:  # what no library call turned into its own words
+            where = getattr(e, "filename", None) or ctx.obj.state_dir
+            raise click.ClickException(shown(sqlite.failure(where, e))) from e
 
 
 @click.group(cls=CcxdpGroup, context_settings={"auto_envvar_prefix": "CCXDP"})

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ccxdp import sqlite
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
 from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, ZONE
@@ -533,9 +534,7 @@ def block_export_command():
         lines = list(formats.export_feed((item(e) for e in entries), fmt))
         text = "".join(line + "\n" for line in lines)
         if output:
-            tmp = output.with_name(f".{output.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(output)  # a failed export leaves no half-written file
+            write_whole(output, text)
             console().print(f"{len(entries):,} entries written to {output}")
         else:
             sys.stdout.write(text)
@@ -545,6 +544,24 @@ def block_export_command():
                 f": {dropped:,} entries were written without theirs (csv keeps every field)")
 
     return block_export
+
+
+def write_whole(output: Path, text: str) -> None:
+    """Write a file whole or not at all: a failed export (a missing or read-only folder, a
+    full disk) leaves neither a half-written file nor its temporary, and says why."""
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        try:
+            tmp.write_text(text)
+            tmp.replace(output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if not output.parent.is_dir():
+            raise click.ClickException(
+                f"cannot write {output}: no folder {output.parent}") from None
+        raise click.ClickException(sqlite.failure(output, e).replace(
+            f"{output}: ", f"cannot write {output}: ", 1)) from None
 
 
 def register(group: click.Group) -> None:

@@ -289,6 +289,12 @@ _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:  # a full disk, a read-only state folder
+            raise CatalogError(sqlite.failure(self.path, e)) from e
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         # 1 KB pages: a feed sync changes thousands of rows spread at random over a million
