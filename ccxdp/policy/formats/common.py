@@ -8,7 +8,6 @@ import codecs
 import errno
 import gc
 import gzip
-import ipaddress
 import os
 import re
 import stat
@@ -25,7 +24,7 @@ from ccxdp.datapath.settings import ACTION_NAMES, SettingError, parse_action
 from ccxdp.errors import CcxdpError, InvalidNameError
 from ccxdp.inputs import shown
 from ccxdp.policy.catalog import ALLOW, BLOCK, KINDS, MATCHES
-from ccxdp.policy.names import normalize, unusual_a_label
+from ccxdp.policy.names import is_ip_literal, normalize, unusual_a_label
 
 FORMATS = ("plain", "hosts", "rpz", "adblock", "csv")
 
@@ -248,14 +247,7 @@ def _cut(text: str) -> str:
     return shown(text if len(text) <= VALUE_SHOWN else text[: VALUE_SHOWN - 1] + "…")
 
 
-def _is_ip(text: str) -> bool:
-    if not text or not (text[0].isdigit() or ":" in text):
-        return False  # a name, most of the time: no exception to build
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+_is_ip = is_ip_literal  # the rule is names.py's; the formats skip such lines
 
 
 def _canonical_action(text: str) -> str:
