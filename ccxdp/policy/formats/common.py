@@ -143,10 +143,11 @@ def read_feed_bytes(path: Path, limit: int | None = None, max_bytes: int | None 
     except OSError as e:
         raise cannot_read(path, e) from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _not_regular(path, st.st_mode)
         with open(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise _not_regular(path, st.st_mode)
             if limit is None and st.st_size > cap:
                 raise _over_cap(path, f"{st.st_size:,} bytes,", cap)
             want = limit if limit is not None else cap
@@ -196,11 +197,12 @@ def _refuse_binary(path: Path, data: bytes) -> None:
                               "feed: refused, nothing was read")
 
 
-def text_chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[tuple[int, str]]:
+def text_chunks(data: bytes, size: int | None = None) -> Iterator[tuple[int, str]]:
     """The feed's text in pieces of about ``size`` bytes, each whole lines with LF line ends
     and ending in one, with the line number of its first: (first line, text). A BOM is
     dropped; bytes that are not UTF-8 become U+FFFD, which the careful paths report as
     "not UTF-8" (a piece ends at a line end: a UTF-8 sequence is never cut)."""
+    size = size or CHUNK_BYTES
     start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     lineno, end = 1, len(data)
     while start < end:
