@@ -59,14 +59,14 @@ def test_binary_content_is_refused_naming_the_line_of_the_first_nul(tmp_path):
     path = tmp_path / "feed.txt"
     path.write_bytes(b"one.test\ntwo.test\nthree\x00.test\nfour.test\n")
     assert refusal(path) == (f"{path}: binary content (a NUL byte on line 3), not a feed: "
-                             "refused, nothing was read")
+                             "refused")
 
 
 def test_binary_content_past_the_first_check_and_inside_gzip_is_refused(tmp_path):
     late = tmp_path / "late.txt"
     late.write_bytes(b"name.test\n" * 20_000 + b"\x00\x01\x02")  # past the first 64 KiB
     assert refusal(late) == (f"{late}: binary content (a NUL byte on line 20,001), not a "
-                             "feed: refused, nothing was read")
+                             "feed: refused")
     packed = tmp_path / "feed.txt.gz"
     packed.write_bytes(gzip.compress(b"a.test\n\x00\x00\x00\x00"))
     assert "binary content (a NUL byte on line 2)" in refusal(packed)
@@ -82,8 +82,8 @@ def test_a_file_over_the_cap_is_refused_from_its_size(tmp_path, monkeypatch):
     over = tmp_path / "big.txt"
     over.write_bytes(b"a.test\n" * 147)  # 1,029 bytes
     assert refusal(over, fmt="plain") == (
-        f"{over}: 1,029 bytes, more than the cap of 1,024 bytes: refused, nothing was read "
-        "(a feed is text of at most that; CCXDP_MAX_FEED_BYTES raises it)")
+        f"{over}: 1,029 bytes, more than the cap of 1,024 bytes: refused (a feed is text of "
+        "at most that; CCXDP_MAX_FEED_BYTES raises it)")
 
 
 def test_a_compressed_file_is_held_to_the_cap_by_what_it_unpacks_to(tmp_path, monkeypatch):
@@ -92,8 +92,8 @@ def test_a_compressed_file_is_held_to_the_cap_by_what_it_unpacks_to(tmp_path, mo
     bomb.write_bytes(gzip.compress(b"a.test\n" * 10_000))  # 70,000 bytes in a few hundred
     assert bomb.stat().st_size < 4096
     assert refusal(bomb) == (
-        f"{bomb}: the gzip file unpacks to more than the cap of 4,096 bytes: refused, nothing "
-        "was read (a feed is text of at most that; CCXDP_MAX_FEED_BYTES raises it)")
+        f"{bomb}: the gzip file unpacks to more than the cap of 4,096 bytes: refused (a feed "
+        "is text of at most that; CCXDP_MAX_FEED_BYTES raises it)")
 
 
 def test_the_default_cap_and_its_setting(monkeypatch):

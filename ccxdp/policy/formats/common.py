@@ -109,8 +109,8 @@ def max_feed_bytes() -> int:
 
 def _over_cap(path: Path, what: str, cap: int) -> FeedFormatError:
     return FeedFormatError(
-        f"{path}: {what} more than the cap of {cap:,} bytes: refused, nothing was read "
-        f"(a feed is text of at most that; {MAX_FEED_BYTES_ENV} raises it)")
+        f"{path}: {what} more than the cap of {cap:,} bytes: refused (a feed is text of at "
+        f"most that; {MAX_FEED_BYTES_ENV} raises it)")
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
@@ -194,7 +194,7 @@ def _refuse_binary(path: Path, data: bytes) -> None:
     if at >= 0:
         line = data.count(b"\n", 0, at) + 1
         raise FeedFormatError(f"{path}: binary content (a NUL byte on line {line:,}), not a "
-                              "feed: refused, nothing was read")
+                              "feed: refused")
 
 
 def text_chunks(data: bytes, size: int | None = None) -> Iterator[tuple[int, str]]:
