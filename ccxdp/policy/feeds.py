@@ -319,6 +319,9 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
                            catalog)
         listings, names = listings_of(hashed), hashed.names
         snapshot = _line_snapshot(parsed, hashed, data, key)
+        # The entries (~80 bytes a name) are all in the arrays now: the catalog and the
+        # kernel table are written in the memory they held.
+        del parsed, hashed
     if not allow_shrink:
         old = {k: catalog.listing(source.id, k) for k in KINDS}
         limit = source.max_shrink if source.max_shrink is not None else DEFAULT_MAX_SHRINK

@@ -13,6 +13,7 @@ import re
 import stat
 import zipfile
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -290,7 +291,8 @@ class _Builder:
         self.path = path
         self.default = default
         self.names: list[str] = []
-        self.lines: list[int] = []
+        # Line numbers as 4-byte machine words, not a million int objects (~28 MB less)
+        self.lines = array("I")
         self.attrs: dict[int, _Attrs] = {}  # index -> attributes, where not the default
         self.values: dict[int, str] = {}  # index -> text on the line, where not the name
         self.bad: list[BadLine] = []
@@ -302,7 +304,7 @@ class _Builder:
     def run(self, names: list[str], first_line: int) -> None:
         """Names in normalized form, with the default attributes, on consecutive lines."""
         self.names += names
-        self.lines += range(first_line, first_line + len(names))
+        self.lines.extend(range(first_line, first_line + len(names)))
 
     def add(self, name: str, line: int, value: str, attrs: _Attrs | None = None) -> None:
         index = len(self.names)

@@ -420,7 +420,7 @@ def _csv_hosts(b: _Builder, hosts: list[str], values: list[str], numbers: list[i
     start = 0
     for i in [*_suspects(block, hosts, (("\n\n", 1),)), len(hosts)]:
         b.names += hosts[start:i]
-        b.lines += numbers[offset + start : offset + i]
+        b.lines.extend(numbers[offset + start : offset + i])
         if i < len(hosts):
             _csv_value(b, values[offset + i], numbers[offset + i])
         start = i + 1
