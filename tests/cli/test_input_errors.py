@@ -300,3 +300,14 @@ def test_a_very_short_exempt_prefix_needs_force(on_disk, prefix, words):
     cli.run("exempt", "add", prefix, "--force")
     assert on_disk.judge("evil.test", src=inside).retval == XDP_PASS
     cli.run("exempt", "add", "10.0.0.0/8", "fd00::/16")  # /8 and /16 and longer: as before
+
+
+# -- a missing bpffs ----------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["collect"], ["stats"], ["top", "--once"]],
+                         ids=["collect", "stats", "top"])
+def test_commands_that_read_the_kernel_without_bpffs_are_one_line(tmp_path, args):
+    pin_dir = tmp_path / "not-bpffs" / "ccxdp"
+    cli = Ccxdp(pin_dir, tmp_path / "state")
+    one_line_error(cli.run(*args, check=False), 1, "ccxdp is not loaded: no pinned map",
+                   str(pin_dir), "run 'ccxdp attach IFACE' first")
+    assert not pin_dir.exists()
