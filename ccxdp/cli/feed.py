@@ -25,6 +25,7 @@ from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
 from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, ZONE
 from ccxdp.errors import CcxdpError
+from ccxdp.inputs import shown
 from ccxdp.policy import download, feeds, formats, transfer
 from ccxdp.policy.catalog import BLOCK, KINDS
 
@@ -140,7 +141,7 @@ def report(r: feeds.ImportResult, as_json: bool, show_skipped: bool = False) -> 
     emit(as_json, result_json(r, show_skipped), lambda: render_result(r))
     if show_skipped and not as_json:
         for b in r.skipped_lines:
-            console().print(f"{b.path}:{b.line}: skipped, {b.reason}: {b.value}",
+            console().print(f"{shown(b.path)}:{b.line}: skipped, {b.reason}: {b.value}",
                             markup=False, highlight=False, soft_wrap=True)
         more = sum(r.skipped.values()) - len(r.skipped_lines)
         if more > 0:
