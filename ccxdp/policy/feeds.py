@@ -314,7 +314,9 @@ def _sync_file(dp: Datapath, catalog: Catalog, source: Source, progress: Progres
         raise FeedError(f"feed {source.name!r}: {e}; nothing was changed") from None
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
-    digest = hashlib.sha256(options.encode() + data).hexdigest()
+    digest = hashlib.sha256(options.encode())
+    digest.update(data)  # not options + data: that would copy the whole file once more
+    digest = digest.hexdigest()
     result = ImportResult(source.name, str(path), source.format or "auto",
                           provenance=provenance or source.provenance)
     if not force and digest == source.digest:
