@@ -70,7 +70,7 @@ def proc_status(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
             out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -165,9 +165,15 @@ def main() -> int:
         rows += [
             ("feed add: peak RSS per million names (big - small)", mib(per_million), ""),
             (f"daemon at rest, {args.names:,} names: resident", mib(status["VmRSS"]), ""),
+            (f"daemon at rest, {args.names:,} names: of it, heap (RssAnon)",
+             mib(status["RssAnon"]), ""),
+            (f"daemon at rest, {args.names:,} names: of it, mapped (file, shmem)",
+             mib(status["RssFile"] + status["RssShmem"]), ""),
             (f"daemon at rest, {args.names:,} names: peak", mib(status["VmHWM"]), ""),
             (f"daemon at rest, {small_names:,} names: resident", mib(small_status["VmRSS"]),
              ""),
+            (f"daemon at rest, {small_names:,} names: of it, heap (RssAnon)",
+             mib(small_status["RssAnon"]), ""),
             ("daemon at rest: resident per million names (big - small)",
              mib(daemon_per_million), ""),
             (f"feed add of {mib(huge_size)}: peak RSS (exit {rc})", mib(peak),

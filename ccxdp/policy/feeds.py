@@ -10,7 +10,6 @@ and a refused file changes nothing.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import re
@@ -48,6 +47,7 @@ from ccxdp.policy.catalog import (
     Source,
     normalize_category,
     pack,
+    release_memory,
 )
 from ccxdp.policy.formats import BadLine, FeedEntry, ParsedFeed
 from ccxdp.policy.lists import MANUAL_ID, Applied, apply, canonical_action, hash_entries
@@ -291,16 +291,6 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         return _sync_file(dp, catalog, source, progress, force, allow_shrink, provenance)
     finally:
         release_memory()
-
-
-def release_memory() -> None:
-    """Give the heap a sync freed back to the system. A million names take a few hundred
-    MB while they are parsed and hashed; glibc keeps what is freed in its arenas, so the
-    daemon would sit on its largest feed's peak between syncs, beside the resolver."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to ask
-        pass
 
 
 def _sync_file(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
