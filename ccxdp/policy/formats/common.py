@@ -144,7 +144,11 @@ def read_feed_bytes(path: Path, limit: int | None = None, max_bytes: int | None 
     except OSError as e:
         raise cannot_read(path, e) from None
     try:
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise _not_regular(path, st.st_mode)
