@@ -7,7 +7,9 @@ kernel never start clang.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import click
@@ -30,6 +32,10 @@ class CcxdpGroup(click.Group):
             # Messages quote files and servers: whatever a library call let through, no
             # control character reaches the terminal (line breaks separate listed lines).
             raise click.ClickException("\n".join(map(shown, str(e).split("\n")))) from e
+        except BrokenPipeError:
+            # The reader went away (| head): no more output, and no error of ours to show.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
         except PermissionError as e:
             raise click.ClickException(f"{e.strerror}: {e.filename} (run ccxdp as root)") from e
         except (sqlite3.Error, OSError) as e:  # what no library call turned into its own words

@@ -311,3 +311,17 @@ def test_commands_that_read_the_kernel_without_bpffs_are_one_line(tmp_path, args
     one_line_error(cli.run(*args, check=False), 1, "ccxdp is not loaded: no pinned map",
                    str(pin_dir), "run 'ccxdp attach IFACE' first")
     assert not pin_dir.exists()
+
+
+def test_a_reader_that_goes_away_is_no_error(on_disk, tmp_path):
+    cli = on_disk.cli
+    feed = tmp_path / "feed.txt"
+    feed.write_text("".join(f"name-{i}.test\n" for i in range(5000)))
+    cli.run("block", "import", str(feed))
+    argv = [str(cli.exe), "--pin-dir", str(cli.pin_dir), "--state-dir", str(cli.state_dir)]
+    proc = subprocess.Popen([*argv, "block", "list", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head` does: the JSON (~400 KB) meets a closed pipe
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 1 and err == ""
