@@ -7,9 +7,13 @@ of one failing halfway.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+LOW_SPACE = 1 << 20  # bytes free under which a write failure is put down to a full disk
 
 
 @contextmanager
@@ -41,3 +45,30 @@ def rehearsal(db: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         db.execute("ROLLBACK")
+
+
+def storage_problem(path: Path | str) -> str | None:
+    """What the file system holding ``path`` (a file or folder) says about a failed write:
+    read-only, full, or a folder this process cannot write; None when none of these. SQLite
+    itself reports a full disk as "disk I/O error" when it cannot grow its WAL index."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "the file system is read-only"
+    if st.f_bavail * st.f_frsize < LOW_SPACE:
+        return f"the disk is full ({st.f_bavail * st.f_frsize:,} bytes free)"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None
+
+
+def failure(path: Path | str, e: sqlite3.Error | OSError) -> str:
+    """One line for a database or file that could not be opened, read or written."""
+    words = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    problem = storage_problem(path)
+    return f"{path}: {words}" + (f": {problem}" if problem else "")

@@ -396,7 +396,7 @@ class Store:
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: a million rows at a time
             self._upgrade()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: {e}") from e
+            raise StoreError(sqlite.failure(path, e)) from e
 
     def _upgrade(self) -> None:
         with self.transaction():

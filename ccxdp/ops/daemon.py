@@ -47,7 +47,7 @@ from ccxdp.policy import plan, transfer
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.download import add_url_feed, redact, retry_delay, sync_url_feed
 from ccxdp.policy.exempt import set_line_prefixes
-from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
+from ccxdp.policy.feeds import FeedError, add_feed, feed_counts, remove_feed, sync_feed
 from ccxdp.policy.line_exempt import current_prefixes, read_file, read_radacct
 from ccxdp.policy.lists import canonical_action
 from ccxdp.utc import utc_now_text, utc_text
@@ -77,6 +77,9 @@ class Log:
             line = " ".join(f"{k}={_logfmt(v)}" for k, v in record.items())
         self.out.write(line + "\n")
         self.out.flush()
+
+
+BAD_LINES_LOGGED = 5  # of a refused feed's bad lines, in its log line (feed add lists all)
 
 
 def _logfmt(value: object) -> str:
@@ -465,9 +468,13 @@ class Daemon:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
             fs.last_sync, fs.last_ok = time.time(), False
             fs.syncs["error"] += 1
+        if isinstance(e, FeedError) and e.bad:  # the error's first line only announces them
+            fields.update(bad_lines=len(e.bad), first_bad_lines=" | ".join(
+                str(b) for b in e.bad[:BAD_LINES_LOGGED]))
         self.log("feed_sync", level="error", feed=feed.name, why=why, result=result,
                  url=redact(feed.url.url) if feed.url else None,
-                 retry_in=delay if feed.url else None, error=str(e).splitlines()[0], **fields)
+                 retry_in=delay if feed.url else None,
+                 error=str(e).splitlines()[0].removesuffix(":"), **fields)
 
     # -- NOTIFY -------------------------------------------------------------------------
     def _watch(self, config: Config) -> None:
