@@ -62,6 +62,10 @@ def packed(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
+PACKED = {4: ([packed(a) for a in CLIENTS4], [packed(a) for a in RESOLVERS4]),
+          6: ([packed(a) for a in CLIENTS6], [packed(a) for a in RESOLVERS6])}
+
+
 # -- scenarios -------------------------------------------------------------------------------
 
 
@@ -99,9 +103,9 @@ def _mapped(prefix: str) -> str:
 
 
 def random_label(rng: random.Random, lo: int = 1, hi: int = 12) -> str:
-    n = rng.randint(lo, hi)
-    return "".join(rng.choice(LDH[:36]) if i in (0, n - 1) else rng.choice(LDH)
-                   for i in range(n))
+    chars = rng.choices(LDH, k=rng.randint(lo, hi))
+    chars[0], chars[-1] = rng.choice(LDH[:36]), rng.choice(LDH[:36])  # no hyphen at the ends
+    return "".join(chars)
 
 
 def random_name(rng: random.Random) -> str:
@@ -271,13 +275,13 @@ class FrameMaker:
         frag = 0x4000 if rng.random() < 0.5 else 0
         if rng.random() < 0.06:
             frag = rng.choice((0x2000, 0x0001, 0x2010, 0x1FFF, 0x6000))
-        src = rng.choice(CLIENTS4)
-        dst = rng.choice(RESOLVERS4)
+        src = rng.choice(PACKED[4][0])
+        dst = rng.choice(PACKED[4][1])
         ihl = 5 + len(options) // 4
         total = 4 * ihl + len(payload)
         hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, rng.choice((0, 0, 0x10, 0xB8)), total,
                           rng.getrandbits(16), frag, rng.choice((64, 1, 255)), proto, 0,
-                          packed(src), packed(dst)) + options
+                          src, dst) + options
         hdr = hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:]
         return hdr + payload
 
@@ -303,10 +307,10 @@ class FrameMaker:
                 size = 255 if rng.random() < 0.01 else rng.choice((0, 0, 0, 1, 3))
                 exts += struct.pack("!BB", nxt, size) + bytes(6 + 8 * size)  # Pad1 options
         first = kinds[0] if kinds else proto
-        src, dst = rng.choice(CLIENTS6), rng.choice(RESOLVERS6)
+        src, dst = rng.choice(PACKED[6][0]), rng.choice(PACKED[6][1])
         body = exts + payload
         hdr = struct.pack("!IHBB16s16s", 0x60000000 | rng.getrandbits(20) * (rng.random() < .3),
-                          len(body), first, rng.choice((64, 1, 255)), packed(src), packed(dst))
+                          len(body), first, rng.choice((64, 1, 255)), src, dst)
         return hdr + body, len(exts)
 
     def udp(self, payload: bytes, dport: int) -> bytes:

@@ -315,8 +315,11 @@ def decide(labels: list[bytes], state: ModelState) -> ModelEntry | None:
     own name, a subtree entry also every name below it, a below-only entry (NOT_SELF) only
     those; an allow entry (ALLOW_NAME at the name, ALLOW_BELOW below it) passes. The root
     name has no label and matches nothing."""
-    for depth in range(len(labels)):
-        e = state.entries.get(wire_of(labels[depth:]))
+    wire = wire_of(labels)  # length bytes are below 0x40: lower() leaves them be
+    at = 0
+    for depth, label in enumerate(labels):
+        e = state.entries.get(wire[at:])
+        at += len(label) + 1
         if e is None:
             continue
         if depth == 0:
