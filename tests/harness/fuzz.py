@@ -168,10 +168,6 @@ def flip_case(rng: random.Random, name: str) -> str:
     return "".join(c.upper() if c.isalpha() and rng.random() < 0.5 else c for c in name)
 
 
-def inet_checksum(data: bytes) -> int:
-    return model.checksum(data)
-
-
 class FrameMaker:
     """Random frames for one scenario; every choice comes from rng, so a seed replays a run."""
 
@@ -282,7 +278,7 @@ class FrameMaker:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, rng.choice((0, 0, 0x10, 0xB8)), total,
                           rng.getrandbits(16), frag, rng.choice((64, 1, 255)), proto, 0,
                           src, dst) + options
-        hdr = hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", model.checksum(hdr)) + hdr[12:]
         return hdr + payload
 
     def ipv6(self, proto: int, payload: bytes) -> tuple[bytes, int]:
