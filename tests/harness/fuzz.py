@@ -329,21 +329,21 @@ class FrameMaker:
         return rng.randrange(65536)
 
     def frame(self, message: bytes | None = None) -> bytes:
-        """One frame before mutations; with a message given, that message in UDP to a judged
-        port."""
+        """One frame before mutations; with a message given, that message in UDP or TCP to a
+        judged port."""
         rng = self.rng
         given = message is not None
         if message is None:
             message = self.dns_message()
             if rng.random() < 0.08:  # a cut message whose lengths match the cut
                 message = message[:rng.randrange(len(message))]
-        r = 0.0 if given else rng.random()
+        r = rng.random() * (0.96 if given else 1)
+        dport = min(self.scenario.ports) if given else self.dport()
         if r < 0.9:
-            dport = min(self.scenario.ports) if given else self.dport()
             l4 = self.udp(message, dport)
             proto = model.IPPROTO_UDP
         elif r < 0.96:
-            l4 = self.tcp(struct.pack("!H", len(message)) + message, self.dport())
+            l4 = self.tcp(struct.pack("!H", len(message)) + message, dport)
             proto = model.IPPROTO_TCP
         else:
             l4 = bytes(rng.getrandbits(8) for _ in range(rng.randint(8, 40)))
@@ -398,9 +398,9 @@ def every_cut(frame: bytes) -> Iterator[bytes]:
 
 
 def systematic_cuts(rng: random.Random, scenario: Scenario, queries: int = 6) -> list[bytes]:
-    """For a few blocked queries the model answers: every cut of the frame (its IP and UDP
-    lengths still claiming the whole), and every cut of the DNS message with the lengths
-    made to match, as a sender of a short message would make it."""
+    """For a few blocked queries the program rewrites (answered, or over TCP closed): every cut
+    of the frame (its IP and UDP lengths still claiming the whole), and every cut of the DNS
+    message with the lengths made to match, as a sender of a short message would make it."""
     maker = FrameMaker(rng, scenario)
     state = scenario.model_state(1 << 20)
     out: list[bytes] = []
@@ -408,7 +408,8 @@ def systematic_cuts(rng: random.Random, scenario: Scenario, queries: int = 6) ->
         for _attempt in range(2000):
             message = maker.dns_message()
             frame = maker.frame(message)
-            if model.judge(frame, state).retval == model.XDP_TX:
+            want = model.judge(frame, state)
+            if want.stats[model.OUT.BLOCKED] and want.frame is not None:
                 break
         else:
             return out  # this scenario's list answers nothing
