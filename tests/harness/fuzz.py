@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from ccxdp.datapath import bulk, libbpf, shared
 from ccxdp.datapath.nametable import NameTable
 from ccxdp.datapath.settings import Settings
-from ccxdp.policy import exempt
+from ccxdp.policy import exempt, plan
+from ccxdp.policy.catalog import Catalog
 from tests.harness import xdp_model as model
 
 # BPF_PROG_TEST_RUN puts at most a page less XDP's headroom and skb_shared_info (3,520 bytes
@@ -40,6 +41,9 @@ from tests.harness import xdp_model as model
 MAX_FRAME = 3000
 TLDS = ("test", "example", "invalid", "lab")
 LDH = "abcdefghijklmnopqrstuvwxyz0123456789-"
+# Plans drawn from these: some clients inside, some outside, some exempt inside.
+PLAN_PREFIXES = ("198.18.0.0/27", "198.18.7.0/24", "fd00:cc::/120", "fd00:cc::/32",
+                 "10.0.0.0/8", "fd00:7::/48", "198.18.0.16/28")
 EXEMPT_PREFIXES = ("198.18.7.0/24", "fd00:7::/64", "198.19.255.255/32")
 CLIENTS4 = [f"198.18.{i // 256}.{i % 256}" for i in range(2, 40)] + ["198.18.7.9", "10.0.0.1"]
 CLIENTS6 = [f"fd00:cc::{i:x}" for i in range(2, 30)] + ["fd00:7::9", "::ffff:198.18.0.2",
@@ -77,6 +81,7 @@ class Scenario:
     settings: Settings
     ports: frozenset[int]
     epoch: int
+    plan: tuple[str, ...] | None = None  # the address plan's prefixes; None: no plan
 
     def model_state(self, capacity: int) -> model.ModelState:
         s = self.settings
@@ -85,12 +90,14 @@ class Scenario:
                 default_action=shared.Action[s.default_action.upper()],
                 sinkhole_v4=packed(s.sinkhole_v4), sinkhole_v6=packed(s.sinkhole_v6),
                 answer_ttl=s.answer_ttl, negative_ttl=s.negative_ttl,
-                edns_udp_size=s.edns_udp_size),
+                edns_udp_size=s.edns_udp_size, source_prefix_v6=s.source_prefix_v6),
             ports=self.ports,
             entries={model.wire_of([lb.encode() for lb in n.split(".")]): e
                      for n, e in self.names.items()},
             exempt=tuple(ipaddress.IPv6Network(_mapped(p)) for p in EXEMPT_PREFIXES),
             epoch=self.epoch,
+            plan=None if self.plan is None else tuple(
+                ipaddress.IPv6Network(_mapped(p)) for p in self.plan),
             source_capacity=capacity,
         )
 
@@ -150,9 +157,11 @@ def random_scenario(rng: random.Random) -> Scenario:
         answer_ttl=rng.choice((0, 1, 300, 2**31 - 1, rng.randrange(2**31))),
         negative_ttl=rng.choice((0, 45, 300, 2**31 - 1, rng.randrange(2**31))),
         edns_udp_size=rng.choice((512, 1232, 1400, 4096, 65535)),
+        source_prefix_v6=rng.choice((64, 64, 56, 48, 60, 127, 128)),
     )
+    prefixes = None if rng.random() < 0.4 else tuple(rng.sample(PLAN_PREFIXES, rng.randint(1, 4)))
     ports = frozenset(rng.choice(([53], [53], [53], [53, 5353], [5353], [53, 853, 10053])))
-    return Scenario(names, settings, ports, rng.randrange(2**64))
+    return Scenario(names, settings, ports, rng.randrange(2**64), prefixes)
 
 
 # -- frames ----------------------------------------------------------------------------------
@@ -433,6 +442,8 @@ class Kernel:
         self._exempt_keys = keys
 
     def close(self) -> None:
+        with Catalog(self.dp.catalog_path) as catalog:
+            plan.set_prefixes(self.dp, catalog, [])
         with self.dp.open_map(shared.MAP_EXEMPT) as m:
             for k in self._exempt_keys:
                 m.delete(k)
@@ -449,6 +460,8 @@ class Kernel:
         self.dp.set_dns_ports(scenario.ports)
         with self.dp.open_map(shared.MAP_SOURCE_EPOCH) as m:
             m.update(ct.c_uint32(0), ct.c_uint64(scenario.epoch))
+        with Catalog(self.dp.catalog_path) as catalog:
+            plan.set_prefixes(self.dp, catalog, list(scenario.plan or ()))
 
     def clear_sources(self) -> None:
         with self.dp.open_map(shared.MAP_SOURCES) as m:
@@ -459,9 +472,10 @@ class Kernel:
         with self.dp.open_map(shared.MAP_STATS) as m:
             return [m.lookup_sum(ct.c_uint32(i)).value for i in range(shared.STAT_MAX)]
 
-    def sources(self) -> dict[tuple[bytes, int, int], int]:
+    def sources(self) -> dict[tuple[bytes, int, int, int], int]:
         with self.dp.open_map(shared.MAP_SOURCES) as m:
-            return {(bytes(k.addr), k.category, k.buffer): v.hits for k, v in m.lookup_batch()}
+            return {(bytes(k.addr), k.category, k.buffer, k.prefix_len): v.hits
+                    for k, v in m.lookup_batch()}
 
     def run(self, frame: bytes) -> libbpf.TestRunResult:
         return libbpf.prog_test_run(self.fd, frame)

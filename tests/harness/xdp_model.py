@@ -22,7 +22,7 @@ replaces that function alone:
     is_exempt        opted-out sources
     question         the QNAME walk
     decide           the most specific entry
-    count_source     the per-source key and the full map
+    count_source     the address plan, the per-source key (IPv6 per prefix), the full map
     answerable       which blocked queries may be answered from here
     answer_frame     the answer, byte by byte
 """
@@ -77,6 +77,7 @@ class ModelSettings:
     answer_ttl: int
     negative_ttl: int
     edns_udp_size: int
+    source_prefix_v6: int = 128  # IPv6 hits are counted per prefix of this length
 
 
 @dataclass
@@ -87,9 +88,10 @@ class ModelState:
     ports: frozenset[int]
     entries: dict[bytes, ModelEntry]  # lower-cased wire form -> entry
     exempt: tuple[ipaddress.IPv6Network, ...] = ()  # IPv4 prefixes IPv4-mapped
+    plan: tuple[ipaddress.IPv6Network, ...] | None = None  # None: no address plan
     epoch: int = 0
     source_capacity: int = 1 << 20  # entries the per-source map holds, both buffers
-    sources: dict[tuple[bytes, int, int], int] = field(default_factory=dict)
+    sources: dict[tuple[bytes, int, int, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,7 +99,7 @@ class Verdict:
     retval: int
     frame: bytes | None  # what the frame must be afterwards; None: dropped (not looked at)
     stats: Counter = field(default_factory=Counter)  # index in ccxdp_stats -> increments
-    source: tuple[bytes, int, int] | None = None  # per-source key counted (addr, cat, buffer)
+    source: tuple[bytes, int, int, int] | None = None  # key counted (addr, cat, buffer, len)
     why: str = ""  # the rule that decided, for reports
 
 
@@ -334,16 +336,38 @@ def decide(labels: list[bytes], state: ModelState) -> ModelEntry | None:
     return None
 
 
-def source_key(p: Packet, category: int, state: ModelState) -> tuple[bytes, int, int]:
-    """Per source address (IPv4 as IPv4-mapped, IPv6 per /128), category and collection
-    buffer (epoch & 1). Branch `plan` keys IPv6 by prefix and counts outside-plan sources
-    only globally: this function and count_source change then."""
-    return p.source, category, state.epoch & 1
+MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def source_key(p: Packet, category: int, state: ModelState) -> tuple[bytes, int, int, int]:
+    """(source, category, collection buffer (epoch & 1), prefix length): IPv4 per address
+    (IPv4-mapped, 128), IPv6 per prefix of source_prefix_v6 bits, the rest of it zero."""
+    if p.source[:12] == MAPPED:
+        return p.source, category, state.epoch & 1, 128
+    bits = state.settings.source_prefix_v6
+    if not 0 < bits <= 128:
+        bits = 128
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
+    addr = (int.from_bytes(p.source, "big") & mask).to_bytes(16, "big")
+    return addr, category, state.epoch & 1, bits
+
+
+def in_plan(source: bytes, state: ModelState) -> bool:
+    """With no address plan every source counts; with one, only those inside a prefix of it
+    (IPv4 prefixes IPv4-mapped, as for exempt prefixes)."""
+    if state.plan is None:
+        return True
+    addr = ipaddress.IPv6Address(source)
+    return any(addr in net for net in state.plan)
 
 
 def count_source(p: Packet, category: int, state: ModelState, v: Verdict) -> None:
-    """A new source needs a free entry: when the map is full (a plain hash, no eviction) the
-    hit is not counted per source and counts as source_lost; known sources keep counting."""
+    """A hit from outside the address plan counts only globally (outside_plan). A new source
+    needs a free entry: when the map is full (a plain hash, no eviction) the hit is not
+    counted per source and counts as source_lost; known sources keep counting."""
+    if not in_plan(p.source, state):
+        v.stats[shared.STAT_EVENT_BASE + shared.Event.OUTSIDE_PLAN] += 1
+        return
     key = source_key(p, category, state)
     if key in state.sources:
         state.sources[key] += 1
