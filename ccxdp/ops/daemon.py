@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+from ccxdp.datapath import bulk
 from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.location import ShipFailed, StoreLocation, collect, default_resolver, ship
@@ -111,6 +112,7 @@ class Daemon:
         self.state = DaemonState()
         self._expired_for: tuple | None = None  # the hour and retention last expired for
         self.log = Log(out=log_out)
+        bulk.report = lambda message: self.log("bulk_helper", level="warning", error=message)
         self.config: Config | None = None
         self.metrics: MetricsServer | None = None
         self._wake = threading.Event()
