@@ -54,6 +54,11 @@ from ccxdp.policy.lists import canonical_action
 from ccxdp.utc import utc_now_text, utc_text
 
 POLL = 1.0  # seconds between looks at the feed files
+# The catalog's meta key naming the feeds the daemon's config gave (a JSON list): what a
+# start compares the config with, as a reload compares it with the config before, so that a
+# feed taken out of the file goes either way. Feeds added with 'ccxdp feed add' are not in
+# it and stay.
+CONFIG_FEEDS_KEY = "daemon_config_feeds"
 
 
 class DaemonError(CcxdpError):
@@ -151,8 +156,10 @@ class Daemon:
         for iface in config.interfaces:
             self._attach(iface)
         self._apply_filter(config)
+        self._remove_feeds(self._config_feeds_before() - {f.name for f in config.feeds})
         for feed in config.feeds:
             self._ensure_feed(feed)
+        self._remember_feeds(config)
         self._start_metrics(config)
         self._start_notify(config)
         self._schedule_collect(config)
@@ -317,6 +324,44 @@ class Daemon:
                 and source.match == feed.match and source.min_confidence == feed.min_confidence
                 and category == normalize_category(feed.category or feed.name)
                 and bool(source.skip_invalid) == feed.skip_invalid)
+
+    def _config_feeds_before(self) -> set[str]:
+        """The feeds the config last applied gave (by this daemon or one before it)."""
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                text = catalog.meta(CONFIG_FEEDS_KEY)
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("feed_remove", level="error", error=str(e))
+            return set()
+        try:
+            names = json.loads(text) if text else []
+        except ValueError:
+            names = []
+        return {n for n in names if isinstance(n, str)}
+
+    def _remember_feeds(self, config: Config) -> None:
+        try:
+            with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                catalog.set_meta(CONFIG_FEEDS_KEY, json.dumps(sorted(f.name for f in
+                                                                     config.feeds)))
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("feed_remove", level="error", error=str(e))
+
+    def _remove_feeds(self, names: set[str]) -> None:
+        """Feeds no longer in the config: out of the catalog and the kernel."""
+        for name in sorted(names):
+            try:
+                with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                    if catalog.source(name) is not None:
+                        remove_feed(self.dp, catalog, name)
+                        self.log("feed_remove", feed=name, reason="not in the config")
+            except (CcxdpError, OSError, sqlite3.Error) as e:
+                self.log("feed_remove", level="error", feed=name, error=str(e))
+            self._next_sync.pop(name, None)
+            self._failures.pop(name, None)
+            self._file_stat.pop(name, None)
+            with self.state.lock:
+                self.state.feeds.pop(name, None)
 
     def _ensure_feed(self, feed: Feed) -> None:
         self._sync(feed, "start")
@@ -756,22 +801,12 @@ class Daemon:
         except (CcxdpError, OSError) as e:
             self.log("settings", level="error", error=str(e))
         old_feeds = {f.name: f for f in old.feeds}
-        new_names = {f.name for f in new.feeds}
-        for name in old_feeds:
-            if name not in new_names:
-                try:
-                    with self.dp, Catalog(self.dp.catalog_path) as catalog:
-                        remove_feed(self.dp, catalog, name)
-                    self.log("feed_remove", feed=name, reason="not in the config")
-                except (CcxdpError, OSError, sqlite3.Error) as e:
-                    self.log("feed_remove", level="error", feed=name, error=str(e))
-                self._next_sync.pop(name, None)
-                self._failures.pop(name, None)
-                with self.state.lock:
-                    self.state.feeds.pop(name, None)
+        self._remove_feeds((set(old_feeds) | self._config_feeds_before())
+                           - {f.name for f in new.feeds})
         for feed in new.feeds:
             if old_feeds.get(feed.name) != feed:
                 self._ensure_feed(feed)
+        self._remember_feeds(new)
         if new.collect_interval != old.collect_interval:
             self._schedule_collect(new)
         if new.sessions != old.sessions:
