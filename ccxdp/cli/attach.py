@@ -126,7 +126,7 @@ def status(app, as_json):
     Example:
       ccxdp status --json
     """
-    dp = app.datapath()
+    dp = app.datapath_to_read()
     loaded = dp.is_loaded()
     attachments = dp.attachments()
     names = 0

@@ -46,7 +46,7 @@ def config_show(app, as_json):
     Example:
       ccxdp config show --json
     """
-    dp = app.datapath()
+    dp = app.datapath_to_read()
     settings = dp.settings()
     where = _where(dp)
     emit(as_json, {"settings": settings.as_dict(), **where},

@@ -350,7 +350,7 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             # The collector and a CLI call may write at once: wait for the other's transaction.
-            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
+            self.db = sqlite.connect(path, isolation_level=None, timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")
             # A committed checkpoint survives a power loss, not only a kill.
             self.db.execute("PRAGMA synchronous=FULL")

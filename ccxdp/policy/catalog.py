@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from array import array
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -290,7 +289,7 @@ class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db = sqlite.connect(self.path, isolation_level=None)
         # 1 KB pages: a feed sync changes thousands of rows spread at random over a million
         # (rows are keyed by hash), and each writes its whole page to the WAL; measured with
         # scripts/bench_feeds.py, a 1% sync of a million names takes ~0.59 s with 1 KB pages
