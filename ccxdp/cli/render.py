@@ -13,7 +13,13 @@ from ccxdp.datapath.loader import Attachment
 from ccxdp.datapath.settings import DESCRIPTIONS, Settings
 from ccxdp.hits.stats import StatsSnapshot
 from ccxdp.policy import download
-from ccxdp.policy.catalog import BLOCK, CatalogEntry, ExemptEntry, LineExemptEntry
+from ccxdp.policy.catalog import (
+    BLOCK,
+    CatalogEntry,
+    ExemptEntry,
+    LineExemptEntry,
+    category_label,
+)
 from ccxdp.policy.exempt import LinePrefixChange, PrefixChange
 from ccxdp.policy.lists import Change
 
@@ -109,7 +115,7 @@ def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) 
     sources.add_column("first seen (UTC)")
     sources.add_column("last seen (UTC)")
     for src in s.sources:
-        category = (categories or {}).get(src.category, str(src.category))
+        category = category_label(src.category, categories or {})
         sources.add_row(
             src.address, category, f"{src.hits:,}", _when(src.first_seen),
             _when(src.last_seen),

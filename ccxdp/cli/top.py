@@ -20,6 +20,7 @@ from ccxdp.cli.output import console
 from ccxdp.datapath.settings import ACTIONS
 from ccxdp.hits.stats import StatsSnapshot, read_stats
 from ccxdp.ops.metrics import MapFill, map_fill
+from ccxdp.policy.catalog import category_label
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10)
     sources.add_column("category")
     sources.add_column("hits", justify="right")
     for src in s.sources[:top]:
-        sources.add_row(src.address, cur.categories.get(src.category, str(src.category)),
+        sources.add_row(src.address, category_label(src.category, cur.categories),
                         f"{src.hits:,}")
 
     per_cat: dict[str, list[int]] = {}
     for src in s.sources:
-        name = cur.categories.get(src.category, str(src.category))
+        name = category_label(src.category, cur.categories)
         row = per_cat.setdefault(name, [0, 0])
         row[0] += src.hits
         row[1] += 1

@@ -38,6 +38,7 @@ from socket import AF_INET, AF_INET6, inet_ntop
 
 from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
+from ccxdp.policy.catalog import category_label
 from ccxdp.utc import utc_text
 
 HITS_DB = "hits.db"  # in the state folder, beside the catalog
@@ -443,10 +444,11 @@ class Store:
         """Hits per category name, raw rows and rows folded by expire."""
         self._fold_first()
         rows = self.db.execute(
-            "SELECT coalesce(c.name, h.category), sum(h.hits) FROM "
+            "SELECT h.category, c.name, sum(h.hits) FROM "
             "(SELECT category, hits FROM hits UNION ALL SELECT category, hits FROM line_hits) h "
             "LEFT JOIN categories c ON c.id = h.category GROUP BY h.category")
-        return {str(name): int(n) for name, n in rows}
+        return {category_label(category, {category: name} if name else {}): int(n)
+                for category, name, n in rows}
 
     # -- the collector's side ---------------------------------------------------------------
     def add_hit_counts(

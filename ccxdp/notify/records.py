@@ -42,9 +42,9 @@ from ccxdp.hits.store import Store, iso, period_bounds
 from ccxdp.inputs import InputError, csv_rows, open_input
 from ccxdp.notify import mail
 from ccxdp.notify.attribution import Sessions
+from ccxdp.policy.catalog import category_label as category_name
 
 DEFAULT_MIN_DAYS = 2
-NO_CATEGORY = "(none)"  # hits on entries without a category; no category name has parentheses
 SUBSCRIBER_HEADER = ["line_id", "email", "language"]
 
 
@@ -86,12 +86,6 @@ class Subscriber:
     line: str
     email: str
     language: str
-
-
-def category_name(category: int, names: dict[int, str]) -> str:
-    if category == 0:
-        return NO_CATEGORY
-    return names.get(category, f"category-{category}")
 
 
 def _address_key(text: str):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -165,6 +165,19 @@ class CatalogError(CcxdpError):
 
 # A malware family or feed name: what a threat feed calls it, lower-cased.
 _CATEGORY = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+
+
+# How every view (stats, top, records, report, metrics) names the hits of entries without a
+# category (id 0): no category name has parentheses, so it cannot be taken for one.
+NO_CATEGORY = "(none)"
+
+
+def category_label(category: int, names: Mapping[int, str]) -> str:
+    """A category id as every view shows it: its name, NO_CATEGORY for none, and
+    ``category-N`` for an id this catalog does not know (hits from another resolver)."""
+    if category == 0:
+        return NO_CATEGORY
+    return names.get(category, f"category-{category}")
 
 
 def normalize_category(text: str) -> str:

@@ -62,8 +62,9 @@ def test_stats_table_shows_exact_counts():
     assert row(out, "total", "1,234,600", "frames seen")
     assert row(out, "judged", "1,234,580", "DNS queries looked up")
     assert row(out, "exempt", "5", "from opted-out sources, passed unjudged")
-    assert row(out, "198.18.0.2", "3", "7", "2026-11-27 21:05:01", "2026-11-27 21:06:01")
-    assert row(out, "fd00:cc::2", "0", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
+    assert row(out, "198.18.0.2", "category-3", "7", "2026-11-27 21:05:01",
+               "2026-11-27 21:06:01")
+    assert row(out, "fd00:cc::2", "(none)", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
     assert "blocked queries per source (2)" in out
     # Tables that would be all zeros are left out.
     assert "malformed queries by reason" not in out and "events" not in out
@@ -96,7 +97,7 @@ def test_attachments_entries_and_changes():
 def test_stats_table_names_categories_it_knows():
     out = text(render_stats(snapshot(), categories={3: "emotet"}))
     assert row(out, "198.18.0.2", "emotet", "7")
-    assert row(out, "fd00:cc::2", "0", "2")
+    assert row(out, "fd00:cc::2", "(none)", "2")  # as top, records, report and metrics say
 
 
 def test_block_and_allow_entries_and_their_changes():

@@ -75,7 +75,7 @@ def test_first_frame_has_no_rates_and_top_limits_rows():
     assert "│ nxdomain │     0 │  – │" in text
     shown = [i for i in range(20) if f"198.18.0.{i} " in text]
     assert shown == [0, 1, 2, 3]
-    assert "│ 1        │ 1,810 │      20 │" in text  # unnamed category: its id
+    assert "│ category-1 │ 1,810 │      20 │" in text  # unnamed category: its id, as records
 
 
 @pytest.mark.root
@@ -123,3 +123,10 @@ def test_top_quits_cleanly_on_ctrl_c(ccxdp, lab):
 def test_top_without_a_loaded_filter_is_one_clear_error(ccxdp):
     cp = ccxdp.run("top", "--once", check=False)
     one_line_error(cp, 1, "not loaded", "ccxdp attach")
+
+
+def test_no_category_is_spelled_as_everywhere():
+    srcs = [SourceStat("198.18.0.20", 0, 4, 0, 0)]
+    text = render(TopSnapshot(5.0, stats(4, 0, 4, 0, srcs), FILL, CATEGORIES), None)
+    assert "│ 198.18.0.20 │ (none)   │    4 │" in text
+    assert "│ (none)   │" in text

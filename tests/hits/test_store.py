@@ -513,3 +513,11 @@ def test_kill_minus_9_between_or_inside_stage_and_fold_keeps_totals_exact(tmp_pa
             assert store.total_hits() == taken  # folds what was staged
             assert store.staged() == 0
     assert True in states  # some kills landed between a stage and its fold
+
+
+def test_stored_hits_per_category_spell_no_category_as_every_view(store):
+    """Category 0 (entries without one) is "(none)", as in stats, top, records and report;
+    a category this store has no name for is "category-N"."""
+    add_hits(store, [row(cat=1, name="emotet", hits=3), row(addr=A6, cat=0, name=None, hits=2),
+                     row(cat=7, name=None, hits=1)])
+    assert store.stored_per_category() == {"emotet": 3, "(none)": 2, "category-7": 1}
