@@ -109,6 +109,26 @@ def check_interfaces(config: Config) -> None:
                 raise ConfigError(config.path, f"{key}.name", f"no interface {iface.where}")
 
 
+def check_listen_addresses(config: Config) -> None:
+    """Every address the config listens on (metrics, NOTIFY) is one this host has, in the
+    daemon's namespace: otherwise ConfigError, before anything is attached. Only the
+    address is tried (port 0): the port may be the running daemon's own."""
+    import socket
+
+    for key, where in (("metrics.listen", config.metrics_listen),
+                       ("feeds_notify.listen", config.notify_listen)):
+        if where is None:
+            continue
+        address = where[0]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((address, 0))
+            except OSError as e:
+                raise ConfigError(config.path, key, f"this host has no address {address} "
+                                  f"({e.strerror})") from None
+
+
 class Daemon:
     def __init__(self, config_path: Path, pin_dir: Path, state_dir: Path,
                  log_out: TextIO | None = None):
@@ -148,6 +168,7 @@ class Daemon:
         config = load_config(self.config_path)
         check_root()
         check_interfaces(config)
+        check_listen_addresses(config)
         self._claim_state_dir()
         self.log.fmt = config.log_format
         self.log("start", config=str(config.path), pid=os.getpid(), pin_dir=str(self.dp.pin_dir),
@@ -779,6 +800,7 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             check_interfaces(new)
+            check_listen_addresses(new)
         except ConfigError as e:
             self.log("reload", level="error", result="error", error=str(e))
             return
