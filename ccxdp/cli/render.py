@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ccxdp.datapath.loader import Attachment
 from ccxdp.datapath.settings import DESCRIPTIONS, Settings
@@ -116,8 +117,8 @@ def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) 
     sources.add_column("last seen (UTC)")
     for src in s.sources:
         category = category_label(src.category, categories or {})
-        sources.add_row(
-            src.address, category, f"{src.hits:,}", _when(src.first_seen),
+        sources.add_row(  # Text: an address is never markup or an emoji code (":1234:")
+            Text(src.address), Text(category), f"{src.hits:,}", _when(src.first_seen),
             _when(src.last_seen),
         )
     parts.append(sources)

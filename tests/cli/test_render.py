@@ -135,3 +135,12 @@ def test_exempt_prefixes_and_settings():
     assert "in the kernel map /sys/fs/bpf/ccxdp/ccxdp_config_v3 (in use)" in out
     out = text(render_settings(Settings(), loaded=False, map_path="m", file_path="f.json"))
     assert "not loaded: the program gets them at the next attach" in out
+
+
+def test_stats_sources_print_addresses_as_they_are():
+    """rich would read ":1234:" in an IPv6 address as an emoji code."""
+    snap = snapshot()
+    snap = type(snap)(**{**snap.__dict__, "sources": (
+        SourceStat("fd00:1234:5678::2", 0, 2, T0, T0),)})
+    out = text(render_stats(snap))
+    assert row(out, "fd00:1234:5678::2", "(none)", "2")
