@@ -69,11 +69,14 @@ class Log:
     """One line per event: logfmt (``key=value``) or JSON, with a time and a level first.
     journald keeps stderr lines as they are."""
 
-    def __init__(self, fmt: str = "logfmt", out: TextIO | None = None):
+    def __init__(self, fmt: str = "logfmt", out: TextIO | None = None, level: str = "info"):
         self.fmt = fmt
         self.out = out or sys.stderr
+        self.level = level  # "debug" writes debug lines too; "info" leaves them out
 
     def __call__(self, event: str, level: str = "info", **fields: object) -> None:
+        if level == "debug" and self.level != "debug":
+            return
         record = {"time": utc_now_text(), "level": level,
                   "event": event}
         record.update({k: v for k, v in fields.items() if v is not None})
@@ -170,7 +173,7 @@ class Daemon:
         check_interfaces(config)
         check_listen_addresses(config)
         self._claim_state_dir()
-        self.log.fmt = config.log_format
+        self.log.fmt, self.log.level = config.log_format, config.log_level
         self.log("start", config=str(config.path), pid=os.getpid(), pin_dir=str(self.dp.pin_dir),
                  state_dir=str(self.dp.state_dir))
         self.config = config
@@ -579,7 +582,7 @@ class Daemon:
         return StoreLocation(self.config.store, self.dp.state_dir)
 
     def collect(self) -> None:
-        self.log("collect_start")
+        self.log("collect_start", level="debug")
         started = time.monotonic()
         where = self._store()
         try:
@@ -601,7 +604,11 @@ class Daemon:
             self.state.collected_hits += r.hits
             if stored is not None:
                 self.state.category_stored = stored
-        self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
+        # A collection that moved nothing is routine: a line at every interval would bury
+        # the ones that matter.
+        idle = not (r.hits or r.rows or r.counters or r.recovered or r.lost)
+        self.log("collect", level="warning" if r.lost else "debug" if idle else "info",
+                 result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
         if where.fleet:
@@ -639,7 +646,9 @@ class Daemon:
             self.log("ship", level="error", result="error", resolver=resolver,
                      backlog_hits=hits, backlog_batches=batches, error=str(failed))
         else:
-            self.log("ship", result="ok", resolver=resolver, batches=shipped.batches,
+            idle = not (shipped.batches or shipped.hits or shipped.skipped or hits or batches)
+            self.log("ship", level="debug" if idle else "info", result="ok",
+                     resolver=resolver, batches=shipped.batches,
                      hits=shipped.hits, skipped=shipped.skipped, backlog_hits=hits,
                      backlog_batches=batches, seconds=shipped.seconds)
 
@@ -804,7 +813,7 @@ class Daemon:
         except ConfigError as e:
             self.log("reload", level="error", result="error", error=str(e))
             return
-        self.log.fmt = new.log_format
+        self.log.fmt, self.log.level = new.log_format, new.log_level
         self.config = new
         old_ifaces = {(i.name, i.netns): i for i in old.interfaces}
         new_ifaces = {(i.name, i.netns): i for i in new.interfaces}

@@ -1,6 +1,7 @@
-"""A restart applies the config as a reload does: a feed taken out of the file is removed
-from the catalog and the kernel either way, and feeds added by hand ('ccxdp feed add') are
-left alone either way. The daemon runs in a namespace of the test's own (generic XDP on its
+"""The daemon's life in a plain namespace. A restart applies the config as a reload does: a
+feed taken out of the file is removed from the catalog and the kernel either way, and feeds
+added by hand ('ccxdp feed add') are left alone either way. Collections that find nothing
+write no line (unless log_level = "debug"). The daemon runs in a namespace of the test's own (generic XDP on its
 lo), entered with nsenter so the pins stay visible."""
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import pytest
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 
-def config(feeds: dict) -> str:
-    text = ('on_stop = "keep"\n[filter]\nmode = "generic"\n[[interfaces]]\nname = "lo"\n'
-            '[collect]\ninterval = 0\n')
+def config(feeds: dict, collect: float = 0, top: str = "") -> str:
+    text = (f'on_stop = "keep"\n{top}[filter]\nmode = "generic"\n[[interfaces]]\n'
+            f'name = "lo"\n[collect]\ninterval = {collect}\n')
     for name, path in feeds.items():
         text += f'[[feeds]]\nname = "{name}"\npath = "{path}"\n'
     return text
@@ -123,3 +124,24 @@ def test_a_feed_out_of_the_config_goes_on_restart_as_on_reload(ccxdp, world, tmp
     assert removals(tmp_path / "third.log") == []
     assert listed(ccxdp) == {"alpha": 1, "byhand": 1}
     stop(d)
+
+
+def test_collections_that_find_nothing_write_no_line(ccxdp, world, tmp_path):
+    """Every 0.2 s for about 2 s, with no query at all: no collect_start, no collect line at
+    the default level; with log_level = "debug" each one is there, at level debug."""
+    feeds, start = world
+    d = start(config({"alpha": feeds["alpha"]}, collect=0.2), "quiet.log")
+    time.sleep(2.0)
+    stop(d)
+    got = events((tmp_path / "quiet.log").read_text())
+    assert [e["event"] for e in got if e["event"].startswith("collect")] == [], got
+    assert [e["event"] for e in got] == ["start", "attach", "feed_sync", "ready", "stop"], got
+
+    d = start(config({"alpha": feeds["alpha"]}, collect=0.2, top='log_level = "debug"\n'),
+              "debug.log")
+    time.sleep(2.0)
+    stop(d)
+    got = [e for e in events((tmp_path / "debug.log").read_text())
+           if e["event"].startswith("collect")]
+    assert len(got) >= 10 and {e["level"] for e in got} == {"debug"}, got
+    assert [e["hits"] for e in got if e["event"] == "collect"] == ["0"] * (len(got) // 2)
