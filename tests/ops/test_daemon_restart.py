@@ -1,8 +1,8 @@
 """The daemon's life in a plain namespace. A restart applies the config as a reload does: a
 feed taken out of the file is removed from the catalog and the kernel either way, and feeds
 added by hand ('ccxdp feed add') are left alone either way. Collections that find nothing
-write no line (unless log_level = "debug"). The daemon runs in a namespace of the test's own (generic XDP on its
-lo), entered with nsenter so the pins stay visible."""
+write no line (unless log_level = "debug"). The daemon runs in a namespace of the test's
+own (generic XDP on its lo), entered with nsenter so the pins stay visible."""
 
 from __future__ import annotations
 
