@@ -405,7 +405,7 @@ class Daemon:
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
                                                                                     catalog):
-                    remove_feed(self.dp, catalog, feed.name)
+                    remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 if catalog.source(feed.name) is None:
@@ -431,7 +431,7 @@ class Daemon:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
                                                                                     catalog):
                     with self.dp:
-                        remove_feed(self.dp, catalog, feed.name)
+                        remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 if catalog.source(feed.name) is None:
@@ -460,7 +460,7 @@ class Daemon:
                 self.log("feed_tsig", level="warning", feed=feed.name, warning=fetched.warning)
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not matches:
-                    remove_feed(self.dp, catalog, feed.name)
+                    remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 add = None

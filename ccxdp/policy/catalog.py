@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from array import array
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -166,6 +167,10 @@ class CatalogError(CcxdpError):
 # A malware family or feed name: what a threat feed calls it, lower-cased.
 _CATEGORY = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 
+
+# VACUUM rewrites the whole catalog (seconds for a million names), so it is done only when
+# it gives back at least this much (and a quarter of the file): see Catalog.reclaim.
+RECLAIM_MIN_BYTES = 8 << 20
 
 # How every view (stats, top, records, report, metrics) names the hits of entries without a
 # category (id 0): no category name has parentheses, so it cannot be taken for one.
@@ -384,6 +389,29 @@ class Catalog:
 
     def close(self) -> None:
         self.db.close()
+
+    def reclaim(self) -> int:
+        """Give the file's free pages back (VACUUM) when that is worth it: when a quarter of
+        the file or more is free and that is RECLAIM_MIN_BYTES or more, as after a big feed
+        went (SQLite reuses free pages but never shrinks the file by itself). The bytes the
+        file shrank by; 0 when not worth it, or when another process is reading (it is
+        tried again after the next removal)."""
+        if self.db.in_transaction:
+            return 0
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        if free * page_size < RECLAIM_MIN_BYTES or free * 4 < pages:
+            return 0
+        before = self.path.stat().st_size
+        try:
+            self.db.execute("VACUUM")
+            # In WAL mode the smaller copy is in the WAL: the checkpoint writes it back and
+            # truncates the file, and the WAL after it.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            return 0
+        return max(0, before - self.path.stat().st_size)
 
     def __enter__(self) -> Catalog:
         return self
