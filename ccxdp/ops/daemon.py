@@ -180,7 +180,7 @@ class Daemon:
         for iface in config.interfaces:
             self._attach(iface)
         self._apply_filter(config)
-        self._remove_feeds(self._config_feeds_before() - {f.name for f in config.feeds})
+        self._remove_feeds(config)
         for feed in config.feeds:
             self._ensure_feed(feed)
         self._remember_feeds(config)
@@ -349,31 +349,51 @@ class Daemon:
                 and category == normalize_category(feed.category or feed.name)
                 and bool(source.skip_invalid) == feed.skip_invalid)
 
-    def _config_feeds_before(self) -> set[str]:
-        """The feeds the config last applied gave (by this daemon or one before it)."""
+    @staticmethod
+    def _config_feeds(catalog: Catalog) -> dict[str, str]:
+        """The feeds the config last applied gave (by this daemon or one before it), each
+        as registered then (source id and time): a feed of that name added by hand since is
+        not one."""
         try:
-            with Catalog(self.dp.catalog_path) as catalog:
-                text = catalog.meta(CONFIG_FEEDS_KEY)
-        except (CcxdpError, OSError, sqlite3.Error) as e:
-            self.log("feed_remove", level="error", error=str(e))
-            return set()
-        try:
-            names = json.loads(text) if text else []
+            data = json.loads(catalog.meta(CONFIG_FEEDS_KEY) or "{}")
         except ValueError:
-            names = []
-        return {n for n in names if isinstance(n, str)}
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {n: a for n, a in data.items() if isinstance(n, str) and isinstance(a, str)}
+
+    @staticmethod
+    def _registered(source) -> str:
+        return f"{source.id}@{source.added_at}"
 
     def _remember_feeds(self, config: Config) -> None:
+        """Record the config's feeds as registered now (after a start, a reload, an add)."""
         try:
-            with self.dp, Catalog(self.dp.catalog_path) as catalog:
-                catalog.set_meta(CONFIG_FEEDS_KEY, json.dumps(sorted(f.name for f in
-                                                                     config.feeds)))
+            with Catalog(self.dp.catalog_path) as catalog:
+                recorded = {}
+                for feed in config.feeds:
+                    source = catalog.source(feed.name)
+                    if source is not None:
+                        recorded[feed.name] = self._registered(source)
+                catalog.set_meta(CONFIG_FEEDS_KEY, json.dumps(recorded, sort_keys=True))
         except (CcxdpError, OSError, sqlite3.Error) as e:
             self.log("feed_remove", level="error", error=str(e))
 
-    def _remove_feeds(self, names: set[str]) -> None:
-        """Feeds no longer in the config: out of the catalog and the kernel."""
-        for name in sorted(names):
+    def _remove_feeds(self, config: Config, also: set[str] = frozenset()) -> None:
+        """Feeds not in ``config`` any more: those the config last applied gave (still as
+        registered then) and ``also`` (the config before a reload), out of the catalog and
+        the kernel. Feeds added by hand are never the config's to remove."""
+        wanted = {f.name for f in config.feeds}
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                recorded = self._config_feeds(catalog)
+                gone = {n for n, added in recorded.items()
+                        if (s := catalog.source(n)) is not None
+                        and self._registered(s) == added}
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("feed_remove", level="error", error=str(e))
+            gone = set()
+        for name in sorted((gone | set(also)) - wanted):
             try:
                 with self.dp, Catalog(self.dp.catalog_path) as catalog:
                     if catalog.source(name) is not None:
@@ -475,6 +495,8 @@ class Daemon:
 
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
         self._failures.pop(feed.name, None)
+        if why in ("added", "options changed") and self.config is not None:
+            self._remember_feeds(self.config)  # a feed refused at start and added later too
         source = catalog.source(feed.name)
         self._next_sync[feed.name] = time.monotonic() + (
             transfer.next_refresh(source, ok=True) if feed.zone else feed.refresh)
@@ -832,8 +854,7 @@ class Daemon:
         except (CcxdpError, OSError) as e:
             self.log("settings", level="error", error=str(e))
         old_feeds = {f.name: f for f in old.feeds}
-        self._remove_feeds((set(old_feeds) | self._config_feeds_before())
-                           - {f.name for f in new.feeds})
+        self._remove_feeds(new, also=set(old_feeds))
         for feed in new.feeds:
             if old_feeds.get(feed.name) != feed:
                 self._ensure_feed(feed)

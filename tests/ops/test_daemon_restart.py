@@ -125,6 +125,15 @@ def test_a_feed_out_of_the_config_goes_on_restart_as_on_reload(ccxdp, world, tmp
     assert listed(ccxdp) == {"alpha": 1, "byhand": 1}
     stop(d)
 
+    # alpha out of the config, and meanwhile removed and added again by hand: it is the
+    # operator's now, and a start without it in the config keeps it.
+    ccxdp.run("feed", "remove", "alpha")
+    ccxdp.run("feed", "add", "alpha", str(feeds["alpha"]))
+    d = start(config({}), "fourth.log")
+    assert removals(tmp_path / "fourth.log") == []
+    assert listed(ccxdp) == {"alpha": 1, "byhand": 1}
+    stop(d)
+
 
 def test_collections_that_find_nothing_write_no_line(ccxdp, world, tmp_path):
     """Every 0.2 s for about 2 s, with no query at all: no collect_start, no collect line at
