@@ -32,6 +32,7 @@ from tests.notify.test_records import (
     notify_args,
 )
 from tests.notify.test_records import world as world  # noqa: F401 (a fixture)
+from tests.harness.https import certificates
 
 pytestmark = pytest.mark.root
 
@@ -377,3 +378,21 @@ def test_killed_mid_send_never_sends_twice(world, netns, servers, certificate): 
         world, cert, "--resend-unconfirmed"), env_extra=PW).stdout)
     assert data["notified"] == [] and data["already_notified"] == ["L-1", "L-3"]
     assert len(server.received()) == 3
+
+
+def test_smtp_certificate_names_the_server(world, netns, servers, tmp_path):  # noqa: F811
+    """A certificate from the CA notify is given, but for another address (127.0.0.1, not
+    the server's): refused, by STARTTLS and by implicit TLS alike; nothing sent."""
+    certs = certificates(tmp_path / "pki")
+    for tls, port in (("starttls", PORT), ("implicit", 465)):
+        server = servers(world["dir"] / f"mail-{tls}", cert=certs.cert, key=certs.key,
+                         tls=tls, port=port)
+        args = notify_args(world, "--from", SENDER, "--smtp", f"{HOST}:{port}",
+                           "--starttls" if tls == "starttls" else "--smtps", "--smtp-ca",
+                           str(certs.ca), "--smtp-user", USER, "--json")
+        cp = in_netns(netns, world["state"], *args, check=False, env_extra=PW)
+        assert cp.returncode == 1, cp.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in cp.stderr
+        assert f"IP address mismatch, certificate is not valid for '{HOST}'" in cp.stderr
+        assert server.auths() == [] and server.received() == []
+        server.stop()
