@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.https import certificates
 from tests.notify.test_records import (
     CCXDP,
     L1,
@@ -32,7 +33,6 @@ from tests.notify.test_records import (
     notify_args,
 )
 from tests.notify.test_records import world as world  # noqa: F401 (a fixture)
-from tests.harness.https import certificates
 
 pytestmark = pytest.mark.root
 
