@@ -17,8 +17,9 @@ def json_option(f):
     )
 
 
+# emoji=False: rich would print ":1234:" in an IPv6 address or prefix as an emoji.
 def console() -> Console:
-    return Console(soft_wrap=False)
+    return Console(soft_wrap=False, emoji=False)
 
 
 def emit(as_json: bool, data, renderable_factory) -> None:
@@ -31,4 +32,4 @@ def emit(as_json: bool, data, renderable_factory) -> None:
 
 @functools.cache
 def err_console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, emoji=False)

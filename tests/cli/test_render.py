@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from rich.table import Table
 
 from ccxdp.cli.render import (
     render_attachments,
@@ -144,3 +145,14 @@ def test_stats_sources_print_addresses_as_they_are():
         SourceStat("fd00:1234:5678::2", 0, 2, T0, T0),)})
     out = text(render_stats(snap))
     assert row(out, "fd00:1234:5678::2", "(none)", "2")
+
+
+def test_the_commands_console_prints_addresses_as_they_are(capsys):
+    """Every command's console: ":1234:" in an IPv6 prefix is no emoji code."""
+    from ccxdp.cli.output import emit
+
+    table = Table()
+    table.add_column("prefix")
+    table.add_row("fd00:1234::/64")
+    emit(False, None, lambda: table)
+    assert "fd00:1234::/64" in capsys.readouterr().out
