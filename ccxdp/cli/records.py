@@ -185,7 +185,8 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
 @click.option("--period", type=PERIOD, help="The calendar month (UTC), YYYY-MM; default: "
               "every month in the store.")
 @click.option("--line", help="Only this line.")
-@click.option("--top", type=click.IntRange(min=1), help="Only the N lines with the most hits.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="Only the N lines, and the N unattributed addresses, with the most hits.")
 @click.option("--by-resolver", is_flag=True,
               help="Each line's hits per resolver (the fleet store only).")
 @store_option
@@ -197,6 +198,8 @@ def records(app, period, line, top, by_resolver, store_spec, as_json):
 
     Records hold what 'ccxdp notify' has attributed to lines; hits it could not attribute
     are listed per address. Operators see categories and counts; subscribers never do.
+    The tables show the unattributed addresses with the most hits (10, or --top) and a
+    record's addresses up to 3 (else how many): --json has them all.
 
     \b
     Examples:
@@ -211,15 +214,17 @@ def records(app, period, line, top, by_resolver, store_spec, as_json):
     store = where.open_reader()
     click.get_current_context().call_on_close(store.close)
     periods = [period] if period else store.periods()
-    found, left, left_json = [], [], []
+    found, left = [], []
     for p in periods:
         found += rec.build_records(store, p, line, by_resolver=by_resolver)
         if line is None:
-            unattributed = rec.unattributed(store, p)
-            left += unattributed
-            left_json += [{**u.to_json(), "period": p} for u in unattributed]
+            left += [(u, p) for u in rec.unattributed(store, p)]
     if top:
         found = sorted(found, key=lambda r: (-r.hits, r.line, r.period))[:top]
+        ranked = {id(u): i for i, u in enumerate(rec.most_hits([u for u, _ in left], top))}
+        left = sorted(((u, p) for u, p in left if id(u) in ranked),
+                      key=lambda up: ranked[id(up[0])])
+    left_json = [{**u.to_json(), "period": p} for u, p in left]
     notes = {}
     sent = {}
     for n in store.notifications(period=period, line=line):
@@ -239,7 +244,7 @@ def records(app, period, line, top, by_resolver, store_spec, as_json):
     }
 
     def render():
-        shown = rec.render_records(found, notes, left)
+        shown = rec.render_records(found, notes, [u for u, _ in left], top or rec.SHOWN)
         return Group(shown, render_feed_copies(copies)) if copies else shown
 
     emit(as_json, data, render)

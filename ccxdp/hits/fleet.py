@@ -56,7 +56,7 @@ from ccxdp.hits.store import (
 from ccxdp.policy.catalog import category_label
 from ccxdp.postgres import ConnInfoError, check_conninfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMES = ("postgresql://", "postgres://")
 # Ships and expire both touch old hours: expire folds and deletes rows, a late ship (after a
 # long outage) may add to them. Ships share this lock, expire takes it alone.
@@ -136,8 +136,16 @@ _SCHEMA = [
         since text NOT NULL
     )""",
 ]
-# Schema steps after 1, by the version they make: {2: [...], ...}.
-_UPGRADES: dict[int, list[str]] = {}
+# Schema steps after 1, by the version they make. init makes version 1, then takes each.
+_UPGRADES: dict[int, list[str]] = {
+    # 2: the line joins the key, '' for "not attributed yet", as in SQLite's schema 5:
+    # hits shipped into an hour notify had attributed wait beside that row, instead of
+    # taking the notified line's hits out of every view until the next notify.
+    2: ["UPDATE hits SET line = '' WHERE line IS NULL",
+        "ALTER TABLE hits ALTER COLUMN line SET DEFAULT '', ALTER COLUMN line SET NOT NULL",
+        "ALTER TABLE hits DROP CONSTRAINT hits_pkey, "
+        "ADD PRIMARY KEY (hour, resolver, address, category, line)"],
+}
 
 
 class ResolverClash(StoreError):
@@ -268,6 +276,9 @@ class FleetStore:
                 return False
             for statement in _SCHEMA:
                 self._q(statement)
+            for step in range(2, SCHEMA_VERSION + 1):
+                for statement in _UPGRADES[step]:
+                    self._q(statement)
             self._q("INSERT INTO ccxdp_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         return True
 
@@ -411,10 +422,10 @@ class FleetStore:
         self._q(
             "INSERT INTO hits (hour, resolver, address, category, hits, first_us, last_us) "
             "SELECT hour, %s, address, category, hits, first_us, last_us FROM ship_hits "
-            "ON CONFLICT (hour, resolver, address, category) DO UPDATE SET "
+            "ON CONFLICT (hour, resolver, address, category, line) DO UPDATE SET "
             "hits = hits.hits + excluded.hits, "
             "first_us = least(hits.first_us, excluded.first_us), "
-            "last_us = greatest(hits.last_us, excluded.last_us), line = NULL",
+            "last_us = greatest(hits.last_us, excluded.last_us)",
             (resolver,))
         if feeds:
             with self.db.cursor().copy(
@@ -433,8 +444,9 @@ class FleetStore:
         lo = start if start is not None else -(1 << 62)
         hi = end if end is not None else 1 << 62
         rows = self._q(
-            "SELECT address, category, hour, hits, first_us, last_us, line, resolver FROM hits "
-            "WHERE hour >= %s AND hour < %s ORDER BY address, hour, category, resolver",
+            "SELECT address, category, hour, hits, first_us, last_us, nullif(line, ''), "
+            "resolver FROM hits WHERE hour >= %s AND hour < %s "
+            "ORDER BY address, hour, category, resolver, line",
             (lo, hi)).fetchall()
         return [StoredHit(*r) for r in rows]
 
@@ -461,12 +473,19 @@ class FleetStore:
         return {category_label(category, {category: name} if name else {}): int(n)
                 for category, name, n in rows}
 
+    def unattributed_hits(self, start: int, end: int) -> list[tuple]:
+        """As Store.unattributed_hits, every resolver's hits of an address together."""
+        return [tuple(r) for r in self._q(
+            "SELECT address, category, sum(hits)::bigint, min(first_us), max(last_us) "
+            "FROM hits WHERE line = '' AND hour >= %s AND hour < %s "
+            "GROUP BY address, category", (start, end)).fetchall()]
+
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         where = "hour >= %s AND hour < %s" + (" AND line = %s" if line is not None else "")
         args = (start, end) + ((line,) if line is not None else ())
         return [tuple(r) for r in self._q(
             f"SELECT line, category, hour, hits, first_us, last_us, address FROM hits "
-            f"WHERE line IS NOT NULL AND {where} "
+            f"WHERE line <> '' AND {where} "
             f"UNION ALL SELECT line, category, hour, hits, first_us, last_us, NULL "
             f"FROM line_hits WHERE {where}", args + args).fetchall()]
 
@@ -476,7 +495,7 @@ class FleetStore:
         args = (start, end) + ((line,) if line is not None else ())
         return [tuple(r) for r in self._q(
             f"SELECT line, resolver, sum(hits)::bigint FROM (SELECT line, resolver, hits "
-            f"FROM hits WHERE line IS NOT NULL AND {where} UNION ALL SELECT line, resolver, "
+            f"FROM hits WHERE line <> '' AND {where} UNION ALL SELECT line, resolver, "
             f"hits FROM line_hits WHERE {where}) h GROUP BY line, resolver "
             f"ORDER BY line, resolver", args + args).fetchall()]
 
@@ -486,7 +505,7 @@ class FleetStore:
         args = (start, end) + ((line,) if line is not None else ())
         return [tuple(r) for r in self._q(
             f"SELECT DISTINCT h.line, f.feed FROM hits h JOIN hit_feeds f "
-            f"USING (hour, resolver, address, category) WHERE h.line IS NOT NULL AND {where} "
+            f"USING (hour, resolver, address, category) WHERE h.line <> '' AND {where} "
             f"UNION SELECT line, feed FROM line_feeds h WHERE {where}", args + args).fetchall()]
 
     def feeds_of(self, address: str, category: int, hour: int) -> list[str]:
@@ -497,8 +516,10 @@ class FleetStore:
 
     # -- attribution ------------------------------------------------------------------------
     def attribute(self, assignments: Iterable[tuple]) -> int:
-        """As Store.attribute, each assignment naming its row's resolver too. One UPDATE
-        from a COPY, in key order, so two notify runs at once never deadlock."""
+        """As Store.attribute, each assignment naming its row's resolver too: one statement
+        from a COPY, in key order, so two notify runs at once never deadlock. The DELETE
+        picks the unattributed rows and re-checks each one it had to wait for, so of two
+        runs at once only one moves a row, and a row a ship added to meanwhile stays."""
         rows = sorted(assignments, key=lambda a: (a[2], a[5] or "", a[0], a[1]))
         if not rows:
             return 0
@@ -510,9 +531,17 @@ class FleetStore:
                 for row in rows:
                     copy.write_row(row[:6])
             cur = self._q(
-                "UPDATE hits h SET line = a.line FROM assign a WHERE h.hour = a.hour AND "
+                "WITH moved AS (DELETE FROM hits h USING assign a WHERE h.hour = a.hour AND "
                 "h.resolver = a.resolver AND h.address = a.address AND "
-                "h.category = a.category AND h.hits = a.hits AND h.line IS NULL")
+                "h.category = a.category AND h.hits = a.hits AND h.line = '' RETURNING "
+                "h.hour, h.resolver, h.address, h.category, a.line, h.hits, h.first_us, "
+                "h.last_us) "
+                "INSERT INTO hits (hour, resolver, address, category, line, hits, first_us, "
+                "last_us) SELECT * FROM moved "
+                "ON CONFLICT (hour, resolver, address, category, line) DO UPDATE SET "
+                "hits = hits.hits + excluded.hits, "
+                "first_us = least(hits.first_us, excluded.first_us), "
+                "last_us = greatest(hits.last_us, excluded.last_us)")
             # Inside a rehearsal (a dry run) the rows stay for the rest of it: clear them.
             self._q("DELETE FROM assign")
         return cur.rowcount
@@ -596,7 +625,7 @@ class FleetStore:
             self._q(
                 "INSERT INTO line_hits (line, resolver, category, hour, hits, first_us, "
                 "last_us) SELECT line, resolver, category, hour, sum(hits), min(first_us), "
-                "max(last_us) FROM hits WHERE line IS NOT NULL AND hour < %s "
+                "max(last_us) FROM hits WHERE line <> '' AND hour < %s "
                 "GROUP BY line, resolver, category, hour "
                 "ON CONFLICT (hour, line, resolver, category) DO UPDATE SET "
                 "hits = line_hits.hits + excluded.hits, "
@@ -605,13 +634,14 @@ class FleetStore:
             self._q(
                 "INSERT INTO line_feeds (line, category, hour, feed) SELECT DISTINCT h.line, "
                 "h.category, h.hour, f.feed FROM hits h JOIN hit_feeds f "
-                "USING (hour, resolver, address, category) WHERE h.line IS NOT NULL AND "
+                "USING (hour, resolver, address, category) WHERE h.line <> '' AND "
                 "h.hour < %s ON CONFLICT DO NOTHING", (cutoff + 1,))
-            which = "hour < %s" + (" AND line IS NOT NULL" if attributed_only else "")
-            self._q(f"DELETE FROM hit_feeds f USING hits h WHERE h.hour = f.hour AND "
-                    f"h.resolver = f.resolver AND h.address = f.address AND "
-                    f"h.category = f.category AND h.{which}", (cutoff + 1,))
+            which = "hour < %s" + (" AND line <> ''" if attributed_only else "")
             cur = self._q(f"DELETE FROM hits WHERE {which}", (cutoff + 1,))
+            # The evidence goes with the last row of its key (see Store.expire).
+            self._q("DELETE FROM hit_feeds f WHERE f.hour < %s AND NOT EXISTS (SELECT 1 "
+                    "FROM hits h WHERE h.hour = f.hour AND h.resolver = f.resolver AND "
+                    "h.address = f.address AND h.category = f.category)", (cutoff + 1,))
         return cur.rowcount
 
 

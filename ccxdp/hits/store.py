@@ -39,11 +39,10 @@ from socket import AF_INET, AF_INET6, inet_ntop
 from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
 from ccxdp.policy.catalog import category_label
-from ccxdp.utc import utc_text
 
 HITS_DB = "hits.db"  # in the state folder, beside the catalog
 _OLD_HITS_DB = "records.db"  # its name until it was told apart from the records it feeds
-SCHEMA_VERSION = 4  # 2: the staged table; 3: the feeds of staged counters; 4: see _SCHEMA_4
+SCHEMA_VERSION = 5  # 2: the staged table; 3: the feeds of staged counters; 4, 5: see below
 HOUR = 3600
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 
@@ -94,6 +93,27 @@ _SCHEMA_4 = [
         line  TEXT PRIMARY KEY,
         since TEXT NOT NULL             -- when it was recorded, ISO 8601 UTC
     ) WITHOUT ROWID""",
+]
+
+# Schema 5: the line joins the key of hits, '' for "not attributed yet". Until 4, hits that
+# came after notify into an hour it had attributed reset the whole row's line (the new hits
+# may be another holder's): the notified line lost its hits from every view until the next
+# notify. Now the new hits go to the unattributed row beside it, and attribution moves them.
+_SCHEMA_5 = [
+    """CREATE TABLE hits5 (
+        hour     INTEGER NOT NULL CHECK (hour % 3600 = 0),
+        address  TEXT NOT NULL,
+        category INTEGER NOT NULL CHECK (category BETWEEN 0 AND 65535),
+        line     TEXT NOT NULL DEFAULT '',  -- '': not attributed (yet)
+        hits     INTEGER NOT NULL CHECK (hits > 0),
+        first_us INTEGER NOT NULL,
+        last_us  INTEGER NOT NULL CHECK (first_us <= last_us),
+        PRIMARY KEY (hour, address, category, line)
+    ) WITHOUT ROWID""",
+    "INSERT INTO hits5 (hour, address, category, line, hits, first_us, last_us) "
+    "SELECT hour, address, category, coalesce(line, ''), hits, first_us, last_us FROM hits",
+    "DROP TABLE hits",
+    "ALTER TABLE hits5 RENAME TO hits",
 ]
 
 # Keys start with the hour: a month is one key range, and a collection, whose rows share an
@@ -161,6 +181,7 @@ _SCHEMA = [
     *_SCHEMA_2,
     *_SCHEMA_3,
     *_SCHEMA_4,
+    *_SCHEMA_5,
 ]
 
 
@@ -210,9 +231,14 @@ def from_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
 def iso(us: int) -> str:
-    """ISO 8601 in UTC with a Z; microseconds only when there are any."""
-    return utc_text(from_us(us), "auto")
+    """ISO 8601 in UTC with a Z; microseconds only when there are any (utc_text's "auto"
+    form, made without time zone arithmetic: records call it twice an address)."""
+    t = _NAIVE_EPOCH + timedelta(microseconds=us)
+    return t.isoformat(timespec="microseconds" if t.microsecond else "seconds") + "Z"
 
 
 def now_iso() -> str:
@@ -372,7 +398,7 @@ class Store:
                 for statement in _SCHEMA:
                     self.db.execute(statement)
             elif version < SCHEMA_VERSION:
-                steps = {2: _SCHEMA_2, 3: _SCHEMA_3, 4: _SCHEMA_4}
+                steps = {2: _SCHEMA_2, 3: _SCHEMA_3, 4: _SCHEMA_4, 5: _SCHEMA_5}
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in steps[step]:
                         self.db.execute(statement)
@@ -462,10 +488,10 @@ class Store:
         in Unix microseconds (UTC), hits > 0, and update the collector's checkpoint with
         ``checkpoint`` (keys set, or deleted where the value is None), in one transaction:
         both or neither are kept. A row for an (address, category, hour) already stored adds
-        to it as the fold does: hits summed, first_seen the earlier, last_seen the later, and
-        an attributed row sent back to attribution. The store's constraints refuse a
-        malformed row (and then nothing is written); the address text is the caller's to
-        get right."""
+        to it as the fold does: hits summed, first_seen the earlier, last_seen the later; hits
+        added to an hour whose row was attributed wait beside it for attribution. The
+        store's constraints refuse a malformed row (and then nothing is written); the address
+        text is the caller's to get right."""
         cp = _checkpoint_rows(checkpoint) if checkpoint is not None else None
         return self._write(list(rows), dict(categories or {}), [], cp)
 
@@ -585,11 +611,10 @@ class Store:
         self.db.executemany(
             "INSERT INTO hits (hour, address, category, hits, first_us, last_us) "
             "VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(hour, address, category) DO UPDATE SET "
+            "ON CONFLICT(hour, address, category, line) DO UPDATE SET "
             "hits = hits + excluded.hits, "
             "first_us = min(first_us, excluded.first_us), "
-            "last_us = max(last_us, excluded.last_us), "
-            "line = NULL",
+            "last_us = max(last_us, excluded.last_us)",
             upserts,
         )
         self.db.executemany(
@@ -615,13 +640,15 @@ class Store:
         return dict(self.db.execute("SELECT id, name FROM categories ORDER BY id"))
 
     def hits(self, start: int | None = None, end: int | None = None) -> list[StoredHit]:
-        """Raw rows whose hour lies in [start, end) (Unix seconds), by address and hour."""
+        """Raw rows whose hour lies in [start, end) (Unix seconds), by address and hour. An
+        address, category and hour may have two rows: the hits attributed to a line, and
+        those that came after attribution (line None)."""
         self._fold_first()
         lo = start if start is not None else -(1 << 62)
         hi = end if end is not None else 1 << 62
         rows = self.db.execute(
-            "SELECT address, category, hour, hits, first_us, last_us, line FROM hits "
-            "WHERE hour >= ? AND hour < ? ORDER BY address, hour, category",
+            "SELECT address, category, hour, hits, first_us, last_us, nullif(line, '') "
+            "FROM hits WHERE hour >= ? AND hour < ? ORDER BY address, hour, category, line",
             (lo, hi),
         )
         return [StoredHit(*r) for r in rows]
@@ -646,6 +673,15 @@ class Store:
             "SELECT (SELECT coalesce(sum(hits), 0) FROM hits) + "
             "(SELECT coalesce(sum(hits), 0) FROM line_hits)").fetchone()[0]
 
+    def unattributed_hits(self, start: int, end: int) -> list[tuple]:
+        """Hits in [start, end) no line was given yet, summed per address and category:
+        (address, category, hits, first_us, last_us)."""
+        self._fold_first()
+        return self.db.execute(
+            "SELECT address, category, sum(hits), min(first_us), max(last_us) FROM hits "
+            "WHERE line = '' AND hour >= ? AND hour < ? GROUP BY address, category",
+            (start, end)).fetchall()
+
     def line_hits(self, start: int, end: int, line: str | None = None) -> list[tuple]:
         """Attributed hits in [start, end), raw and folded alike: (line, category, hour, hits,
         first_us, last_us, address or None)."""
@@ -655,7 +691,7 @@ class Store:
         return list(
             self.db.execute(
                 f"SELECT line, category, hour, hits, first_us, last_us, address FROM hits "
-                f"WHERE line IS NOT NULL AND {where} "
+                f"WHERE line <> '' AND {where} "
                 f"UNION ALL SELECT line, category, hour, hits, first_us, last_us, NULL "
                 f"FROM line_hits WHERE {where}",
                 args + args,
@@ -670,7 +706,7 @@ class Store:
         return list(
             self.db.execute(
                 f"SELECT DISTINCT h.line, f.feed FROM hits h JOIN hit_feeds f "
-                f"USING (address, category, hour) WHERE h.line IS NOT NULL AND {where} "
+                f"USING (address, category, hour) WHERE h.line <> '' AND {where} "
                 f"UNION SELECT line, feed FROM line_feeds h WHERE {where}",
                 args + args,
             )
@@ -686,18 +722,27 @@ class Store:
 
     # -- attribution ------------------------------------------------------------------------
     def attribute(self, assignments: Iterable[tuple]) -> int:
-        """Give raw rows their line: (address, category, hour, hits, line[, resolver]). A row
-        whose hits changed since it was read (the collector added to it) is left for the next
-        run. Returns the number of rows attributed."""
+        """Give unattributed raw rows their line: (address, category, hour, hits, line[,
+        resolver]). A row whose hits changed since it was read (the collector added to it) is
+        left for the next run. A row joins the hits already attributed to that line in its
+        hour, if any. Returns the number of rows attributed."""
         done = 0
         with self.transaction():
             for address, category, hour, hits, line, *_resolver in assignments:
-                cur = self.db.execute(
-                    "UPDATE hits SET line=? WHERE address=? AND category=? AND hour=? "
-                    "AND hits=? AND line IS NULL",
-                    (line, address, category, hour, hits),
-                )
-                done += cur.rowcount
+                key = (hour, address, category, hits)
+                moved = self.db.execute(
+                    "DELETE FROM hits WHERE hour=? AND address=? AND category=? AND hits=? "
+                    "AND line='' RETURNING first_us, last_us", key).fetchall()
+                for first_us, last_us in moved:
+                    self.db.execute(
+                        "INSERT INTO hits (hour, address, category, line, hits, first_us, "
+                        "last_us) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(hour, address, category, line) DO UPDATE SET "
+                        "hits = hits + excluded.hits, "
+                        "first_us = min(first_us, excluded.first_us), "
+                        "last_us = max(last_us, excluded.last_us)",
+                        (hour, address, category, line, hits, first_us, last_us))
+                    done += 1
         return done
 
     # -- notifications ----------------------------------------------------------------------
@@ -795,7 +840,7 @@ class Store:
             self.db.execute(
                 "INSERT INTO line_hits (line, category, hour, hits, first_us, last_us) "
                 "SELECT line, category, hour, sum(hits), min(first_us), max(last_us) FROM hits "
-                "WHERE line IS NOT NULL AND hour < ? GROUP BY line, category, hour "
+                "WHERE line <> '' AND hour < ? GROUP BY line, category, hour "
                 "ON CONFLICT(hour, line, category) DO UPDATE SET "
                 "hits = hits + excluded.hits, first_us = min(first_us, excluded.first_us), "
                 "last_us = max(last_us, excluded.last_us)",
@@ -804,16 +849,17 @@ class Store:
             self.db.execute(
                 "INSERT OR IGNORE INTO line_feeds (line, category, hour, feed) "
                 "SELECT h.line, h.category, h.hour, f.feed FROM hits h JOIN hit_feeds f "
-                "USING (address, category, hour) WHERE h.line IS NOT NULL AND h.hour < ?",
+                "USING (address, category, hour) WHERE h.line <> '' AND h.hour < ?",
                 (cutoff + 1,),
             )
-            which = "hour < ?" + (" AND line IS NOT NULL" if attributed_only else "")
-            self.db.execute(
-                f"DELETE FROM hit_feeds WHERE (hour, address, category) IN "
-                f"(SELECT hour, address, category FROM hits WHERE {which})",
-                (cutoff + 1,),
-            )
+            which = "hour < ?" + (" AND line <> ''" if attributed_only else "")
             cur = self.db.execute(f"DELETE FROM hits WHERE {which}", (cutoff + 1,))
+            # The evidence goes with the last row of its address, category and hour: hits
+            # that came after attribution may still be waiting for theirs.
+            self.db.execute(
+                "DELETE FROM hit_feeds WHERE hour < ? AND NOT EXISTS (SELECT 1 FROM hits h "
+                "WHERE h.hour = hit_feeds.hour AND h.address = hit_feeds.address AND "
+                "h.category = hit_feeds.category)", (cutoff + 1,))
         return cur.rowcount
 
 

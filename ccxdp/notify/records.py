@@ -27,14 +27,15 @@ the message was handed over, is certain: that claim is dropped and the next run 
 
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from socket import AF_INET, AF_INET6, inet_pton
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from ccxdp.errors import CcxdpError
@@ -45,6 +46,11 @@ from ccxdp.notify.attribution import Sessions
 from ccxdp.policy.catalog import category_label as category_name
 
 DEFAULT_MIN_DAYS = 2
+# Human output stays readable over an ISP's month (tens of thousands of addresses): a
+# secondary list shows this many rows (the most hits first) and says how many more there
+# are; a record shows this many addresses, else their number. --json always has them all.
+SHOWN = 10
+ADDRESSES_SHOWN = 3
 SUBSCRIBER_HEADER = ["line_id", "email", "language"]
 
 
@@ -62,9 +68,12 @@ class LineRecord:
     resolvers: dict[str, int] | None = None  # hits per resolver (the fleet), when asked
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        if self.resolvers is None:
-            del data["resolvers"]
+        data = {"line": self.line, "period": self.period, "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "hits": self.hits,
+                "categories": dict(self.categories), "days": self.days,
+                "addresses": list(self.addresses), "feeds": list(self.feeds)}
+        if self.resolvers is not None:
+            data["resolvers"] = dict(self.resolvers)
         return data
 
 
@@ -78,7 +87,9 @@ class Unattributed:
     reason: str
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"address": self.address, "hits": self.hits,
+                "categories": dict(self.categories), "first_seen": self.first_seen,
+                "last_seen": self.last_seen, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,12 @@ class Subscriber:
     language: str
 
 
-def _address_key(text: str):
-    a = ipaddress.ip_address(text)
-    return a.version, a
+def _address_key(text: str) -> tuple[int, bytes]:
+    """Addresses in ipaddress's order (IPv4 first, then by value), from their packed bytes:
+    an ipaddress object per address was a third of records' time over a busy month."""
+    if ":" in text:
+        return 6, inet_pton(AF_INET6, text)
+    return 4, inet_pton(AF_INET, text)
 
 
 def build_records(store: Store, period: str, line: str | None = None,
@@ -144,7 +158,7 @@ def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[
         if line is not None:
             assignments.append((h.address, h.category, h.hour, h.hits, line, h.resolver))
         else:
-            left.append((h, reason))
+            left.append((h.address, h.category, h.hits, h.first_us, h.last_us, reason))
     done = store.attribute(assignments)
     return done, _unattributed(store, left)
 
@@ -152,30 +166,30 @@ def attribute(store: Store, sessions: Sessions, period: str) -> tuple[int, list[
 def unattributed(store: Store, period: str) -> list[Unattributed]:
     """Rows of the period that have no line (yet), per address."""
     start, end = period_bounds(period)
-    rows = [(h, "not attributed") for h in store.hits(start, end) if h.line is None]
-    return _unattributed(store, rows)
+    return _unattributed(store, [(*row, "not attributed")
+                                 for row in store.unattributed_hits(start, end)])
 
 
 def _unattributed(store: Store, rows) -> list[Unattributed]:
+    """(address, category, hits, first_us, last_us, reason) rows, per address."""
     names = store.categories()
-    acc: dict[str, dict] = {}
-    for h, reason in rows:
-        a = acc.setdefault(
-            h.address, {"hits": 0, "first": h.first_us, "last": h.last_us,
-                        "cats": defaultdict(int), "reasons": set()},
-        )
-        a["hits"] += h.hits
-        a["first"] = min(a["first"], h.first_us)
-        a["last"] = max(a["last"], h.last_us)
-        a["cats"][category_name(h.category, names)] += h.hits
-        a["reasons"].add(reason)
+    acc: dict[str, list] = {}
+    for address, category, hits, first_us, last_us, reason in rows:
+        a = acc.get(address)
+        if a is None:
+            a = acc[address] = [0, first_us, last_us, defaultdict(int), set()]
+        a[0] += hits
+        a[1] = min(a[1], first_us)
+        a[2] = max(a[2], last_us)
+        a[3][category_name(category, names)] += hits
+        a[4].add(reason)
     return [
         Unattributed(
-            address=addr, hits=a["hits"], categories=dict(sorted(a["cats"].items())),
-            first_seen=iso(a["first"]), last_seen=iso(a["last"]),
-            reason="; ".join(sorted(a["reasons"])),
+            address=addr, hits=hits, categories=dict(sorted(cats.items())),
+            first_seen=iso(first), last_seen=iso(last), reason="; ".join(sorted(reasons)),
         )
-        for addr, a in sorted(acc.items(), key=lambda kv: _address_key(kv[0]))
+        for addr, (hits, first, last, cats, reasons) in sorted(
+            acc.items(), key=lambda kv: _address_key(kv[0]))
     ]
 
 
@@ -465,15 +479,36 @@ def report(store: Store, period: str, by_resolver: bool = False) -> dict:
 
 
 def _cats(categories: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in categories.items())
+    return ", ".join(f"{_text(k)} {v:,}" for k, v in categories.items())
+
+
+def _text(value: str) -> str:
+    """A line id or a name from outside (sessions files, the database), fit for a table
+    cell: never read as rich markup, control characters shown as escapes."""
+    return escape("".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value))
 
 
 def _when(text: str) -> str:
     return text.replace("T", " ").rstrip("Z")
 
 
+def _addresses(addresses: list[str]) -> str:
+    if not addresses:
+        return "-"
+    if len(addresses) <= ADDRESSES_SHOWN:
+        return "\n".join(addresses)
+    return f"{len(addresses):,} addresses; --json for all"
+
+
+def most_hits(left: list[Unattributed], n: int | None) -> list[Unattributed]:
+    """The ``n`` addresses with the most hits (all, with None), most first."""
+    ranked = sorted(left, key=lambda u: (-u.hits, _address_key(u.address)))
+    return ranked if n is None else ranked[:n]
+
+
 def render_records(
-    records: list[LineRecord], notes: dict[tuple[str, str], str], left: list[Unattributed]
+    records: list[LineRecord], notes: dict[tuple[str, str], str], left: list[Unattributed],
+    shown: int = SHOWN,
 ) -> Group:
     table = Table(title=f"notification records ({len(records)})", title_justify="left")
     by_resolver = any(r.resolvers is not None for r in records)
@@ -483,23 +518,29 @@ def render_records(
         table.add_column(col, justify="right" if col in ("hits", "days") else "left")
     for r in records:
         table.add_row(
-            r.line, r.period, f"{r.hits:,}", str(r.days), _cats(r.categories),
-            _when(r.first_seen), _when(r.last_seen), "\n".join(r.addresses) or "-",
-            ", ".join(r.feeds) or "-", notes.get((r.line, r.period), "-"),
+            _text(r.line), r.period, f"{r.hits:,}", str(r.days), _cats(r.categories),
+            _when(r.first_seen), _when(r.last_seen), _addresses(r.addresses),
+            _text(", ".join(r.feeds)) or "-", notes.get((r.line, r.period), "-"),
             *((_cats(r.resolvers or {}),) if by_resolver else ()),
         )
-    return Group(table, render_unattributed(left))
+    return Group(table, render_unattributed(left, shown))
 
 
-def render_unattributed(left: list[Unattributed]) -> Table:
-    table = Table(title=f"unattributed addresses ({len(left)})", title_justify="left")
+def render_unattributed(left: list[Unattributed], shown: int = SHOWN) -> Group:
+    """The ``shown`` addresses with the most hits, and what the others add up to."""
+    table = Table(title=f"unattributed addresses ({len(left):,})", title_justify="left")
     for col in ("address", "hits", "categories", "first seen (UTC)", "last seen (UTC)",
                 "reason"):
         table.add_column(col, justify="right" if col == "hits" else "left")
-    for u in left:
+    top = most_hits(left, shown)
+    for u in top:
         table.add_row(u.address, f"{u.hits:,}", _cats(u.categories), _when(u.first_seen),
                       _when(u.last_seen), u.reason)
-    return table
+    if len(top) == len(left):
+        return Group(table)
+    rest = sum(u.hits for u in left) - sum(u.hits for u in top)
+    return Group(table, f"… and {len(left) - len(top):,} more unattributed addresses with "
+                        f"{rest:,} hits; --json for all")
 
 
 def render_notify(res: NotifyResult) -> Group:
@@ -510,25 +551,30 @@ def render_notify(res: NotifyResult) -> Group:
         table.add_column(col, justify="right" if col in ("hits", "days") else "left")
     for s in res.notified:
         r = s.record
-        table.add_row(r.line, "resent" if s.resent else f"sent ({s.channel})", f"{r.hits:,}",
+        table.add_row(_text(r.line), "resent" if s.resent else f"sent ({s.channel})", f"{r.hits:,}",
                       str(r.days), _cats(r.categories), s.email)
     for r in res.would_notify:
-        table.add_row(r.line, "would notify", f"{r.hits:,}", str(r.days), _cats(r.categories),
-                      "-")
+        table.add_row(_text(r.line), "would notify", f"{r.hits:,}", str(r.days),
+                      _cats(r.categories), "-")
+    # Lines that need the operator (unconfirmed, not delivered) are all listed; those that
+    # only say why nothing was sent, SHOWN of each kind.
     rows = [
-        (res.already_notified, "already notified this month"),
-        (res.recovered, "found delivered, now recorded"),
-        ([u["line"] for u in res.unconfirmed], "unconfirmed: check the mail log"),
-        (res.below_threshold, f"below threshold (< {res.min_days} days)"),
-        (res.opted_out, "opted out"),
-        (res.no_contact, "no contact in subscribers"),
-        ([f["line"] for f in res.failed], "not delivered, will retry"),
+        (res.already_notified, "already notified this month", SHOWN),
+        (res.recovered, "found delivered, now recorded", None),
+        ([u["line"] for u in res.unconfirmed], "unconfirmed: check the mail log", None),
+        (res.below_threshold, f"below threshold (< {res.min_days} days)", SHOWN),
+        (res.opted_out, "opted out", SHOWN),
+        (res.no_contact, "no contact in subscribers", SHOWN),
+        ([f["line"] for f in res.failed], "not delivered, will retry", None),
     ]
-    for lines, what in rows:
-        for line in lines:
-            table.add_row(line, what, "", "", "", "")
+    more = []
+    for lines, what, limit in rows:
+        for line in lines[:limit]:
+            table.add_row(_text(line), what, "", "", "", "")
+        if limit is not None and len(lines) > limit:
+            more.append(f"… and {len(lines) - limit:,} more lines: {what}; --json for all")
     verb = "would be attributed" if res.dry_run else "attributed"
-    parts = [table, f"{res.attributed_rows:,} hit rows {verb} to lines"]
+    parts = [table, *more, f"{res.attributed_rows:,} hit rows {verb} to lines"]
     if res.leases_without_line_id:
         parts.append(f"{res.leases_without_line_id:,} leases had no line id field")
     parts.append(render_unattributed(res.unattributed))

@@ -70,8 +70,8 @@ def test_demo_shows_the_product_and_leaves_nothing() -> None:
                      r"client and 0 from the clean client\.", out)  # fmt: skip
     assert "198.18.0.53:443" in out and "[fd00:cc::53]:443" in out
     # The feeds were loaded as feeds, in two formats.
-    assert re.search(r"panel\.emotet\.test .*sinkhole.*emotet", out), out
-    assert re.search(r"api\.qbot\.test .*nxdomain.*qakbot", out), out
+    assert re.search(r"panel\.emotet\.test\s.*sinkhole.*emotet", out), out
+    assert re.search(r"api\.qbot\.test\s.*nxdomain.*qakbot", out), out
     # The infected line is notified once, by an e-mail naming no domain; the clean one not.
     assert "Notified this month: L-1001; not notified: none." in out
     assert "To: household-1001@subscriber.example" in out

@@ -53,9 +53,27 @@ def test_a_newer_or_older_schema_is_refused_with_the_command_to_run(fleet_uri, p
         FleetStore(fleet_uri)
     postgres_server.psql("DELETE FROM ccxdp_schema; INSERT INTO ccxdp_schema VALUES (0)", db,
                          "ccxdp")
-    with pytest.raises(StoreError, match=r"version 0, this ccxdp needs 1: run 'ccxdp store "
+    with pytest.raises(StoreError, match=r"version 0, this ccxdp needs 2: run 'ccxdp store "
                                          r"migrate"):
         FleetStore(fleet_uri)
+
+
+def test_migrate_from_schema_1_keeps_lines_and_rows(fleet_uri, tmp_path):
+    """A version 1 database (made as ccxdp 1 made it): migrate keeps each row's line, and
+    hits shipped afterwards into an attributed hour wait beside it."""
+    with FleetStore(fleet_uri, schema=False) as store:
+        for statement in fleet_mod._SCHEMA:
+            store._q(statement)
+        store._q("INSERT INTO ccxdp_schema (version) VALUES (1)")
+        store._q("INSERT INTO hits (hour, resolver, address, category, hits, first_us, "
+                 "last_us, line) VALUES (0, 'rs-a', '198.18.0.2', 0, 2, 1, 2, 'L-1'), "
+                 "(0, 'rs-a', '198.18.0.3', 0, 4, 3, 4, NULL)")
+    cp = _ccxdp(tmp_path, "store", "migrate", "--store", fleet_uri)
+    assert cp.stdout == "upgraded the fleet store's schema from version 1 to 2\n", cp.stderr
+    with FleetStore(fleet_uri) as store:
+        assert [(h.address, h.hits, h.line) for h in store.hits()] == [
+            ("198.18.0.2", 2, "L-1"), ("198.18.0.3", 4, None)]
+        assert store.line_hits(0, 3600) == [("L-1", 0, 0, 2, 1, 2, "198.18.0.2")]
 
 
 def test_a_password_in_the_uri_is_refused():
@@ -279,11 +297,11 @@ def test_store_commands_make_and_upgrade_the_schema_only_when_asked(fleet_uri, t
     assert (cp.returncode, cp.stderr) == (1, "Error: the fleet store has no ccxdp schema: run "
                                              "'ccxdp store init --store URI' once\n")
     assert _ccxdp(tmp_path, "store", "init", "--store", fleet_uri).stdout == (
-        "made the fleet store's schema (version 1)\n")
+        "made the fleet store's schema (version 2)\n")
     assert _ccxdp(tmp_path, "store", "init", "--store", fleet_uri).stdout == (
-        "the fleet store has its schema already (version 1): nothing changed\n")
+        "the fleet store has its schema already (version 2): nothing changed\n")
     assert _ccxdp(tmp_path, "store", "migrate", "--store", fleet_uri).stdout == (
-        "the fleet store's schema is version 1 already: nothing changed\n")
+        "the fleet store's schema is version 2 already: nothing changed\n")
     cp = _ccxdp(tmp_path, "store", "migrate")
     assert cp.returncode == 2 and "'store migrate' is for the fleet store" in cp.stderr
     cp = _ccxdp(tmp_path, "store", "forget-resolver", "rs9", "--store", fleet_uri)

@@ -177,17 +177,22 @@ def test_zero_hit_rows_are_skipped(store):
     assert store.hits() == []
 
 
-def test_new_hits_send_an_attributed_row_back_to_attribution(store):
+def test_new_hits_wait_beside_an_attributed_row_for_attribution(store):
     add_hits(store, [row(hits=2)])
     (h,) = store.hits()
     assert store.attribute([(h.address, h.category, h.hour, h.hits, "L-1")]) == 1
     assert store.hits()[0].line == "L-1"
-    add_hits(store, [row(hits=1, last=3599)])
-    (h,) = store.hits()
-    assert (h.line, h.hits) == (None, 3)
+    add_hits(store, [row(hits=1, first=3000, last=3599)])
+    new, kept = store.hits()
+    assert (new.line, new.hits, kept.line, kept.hits) == (None, 1, "L-1", 2)
+    assert (new.first_us - to_us(H), new.last_us - to_us(H)) == (3000 * 10**6, 3599 * 10**6)
     # An assignment made from a stale read (hits changed meanwhile) is not applied.
-    assert store.attribute([(h.address, h.category, h.hour, 2, "L-1")]) == 0
-    assert store.hits()[0].line is None
+    assert store.attribute([(new.address, new.category, new.hour, 2, "L-1")]) == 0
+    assert [(h.line, h.hits) for h in store.hits()] == [(None, 1), ("L-1", 2)]
+    # Attributed to the same line, the new hits join the row that was.
+    assert store.attribute([(new.address, new.category, new.hour, 1, "L-1")]) == 1
+    (h,) = store.hits()
+    assert (h.line, h.hits, h.last_us - to_us(H)) == ("L-1", 3, 3599 * 10**6)
 
 
 def test_expire_folds_attributed_rows_and_keeps_the_rest(store):
@@ -296,8 +301,9 @@ H_US = to_us(H)
 
 
 def hits_of(store) -> dict[tuple[str, int, int], tuple[int, int, int, str | None]]:
+    """The unattributed rows."""
     return {(h.address, h.category, h.hour): (h.hits, h.first_us, h.last_us, h.line)
-            for h in store.hits()}
+            for h in store.hits() if h.line is None}
 
 
 def test_staged_counters_are_decoded_and_merged_by_the_fold(store):
@@ -318,11 +324,13 @@ def test_staged_counters_are_decoded_and_merged_by_the_fold(store):
         1, 3, 4, 8, 3)
     assert store.staged() == 0
     assert hits_of(store) == {
-        ("198.18.0.2", 1, hour): (5, H_US + 1, H_US + 9, None),  # back to attribution
+        ("198.18.0.2", 1, hour): (3, H_US + 1, H_US + 9, None),  # waits for attribution
         ("fd00:cc::2", 7, hour): (1, H_US + 2, H_US + 2, None),
         ("0.0.0.0", 7, hour): (1, H_US + 3_599_999_999, H_US + 3_599_999_999, None),
         ("0.0.0.0", 7, hour + 3600): (3, H_US + 3_600_000_000, H_US + 3_600_000_000, None),
     }
+    assert store.line_hits(hour, hour + 3600) == [
+        ("L-1", 1, hour, 2, H_US + 5, H_US + 6, "198.18.0.2")]  # what was attributed stays
     assert store.fold().counters == 0  # nothing twice
 
 
@@ -392,7 +400,8 @@ def _old_store(path, version: int) -> None:
     """A store as ccxdp made it at schema ``version``: the base tables, then each step."""
     from ccxdp.hits import store as hits_store
 
-    steps = {2: hits_store._SCHEMA_2, 3: hits_store._SCHEMA_3, 4: hits_store._SCHEMA_4}
+    steps = {2: hits_store._SCHEMA_2, 3: hits_store._SCHEMA_3, 4: hits_store._SCHEMA_4,
+             5: hits_store._SCHEMA_5}
     later = sum(len(steps[v]) for v in steps)
     db = sqlite3.connect(path)
     for statement in hits_store._SCHEMA[: len(hits_store._SCHEMA) - later]:
@@ -415,7 +424,7 @@ def test_a_schema_1_store_gains_the_staged_table(tmp_path):
     db.commit()
     db.close()
     with Store(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT)
         assert store.total_hits() == 6
 
@@ -431,7 +440,7 @@ def test_a_schema_2_store_gains_the_feeds_of_staged_counters(tmp_path):
     db.commit()
     db.close()
     with Store(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT,
                              feeds={1: ["local", "abuse"], 2: ["other"]})
         hour = H_US // 1_000_000 // 3600 * 3600
@@ -457,6 +466,27 @@ def test_a_schema_3_store_keeps_its_staged_batches_and_never_reuses_their_ids(tm
         assert store.total_hits() == 2  # folded: staged is empty now
         store.stage_counters([counters(("198.18.0.3", 1, 4, H_US, H_US))], BOOT, epoch=9)
         assert store.db.execute("SELECT id, epoch FROM staged").fetchall() == [(8, 9)]
+
+
+def test_a_schema_4_store_keeps_its_lines_and_rows(tmp_path):
+    path = tmp_path / "hits.db"
+    _old_store(path, 4)
+    db = sqlite3.connect(path)
+    hour = H_US // 1_000_000 // 3600 * 3600
+    db.executemany("INSERT INTO hits (hour, address, category, hits, first_us, last_us, line) "
+                   "VALUES (?, ?, 1, ?, ?, ?, ?)",
+                   [(hour, "198.18.0.2", 2, H_US, H_US + 1, "L-1"),
+                    (hour, "198.18.0.3", 4, H_US + 2, H_US + 3, None)])
+    db.commit()
+    db.close()
+    with Store(path) as store:
+        assert [(h.address, h.hits, h.first_us - H_US, h.last_us - H_US, h.line)
+                for h in store.hits()] == [("198.18.0.2", 2, 0, 1, "L-1"),
+                                           ("198.18.0.3", 4, 2, 3, None)]
+        store.add_hit_counts([(hour, "198.18.0.2", 1, 5, H_US + 9, H_US + 9)])
+        assert store.line_hits(hour, hour + 3600) == [
+            ("L-1", 1, hour, 2, H_US, H_US + 1, "198.18.0.2")]
+        assert store.total_hits() == 11
 
 
 def test_opt_outs_are_kept_by_line():
@@ -521,3 +551,13 @@ def test_stored_hits_per_category_spell_no_category_as_every_view(store):
     add_hits(store, [row(cat=1, name="emotet", hits=3), row(addr=A6, cat=0, name=None, hits=2),
                      row(cat=7, name=None, hits=1)])
     assert store.stored_per_category() == {"emotet": 3, "(none)": 2, "category-7": 1}
+
+
+@pytest.mark.parametrize("us", [0, 1, 999_999, 1_000_000, 1_793_700_000_000_005,
+                                1_793_703_599_999_999, 4_102_444_800_000_000])
+def test_iso_is_the_one_time_form(us):
+    """iso is made without time zone arithmetic, for speed: the same text as utc_text."""
+    from ccxdp.hits.store import from_us
+    from ccxdp.utc import utc_text
+
+    assert iso(us) == utc_text(from_us(us), "auto")

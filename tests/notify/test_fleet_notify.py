@@ -78,6 +78,44 @@ def test_days_are_counted_across_resolvers(fleet_uri, tmp_path):
     assert len(list((tmp_path / "out").glob("*.eml"))) == 1
 
 
+def test_notified_line_stays_notified_when_hits_are_shipped_into_its_hour(fleet_uri,
+                                                                         tmp_path):
+    """A ship after notify adds to an hour notify attributed: the line keeps its hits and
+    its notice in records, report and notify; the new hits wait under their address."""
+    found = sessions(tmp_path, {"L-1": "198.18.0.2"})
+    subs = {"L-1": rec.Subscriber("L-1", "l1@isp.example", "en")}
+    out = mail.Outbox(tmp_path / "out")
+
+    def run(deliverer=out):
+        return rec.notify(store, PERIOD, found, subscribers=subs, deliverer=deliverer,
+                          templates=mail.Templates(), sender="abuse@isp.example")
+
+    with fleet(fleet_uri) as store:
+        local = tmp_path / "rs-a.db"  # one host's backlog, shipped from twice
+        ship(store, "rs-a", [("198.18.0.2", 1, 4, at(3), at(3) + 5),
+                             ("198.18.0.2", 1, 1, at(9), at(9))], local)
+        [sent] = run().notified
+        assert (sent.record.hits, sent.record.days) == (5, 2)
+        ship(store, "rs-a", [("198.18.0.2", 1, 3, at(3) + 60_000_000, at(3) + 90_000_000)],
+             local)
+        [kept] = rec.build_records(store, PERIOD, by_resolver=True)
+        assert (kept.line, kept.hits, kept.days, kept.resolvers) == ("L-1", 5, 2, {"rs-a": 5})
+        [left] = rec.unattributed(store, PERIOD)
+        assert (left.address, left.hits, left.first_seen) == (
+            "198.18.0.2", 3, "2026-10-03T12:01:00Z")
+        rep = rec.report(store, PERIOD)
+        assert (rep["lines_seen"], rep["lines_notified"], rep["hits"]) == (1, 1, 5)
+        dry = rec.notify(store, PERIOD, attribution.Sessions.build([]), subscribers=subs)
+        assert (dry.already_notified, dry.attributed_rows) == (["L-1"], 0)
+        again = run()
+        assert (again.notified, again.already_notified, again.attributed_rows) == (
+            [], ["L-1"], 1)
+        [r] = rec.build_records(store, PERIOD)
+        assert (r.hits, r.days, r.first_seen, r.last_seen) == (
+            8, 2, "2026-10-03T12:00:00Z", "2026-10-09T12:00:00Z")
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+
+
 def test_two_notify_runs_at_once_on_two_hosts_send_one_message_per_line(fleet_uri, tmp_path):
     lines = {f"L-{n}": f"198.18.{n // 200}.{n % 200 + 1}" for n in range(60)}
     with fleet(fleet_uri) as store:

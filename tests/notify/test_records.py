@@ -266,19 +266,156 @@ def test_notify_outbox_records_and_emails(world):
         assert secret not in text
 
 
-def test_tables(world):
+NOTIFY_TSV = """\
+# notify 2026-11
+line\tresult\thits\tdays\tcategories\tto
+L-1\tsent (outbox)\t9\t3\temotet 7, qakbot 2\ttanaka@example.jp
+L-3\tsent (outbox)\t11\t2\temotet 11\tsmith@example.net
+L-2\tbelow threshold (< 2 days)\t\t\t\t
+L-4\topted out\t\t\t\t
+
+8 hit rows attributed to lines
+
+# unattributed addresses (1)
+address\thits\tcategories\tfirst seen (UTC)\tlast seen (UTC)\treason
+198.18.0.9\t1\temotet 1\t2026-11-06 09:07:00\t2026-11-06 09:07:30\tno session
+"""
+RECORDS_TSV = """\
+# notification records (4)
+line\tperiod\thits\tdays\tcategories\tfirst seen (UTC)\tlast seen (UTC)\taddresses\tfeeds\t\
+notified
+L-1\t2026-11\t9\t3\temotet 7, qakbot 2\t2026-11-03 10:05:00\t2026-11-10 08:16:30\t\
+198.18.0.2 fd00:cc::2\tabuse.ch, local\tSENT (outbox)
+L-2\t2026-11\t7\t1\tqakbot 7\t2026-11-05 12:01:00\t2026-11-05 12:30:30\t198.18.0.3\t-\t-
+L-3\t2026-11\t11\t2\temotet 11\t2026-11-21 01:10:00\t2026-11-22 23:20:30\t198.18.0.2\t-\t\
+SENT (outbox)
+L-4\t2026-11\t4\t2\tqakbot 4\t2026-11-07 01:00:00\t2026-11-08 01:00:30\t198.18.0.4\t-\t-
+
+# unattributed addresses (1)
+address\thits\tcategories\tfirst seen (UTC)\tlast seen (UTC)\treason
+198.18.0.9\t1\temotet 1\t2026-11-06 09:07:00\t2026-11-06 09:07:30\tnot attributed
+"""
+REPORT_TSV = """\
+# infected lines per category, 2026-11
+category\tlines seen\tlines notified\thits
+emotet\t2\t2\t18
+qakbot\t3\t1\t13
+all\t4\t2\t31
+
+1 addresses with hits had no line
+"""
+
+
+def test_tables_are_tsv_when_stdout_is_not_a_terminal(world):
+    """Piped, every cell whole (never cut to 80 columns), whatever COLUMNS says."""
     out = world["dir"] / "outbox"
+    env = {"COLUMNS": "40", "PATH": "/usr/bin:/bin"}
     table = ccxdp(world["state"], *notify_args(world, "--from", SENDER, "--out", str(out)),
-                  env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
-    assert re.search(r"L-1\s+│ sent \(outbox\)\s+│\s+9 │\s+3 │ emotet 7, qakbot 2", table)
-    assert re.search(r"L-2\s+│ below threshold \(< 2 days\)", table)
-    assert re.search(r"L-4\s+│ opted out", table)
-    assert "198.18.0.9 │    1 │ emotet 1" in table
-    records = ccxdp(world["state"], "records", env={"COLUMNS": "250", "PATH": "/usr/bin"}).stdout
-    assert re.search(r"L-3\s+│ 2026-11\s+│\s+11 │\s+2 │ emotet 11", records)
-    report = ccxdp(world["state"], "report", "--period", PERIOD).stdout
-    assert re.search(r"qakbot\s+│\s+3 │\s+1 │\s+13", report)
-    assert "L-1" not in report
+                  env=env).stdout
+    assert table == NOTIFY_TSV
+    records = ccxdp(world["state"], "records", env=env).stdout
+    sent = re.compile(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+    assert sent.sub("SENT", records) == RECORDS_TSV
+    report = ccxdp(world["state"], "report", "--period", PERIOD, env=env).stdout
+    assert report == REPORT_TSV
+
+
+@pytest.fixture
+def busy_month(tmp_path) -> dict:
+    """1,000 addresses without a session (10.0.0.n, n+1 hits each), 31 lines of one address
+    on 2 days, and line L-BIG, whose delegated prefix held 50 addresses."""
+    state = tmp_path / "state"
+    day3, day4 = (datetime(2026, 11, d, 10, tzinfo=UTC) for d in (3, 4))
+    rows = [HitRow(ipaddress.ip_address(f"10.0.{n // 256}.{n % 256}"), EMOTET, "emotet", day3,
+                   n + 1, day3, day3) for n in range(1000)]
+    rows += [HitRow(ipaddress.ip_address(f"198.18.1.{n}"), QAKBOT, "qakbot", d, 2, d, d)
+             for n in range(31) for d in (day3, day4)]
+    rows += [HitRow(ipaddress.ip_address(f"fd00:b16:0:a::{n:x}"), QAKBOT, "qakbot", d, 1, d, d)
+             for n in range(1, 51) for d in (day3, day4)]
+    with Store(store_path(state)) as store:
+        add_hits(store, rows)
+    sessions = tmp_path / "sessions.csv"
+    sessions.write_text("line_id,address_or_prefix,start,stop\n" + "".join(
+        f"L-{n:02d},198.18.1.{n},2026-11-01T00:00:00Z,\n" for n in range(31))
+        + "L-BIG,fd00:b16::/48,2026-11-01T00:00:00Z,\n")
+    return {"state": state, "sessions": sessions}
+
+
+BUSY_DRY_RUN = """\
+# notify 2026-11: dry run, nothing sent or recorded
+line\tresult\thits\tdays\tcategories\tto
+L-00\tno contact in subscribers\t\t\t\t
+L-01\tno contact in subscribers\t\t\t\t
+L-02\tno contact in subscribers\t\t\t\t
+L-03\tno contact in subscribers\t\t\t\t
+L-04\tno contact in subscribers\t\t\t\t
+L-05\tno contact in subscribers\t\t\t\t
+L-06\tno contact in subscribers\t\t\t\t
+L-07\tno contact in subscribers\t\t\t\t
+L-08\tno contact in subscribers\t\t\t\t
+L-09\tno contact in subscribers\t\t\t\t
+
+… and 22 more lines: no contact in subscribers; --json for all
+162 hit rows would be attributed to lines
+
+# unattributed addresses (1,000)
+address\thits\tcategories\tfirst seen (UTC)\tlast seen (UTC)\treason
+10.0.3.231\t1,000\temotet 1,000\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.230\t999\temotet 999\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.229\t998\temotet 998\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.228\t997\temotet 997\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.227\t996\temotet 996\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.226\t995\temotet 995\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.225\t994\temotet 994\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.224\t993\temotet 993\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.223\t992\temotet 992\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+10.0.3.222\t991\temotet 991\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tno session
+
+… and 990 more unattributed addresses with 490,545 hits; --json for all
+"""
+BUSY_TOP_3 = """\
+# notification records (3)
+line\tperiod\thits\tdays\tcategories\tfirst seen (UTC)\tlast seen (UTC)\taddresses\tfeeds\t\
+notified
+L-BIG\t2026-11\t100\t2\tqakbot 100\t2026-11-03 10:00:00\t2026-11-04 10:00:00\t\
+50 addresses; --json for all\t-\t-
+L-00\t2026-11\t4\t2\tqakbot 4\t2026-11-03 10:00:00\t2026-11-04 10:00:00\t198.18.1.0\t-\t-
+L-01\t2026-11\t4\t2\tqakbot 4\t2026-11-03 10:00:00\t2026-11-04 10:00:00\t198.18.1.1\t-\t-
+
+# unattributed addresses (3)
+address\thits\tcategories\tfirst seen (UTC)\tlast seen (UTC)\treason
+10.0.3.231\t1,000\temotet 1,000\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tnot attributed
+10.0.3.230\t999\temotet 999\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tnot attributed
+10.0.3.229\t998\temotet 998\t2026-11-03 10:00:00\t2026-11-03 10:00:00\tnot attributed
+"""
+
+
+def test_human_output_is_bounded_over_a_busy_month(busy_month, tmp_path):
+    """However many addresses: --top limits every list, a record's addresses are counted,
+    the dry run shows the 10 addresses with the most hits; --json has everything."""
+    state, sessions = busy_month["state"], str(busy_month["sessions"])
+    dry = ccxdp(state, "notify", "--period", PERIOD, "--sessions", sessions).stdout
+    assert dry == BUSY_DRY_RUN
+    data = json.loads(ccxdp(state, "notify", "--period", PERIOD, "--sessions", sessions,
+                            "--json").stdout)
+    assert (len(data["no_contact"]), len(data["unattributed"])) == (32, 1000)
+    contacts = tmp_path / "subscribers.csv"
+    contacts.write_text("line_id,email,language\nL-NONE,noc@isp.example,en\n")
+    ccxdp(state, "notify", "--period", PERIOD, "--sessions", sessions, "--subscribers",
+          str(contacts), "--from", SENDER, "--out", str(tmp_path / "out"))
+    assert ccxdp(state, "records", "--period", PERIOD, "--top", "3").stdout == BUSY_TOP_3
+    top = json.loads(ccxdp(state, "records", "--period", PERIOD, "--top", "3",
+                           "--json").stdout)
+    assert [r["line"] for r in top["records"]] == ["L-BIG", "L-00", "L-01"]
+    assert len(top["records"][0]["addresses"]) == 50
+    assert [u["address"] for u in top["unattributed"]] == [
+        "10.0.3.231", "10.0.3.230", "10.0.3.229"]
+    everything = json.loads(ccxdp(state, "records", "--period", PERIOD, "--json").stdout)
+    assert (len(everything["records"]), len(everything["unattributed"])) == (32, 1000)
+    whole = ccxdp(state, "records", "--period", PERIOD).stdout.splitlines()
+    assert len(whole) == 2 + 32 + 1 + 2 + 10 + 1 + 1  # all 32 records, 10 addresses
+    assert whole[-1] == ("… and 990 more unattributed addresses with 490,545 hits; --json "
+                         "for all")
 
 
 def test_threshold_is_configurable(world):
@@ -330,6 +467,47 @@ def test_hits_collected_later_keep_the_month_at_one_message(world):
     assert data["attributed_rows"] == 1
     recs = json.loads(ccxdp(world["state"], "records", "--line", "L-1", "--json").stdout)
     assert recs["records"][0]["hits"] == 18 and recs["records"][0]["days"] == 4
+    assert len(list(out.glob("*.eml"))) == 2
+
+
+def test_notified_line_stays_notified_when_hits_arrive_in_its_hour(world):
+    """The collector adds hits to an hour notify already attributed: the line keeps what was
+    attributed (and its notice) in every view; the new hits wait, under their address, for
+    the next notify to attribute them."""
+    out = world["dir"] / "outbox"
+    args = notify_args(world, "--from", SENDER, "--out", str(out), "--json")
+    ccxdp(world["state"], *args)
+    with Store(store_path(world["state"])) as store:  # A's first hour of L-1, again
+        add_hits(store, hit_rows([(A, EMOTET, 3, 10, 2, 52, 53, ())]))
+    recs = json.loads(ccxdp(world["state"], "records", "--period", PERIOD, "--json").stdout)
+    by_line = {r["line"]: r for r in recs["records"]}
+    assert sorted(by_line) == ["L-1", "L-2", "L-3", "L-4"]
+    assert {k: v for k, v in by_line["L-1"].items() if k != "notification"} == L1
+    assert by_line["L-1"]["notification"]["state"] == "sent"
+    assert recs["unattributed"] == [
+        {"address": A, "hits": 2, "categories": {"emotet": 2}, "period": PERIOD,
+         "first_seen": "2026-11-03T10:52:00Z", "last_seen": "2026-11-03T10:53:30Z",
+         "reason": "not attributed"},
+        {**UNATTRIBUTED_D, "period": PERIOD, "reason": "not attributed"}]
+    rep = json.loads(ccxdp(world["state"], "report", "--period", PERIOD, "--json").stdout)
+    assert (rep["lines_seen"], rep["lines_notified"], rep["hits"]) == (4, 2, 31)
+    assert rep["unattributed_addresses"] == 2
+    with Store(store_path(world["state"])) as store:
+        assert len(store.notifications(period=PERIOD)) == 2
+    human = ccxdp(world["state"], "records", "--line", "L-1").stdout.splitlines()
+    assert re.fullmatch(r"L-1\t2026-11\t9\t3\temotet 7, qakbot 2\t.*\t\S+Z \(outbox\)", human[2])
+    report = ccxdp(world["state"], "report", "--period", PERIOD).stdout.splitlines()
+    assert "all\t4\t2\t31" in report and "2 addresses with hits had no line" in report
+    # notify without sessions attributes nothing, and still knows L-1 was notified.
+    bare = json.loads(ccxdp(world["state"], "notify", "--period", PERIOD, "--json").stdout)
+    assert bare["already_notified"] == ["L-1", "L-3"] and bare["attributed_rows"] == 0
+    again = json.loads(ccxdp(world["state"], *args).stdout)
+    assert again["already_notified"] == ["L-1", "L-3"] and again["notified"] == []
+    assert again["attributed_rows"] == 1
+    [l1] = json.loads(ccxdp(world["state"], "records", "--line", "L-1", "--json").stdout)[
+        "records"]
+    assert (l1["hits"], l1["days"], l1["first_seen"], l1["addresses"]) == (
+        11, 3, "2026-11-03T10:05:00Z", [A, B])
     assert len(list(out.glob("*.eml"))) == 2
 
 

@@ -232,8 +232,8 @@ def test_a_url_feed_reaches_the_kernel_and_a_304_costs_no_parse(policy, server, 
     assert (p["url"], p["etag"], p["last_modified"], p["bytes"], p["sha256"]) == (
         url, etag, LAST_MODIFIED, len(FEED), sha(FEED))
     human = cli.run("feed", "list").stdout
-    for text in (url, f"│ cc   │ {etag} │ {LAST_MODIFIED} │ {p['fetched_at']} ({len(FEED)} "
-                 f"bytes) │ {p['checked_at']} │"):
+    for text in (url, f"\ncc\t{etag}\t{LAST_MODIFIED}\t{p['fetched_at']} ({len(FEED)} "
+                 f"bytes)\t{p['checked_at']}\n"):  # piped: TSV
         assert text in human, human
 
     # The second fetch: 304, nothing parsed, the list as it was.
