@@ -63,7 +63,7 @@ static __always_inline int bloom_may_hold(__u64 suffix_hash)
 
 static __always_inline void count_stat(__u32 index)
 {
-	__u64 *counter = ccxdp_stats_v3.lookup(&index);
+	__u64 *counter = ccxdp_stats_v4.lookup(&index);
 
 	if (counter)
 		*counter += 1; /* per-CPU: softirq, no atomics needed */
@@ -86,16 +86,16 @@ static __always_inline void count_source(struct ccxdp_source_key *key)
 		return;
 	}
 	key->buffer = *epoch & 1;
-	hits = ccxdp_srcs_v2.lookup(key);
+	hits = ccxdp_srcs_v3.lookup(key);
 	if (!hits) {
 		struct ccxdp_source_hits first = { .hits = 1, .first_seen_ns = now,
 						   .last_seen_ns = now };
 
-		if (ccxdp_srcs_v2.insert(key, &first) == 0)
+		if (ccxdp_srcs_v3.insert(key, &first) == 0)
 			return;
 		/* Another CPU created it between our lookup and insert: add to theirs. Or the map
 		 * is full (no LRU eviction): the hit is lost, and counted as lost. */
-		hits = ccxdp_srcs_v2.lookup(key);
+		hits = ccxdp_srcs_v3.lookup(key);
 		if (!hits) {
 			count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_SOURCE_LOST);
 			return;
@@ -103,6 +103,32 @@ static __always_inline void count_source(struct ccxdp_source_key *key)
 	}
 	__sync_fetch_and_add(&hits->hits, 1);
 	hits->last_seen_ns = now;
+}
+
+/* The per-source key of a hit: IPv4 per address, IPv6 per prefix of prefix_v6 bits (a
+ * subscriber's delegation), so that the rotating privacy addresses of one line are one entry
+ * and a flood from one delegated prefix cannot make more than one. */
+static __always_inline void key_by_prefix(struct ccxdp_source_key *key, __u32 prefix_v6)
+{
+	__u64 hi, lo, hi_mask, lo_mask;
+	__u32 mapped[3];
+
+	__builtin_memcpy(mapped, key->addr, sizeof(mapped));
+	if (mapped[0] == 0 && mapped[1] == 0 && mapped[2] == bpf_htonl(0xffff)) {
+		key->prefix_len = 128;
+		return;
+	}
+	if (prefix_v6 == 0 || prefix_v6 > 128)
+		prefix_v6 = 128; /* never written: per address, as before prefixes */
+	key->prefix_len = prefix_v6;
+	__builtin_memcpy(&hi, key->addr, 8);
+	__builtin_memcpy(&lo, key->addr + 8, 8);
+	hi_mask = prefix_v6 >= 64 ? ~0ULL : ~0ULL << (64 - prefix_v6);
+	lo_mask = prefix_v6 >= 128 ? ~0ULL : prefix_v6 <= 64 ? 0 : ~0ULL << (128 - prefix_v6);
+	hi &= __builtin_bswap64(hi_mask); /* the address is big-endian, BPF on x86 little */
+	lo &= __builtin_bswap64(lo_mask);
+	__builtin_memcpy(key->addr, &hi, 8);
+	__builtin_memcpy(key->addr + 8, &lo, 8);
 }
 
 /*
@@ -118,6 +144,7 @@ struct map_keys {
 	__u32 gate;		     /* ccxdp_exgate */
 	__u32 live;		     /* ccxdp_config */
 	struct ccxdp_lpm_key exempt; /* ccxdp_exempt */
+	struct ccxdp_lpm_key plan;   /* ccxdp_plan */
 };
 
 /* What the entry's steps learn about one frame, handed from each step to the next. */
@@ -322,6 +349,20 @@ static __always_inline int parse_question(struct xdp_md *ctx, struct frame *f)
 	return CCXDP_CONTINUE;
 }
 
+/* Whether a hit may be counted per source: with no address plan, or from inside it. A
+ * source outside the plan may be spoofed, and an entry for it could crowd out a real line
+ * (maps.h, ccxdp_plan). */
+static __always_inline int source_in_plan(struct frame *f)
+{
+	struct ccxdp_lpm_key *plan = &f->key->plan;
+	__u8 *inside;
+
+	plan->prefixlen = 128;
+	__builtin_memcpy(plan->addr, f->s->source.addr, 16);
+	inside = ccxdp_plan_v1.lookup(plan);
+	return !inside || *inside;
+}
+
 /* Hash every suffix of the name and let the most specific entry decide: its action, with the
  * configured default resolved, and the live settings are left in f. */
 static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
@@ -346,7 +387,7 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	if (!config_live)
 		return XDP_PASS;
 	f->key->live = *config_live & 1; /* read once: one whole struct, old or new */
-	f->cfg = ccxdp_config_v3.lookup(&f->key->live);
+	f->cfg = ccxdp_config_v4.lookup(&f->key->live);
 	if (!f->cfg)
 		return XDP_PASS;
 
@@ -359,8 +400,9 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	return CCXDP_CONTINUE;
 }
 
-/* Do what the action says: pass an allowed query; count the source of any other, then pass a
- * monitored query and drop or answer a blocked one. */
+/* Do what the action says: pass an allowed query; count the source of any other (per source
+ * inside the address plan, only globally outside it), then pass a monitored query and drop or
+ * answer a blocked one. */
 static __always_inline int act(struct xdp_md *ctx, struct frame *f)
 {
 	struct ccxdp_scratch *s = f->s;
@@ -372,7 +414,12 @@ static __always_inline int act(struct xdp_md *ctx, struct frame *f)
 		return XDP_PASS;
 	}
 	s->source.category = s->match.category;
-	count_source(&s->source);
+	if (source_in_plan(f)) {
+		key_by_prefix(&s->source, f->cfg->source_prefix_v6);
+		count_source(&s->source);
+	} else {
+		count_stat(CCXDP_STAT_EVENT_BASE + CCXDP_EV_OUTSIDE_PLAN);
+	}
 	if (f->action == CCXDP_ACTION_MONITOR) {
 		f->outcome = CCXDP_OUT_MONITORED;
 		return XDP_PASS;

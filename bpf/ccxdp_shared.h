@@ -18,19 +18,20 @@
 
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
-#define CCXDP_MAP_STATS "ccxdp_stats_v3"
+#define CCXDP_MAP_STATS "ccxdp_stats_v4"
 #define CCXDP_MAP_NAME_SLOTS "ccxdp_nslot_v1"
 #define CCXDP_MAP_NAME_RANGES "ccxdp_nrange_v1"
 #define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v1"
-#define CCXDP_MAP_SOURCES "ccxdp_srcs_v2"
+#define CCXDP_MAP_SOURCES "ccxdp_srcs_v3"
 #define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
 #define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
-#define CCXDP_MAP_CONFIG "ccxdp_config_v3"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v4"
 #define CCXDP_MAP_CONFIG_ACTIVE "ccxdp_cact_v1"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_EXEMPT_GATE "ccxdp_exgate_v1"
+#define CCXDP_MAP_PLAN "ccxdp_plan_v1"
 #define CCXDP_MAP_SCRATCH "ccxdp_scratch"
 
 /* Helpers return a verdict or reason (>= 0), or this to let the caller go on. */
@@ -66,7 +67,9 @@ enum ccxdp_event {
 				     * per-source map was full) */
 	CCXDP_EV_ANSWER_FAILED = 1, /* not answered (no room, broadcast/multicast destination, IP
 				     * options or IPv6 extension headers): dropped instead */
-	CCXDP_EV_MAX = 2,
+	CCXDP_EV_OUTSIDE_PLAN = 2,  /* a blocked or monitored query from a source outside the
+				     * address plan (ccxdp_plan): counted here, never per source */
+	CCXDP_EV_MAX = 3,
 };
 
 /* What an entry does to a query it decides (RPZ's vocabulary). */
@@ -93,7 +96,7 @@ enum ccxdp_action {
 /* Run-time settings, the one entry of ccxdp_config: changed without reloading the program. */
 struct ccxdp_config {
 	__u8 default_action;  /* enum ccxdp_action for entries whose action is DEFAULT */
-	__u8 pad[1];
+	__u8 source_prefix_v6; /* IPv6 sources are counted per prefix of this length (1-128) */
 	__be16 edns_udp_size; /* UDP payload size in the OPT of answers (network order) */
 	__be32 answer_ttl;    /* TTL of sinkhole A/AAAA records (network order) */
 	__be32 negative_ttl;  /* TTL and MINIMUM of the SOA in negative answers (network order) */
@@ -144,13 +147,16 @@ struct ccxdp_name_range {
 #define CCXDP_NAME_RUN_MAX 16
 
 /* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
- * both families. Hits are kept per category so records can name the families a line touched,
- * and per collection buffer: the low bit of the epoch (ccxdp_sepoch) when the hit came. */
+ * both families. IPv6 sources are kept per prefix (a subscriber's delegation, the setting
+ * source_prefix_v6): the address with the bits past prefix_len cleared, so that rotating
+ * privacy addresses of one line make one entry. Hits are kept per category so records can
+ * name the families a line touched, and per collection buffer: the low bit of the epoch
+ * (ccxdp_sepoch) when the hit came. */
 struct ccxdp_source_key {
-	__u8 addr[16];  /* network byte order */
+	__u8 addr[16];   /* network byte order */
 	__u16 category;
-	__u8 buffer;    /* 0 or 1: epoch & 1 */
-	__u8 pad[1];
+	__u8 buffer;     /* 0 or 1: epoch & 1 */
+	__u8 prefix_len; /* leading bits of addr that name the source: 128 for IPv4 (mapped) */
 };
 
 struct ccxdp_source_hits {

@@ -52,7 +52,7 @@
  * enum ccxdp_action; value: count, host order. Written by the program on every frame.
  * Per-CPU because XDP runs in softirq on each CPU: no atomics, no contention.
  */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v3, CCXDP_STAT_MAX,
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v4, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
@@ -100,10 +100,13 @@ BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v1, 1, CCXDP_PIN(CCXDP_MAP_NA
  *
  * A plain hash, not an LRU: an entry is never evicted behind the collector's back. When the
  * map is full a new source cannot be counted: the query is still blocked, and
- * CCXDP_EV_SOURCE_LOST counts it. Room for both buffers, allocated as sources come
+ * CCXDP_EV_SOURCE_LOST counts it, while every source already in the buffer keeps counting.
+ * That is the deliberate choice: an LRU would let a flood of new sources evict the lines
+ * whose hits are already counted. Sources outside the address plan (ccxdp_plan) never get
+ * an entry, so spoofed floods from outside cannot fill it. Room for both buffers, allocated as sources come
  * (BPF_F_NO_PREALLOC): an idle map costs nothing.
  */
-BPF_TABLE_PINNED("hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxdp_srcs_v2,
+BPF_TABLE_PINNED("hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxdp_srcs_v3,
 		 2 * CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_sepoch_v1, 1,
 		 CCXDP_PIN(CCXDP_MAP_SOURCE_EPOCH));
@@ -131,7 +134,7 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_L
  * and a hash of the key on every matched query. A live entry whose default_action is 0 was
  * never written.
  */
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v3, 2,
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v4, 2,
 		 CCXDP_PIN(CCXDP_MAP_CONFIG));
 BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_cact_v1, 1, CCXDP_PIN(CCXDP_MAP_CONFIG_ACTIVE));
 
@@ -152,6 +155,23 @@ BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_exempt_v1, CCXDP_
  */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_exgate_v1, 1 << CCXDP_EXEMPT_GATE_BITS,
 		 CCXDP_PIN(CCXDP_MAP_EXEMPT_GATE));
+
+/*
+ * The subscriber address plan: the prefixes subscribers' queries come from, as a resolver's
+ * access control lists them. Key: struct ccxdp_lpm_key (network order, IPv4 mapped). Value:
+ * __u8, 1 for a plan prefix. While a plan is declared the control plane also holds ::/0 with
+ * 0, so a source outside every plan prefix finds 0 (counted only globally,
+ * CCXDP_EV_OUTSIDE_PLAN) and, with no plan at all, finds nothing (counted per source, as
+ * with a plan it covers). Plan prefixes go in before ::/0 and ::/0 goes out before the last of
+ * them, so no source is ever judged outside a plan that covers it. Looked up only for a hit,
+ * a blocked or monitored query, so a passed query costs nothing more. Written by the control
+ * plane (ccxdp/policy/plan.py).
+ */
+#ifndef CCXDP_MAX_PLAN
+#define CCXDP_MAX_PLAN 65536 /* an ISP's pools, not its lines */
+#endif
+BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_plan_v1, CCXDP_MAX_PLAN,
+		 CCXDP_PIN(CCXDP_MAP_PLAN), BPF_F_NO_PREALLOC);
 
 /* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));

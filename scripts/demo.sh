@@ -55,6 +55,9 @@ res4=$(addr res 0) res6=$(addr res 1)
 inf4=$(addr cli 0) inf6=$(addr cli 2) # client 1 also has .3 and ::3; the first ones send
 cln4=$(addr cl2 0) cln6=$(addr cl2 1)
 sink4=$(addr snk 0) sink6=$(addr snk 1)
+# The lab's clients share one IPv6 /64, where an ISP gives each line its own: count IPv6
+# sources per address here (the default, per /64, would make the two clients one source).
+cx config set source_prefix_v6 128 >/dev/null
 
 step "Loading the sample feeds from examples/feeds: C&C names in three categories and two formats, each feed with its own action."
 cx feed add emotet "$repo/examples/feeds/emotet.txt" --action sinkhole >/dev/null

@@ -71,6 +71,7 @@ def _register() -> None:
         exempt,
         feed,
         lab,
+        plan,
         records,
         run,
         stats,
@@ -78,8 +79,8 @@ def _register() -> None:
         top,
     )
 
-    for module in (attach, block, allow, feed, exempt, config, stats, top, collect, records,
-                   store, run, lab, debug):
+    for module in (attach, block, allow, feed, exempt, plan, config, stats, top, collect,
+                   records, store, run, lab, debug):
         module.register(cli)
 
 

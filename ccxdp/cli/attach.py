@@ -6,11 +6,12 @@ import click
 
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import emit, json_option
-from ccxdp.cli.render import render_attachments
+from ccxdp.cli.render import plan_line, render_attachments
 from ccxdp.cli.types import ACTION, INTERFACE, IPV4, IPV6
 from ccxdp.datapath.loader import Limits, Mode
 from ccxdp.datapath.nametable import count_names
 from ccxdp.ops.attach import attach as attach_interface
+from ccxdp.policy import plan as plan_lib
 
 
 @click.command()
@@ -120,7 +121,8 @@ def detach(app, iface, netns, purge, as_json):
 @json_option
 @pass_app
 def status(app, as_json):
-    """Show whether the filter is loaded and where it is attached.
+    """Show whether the filter is loaded, where it is attached, and the address plan (whose
+    sources are counted per source: all of them when no plan is declared).
 
     \b
     Example:
@@ -134,14 +136,18 @@ def status(app, as_json):
     if loaded:
         names = count_names(dp)
         ports = sorted(dp.dns_ports())
+    plan = plan_lib.state(dp, app.catalog())
+    prefix_v6 = dp.settings().source_prefix_v6
     data = {
         "loaded": loaded,
         "pin_dir": str(dp.pin_dir),
         "names": names,
         "dns_ports": ports,
         "attachments": [a.as_dict() for a in attachments],
+        "plan": {**plan.to_json(), "source_prefix_v6": prefix_v6},
     }
-    emit(as_json, data, lambda: render_attachments(attachments, loaded, names))
+    emit(as_json, data, lambda: render_attachments(attachments, loaded, names,
+                                                   plan_line(plan, prefix_v6)))
 
 
 def register(group: click.Group) -> None:

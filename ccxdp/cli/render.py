@@ -19,10 +19,12 @@ from ccxdp.policy.catalog import (
     CatalogEntry,
     ExemptEntry,
     LineExemptEntry,
+    PlanEntry,
     category_label,
 )
 from ccxdp.policy.exempt import LinePrefixChange, PrefixChange
 from ccxdp.policy.lists import Change
+from ccxdp.policy.plan import PlanState
 
 
 def feed_copy(provenance: dict | None) -> dict | None:
@@ -125,7 +127,28 @@ def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) 
     return Group(*parts)
 
 
-def render_attachments(attachments: list[Attachment], loaded: bool, names: int) -> Group:
+def plan_line(plan: PlanState, source_prefix_v6: int) -> str:
+    """What the address plan makes of hits, in one line (status)."""
+    per = f"IPv6 per /{source_prefix_v6}"
+    if not plan.declared:
+        return f"address plan: none, every source counted per source ({per})"
+    return (f"address plan: {len(plan.prefixes)} prefixes, other sources only in "
+            f"outside_plan ({per})")
+
+
+def render_plan(entries: list[PlanEntry]) -> Table | str:
+    if not entries:
+        return "no address plan: every source is counted per source"
+    table = Table(title=f"address plan ({len(entries)} prefixes)", title_justify="left")
+    table.add_column("prefix")
+    table.add_column("added (UTC)")
+    for e in entries:
+        table.add_row(e.prefix, e.added_at)
+    return table
+
+
+def render_attachments(attachments: list[Attachment], loaded: bool, names: int,
+                       plan: str | None = None) -> Group:
     table = Table(title="ccxdp attachments", title_justify="left")
     table.add_column("interface")
     table.add_column("netns")
@@ -139,7 +162,7 @@ def render_attachments(attachments: list[Attachment], loaded: bool, names: int) 
             str(a.prog_id) if a.prog_id else "-",
         )
     head = f"program {'loaded' if loaded else 'not loaded'}; {names:,} names in the kernel map"
-    return Group(head, table)
+    return Group(head, *([plan] if plan else []), table)
 
 
 def render_entries(

@@ -15,6 +15,7 @@ from ccxdp.policy.catalog import CatalogError, normalize_category
 from ccxdp.policy.exempt import PrefixError, parse_prefix
 from ccxdp.policy.line_exempt import LineExemptError, check_line_id
 from ccxdp.policy.names import normalize
+from ccxdp.policy.plan import parse_plan_prefix
 from ccxdp.policy.transfer import check_zone, parse_primary
 
 
@@ -73,6 +74,16 @@ class PrefixType(click.ParamType):
     def convert(self, value, param, ctx):
         try:
             return str(parse_prefix(value))
+        except PrefixError as e:
+            self.fail(str(e), param, ctx)
+
+
+class PlanPrefixType(PrefixType):
+    """A prefix of the subscriber address plan: as PrefixType, and not a /0."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return str(parse_plan_prefix(value))
         except PrefixError as e:
             self.fail(str(e), param, ctx)
 
@@ -144,6 +155,7 @@ INTERFACE = InterfaceType()
 ACTION = ActionType()
 CATEGORY = CategoryType()
 PREFIX = PrefixType()
+PLAN_PREFIX = PlanPrefixType()
 LINE_ID = LineIdType()
 IPV4 = AddressType(4)
 IPV6 = AddressType(6)

@@ -50,6 +50,8 @@ DESCRIPTIONS = {
     "answer_ttl": "TTL of sinkhole answers (seconds)",
     "negative_ttl": "TTL and SOA MINIMUM of NXDOMAIN/NODATA answers (seconds)",
     "edns_udp_size": "UDP payload size in the OPT record of answers",
+    "source_prefix_v6": "IPv6 hits are counted per prefix of this length (the subscribers' "
+                        "delegation; 128: per address)",
 }
 
 
@@ -67,6 +69,9 @@ class Settings:
     answer_ttl: int = 300  # seconds a client may cache a sinkhole address
     negative_ttl: int = 300  # seconds caches keep NXDOMAIN/NODATA (RFC 2308 SOA MINIMUM)
     edns_udp_size: int = 1232  # the DNS flag day 2020 value: no fragmentation
+    # A line's privacy addresses rotate within its /64 (RFC 8981): one source per /64, so
+    # one line is one entry. ISPs that delegate /56 or /48 say so here.
+    source_prefix_v6: int = 64
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,6 +80,7 @@ class Settings:
     def to_kernel(self) -> shared.Config:
         c = shared.Config()
         c.default_action = ACTION_NAMES[self.default_action]
+        c.source_prefix_v6 = self.source_prefix_v6
         c.edns_udp_size = socket.htons(self.edns_udp_size)
         c.answer_ttl = socket.htonl(self.answer_ttl)
         c.negative_ttl = socket.htonl(self.negative_ttl)
@@ -97,6 +103,7 @@ class Settings:
             answer_ttl=socket.ntohl(c.answer_ttl),
             negative_ttl=socket.ntohl(c.negative_ttl),
             edns_udp_size=socket.ntohs(c.edns_udp_size),
+            source_prefix_v6=c.source_prefix_v6 or 128,
         )
 
     def with_value(self, key: str, text: str) -> Settings:
@@ -126,6 +133,8 @@ SETTING_KEYS = tuple(f.name for f in fields(Settings))
 NUMBER_SETTINGS = frozenset(f.name for f in fields(Settings) if f.type == "int")
 
 _TTL_MAX = 2**31 - 1  # RFC 2181 8
+# Shorter than an RIR's smallest allocation to an ISP would count whole ISPs as one source.
+SOURCE_PREFIX_V6_MIN = 32
 
 
 def _check(key: str, value: object) -> None:
@@ -155,3 +164,9 @@ def _check(key: str, value: object) -> None:
     elif key == "edns_udp_size":
         if not 512 <= value <= 65535:
             raise SettingError(f"edns_udp_size: {value} is outside 512..65535")
+    elif key == "source_prefix_v6":
+        if not SOURCE_PREFIX_V6_MIN <= value <= 128:
+            raise SettingError(
+                f"source_prefix_v6: {value} is outside {SOURCE_PREFIX_V6_MIN}..128 (a "
+                f"delegation is a /48 to /64; 128 counts each address)"
+            )

@@ -27,22 +27,23 @@ DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
-MAP_STATS = "ccxdp_stats_v3"
+MAP_STATS = "ccxdp_stats_v4"
 MAP_NAME_SLOTS = "ccxdp_nslot_v1"
 MAP_NAME_RANGES = "ccxdp_nrange_v1"
 MAP_NAME_ACTIVE = "ccxdp_nact_v1"
-MAP_SOURCES = "ccxdp_srcs_v2"
+MAP_SOURCES = "ccxdp_srcs_v3"
 MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
 MAP_BLOOM = "ccxdp_bloom_v2"
-MAP_CONFIG = "ccxdp_config_v3"
+MAP_CONFIG = "ccxdp_config_v4"
 MAP_CONFIG_ACTIVE = "ccxdp_cact_v1"
 MAP_EXEMPT = "ccxdp_exempt_v1"
 MAP_EXEMPT_GATE = "ccxdp_exgate_v1"
+MAP_PLAN = "ccxdp_plan_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v6"
+PROG_PIN = "ccxdp_xdp_v7"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -70,6 +71,7 @@ class Malformed(enum.IntEnum):
 class Event(enum.IntEnum):
     SOURCE_LOST = 0
     ANSWER_FAILED = 1
+    OUTSIDE_PLAN = 2
 
 
 class Action(enum.IntEnum):
@@ -128,7 +130,7 @@ class SourceKey(ct.Structure):
         ("addr", ct.c_uint8 * 16),
         ("category", ct.c_uint16),
         ("buffer", ct.c_uint8),  # the collection buffer: epoch & 1
-        ("pad", ct.c_uint8 * 1),
+        ("prefix_len", ct.c_uint8),  # leading bits of addr naming the source (128: IPv4)
     ]
 
 
@@ -157,7 +159,7 @@ class HashKeyLayout(ct.Structure):
 class Config(ct.Structure):
     _fields_ = [
         ("default_action", ct.c_uint8),
-        ("pad", ct.c_uint8 * 1),
+        ("source_prefix_v6", ct.c_uint8),
         ("edns_udp_size", ct.c_uint16),  # network order
         ("answer_ttl", ct.c_uint32),  # network order
         ("negative_ttl", ct.c_uint32),  # network order
@@ -185,4 +187,5 @@ PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_CONFIG_ACTIVE: (ct.c_uint32, ct.c_uint32),
     MAP_EXEMPT: (LpmKey, ct.c_uint8),
     MAP_EXEMPT_GATE: (ct.c_uint32, ct.c_uint8),
+    MAP_PLAN: (LpmKey, ct.c_uint8),
 }

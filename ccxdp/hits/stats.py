@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 import time
 from dataclasses import dataclass, field
 
 from ccxdp.datapath import shared
 from ccxdp.datapath.loader import Datapath
 from ccxdp.datapath.nametable import count_names
+from ccxdp.hits.store import packed_address_text
 from ccxdp.utc import utc_text
 
 
@@ -66,10 +66,6 @@ def _iso(t: float) -> str:
     return utc_text(int(t))
 
 
-def address_text(raw: bytes) -> str:
-    """IPv4 sources are stored IPv4-mapped; show them as IPv4."""
-    addr = ipaddress.IPv6Address(raw)
-    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
 def hit_clock_offset_ns() -> int:
@@ -100,15 +96,16 @@ def read_stats(dp: Datapath) -> StatsSnapshot:
         for k, v in srcs.lookup_batch():
             # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
             hits, first, last = v.hits, v.first_seen_ns, max(v.first_seen_ns, v.last_seen_ns)
-            seen = merged.setdefault((bytes(k.addr), k.category), [0, first, last])
+            source = (bytes(k.addr), k.prefix_len)
+            seen = merged.setdefault((source, k.category), [0, first, last])
             seen[0] += hits
             seen[1] = min(seen[1], first)
             seen[2] = max(seen[2], last)
     offset = hit_clock_offset_ns()
     sources = [
-        SourceStat(address_text(addr), category, hits, (offset + first) / 1e9,
+        SourceStat(packed_address_text(*source), category, hits, (offset + first) / 1e9,
                    (offset + last) / 1e9)
-        for (addr, category), (hits, first, last) in merged.items()
+        for (source, category), (hits, first, last) in merged.items()
     ]
     sources.sort(key=lambda s: (-s.hits, s.address, s.category))
     count = count_names(dp)

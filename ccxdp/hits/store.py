@@ -246,7 +246,17 @@ def now_iso() -> str:
 
 
 def address_text(address: Address | str) -> str:
-    """An address as stored: IPv4-mapped IPv6 (the kernel's form) becomes IPv4."""
+    """A source as stored: an address, IPv4-mapped IPv6 (the kernel's form) as IPv4; or an
+    IPv6 prefix the kernel counted a source by (setting source_prefix_v6), as ipaddress
+    prints it (``2001:db8:1:200::/56``; a /128 is its address)."""
+    if isinstance(address, str) and "/" in address:
+        try:
+            net = ipaddress.IPv6Network(address)
+        except ValueError:
+            raise StoreError(f"not an IPv6 source prefix: {address!r}") from None
+        if net.prefixlen < 128:
+            return str(net)
+        address = net.network_address
     addr = ipaddress.ip_address(address)
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.scope_id:
@@ -262,23 +272,26 @@ _HOUR_US = HOUR * 1_000_000
 # -- the kernel's counters, as staged ---------------------------------------------------------
 # One entry of the kernel's per-source map (layout.SourceKey, layout.SourceHits; a test checks
 # sizes and offsets): the address, IPv4-mapped for IPv4, in two parts, the category, the
-# buffer, a pad byte; hits, first and last hit in CLOCK_MONOTONIC nanoseconds. Native byte
-# order, as the kernel writes them.
-COUNTER_KEY = struct.Struct("=12s4sHBx")
+# buffer, the prefix length (0 in counters staged before sources had one: an address); hits,
+# first and last hit in CLOCK_MONOTONIC nanoseconds. Native byte order, as the kernel writes
+# them.
+COUNTER_KEY = struct.Struct("=12s4sHBB")
 COUNTER_VALUE = struct.Struct("=QQQ")
 COUNTER_BUFFER_AT = 18  # offset of the buffer byte in a key
 COUNTER_CATEGORY_AT = 16  # offset of the category (u16) in a key
 _MAPPED = bytes(10) + b"\xff\xff"
 
 
-def packed_address_text(raw: bytes) -> str:
-    """A 16-byte address as the store keeps it: IPv4-mapped as IPv4, IPv6 as ipaddress
-    prints it."""
+def packed_address_text(raw: bytes, prefix_len: int = 128) -> str:
+    """A kernel source (16 bytes and its prefix length) as the store keeps it: IPv4-mapped
+    as IPv4, IPv6 as ipaddress prints it, with /prefix_len unless it is a whole address."""
     if raw[:12] == _MAPPED:
         return inet_ntop(AF_INET, raw[12:])
     text = inet_ntop(AF_INET6, raw)
     if "." in text:  # libc writes ::a.b.c.d forms that ipaddress does not
-        return address_text(text)
+        text = address_text(text)
+    if 0 < prefix_len < 128:
+        return f"{text}/{prefix_len}"
     return text
 
 
@@ -311,7 +324,7 @@ def counter_rows(keys: bytes, counters: bytes, offset_ns: int, texts: dict | Non
     rows: list = []
     append = rows.append
     texts = {} if texts is None else texts
-    for (head, v4, category, _buffer), (hits, first_ns, last_ns) in zip(
+    for (head, v4, category, _buffer, plen), (hits, first_ns, last_ns) in zip(
         COUNTER_KEY.iter_unpack(keys), COUNTER_VALUE.iter_unpack(counters), strict=True
     ):
         if not hits:
@@ -319,9 +332,9 @@ def counter_rows(keys: bytes, counters: bytes, offset_ns: int, texts: dict | Non
         if head == _MAPPED:
             text = inet_ntop(AF_INET, v4)
         else:
-            text = texts.get(head + v4)
+            text = texts.get((head + v4, plen))
             if text is None:
-                text = texts[head + v4] = packed_address_text(head + v4)
+                text = texts[head + v4, plen] = packed_address_text(head + v4, plen)
         first_us = (first_ns + offset_ns) // 1000
         # Two CPUs may stamp a new entry out of order by a few ns: last is at least first.
         last_us = ((last_ns if last_ns > first_ns else first_ns) + offset_ns) // 1000

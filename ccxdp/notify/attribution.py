@@ -27,7 +27,9 @@ session that begins while another line's session is still open ends that one (an
 held by one line at a time, and a RADIUS Stop can be lost); sessions of the same line that
 touch are merged. DHCP leases that were released, expired or freed end the holder's session.
 A hit is matched against the most specific address or prefix that has sessions around its
-time (a /128 before the /56 that contains it). A stored row (one address, category, hour)
+time (a /128 before the /56 that contains it). IPv6 hits are counted per prefix (the setting
+``source_prefix_v6``, /64 by default), so such a row names a prefix, and only sessions on that
+prefix or a shorter one that contains it can take it. A stored row (one address, category, hour)
 is attributed only when a single session covers it from its first to its last hit; a row
 that straddles a change of holder, or that no session covers, stays under its address and is
 reported as unattributed.
@@ -101,9 +103,14 @@ class Sessions:
         return sum(1 for items in self.by_network.values() for s in items if s.line)
 
     def lookup(self, address: str, first_us: int, last_us: int) -> tuple[str | None, str]:
-        """(line, "") when one session covers [first, last]; else (None, reason)."""
-        version, bits, value = _address_int(address)
+        """(line, "") when one session covers [first, last]; else (None, reason). The
+        address may be the IPv6 prefix the hit was counted by (``2001:db8:1:200::/56``): only
+        a session on that prefix or a shorter one holds all of it, so more specific sessions
+        (a /128 inside a counted /64) never take its hits."""
+        version, bits, value, counted_by = _address_int(address)
         for plen in self.lengths.get(version, ()):
+            if plen > counted_by:
+                continue
             host_bits = bits - plen
             items = self._by_key.get((version, plen, value >> host_bits << host_bits))
             if not items:
@@ -123,16 +130,19 @@ class Sessions:
         return None, "no session"
 
 
-def _address_int(address: str) -> tuple[int, int, int]:
-    """(IP version, bits, the address as an integer): inet_pton for the stored forms, which
-    costs a tenth of an ipaddress object; ipaddress for anything else."""
+def _address_int(address: str) -> tuple[int, int, int, int]:
+    """(IP version, bits, the address as an integer, the prefix length it was counted by):
+    inet_pton for the stored forms, which costs a tenth of an ipaddress object; ipaddress
+    for anything else."""
+    text, slash, plen = address.partition("/")
     try:
-        if ":" in address:
-            return 6, 128, int.from_bytes(inet_pton(AF_INET6, address), "big")
-        return 4, 32, int.from_bytes(inet_pton(AF_INET, address), "big")
-    except OSError:
-        addr = ipaddress.ip_address(address)
-        return addr.version, addr.max_prefixlen, int(addr)
+        if ":" in text:
+            value = int.from_bytes(inet_pton(AF_INET6, text), "big")
+            return 6, 128, value, int(plen) if slash else 128
+        return 4, 32, int.from_bytes(inet_pton(AF_INET, text), "big"), int(plen) if slash else 32
+    except (OSError, ValueError):
+        net = ipaddress.ip_network(address)
+        return (net.version, net.max_prefixlen, int(net.network_address), net.prefixlen)
 
 
 def _resolve(items: list[Session]) -> list[Session]:

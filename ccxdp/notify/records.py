@@ -99,12 +99,14 @@ class Subscriber:
     language: str
 
 
-def _address_key(text: str) -> tuple[int, bytes]:
-    """Addresses in ipaddress's order (IPv4 first, then by value), from their packed bytes:
-    an ipaddress object per address was a third of records' time over a busy month."""
-    if ":" in text:
-        return 6, inet_pton(AF_INET6, text)
-    return 4, inet_pton(AF_INET, text)
+def _address_key(text: str) -> tuple[int, bytes, int]:
+    """Addresses, and the IPv6 prefixes sources were counted by, in ipaddress's order (IPv4
+    first, then by value), from their packed bytes: an ipaddress object per address was a
+    third of records' time over a busy month."""
+    address, slash, plen = text.partition("/")
+    if ":" in address:
+        return 6, inet_pton(AF_INET6, address), int(plen) if slash else 128
+    return 4, inet_pton(AF_INET, address), int(plen) if slash else 32
 
 
 def build_records(store: Store, period: str, line: str | None = None,

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ccxdp.datapath.loader import Attachment, Datapath, Limits, Mode
-from ccxdp.policy import exempt, lists
+from ccxdp.policy import exempt, lists, plan
 from ccxdp.policy.catalog import Catalog
 
 
@@ -38,8 +38,8 @@ def attach(
     dns_ports: Iterable[int] | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> Attachment:
-    """Load the program if needed, give it `settings`, fill its name list and exempt prefixes
-    from the catalog, then attach it to `ifname`; returns what the kernel reports.
+    """Load the program if needed, give it `settings`, fill its name list, exempt prefixes
+    and address plan from the catalog, then attach it to `ifname`; returns what the kernel reports.
 
     The maps are filled before the program is attached, so its first query already sees all
     of the catalog; an interface where ccxdp already runs keeps its program (adopted). A
@@ -53,6 +53,7 @@ def attach(
             apply_settings(loaded, settings)
         lists.reconcile(loaded, catalog)
         exempt.reconcile(loaded, catalog)
+        plan.reconcile(loaded, catalog)
 
     try:
         return dp.attach(ifname, mode, netns=netns, limits=limits or Limits(), dns_ports=dns_ports,

@@ -44,7 +44,7 @@ from ccxdp.ops.daemon_config import (
     load_config,
 )
 from ccxdp.ops.metrics import DaemonState, FeedState, MetricsServer, make_registry
-from ccxdp.policy import transfer
+from ccxdp.policy import plan, transfer
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.download import add_url_feed, redact, retry_delay, sync_url_feed
 from ccxdp.policy.exempt import set_line_prefixes
@@ -296,6 +296,7 @@ class Daemon:
         config = self.config
         with self.dp, Catalog(self.dp.catalog_path) as catalog:
             before = {(a.ifname, a.netns): a.prog_id for a in self.dp.attachments()}
+            self._apply_plan(catalog, config)
             a = attach(self.dp, catalog, iface.name, Mode(iface.mode), netns=iface.netns,
                        limits=self._limits(), dns_ports=config.dns_ports,
                        settings=config.settings)  # fmt: skip
@@ -312,12 +313,24 @@ class Daemon:
             self.log("detach", level="error", interface=iface.name, netns=iface.netns,
                      error=str(e))
 
+    def _apply_plan(self, catalog: Catalog, config: Config) -> None:
+        """The config's address plan, when it gives one, into the catalog (and the kernel
+        where the program is loaded)."""
+        if config.plan is None:
+            return
+        changes = [c for c in plan.set_prefixes(self.dp, catalog, config.plan)
+                   if c.status != "unchanged"]
+        for c in changes:
+            self.log("plan", prefix=c.prefix, change=c.status)
+
     def _apply_filter(self, config: Config) -> None:
-        """Settings and ports, where the program is loaded (attach applied them already when
-        it loaded it; this covers a reload)."""
+        """Settings, ports and the address plan, where the program is loaded (attach applied
+        them already when it loaded it; this covers a reload)."""
         with self.dp:
             if not self.dp.is_loaded():
                 return
+            with Catalog(self.dp.catalog_path) as catalog:
+                self._apply_plan(catalog, config)
             changed = apply_settings(self.dp, config.settings)
             if config.dns_ports is not None and set(self.dp.dns_ports()) != set(config.dns_ports):
                 self.dp.set_dns_ports(config.dns_ports)

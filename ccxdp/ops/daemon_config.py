@@ -39,6 +39,7 @@ from ccxdp.policy.line_exempt import (
     check_conninfo,
     check_identifier,
 )
+from ccxdp.policy.plan import parse_plan_prefix
 from ccxdp.policy.transfer import ZoneOrigin, check_zone, parse_primary, read_tsig
 
 ON_STOP = ("keep", "detach")
@@ -111,6 +112,9 @@ class Config:
     dns_ports: tuple[int, ...] | None = None
     max_names: int | None = None
     max_sources: int | None = None
+    # [filter] plan: the subscriber address plan, made exactly this at start and reload; None
+    # (no key): the plan is left as 'ccxdp plan' made it. An empty array: no plan.
+    plan: tuple[str, ...] | None = None
     feeds: tuple[Feed, ...] = ()
     collect_interval: float = DEFAULT_COLLECT_INTERVAL  # 0: the daemon never collects
     store: str | None = None  # None: hits.db in the state folder; a path; a PostgreSQL URI
@@ -209,7 +213,7 @@ def parse_config(path: Path, data: dict) -> Config:
     sessions_raw = top.get("sessions", (dict,), None, "a table")
     top.done()
     # Checked in the file's order of tables, so that the first mistake is the one reported.
-    default_mode, ports, limits, settings = _filter(filt)
+    default_mode, ports, limits, settings, plan = _filter(filt)
     interfaces = _interfaces(path, interfaces_raw, default_mode)
     feeds = _feeds(path, feeds_raw)
     interval = collect.seconds("interval", DEFAULT_COLLECT_INTERVAL, allow_zero=True)
@@ -235,6 +239,7 @@ def parse_config(path: Path, data: dict) -> Config:
         dns_ports=ports,
         max_names=limits["max_names"],
         max_sources=limits["max_sources"],
+        plan=plan,
         feeds=feeds,
         collect_interval=interval,
         store=store or None,
@@ -251,8 +256,10 @@ def parse_config(path: Path, data: dict) -> Config:
     )
 
 
-def _filter(filt: _Reader) -> tuple[str, tuple[int, ...] | None, dict, dict[str, Any]]:
-    """[filter]: the default XDP mode, the DNS ports, the map sizes and the settings."""
+def _filter(filt: _Reader) -> tuple[str, tuple[int, ...] | None, dict, dict[str, Any],
+                                   tuple[str, ...] | None]:
+    """[filter]: the default XDP mode, the DNS ports, the map sizes, the settings and the
+    address plan."""
     default_mode = filt.choice("mode", MODES, "auto")
     ports = filt.get("dns_ports", (list,), None, "an array of port numbers")
     if ports is not None:
@@ -283,8 +290,19 @@ def _filter(filt: _Reader) -> tuple[str, tuple[int, ...] | None, dict, dict[str,
         Settings(**settings)
     except SettingError as e:  # its message starts with the key
         raise ConfigError(filt.path, None, f"filter.{e}") from None
+    plan = filt.get("plan", (list,), None, "an array of prefixes")
+    if plan is not None:
+        prefixes = []
+        for value in plan:
+            if not isinstance(value, str):
+                filt.fail("plan", f"{value!r} is not a prefix (a string: \"198.18.0.0/15\")")
+            prefix = str(filt.convert("plan", value, parse_plan_prefix))
+            if prefix in prefixes:
+                filt.fail("plan", f"{prefix} is given twice")
+            prefixes.append(prefix)
+        plan = tuple(prefixes)
     filt.done()
-    return default_mode, ports, limits, settings
+    return default_mode, ports, limits, settings, plan
 
 
 def _interfaces(path: Path, tables: list, default_mode: str) -> tuple[Interface, ...]:

@@ -129,7 +129,8 @@ class DaemonMetrics(Collector):
         yield malformed
         events = CounterMetricFamily(
             f"{PREFIX}_events", "Events: source_lost (a hit not counted per source: the "
-            "per-source map was full; the kernel never evicts), answer_failed",
+            "per-source map was full; the kernel never evicts), answer_failed, outside_plan "
+            "(a hit from a source outside the address plan: counted only here)",
             labels=["event"])
         for k, v in snap.events.items():
             events.add_metric([k], v)

@@ -39,7 +39,7 @@ MATCHES = ("exact", "subtree", "below")
 CATEGORY_MAX = 65535  # the kernel keeps a category as a __u16; 0 means none
 MANUAL = "manual"  # the source of block add, allow add and block import
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _ENTRIES_V2 = """
 CREATE TABLE {table} (
@@ -125,6 +125,13 @@ CREATE TABLE line_exempt (
     line     TEXT NOT NULL,
     added_at TEXT NOT NULL      -- when this line got it
 )"""
+# Schema 6: the subscriber address plan (policy/plan.py): the prefixes subscribers' queries
+# come from; hits from elsewhere are counted only globally.
+_PLAN = """
+CREATE TABLE plan (
+    prefix   TEXT PRIMARY KEY,  -- normalized, as in exempt
+    added_at TEXT NOT NULL
+)"""
 _META = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -143,7 +150,7 @@ _SOURCES_V5 = ["ALTER TABLE sources ADD COLUMN origin TEXT",
                "ALTER TABLE sources ADD COLUMN match TEXT",
                "ALTER TABLE sources ADD COLUMN min_confidence INTEGER"]
 _FRESH = [_ENTRIES, _SOURCES, _ARRAYS, _MANUAL_ROW, _CATEGORIES, _EXEMPT, _LINE_EXEMPT,
-          _META]
+          _PLAN, _META]
 
 # Version 1 had block entries only (name the primary key, action always 'drop', category an
 # unnamed number). Its rows become block entries; a category number in use gets a name.
@@ -213,6 +220,12 @@ class CatalogEntry:
 
 @dataclass(frozen=True)
 class ExemptEntry:
+    prefix: str
+    added_at: str
+
+
+@dataclass(frozen=True)
+class PlanEntry:
     prefix: str
     added_at: str
 
@@ -356,6 +369,8 @@ class Catalog:
             if version >= 1 and "origin" not in columns:
                 for statement in _SOURCES_V5:
                     self.db.execute(statement)
+            if 1 <= version < 6 and not self._has_table("plan"):
+                self.db.execute(_PLAN)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _from_v2(self) -> None:
@@ -661,6 +676,21 @@ class Catalog:
 
     def remove_exempt(self, prefixes: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM exempt WHERE prefix=?", [(p,) for p in prefixes])
+
+    # -- the subscriber address plan ---------------------------------------------------------
+    def plan(self) -> list[PlanEntry]:
+        rows = self.db.execute("SELECT prefix, added_at FROM plan")
+        return [PlanEntry(prefix, restamp(added)) for prefix, added in rows]
+
+    def add_plan(self, prefixes: Iterable[str]) -> None:
+        stamp = now()
+        self.db.executemany(
+            "INSERT INTO plan (prefix, added_at) VALUES (?, ?) ON CONFLICT(prefix) DO NOTHING",
+            [(p, stamp) for p in prefixes],
+        )
+
+    def remove_plan(self, prefixes: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM plan WHERE prefix=?", [(p,) for p in prefixes])
 
     def line_exempt(self) -> list[LineExemptEntry]:
         rows = self.db.execute("SELECT prefix, line, added_at FROM line_exempt")

@@ -46,8 +46,9 @@ class LinePrefixChange:
     status: str  # "added" (the line holds it now), "removed" (it does not any more)
 
 
-def parse_prefix(text: str) -> Network:
-    """An IPv4 or IPv6 prefix; a bare address is a /32 or /128. Host bits must be clear."""
+def parse_prefix(text: str, verb: str = "exempt") -> Network:
+    """An IPv4 or IPv6 prefix; a bare address is a /32 or /128. Host bits must be clear.
+    ``verb`` says what the prefix does to its sources, for the one message that needs it."""
     value = text.strip()
     try:
         net = ipaddress.ip_network(value)
@@ -70,7 +71,7 @@ def parse_prefix(text: str) -> Network:
         if net.overlaps(_MAPPED):
             raise PrefixError(
                 text,
-                f"{value} would also exempt every IPv4 source (the kernel keeps IPv4 "
+                f"{value} would also {verb} every IPv4 source (the kernel keeps IPv4 "
                 f"sources as {_MAPPED}): give IPv6 prefixes that leave {_MAPPED} out, and "
                 f"IPv4 prefixes as IPv4",
             )

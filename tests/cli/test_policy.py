@@ -351,7 +351,8 @@ def test_exempt_sources_are_passed_unjudged_and_not_counted(policy):
     after = read_stats(policy.dp)
     assert after.outcomes["exempt"] - before.outcomes["exempt"] == len(exempt)
     assert after.outcomes["blocked"] - before.outcomes["blocked"] == len(judged)
-    assert set(policy.sources()) == {f"{s}#0" for s in judged}, "no exempt source counted"
+    counted = ["198.18.1.10", "198.18.2.2", "fd00:cd::/64"]  # IPv6 per /64
+    assert set(policy.sources()) == {f"{s}#0" for s in counted}, "no exempt source counted"
 
     assert cli.json("exempt", "add", "198.18.1.9/32") == [
         {"prefix": "198.18.1.9/32", "status": "unchanged"}]
@@ -437,7 +438,8 @@ def test_config_show_and_set_without_the_program(ccxdp):
     shown = ccxdp.json("config", "show")
     assert shown == {
         "settings": {"default_action": "drop", "sinkhole_v4": "0.0.0.0", "sinkhole_v6": "::",
-                     "answer_ttl": 300, "negative_ttl": 300, "edns_udp_size": 1232},
+                     "answer_ttl": 300, "negative_ttl": 300, "edns_udp_size": 1232,
+                     "source_prefix_v6": 64},
         "loaded": False,
         "map": str(ccxdp.pin_dir / shared.MAP_CONFIG),
         "file": str(ccxdp.state_dir / "settings.json"),
@@ -461,7 +463,8 @@ def test_attach_sets_the_default_action_and_sinkholes(ccxdp, bare_netns):
     assert shown["loaded"] is True
     assert shown["settings"] == {"default_action": "sinkhole", "sinkhole_v4": "198.18.0.53",
                                  "sinkhole_v6": "fd00::53", "answer_ttl": 77,
-                                 "negative_ttl": 300, "edns_udp_size": 1232}
+                                 "negative_ttl": 300, "edns_udp_size": 1232,
+                                 "source_prefix_v6": 64}
     ccxdp.run("block", "add", "sink.test")
     v = p.judge("sink.test")
     assert [r.to_text() for r in v.answer.answer[0]] == ["198.18.0.53"]
@@ -580,7 +583,7 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
     path = tmp_path / "catalog.db"
     make_v1_catalog(path, V1_ROWS)
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert [(e.kind, e.name, e.hash, e.match, e.action, e.category, e.added_at)
                 for e in c.entries()] == [
             ("block", "c2.test", (1 << 63) - 1, "exact", "drop", 3, "2026-11-02T00:00:00Z"),
@@ -594,7 +597,7 @@ def test_catalog_migrates_from_version_1_keeping_rows(tmp_path):
         assert c.meta("key") == "f00d"
         assert c.categories() == {3: "category-3"}
         assert c.category_id("emotet") == 1  # the smallest free id
-        assert c.entries("allow") == [] and c.exempt() == []
+        assert c.entries("allow") == [] and c.exempt() == [] and c.plan() == []
     with Catalog(path) as c:  # opening again changes nothing
         assert len(c.entries()) == 2 and c.categories() == {1: "emotet", 3: "category-3"}
 
@@ -876,7 +879,9 @@ def test_a_version_4_catalog_gains_origin_and_provenance(tmp_path):
         c.db.execute("ALTER TABLE sources DROP COLUMN max_shrink")
         c.db.execute("ALTER TABLE sources DROP COLUMN match")
         c.db.execute("ALTER TABLE sources DROP COLUMN min_confidence")
+        c.db.execute("DROP TABLE plan")  # schema 6
         c.db.execute("PRAGMA user_version=4")
     with Catalog(path) as c:
-        assert c.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert c.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert c.plan() == []
         assert (c.source("manual").origin, c.source("manual").provenance) == (None, None)

@@ -4,6 +4,7 @@ blocked and monitored queries, per address and category, and the kernel holds no
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -30,7 +31,7 @@ def stored(ccxdp) -> tuple[dict[tuple[str, str], int], list]:
 
 def test_collect_stores_each_query_per_address_and_category(ccxdp, lab):
     a, b = lab.cli_v4_addrs[:2]
-    a6 = lab.cli_v6
+    a6 = str(ipaddress.ip_network((lab.cli_v6, 64), strict=False))  # IPv6 counted per /64
     ccxdp.json("attach", lab.res_if, *lab.res_netns_opt)
     ccxdp.run("block", "add", "evil.test", "--category", "emotet")
     ccxdp.run("block", "add", "bad.test", "--subtree", "--category", "qakbot")

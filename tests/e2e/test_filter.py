@@ -4,6 +4,8 @@ sees, what unbound's own log says reached it, and ccxdp's exact counters."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -13,8 +15,29 @@ def attach(ccxdp, lab, *extra: str) -> dict:
     return ccxdp.json("attach", lab.res_if, *lab.res_netns_opt, *extra)
 
 
+def test_outside_the_address_plan_blocked_but_counted_only_globally(ccxdp, lab):
+    """The plan holds client A's addresses only: client B's queries (another address of the
+    same client host) are blocked all the same, but counted only in outside_plan."""
+    client_a, client_b = lab.cli_v4_addrs[:2]
+    attach(ccxdp, lab)
+    ccxdp.run("block", "add", "evil.test")
+    ccxdp.run("plan", "add", f"{client_a}/32", f"{lab.cli_v6}/128")
+    assert lab.dig("evil.test", source=client_a).timed_out
+    assert lab.dig("evil.test", family=6).timed_out
+    for _ in range(2):
+        assert lab.query("evil.test", source=client_b) is None
+    assert lab.unbound_queries_for("evil.test") == 0
+    stats = ccxdp.json("stats")
+    assert stats["outcomes"]["blocked"] == 4
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 2}
+    hits = {s["address"]: s["hits"] for s in stats["sources"]}
+    assert hits == {client_a: 1, str(ipaddress.ip_network((lab.cli_v6, 64), strict=False)): 1}
+    assert ccxdp.json("status")["plan"]["prefixes"] == [f"{client_a}/32", f"{lab.cli_v6}/128"]
+
+
 def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     (client_a, client_b), client_a6 = lab.cli_v4_addrs[:2], lab.cli_v6
+    client_a6 = str(ipaddress.ip_network((client_a6, 64), strict=False))  # IPv6 per /64
     assert lab.dig("evil.test").rdata("A") == ["198.18.2.1"]
     assert lab.dig("www.bad.test").rdata("A") == ["198.18.3.2"]
 
@@ -56,7 +79,7 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert stats["outcomes"]["malformed"] == 0
     assert stats["judged"] == 11
     assert stats["names"] == 2
-    assert stats["events"] == {"source_lost": 0, "answer_failed": 0}
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 0}
     assert stats["actions"]["drop"] == 8
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
     assert hits == {(client_a, 0): 3, (client_b, 0): 1, (client_a6, 0): 4}

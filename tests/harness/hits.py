@@ -64,8 +64,11 @@ def _checked(raw) -> tuple[str, int, str | None, int, int, int, int, Sequence[st
         raise StoreError(f"a hit row has 7 or 8 fields, not {len(raw)}: {raw!r}")
     address, category, name, hour_start, hits, first, last, *rest = raw
     feeds = (rest[0] if rest else ()) or ()
-    if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise StoreError(f"not an IPv4Address or IPv6Address: {address!r}")
+    sources = ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv6Network
+    if not isinstance(address, sources):
+        raise StoreError(f"not an IPv4Address, IPv6Address or IPv6Network: {address!r}")
+    if isinstance(address, ipaddress.IPv6Network):  # a source counted by its prefix
+        address = str(address)
     if type(category) is not int or not 0 <= category <= CATEGORY_MAX:
         raise StoreError(f"category id out of range 0-{CATEGORY_MAX}: {category!r}")
     if name is not None and (type(name) is not str or not name):
@@ -88,17 +91,24 @@ BOOT = 1_790_000_000 * 10**9  # a hit clock's offset to Unix time, in ns, for st
 
 
 def packed(address: str) -> bytes:
-    a = ipaddress.ip_address(address)
+    a = ipaddress.ip_network(address).network_address
     return (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a).packed
+
+
+def prefix_len(address: str) -> int:
+    """The kernel key's prefix length of a source: an IPv6 prefix's, else 128 (an address;
+    IPv4 ones are kept IPv4-mapped, 128 bits)."""
+    net = ipaddress.ip_network(address)
+    return net.prefixlen if net.version == 6 else 128
 
 
 def counters(*entries, offset_ns: int = BOOT) -> tuple[bytes, bytes]:
     """Kernel bytes, as the collector stages them, of (address, category, hits, first_us,
-    last_us) entries (Unix microseconds)."""
+    last_us) entries (Unix microseconds); an address may be an IPv6 prefix (fd00:cc::/64)."""
     keys = values = b""
     for address, category, hits, first_us, last_us in entries:
         raw = packed(address)
-        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1)
+        keys += COUNTER_KEY.pack(raw[:12], raw[12:], category, 1, prefix_len(address))
         values += COUNTER_VALUE.pack(hits, first_us * 1000 - offset_ns,
                                      last_us * 1000 - offset_ns)
     return keys, values

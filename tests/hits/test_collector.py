@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -58,7 +59,7 @@ def kernel_entries(dp) -> dict[tuple[str, int, int], int]:
     """{(address, category, buffer): hits} of the per-source map, both buffers."""
     with dp.open_map(shared.MAP_SOURCES) as m:
         return {
-            (address_text(ipaddress.IPv6Address(bytes(k.addr))), k.category, k.buffer): v.hits
+            (packed_address_text(bytes(k.addr), k.prefix_len), k.category, k.buffer): v.hits
             for k, v in m.lookup_batch()
         }
 
@@ -115,11 +116,18 @@ class Traffic:
 
 @pytest.fixture
 def traffic(datapath):
+    """Blocked names and sources counted per address (IPv6 too: source_prefix_v6 128, so
+    that fd00:cc::2 and fd00:cc::99 stay two sources here)."""
     dp, fd = datapath
     key = dp.hash_key()
     set_entries(dp, {name_hash("a.test", key): (0, 7), name_hash("b.test", key): (0, 9)})
     set_epoch(dp, 0)
-    return dp, Traffic(fd, {"a.test": 7, "b.test": 9})
+    before = dp.settings()
+    dp.set_settings(replace(before, source_prefix_v6=128))
+    try:
+        yield dp, Traffic(fd, {"a.test": 7, "b.test": 9})
+    finally:
+        dp.set_settings(before)
 
 
 @pytest.fixture
@@ -537,6 +545,8 @@ class Live:
                   "--max-sources", str(max_sources))
         ccxdp.run("block", "add", "a.test", "--category", "emotet")
         ccxdp.run("block", "add", "b.test", "--category", "qakbot")
+        # Per address, so that Traffic's two IPv6 sources stay two (one /64 by default).
+        ccxdp.run("config", "set", "source_prefix_v6", "128")
         cats = _categories(ccxdp)
         self.fd = libbpf.obj_get(ccxdp.pin_dir / shared.PROG_PIN)
         self.traffic = Traffic(self.fd, {"a.test": cats["emotet"], "b.test": cats["qakbot"]})
@@ -622,8 +632,10 @@ def live(ccxdp, bare_netns):
 @pytest.mark.root
 def test_ccxdp_collect_prints_what_it_took(live):
     t = live.traffic
+    live.ccxdp.run("config", "set", "source_prefix_v6", "64")
     t.send("198.18.0.2", "a.test", 3)
-    t.send("fd00:cc::2", "b.test", 2)
+    t.send("fd00:cc::2", "b.test", 1)
+    t.send("fd00:cc::99", "b.test", 1)  # the same /64: one source
     out = live.ccxdp.json("collect")
     assert out == {"epoch": 0, "rows": 2, "hits": 5, "sources": 2, "counters": 2,
                    "recovered": 0, "lost": 0, "lost_total": 0, "seconds": out["seconds"],
@@ -633,7 +645,7 @@ def test_ccxdp_collect_prints_what_it_took(live):
     assert text.stderr == ""
     with live.store() as store:
         assert stored(store) == {("198.18.0.2", t.names["a.test"]): 3,
-                                 ("fd00:cc::2", t.names["b.test"]): 2}
+                                 ("fd00:cc::/64", t.names["b.test"]): 2}
         assert set(store.categories().values()) == {"emotet", "qakbot"}
 
 

@@ -17,15 +17,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ccxdp.hits.store import (
+    COUNTER_KEY,
+    COUNTER_VALUE,
     SCHEMA_VERSION,
     Store,
     StoreError,
+    address_text,
+    counter_rows,
     iso,
     period_bounds,
     store_path,
     to_us,
 )
-from tests.harness.hits import BOOT, HitRow, add_hits, counters
+from tests.harness.hits import BOOT, HitRow, add_hits, counters, packed
 
 H = datetime(2026, 11, 3, 10, tzinfo=UTC)
 A4 = ipaddress.ip_address("198.18.0.2")
@@ -561,3 +565,22 @@ def test_iso_is_the_one_time_form(us):
     from ccxdp.utc import utc_text
 
     assert iso(us) == utc_text(from_us(us), "auto")
+
+
+def test_kernel_sources_become_addresses_and_ipv6_prefixes():
+    """The kernel key's prefix length names the source: IPv4 an address, IPv6 a prefix
+    unless 128 (or 0, in counters staged before sources had a length)."""
+    def key(address: str, plen: int) -> bytes:
+        raw = packed(address)
+        return COUNTER_KEY.pack(raw[:12], raw[12:], 3, 0, plen)
+
+    keys = (key("198.18.0.2", 128) + key("fd00:cc:0:100::", 56) + key("fd00:cc::", 64)
+            + key("fd00:cc::7", 128) + key("fd00:cc::8", 0))
+    values = COUNTER_VALUE.pack(1, 0, 0) * 5
+    rows = counter_rows(keys, values, BOOT)
+    assert [r[1] for r in rows] == ["198.18.0.2", "fd00:cc:0:100::/56", "fd00:cc::/64",
+                                    "fd00:cc::7", "fd00:cc::8"]
+    assert address_text("FD00:CC::/64") == "fd00:cc::/64"
+    assert address_text("fd00:cc::7/128") == "fd00:cc::7"
+    with pytest.raises(StoreError, match="not an IPv6 source prefix: '198.18.0.0/24'"):
+        address_text("198.18.0.0/24")

@@ -257,3 +257,20 @@ def test_id_text():
 def test_unknown_field():
     with pytest.raises(attribution.CcxdpError, match="unknown line id field 'mac'"):
         attribution.load(line_id_from="mac")
+
+
+def test_a_prefix_hit_goes_only_to_a_session_holding_the_whole_prefix():
+    """IPv6 hits are counted per /64 (source_prefix_v6): the row names the prefix. The /56
+    delegated to L-1 holds it; a /128 of another line inside it does not (the hit may have
+    come from any address of the /64), and neither does a /72 inside it."""
+    sessions = Sessions.build([
+        Session("L-1", ipaddress.ip_network("fd00:12:0:500::/56"), t(1), 1 << 62),
+        Session("L-2", ipaddress.ip_network("fd00:12:0:501::9/128"), t(1), 1 << 62),
+        Session("L-3", ipaddress.ip_network("fd00:12:0:502::/72"), t(1), 1 << 62),
+    ])
+    assert sessions.lookup("fd00:12:0:501::/64", t(3), t(3)) == ("L-1", "")
+    assert sessions.lookup("fd00:12:0:502::/64", t(3), t(3)) == ("L-1", "")
+    assert sessions.lookup("fd00:12:0:501::9", t(3), t(3)) == ("L-2", "")  # a /128 row
+    assert sessions.lookup("fd00:12:0:500::/56", t(3), t(3)) == ("L-1", "")
+    assert sessions.lookup("fd00:12:0:400::/56", t(3), t(3)) == (None, "no session")
+    assert sessions.lookup("fd00:12::/48", t(3), t(3)) == (None, "no session")

@@ -68,7 +68,8 @@ def hit_rows(script=SCRIPT) -> list[HitRow]:
     for addr, cat, day, hour, hits, first, last, feeds in script:
         start = datetime(2026, 11, day, hour, tzinfo=UTC)
         rows.append(HitRow(
-            ipaddress.ip_address(addr), cat, NAMES[cat], start, hits,
+            ipaddress.ip_network(addr) if "/" in addr else ipaddress.ip_address(addr), cat,
+            NAMES[cat], start, hits,
             start + timedelta(minutes=first), start + timedelta(minutes=last, seconds=30),
             feeds,
         ))
@@ -757,3 +758,17 @@ def test_expire_refuses_a_bad_age(tmp_path, age, reason):
     assert cp.returncode == 2 and "--older-than" in cp.stderr and reason in cp.stderr
     assert "Traceback" not in cp.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_record_shows_the_ipv6_prefix_hits_were_counted_by(world):
+    """IPv6 hits are counted per /64 (source_prefix_v6): the row names the prefix, the /56
+    delegated to L-1 takes it, and L-1's record lists it among its addresses."""
+    prefix = "fd00:cc:0:12::/64"  # inside L-1's fd00:cc::/56
+    state = world["dir"] / "state64"
+    seed(state, [(A, EMOTET, 3, 10, 4, 5, 50, ()), (prefix, EMOTET, 4, 11, 3, 0, 59, ()),
+                 (prefix, QAKBOT, 12, 1, 2, 0, 0, ())])
+    data = json.loads(ccxdp(state, *notify_args(world, "--json")).stdout)
+    l1 = next(r for r in data["would_notify"] if r["line"] == "L-1")
+    assert (l1["addresses"], l1["hits"], l1["days"]) == ([A, prefix], 9, 3)
+    assert l1["categories"] == {"emotet": 7, "qakbot": 2}
+    assert data["unattributed"] == []

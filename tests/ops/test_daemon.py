@@ -108,10 +108,13 @@ def daemons(ccxdp, lab, tmp_path):
 
 def config_text(lab, feeds: list[dict], on_stop: str = "keep", collect: float = 3600,
                 default_action: str = "nxdomain", metrics: str | None = None,
-                interfaces: list[dict] = (), log_level: str = "info") -> str:
+                interfaces: list[dict] = (), plan: list[str] | None = None,
+                log_level: str = "info") -> str:
     lines = [f'on_stop = "{on_stop}"', f'log_level = "{log_level}"', "", "[filter]",
-             f'default_action = "{default_action}"',
-             "", "[[interfaces]]", f'name = "{lab.res_if}"']
+             f'default_action = "{default_action}"']
+    if plan is not None:
+        lines.append(f"plan = {json.dumps(plan)}")
+    lines += ["", "[[interfaces]]", f'name = "{lab.res_if}"']
     if lab.res_ns:
         lines.append(f'netns = "{lab.res_ns}"')
     for i in interfaces:
@@ -205,19 +208,26 @@ def test_sighup_applies_a_changed_config_and_keeps_the_old_one_when_bad(ccxdp, l
     two = tmp_path / "two.txt"
     two.write_text(".bad.test\n")  # the name and every name below it
     cfg = tmp_path / "ccxdp.toml"
-    cfg.write_text(config_text(lab, [{"name": "one", "path": str(one)}]))
+    cfg.write_text(config_text(lab, [{"name": "one", "path": str(one)}],
+                               plan=["198.18.0.0/24", "fd00:cc::/64"]))
     d = daemons(cfg).start()
     assert rcode(lab, "evil.test") == "NXDOMAIN"
     assert rcode(lab, "www.bad.test") == "NOERROR"
+    assert ccxdp.json("status")["plan"]["prefixes"] == ["198.18.0.0/24", "fd00:cc::/64"]
+    assert ccxdp.json("plan", "list")[0]["prefix"] == "198.18.0.0/24"
 
     # A changed config: another default action, feed one gone, feed two added, a second
     # interface, and the filter is to come off when the daemon stops.
     lo = {"name": "lo", "netns": bare_netns, "mode": "generic"}
     cfg.write_text(config_text(lab, [{"name": "two", "path": str(two), "action": "refused"}],
-                               default_action="nodata", on_stop="detach", interfaces=[lo]))
+                               default_action="nodata", on_stop="detach", interfaces=[lo],
+                               plan=["198.18.0.0/24"]))
     mark = len(d.events())
     d.send(signal.SIGHUP)
     d.wait_for("reload", since=mark, result="ok")
+    assert [(e["prefix"], e["change"]) for e in d.events()[mark:] if e["event"] == "plan"] == [
+        ("fd00:cc::/64", "removed")]
+    assert ccxdp.json("status")["plan"]["prefixes"] == ["198.18.0.0/24"]
     assert {(e["event"], e["interface"]) for e in d.events()[mark:] if "interface" in e} == {
         ("attach", "lo")}
     attached = {(a["interface"], a["netns"]): a for a in ccxdp.json("status")["attachments"]}

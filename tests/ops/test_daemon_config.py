@@ -24,7 +24,8 @@ def test_the_example_config_parses_to_what_it_says():
     assert c.interfaces == (Interface("eth0", None, "auto"),)
     assert c.settings == {"default_action": "nxdomain", "sinkhole_v4": "198.18.0.53",
                           "sinkhole_v6": "fd00::53", "answer_ttl": 300, "negative_ttl": 300,
-                          "edns_udp_size": 1232}
+                          "edns_udp_size": 1232, "source_prefix_v6": 64}
+    assert c.plan is None  # commented out: the plan is left as 'ccxdp plan' made it
     assert c.dns_ports == (53,)
     assert (c.max_names, c.max_sources) == (1 << 20, 1 << 20)
     assert c.feeds == (Feed("emotet", (REPO / "examples/feeds/emotet.txt").resolve(), "auto",
@@ -50,6 +51,14 @@ def test_defaults_of_a_minimal_config(tmp_path):
     assert (c.retention_days, c.expire_unattributed) == (0.0, False)
     assert c.metrics_listen == ("fd00::10", 9100)
     assert c.sessions is None
+
+
+def test_the_plan_is_read_normalized(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[filter]\nplan = ["198.18.0.0/15", "FD00:CC::/32"]\n' + IFACE)
+    assert load_config(path).plan == ("198.18.0.0/15", "fd00:cc::/32")
+    path.write_text('[filter]\nplan = []\n' + IFACE)
+    assert load_config(path).plan == ()
 
 
 def test_sessions_paths_are_relative_to_the_config(tmp_path):
@@ -78,6 +87,17 @@ BAD = [
     ("ttl-range", '[filter]\nanswer_ttl = -1\n' + IFACE, "filter.answer_ttl", "outside"),
     ("mapped-sinkhole-v6", '[filter]\nsinkhole_v6 = "::ffff:198.18.0.53"\n' + IFACE,
      "filter.sinkhole_v6", "is an IPv4-mapped address: give 198.18.0.53 as sinkhole_v4"),
+    ("prefix-v6-range", '[filter]\nsource_prefix_v6 = 16\n' + IFACE,
+     "filter.source_prefix_v6", "outside 32..128"),
+    ("plan-not-array", '[filter]\nplan = "198.18.0.0/15"\n' + IFACE, "filter.plan",
+     "not an array of prefixes"),
+    ("plan-not-prefix", '[filter]\nplan = ["198.18.0.1/15"]\n' + IFACE, "filter.plan",
+     "host bits set"),
+    ("plan-not-string", '[filter]\nplan = [24]\n' + IFACE, "filter.plan", "not a prefix"),
+    ("plan-everything", '[filter]\nplan = ["0.0.0.0/0"]\n' + IFACE, "filter.plan",
+     "that is no plan"),
+    ("plan-twice", '[filter]\nplan = ["198.18.0.0/15", "198.18.0.0/15"]\n' + IFACE,
+     "filter.plan", "given twice"),
     ("bad-mode", '[filter]\nmode = "fast"\n' + IFACE, "filter.mode", "auto, native, generic"),
     ("interface-without-name", '[[interfaces]]\nmode = "auto"\n', "interfaces[0].name",
      "missing"),

@@ -13,7 +13,6 @@ from ccxdp.hits.stats import read_stats
 from tests.conftest import set_entries
 from tests.harness.frames import (
     CLIENT4,
-    CLIENT6,
     FLAG_QR,
     FLAG_RD,
     arp,
@@ -36,6 +35,8 @@ LONG_LABEL = "a" * 63
 # 255 bytes in wire form: three 63-byte labels, one 61-byte label, then the root byte.
 NAME_255 = ".".join([LONG_LABEL, LONG_LABEL, LONG_LABEL, "b" * 61])
 NAME_127_LABELS = ".".join(["x"] * 127)
+# IPv6 sources are counted per /64 by default (the setting source_prefix_v6).
+CLIENT6_PREFIX = "fd00:cc::/64"
 
 
 @dataclass
@@ -152,7 +153,7 @@ CASES = [
     Case("exact-ipv4", udp4(query(BLOCKED)), "blocked", blocked=[(BLOCKED, False)],
          source=CLIENT4),
     Case("exact-ipv6", udp6(query(BLOCKED)), "blocked", blocked=[(BLOCKED, False)],
-         source=CLIENT6),
+         source=CLIENT6_PREFIX),
     Case("mixed-case-0x20", udp4(query("EvIl.TeSt")), "blocked", blocked=[(BLOCKED, False)],
          source=CLIENT4),
     Case("subtree-deep", udp4(query("a.b.c.d.e." + BLOCKED)), "blocked",
@@ -164,10 +165,10 @@ CASES = [
     Case("one-vlan", udp4(query(BLOCKED), vlans=1), "blocked", blocked=[(BLOCKED, False)],
          source=CLIENT4),
     Case("two-vlans-qinq", udp6(query(BLOCKED), vlans=2), "blocked",
-         blocked=[(BLOCKED, False)], source=CLIENT6),
+         blocked=[(BLOCKED, False)], source=CLIENT6_PREFIX),
     *[
         Case(f"ipv6-{kind}", udp6(query(BLOCKED), ext=[ext_headers(kind)]), "blocked",
-             blocked=[(BLOCKED, False)], source=CLIENT6)
+             blocked=[(BLOCKED, False)], source=CLIENT6_PREFIX)
         for kind in ("hopbyhop", "routing", "dstopts")
     ],
     Case(
@@ -175,7 +176,7 @@ CASES = [
         udp6(query(BLOCKED), ext=[ext_headers(k) for k in ("hopbyhop", "routing", "dstopts")]),
         "blocked",
         blocked=[(BLOCKED, False)],
-        source=CLIENT6,
+        source=CLIENT6_PREFIX,
     ),
     Case("name-255-bytes-exact", udp4(query(NAME_255)), "blocked", blocked=[(NAME_255, False)],
          source=CLIENT4),
