@@ -41,6 +41,13 @@ class App:
         check_root()
         return Datapath(self.pin_dir, self.state_dir)
 
+    def catalog_to_read(self) -> Catalog:
+        """The catalog for a command that only reads: as catalog() gives it when the state
+        folder exists; else an empty one in memory (nothing listed, nothing made)."""
+        if self.state_dir.exists():
+            return self.catalog()
+        return click.get_current_context().with_resource(Catalog(Path(":memory:")))
+
     def store(self, spec: str | None) -> StoreLocation:
         """Where the hits are, from --store (see ccxdp/hits/location.py)."""
         return StoreLocation(spec, self.state_dir)
