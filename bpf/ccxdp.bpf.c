@@ -24,41 +24,63 @@
  */
 #define LOOP_KEY __attribute__((aligned(8)))
 
-/* The entry of one suffix hash in a buffer of the name table (maps.h), or NULL. */
-static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer)
+/*
+ * The slot of a bucket holding the hash whose low 48 bits are lo and hi, among the slots
+ * whose bits are set in mask; CCXDP_NAME_BUCKET_SLOTS if none. Every slot's tag_lo is
+ * compared, used or not (unused ones are zero): seven loads from the one line and a branch
+ * each, cheaper than reading the slot count first, and the mask, tested only once the tag
+ * matched, keeps an unused or foreign slot from counting. The mask is never compared with the
+ * slot number, so the verifier's states do not split on its value.
+ */
+static __always_inline __u32 bucket_find(const struct ccxdp_name_bucket *bk, __u32 lo, __u32 hi,
+					 __u32 mask)
 {
-	__u32 r LOOP_KEY = ((buffer & 1) << CCXDP_NAME_INDEX_LOG2) |
-			   (__u32)(suffix_hash >> (64 - CCXDP_NAME_INDEX_LOG2));
-	struct ccxdp_name_range *range = ccxdp_nrange_v1.lookup(&r);
-	__u32 base = (buffer & 1) * CCXDP_MAX_NAMES, i, end;
-
-	if (!range)
-		return NULL;
-	i = range->start;
-	end = range->end;
-	for (int n = 0; n < CCXDP_NAME_RUN_MAX; n++) {
-		__u32 at LOOP_KEY = base + i;
-		struct ccxdp_name_slot *slot;
-
-		if (i >= end)
-			break;
-		slot = ccxdp_nslot_v1.lookup(&at);
-		if (!slot || slot->hash > suffix_hash)
-			break; /* sorted: it is not there */
-		if (slot->hash == suffix_hash)
-			return &slot->entry;
-		i++;
-	}
-	return NULL;
+#pragma unroll
+	for (__u32 i = 0; i < CCXDP_NAME_BUCKET_SLOTS; i++)
+		if (bk->tag_lo[i] == lo && bk->tag_hi[i] == hi && ((mask >> i) & 1))
+			return i;
+	return CCXDP_NAME_BUCKET_SLOTS;
 }
 
-static __always_inline int bloom_may_hold(__u64 suffix_hash)
+/*
+ * The entry of one suffix hash in a buffer of the name table (maps.h), packed as
+ * action | flags << 4 | category << 8, or -1 when the buffer does not hold it. The filter
+ * word first; then one bucket, and its second only when the first says one of its names
+ * went there.
+ */
+static __always_inline __s64 lookup_name(__u64 suffix_hash, __u32 buffer)
 {
-	__u32 index LOOP_KEY = suffix_hash >> (64 - CCXDP_BLOOM_WORDS_LOG2);
-	__u64 bits = (1ULL << (suffix_hash & 63)) | (1ULL << ((suffix_hash >> 6) & 63));
-	__u64 *word = ccxdp_bloom_v2.lookup(&index);
+	__u32 base = (buffer & 1) * CCXDP_NAME_BUCKETS;
+	__u32 first = name_bucket_first(suffix_hash, CCXDP_NAME_BUCKETS);
+	__u32 index LOOP_KEY = first; /* one key slot for the three lookups (see LOOP_KEY) */
+	__u32 lo = (__u32)suffix_hash, hi = (__u16)(suffix_hash >> 32), meta, at;
+	__u64 bits = CCXDP_NAME_FILTER_BITS(suffix_hash);
+	struct ccxdp_name_bucket *bk;
+	__u64 *word = ccxdp_nfilt_v1.lookup(&index);
 
-	return word && (*word & bits) == bits;
+	if (!word || (*word & bits) != bits)
+		return -1;
+	index = base + first;
+	bk = ccxdp_nbkt_v1.lookup(&index);
+	if (!bk)
+		return -1;
+	meta = bk->meta;
+	at = bucket_find(bk, lo, hi, (1U << CCXDP_NB_PRIMARY(meta)) - 1);
+	if (at >= CCXDP_NAME_BUCKET_SLOTS) {
+		if (!(meta & CCXDP_NB_SPILLED))
+			return -1;
+		index = base + name_bucket_second(suffix_hash, first, CCXDP_NAME_BUCKETS);
+		bk = ccxdp_nbkt_v1.lookup(&index);
+		if (!bk)
+			return -1;
+		meta = bk->meta;
+		at = bucket_find(bk, lo, hi,
+				 ((1U << CCXDP_NB_USED(meta)) - 1) &
+					 ~((1U << CCXDP_NB_PRIMARY(meta)) - 1));
+		if (at >= CCXDP_NAME_BUCKET_SLOTS)
+			return -1;
+	}
+	return bk->what[at] | (__s64)bk->category[at] << 8;
 }
 
 static __always_inline void count_stat(__u32 index)
@@ -373,7 +395,7 @@ static __always_inline int judge_name(struct xdp_md *ctx, struct frame *f)
 	int action;
 
 	key = ccxdp_hkey_v2.lookup(&f->key->zero);
-	active = ccxdp_nact_v1.lookup(&f->key->zero);
+	active = ccxdp_nact_v2.lookup(&f->key->zero); /* CCXDP_NACT_LIVE */
 	if (!key || !active)
 		return XDP_PASS;
 	s->buffer = *active; /* once per packet: one list from the first suffix to the last */

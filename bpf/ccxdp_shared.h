@@ -19,14 +19,13 @@
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
 #define CCXDP_MAP_STATS "ccxdp_stats_v4"
-#define CCXDP_MAP_NAME_SLOTS "ccxdp_nslot_v1"
-#define CCXDP_MAP_NAME_RANGES "ccxdp_nrange_v1"
-#define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v1"
+#define CCXDP_MAP_NAME_BUCKETS "ccxdp_nbkt_v1"
+#define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v2"
+#define CCXDP_MAP_NAME_FILTER "ccxdp_nfilt_v1"
 #define CCXDP_MAP_SOURCES "ccxdp_srcs_v3"
 #define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
-#define CCXDP_MAP_BLOOM "ccxdp_bloom_v2"
 #define CCXDP_MAP_CONFIG "ccxdp_config_v4"
 #define CCXDP_MAP_CONFIG_ACTIVE "ccxdp_cact_v1"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
@@ -127,24 +126,42 @@ struct ccxdp_entry {
 	__u16 category;  /* small id of a malware family or feed; 0 = none */
 };
 
-/* One slot of the name table (maps.h): a name's keyed hash and its entry. */
-struct ccxdp_name_slot {
-	__u64 hash;               /* keyed 64-bit hash of the name in wire form (dns.h) */
-	struct ccxdp_entry entry;
-	__u32 pad;
+/*
+ * One bucket of the name table (maps.h): one 64-byte cache line holding up to
+ * CCXDP_NAME_BUCKET_SLOTS names. Slot i holds the low 48 bits of a name's keyed hash (tag_lo,
+ * tag_hi) and its entry (what: action | flags << 4; category). A name's first bucket is
+ * given by the top 32 bits of its hash (bucket_of in dns.h), so with at least 2^16 buckets
+ * the bucket and the 48 bits together determine all 64 bits: the comparison is the full
+ * hash's. Slots [0, CCXDP_NB_PRIMARY(meta)) hold names whose first bucket this is; slots
+ * from there to CCXDP_NB_USED(meta) hold names whose first bucket was full, placed in their
+ * second bucket. CCXDP_NB_SPILLED says some name of this first bucket lives in its second
+ * bucket, the only case in which a lookup reads a second line.
+ */
+#define CCXDP_NAME_BUCKET_SLOTS 7
+struct ccxdp_name_bucket {
+	__u32 tag_lo[CCXDP_NAME_BUCKET_SLOTS];   /* hash bits 0-31 */
+	__u16 tag_hi[CCXDP_NAME_BUCKET_SLOTS];   /* hash bits 32-47 */
+	__u16 category[CCXDP_NAME_BUCKET_SLOTS]; /* struct ccxdp_entry's category */
+	__u8 what[CCXDP_NAME_BUCKET_SLOTS];      /* struct ccxdp_entry's action | flags << 4 */
+	__u8 meta;                               /* CCXDP_NB_* */
 };
+#define CCXDP_NB_USED(meta) ((meta) & 7)
+#define CCXDP_NB_PRIMARY(meta) (((meta) >> 3) & 7)
+#define CCXDP_NB_SPILLED 0x80
 
-/* Where the hashes whose top bits are r lie in one buffer of the name table: slots
- * [start, end). */
-struct ccxdp_name_range {
-	__u32 start;
-	__u32 end;
-};
+/* The two bits a hash sets in its first bucket's word of the name filter (maps.h). */
+#define CCXDP_NAME_FILTER_BITS(hash) ((1ULL << ((hash) & 63)) | (1ULL << (((hash) >> 6) & 63)))
 
-/* Hashes one range may hold: the control plane refuses a list that would need more (with
- * two names per range on average, that is about a one-in-30,000 event for a full table,
- * and a fresh hash key makes another list). */
-#define CCXDP_NAME_RUN_MAX 16
+/* The fewest buckets a table has: below 2^16 the bucket and the 48 stored bits no longer
+ * determine the whole hash. */
+#define CCXDP_NAME_BUCKETS_MIN 65536
+
+/* Entries of ccxdp_nact: the live buffer (the one word a packet reads), then what only the
+ * control plane reads: the capacity in names set at first attach and each buffer's count. */
+#define CCXDP_NACT_LIVE 0
+#define CCXDP_NACT_CAPACITY 1
+#define CCXDP_NACT_COUNT 2 /* + buffer */
+#define CCXDP_NACT_ENTRIES 4
 
 /* Per-source key: IPv4 sources are stored IPv4-mapped (::ffff:a.b.c.d), so one form serves
  * both families. IPv6 sources are kept per prefix (a subscriber's delegation, the setting

@@ -33,12 +33,11 @@
 #define DNS_MAX_NAME_WORDS (DNS_MAX_LABELS + 1)
 
 /*
- * Look one suffix hash up in a buffer of the name table. Defined in ccxdp.bpf.c: bcc rewrites map calls
+ * Look one suffix hash up in a buffer of the name table: its entry packed as
+ * action | flags << 4 | category << 8, or -1. Defined in ccxdp.bpf.c: bcc rewrites map calls
  * only in the main file, so headers leave map access to it.
  */
-static __always_inline struct ccxdp_entry *lookup_name(__u64 suffix_hash, __u32 buffer);
-/* Whether the bloom pre-filter may hold a suffix hash (false: certainly not listed). */
-static __always_inline int bloom_may_hold(__u64 suffix_hash);
+static __always_inline __s64 lookup_name(__u64 suffix_hash, __u32 buffer);
 
 static __always_inline struct dnshdr *parse_dnshdr(struct cursor *c)
 {
@@ -154,7 +153,8 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 		__u32 rem = s->rem, pos, label, word;
 		__u64 w, take, suffix;
 		const __u32 *nh;
-		struct ccxdp_entry *e;
+		__s64 found;
+		__u32 flags;
 
 		if (rem == 0) {
 			/* Start the next label to the left, or stop after the leftmost. */
@@ -187,19 +187,19 @@ static __always_inline void dns_match_suffixes(struct xdp_md *ctx, struct ccxdp_
 		/* A label is complete: state now covers one more suffix. */
 		state = chain_label(state, a, b);
 		suffix = state ^ key->k1;
-		if (!bloom_may_hold(suffix))
+		found = lookup_name(suffix, s->buffer);
+		if (found < 0)
 			continue;
-		e = lookup_name(suffix, s->buffer);
-		if (!e)
-			continue;
+		flags = (found >> 4) & 0xf;
 		/* The leftmost label's suffix is the name itself; the others are above it. */
-		if (s->label == 0 ? (e->flags & CCXDP_ENTRY_NOT_SELF)
-				  : !(e->flags & CCXDP_ENTRY_SUBTREE))
+		if (s->label == 0 ? (flags & CCXDP_ENTRY_NOT_SELF) : !(flags & CCXDP_ENTRY_SUBTREE))
 			continue;
-		s->match = *e;
+		s->match.action = found & 0xf;
+		s->match.flags = flags;
+		s->match.category = found >> 8;
 		s->matched = 1;
-		if (s->label == 0 ? (e->flags & CCXDP_ENTRY_ALLOW_NAME)
-				  : (e->flags & CCXDP_ENTRY_ALLOW_BELOW)) {
+		if (s->label == 0 ? (flags & CCXDP_ENTRY_ALLOW_NAME)
+				  : (flags & CCXDP_ENTRY_ALLOW_BELOW)) {
 			s->match.action = CCXDP_ACTION_ALLOW;
 			s->match.category = 0;
 		}

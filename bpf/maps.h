@@ -14,11 +14,6 @@
 #define CCXDP_PIN_DIR "/sys/fs/bpf/ccxdp"
 #endif
 
-/* An ISP's threat feeds run to about a million C&C names. */
-#ifndef CCXDP_MAX_NAMES
-#define CCXDP_MAX_NAMES 1048576
-#endif
-
 /* Entries per collection buffer, one per (source address, category) that hit a block entry
  * between two collections; a large ISP resolver sees about a million subscriber addresses. */
 #ifndef CCXDP_MAX_SOURCES
@@ -39,11 +34,6 @@
  * 14 + 2 * 4 (VLAN) + 40 + CCXDP_MAX_IPV6_EXT * 2048 + 8 (UDP) + 12 (DNS) = 8274 bytes. */
 #define CCXDP_MAX_FRAME_OFF 0x3fff
 
-/* 2^18 words of 64 bits = 16 bits per name for a million names. */
-#ifndef CCXDP_BLOOM_WORDS_LOG2
-#define CCXDP_BLOOM_WORDS_LOG2 18
-#endif
-
 #define CCXDP_PIN(name) CCXDP_PIN_DIR "/" name
 
 /*
@@ -56,33 +46,48 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v4, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
- * The name table: every listed name's hash and entry, double-buffered so that a new list
- * replaces the old one atomically.
+ * The name table: every listed name's hash and entry in buckets of one cache line,
+ * double-buffered so that a new list replaces the old one atomically.
  *
- * Buffer b (0 or 1) is slots [b * CCXDP_MAX_NAMES, b * CCXDP_MAX_NAMES + n) of ccxdp_nslot,
- * sorted by hash, and ranges [b << CCXDP_NAME_INDEX_LOG2, (b + 1) << CCXDP_NAME_INDEX_LOG2)
- * of ccxdp_nrange, where range r gives the slots of the hashes whose top
- * CCXDP_NAME_INDEX_LOG2 bits are r. ccxdp_nact says which buffer is live. A lookup reads the
- * live buffer once per packet, then one range and a few slots: arrays, so every read is an
- * inlined bounds check, and 16 bytes a slot instead of a hash map's 80 a name.
+ * Buffer b (0 or 1) is buckets [b * CCXDP_NAME_BUCKETS, (b + 1) * CCXDP_NAME_BUCKETS) of
+ * struct ccxdp_name_bucket (ccxdp_shared.h). A suffix's hash picks its first bucket by its top
+ * bits and is compared with the tags there: judging it reads that one line, listed or not.
+ * Only when its first bucket overflowed (CCXDP_NB_SPILLED, about 1% of buckets with the table
+ * full) is its second bucket read too. The control plane builds the buckets
+ * (ccxdp/datapath/bulk.c) with about 3 names a bucket in a full table, 7 slots each, so
+ * that overflow stays rare: 43 bytes a name with both buffers full, 45 with the filter below.
  *
  * Why a swap is atomic: the control plane writes a whole new list into the buffer no packet
- * reads, then changes ccxdp_nact, one aligned 32-bit word whose only changing byte is 0 or 1
- * (a store the CPU makes at once). A packet reads ccxdp_nact once and then only that buffer,
- * so it sees the old list or the new one, never a mix; after the switch the control plane
- * waits for an RCU grace period (membarrier), which every XDP run in flight finishes within,
- * before it calls the swap done or writes that buffer again. Written only by the control
- * plane (ccxdp/datapath/nametable.py); host order. Mappable, so it writes a million slots
- * in one copy.
+ * reads, then changes entry CCXDP_NACT_LIVE of ccxdp_nact, one aligned 32-bit word whose only
+ * changing byte is 0 or 1 (a store the CPU makes at once). A packet reads that word once and
+ * then only that buffer, so it sees the old list or the new one, never a mix; after the
+ * switch the control plane waits for an RCU grace period (membarrier), which every XDP run in
+ * flight finishes within, before it calls the swap done or writes that buffer again. Written
+ * only by the control plane (ccxdp/datapath/nametable.py); host order. Mappable (so a
+ * million names are one copy, and the buckets start page-aligned: one line each).
  */
-#ifndef CCXDP_NAME_INDEX_LOG2
-#define CCXDP_NAME_INDEX_LOG2 19 /* two names per range on average in a full table */
+#ifndef CCXDP_NAME_BUCKETS
+#define CCXDP_NAME_BUCKETS 349526 /* a million names, 3 a bucket: ceil(2^20 / 3) */
 #endif
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_slot, ccxdp_nslot_v1, 2 * CCXDP_MAX_NAMES,
-		 CCXDP_PIN(CCXDP_MAP_NAME_SLOTS), BPF_F_MMAPABLE);
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_range, ccxdp_nrange_v1,
-		 2 << CCXDP_NAME_INDEX_LOG2, CCXDP_PIN(CCXDP_MAP_NAME_RANGES), BPF_F_MMAPABLE);
-BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v1, 1, CCXDP_PIN(CCXDP_MAP_NAME_ACTIVE));
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_name_bucket, ccxdp_nbkt_v1,
+		 2 * CCXDP_NAME_BUCKETS, CCXDP_PIN(CCXDP_MAP_NAME_BUCKETS), BPF_F_MMAPABLE);
+BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_nact_v2, CCXDP_NACT_ENTRIES,
+		 CCXDP_PIN(CCXDP_MAP_NAME_ACTIVE));
+
+/*
+ * The name filter: one 64-bit word per bucket, in which each name of either buffer whose
+ * first bucket it is sets CCXDP_NAME_FILTER_BITS, so that a suffix nobody lists (nearly all of
+ * them) is judged by a word in a 2.7 MB array rather than by a line of the 43 MB table. Under
+ * real traffic that is the difference between the upper suffixes of unlisted names staying
+ * in the cache and TLB (one dense array) or each taking a page of the table. The bucket's
+ * address does not depend on the word, only the decision to read it, so for a listed name
+ * both loads are in flight at once. About 1% false positives with the table full. The control
+ * plane sets a list's bits before it goes live and clears bits only by rebuilding from the
+ * live list once no packet can read the other buffer, so the filter never says "no" for a
+ * listed name. Key: first bucket. Value: host order. Mappable.
+ */
+BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_nfilt_v1, CCXDP_NAME_BUCKETS,
+		 CCXDP_PIN(CCXDP_MAP_NAME_FILTER), BPF_F_MMAPABLE);
 
 /*
  * Hits per source, double-buffered so that a collector takes every hit exactly once.
@@ -110,20 +115,6 @@ BPF_TABLE_PINNED("hash", struct ccxdp_source_key, struct ccxdp_source_hits, ccxd
 		 2 * CCXDP_MAX_SOURCES, CCXDP_PIN(CCXDP_MAP_SOURCES), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_sepoch_v1, 1,
 		 CCXDP_PIN(CCXDP_MAP_SOURCE_EPOCH));
-
-/*
- * Bloom pre-filter over the hashes of both name-table buffers, so that a query that matches
- * nothing (nearly all of them) costs one inlined array read per suffix instead of a range
- * and a slot in a 32 MB table (two cache misses). Key: word
- * index, the top CCXDP_BLOOM_WORDS_LOG2 bits of a name hash. Value: 64 bits, host order; a
- * hash sets bits (hash & 63) and ((hash >> 6) & 63) of its word. The control plane sets a
- * name's bits before a list holding it goes live and clears bits only by rebuilding from the
- * live list once no packet can read the other one, so the filter never says "no" for a
- * listed name.
- * 16 bits per name by default: about 1.4% false positives with the map full.
- */
-BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_bloom_v2, 1 << CCXDP_BLOOM_WORDS_LOG2,
-		 CCXDP_PIN(CCXDP_MAP_BLOOM), BPF_F_MMAPABLE);
 
 /*
  * Run-time settings, double-buffered like the name table: ccxdp_cact (one __u32, 0 or 1) says

@@ -19,7 +19,7 @@
 #error "ccxdp's name hash reads little-endian words"
 #endif
 
-/* A bijection of 64 bits whose top bits (the table and bloom indexes) depend on every input
+/* A bijection of 64 bits whose top bits (the bucket index) depend on every input
  * bit. */
 static __always_inline __u64 mix64(__u64 x)
 {
@@ -51,6 +51,26 @@ static __always_inline __u64 lower_word(__u64 w)
 static __always_inline __u64 chain_label(__u64 state, __u64 a, __u64 b)
 {
 	return mix64(mix64(state ^ a) ^ b);
+}
+
+/*
+ * A name's first bucket in a table of nb buckets: its hash's top 32 bits scaled to [0, nb)
+ * (a multiply and a shift, no division). Monotonic in the hash, so a sorted list of hashes
+ * fills the buckets in order, and the top bits that pick it are not among the 48 a bucket
+ * stores.
+ */
+static __always_inline __u32 name_bucket_first(__u64 hash, __u32 nb)
+{
+	return (__u32)(((hash >> 32) * nb) >> 32);
+}
+
+/* Its second bucket: an offset of 1 to nb - 1 from the first, given by the low 32 bits (which
+ * the bucket stores, so the first is found again from the second and the tag). */
+static __always_inline __u32 name_bucket_second(__u64 hash, __u32 first, __u32 nb)
+{
+	__u32 b = first + 1 + (__u32)(((hash & 0xffffffffULL) * (nb - 1)) >> 32);
+
+	return b >= nb ? b - nb : b;
 }
 
 #endif /* CCXDP_NAME_HASH_H */

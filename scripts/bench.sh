@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 # The benchmarks of docs/benchmarks.md in one command, as root, after scripts/setup.sh: per-packet
 # cost through BPF_PROG_TEST_RUN, feed import and kernel memory, collection, and end to end
-# under dnsperf in namespaces (ccxdp against Unbound RPZ, with and without ccxdp, and the
-# load generator's ceiling). Prints a table against the targets, writes the figures as JSON
-# and draws one PNG chart. A few minutes; --smoke runs it on tiny sizes in seconds.
+# under dnsperf in namespaces (ccxdp against Unbound RPZ, with and without ccxdp, the load
+# generator's ceiling, and in place the 0- and 1-read floors and a Zipf query mix beside the
+# uniform one). Prints a table against the targets, writes the figures as JSON and draws one
+# PNG chart. scripts/bench/compare.py sets two builds, or two list sizes, side by side. A few minutes; --smoke runs it on tiny sizes in seconds.
 #
 #   scripts/bench.sh [--smoke] [--out DIR]     (default DIR: docs/bench)
 #

@@ -100,8 +100,7 @@ def xlated_insns(fd: int) -> int | None:
 
 def table_memory(dp: Datapath) -> str:
     total = 0
-    for name in (shared.MAP_NAME_SLOTS, shared.MAP_NAME_RANGES, shared.MAP_NAME_ACTIVE,
-                 shared.MAP_BLOOM):
+    for name in (shared.MAP_NAME_BUCKETS, shared.MAP_NAME_ACTIVE, shared.MAP_NAME_FILTER):
         with dp.open_map(name) as m:
             total += libbpf.map_memlock(m.fd)
     return f"{total / 2**20:.1f} MiB"
@@ -144,11 +143,14 @@ def main() -> int:
             f"DNS miss, {miss} (3 labels), {args.names:,} names": (fd, udp4(query(miss))),
             f"DNS miss, {deep} (6 labels)": (fd, udp4(query(deep))),
             f"DNS blocked (drop), {blocked_name}": (fd, udp4(query(blocked_name))),
+            f"DNS miss, x{blocked_name[1:]} (its length)": (
+                fd, udp4(query("x" + blocked_name[1:]))),
             f"exempt source {EXEMPT_SRC}, blocked name": (
                 fd, udp4(query(blocked_name), src=EXEMPT_SRC)),
         }
         keys = dict(zip(frames, ["non_dns_udp", "non_dns_tcp", "miss_1_label", "miss_3_labels",
-                                 "miss_6_labels", "blocked_drop", "exempt_source"], strict=True))
+                                 "miss_6_labels", "blocked_drop", "miss_same_length",
+                                 "exempt_source"], strict=True))
         # An answer rewrites the frame in place, so a repeated test run would judge the
         # answer, not the query: these run once per call, many calls, beside the empty
         # program measured the same way.
@@ -166,22 +168,23 @@ def main() -> int:
             for name, (prog, frame) in cases.items():
                 run = libbpf.prog_test_run(prog, frame, repeat=args.repeat)
                 samples[name].append(run.duration_ns)
-        # One name either is or is not a bloom false positive under this run's key; the mean
-        # over many names includes the false-positive lookups a real query mix pays for.
+        # Names whose leftmost suffix lands in different buckets, some spilled: the mean
+        # includes the second reads a real query mix pays for.
         mix = [f"host{i}.site{i * 7919 % 1000}.example" for i in range(64)]
         mix_ns = [
             libbpf.prog_test_run(fd, udp4(query(n)), repeat=max(args.repeat // 16, 1)).duration_ns
             for n in mix
         ]
-        with dp.open_map(shared.MAP_BLOOM) as b:
-            words = [v.value for _, v in b.lookup_batch()]
-        print(f"kernel memory of the name table and bloom filter: {table_memory(dp)}")
+        with NameTable(dp) as table:
+            view = table._buffer(table.active())
+            metas = bytes(view[63::64])
+            view.release()
+        print(f"kernel memory of the name table: {table_memory(dp)}")
         insns = {"xlated": xlated_insns(fd), "verified": libbpf.prog_info(fd).verified_insns}
         print(f"program: {insns['xlated']} instructions after the verifier, which processed "
               f"{insns['verified']:,} to load it")
-        fill = sum(bin(w).count("1") for w in words) / (64 * len(words))
-        # Both bits of a hash fall in one word, so the rate is the mean of each word's fill².
-        false_positive = statistics.mean((bin(w).count("1") / 64) ** 2 for w in words)
+        spilled = sum(1 for m in metas if m & shared.NB_SPILLED)
+        in_second = sum((m & 7) - ((m >> 3) & 7) for m in metas)
         base = statistics.median(samples["empty XDP program"])
         print(f"BPF_PROG_TEST_RUN, repeat {args.repeat:,}, median of {args.rounds} rounds")
         print(f"{'case':<48} {'ns/pkt':>8} {'x empty':>8}")
@@ -218,9 +221,12 @@ def main() -> int:
         mean = statistics.mean(mix_ns)
         print(f"{'DNS miss, mean over 64 three-label names':<48} {mean:>8.1f} {mean / base:>8.2f}")
         print(
-            f"bloom: {len(words):,} words, {fill:.1%} of bits set, "
-            f"expected false positives per suffix {false_positive:.2%}"
+            f"name table: {len(metas):,} buckets a buffer, {args.names / len(metas):.2f} names "
+            f"a bucket; {spilled / len(metas):.2%} of buckets spilled (an unlisted suffix "
+            f"there reads a second line), {in_second / max(args.names, 1):.3%} of names in "
+            f"their second bucket"
         )
+        figures["spilled_buckets"] = {"ns": 0, "ratio": spilled / len(metas)}
         figures["miss_mean_64_names"] = {"ns": mean, "ratio": mean / base}
         if args.json:
             args.json.write_text(json.dumps({

@@ -93,7 +93,7 @@ def datapath(loaded):
 
 
 def clear_entries(dp) -> None:
-    """Empty the kernel's name table (and so its bloom filter)."""
+    """Empty the kernel's name table."""
     from ccxdp.datapath.nametable import NameTable
 
     with NameTable(dp) as table:

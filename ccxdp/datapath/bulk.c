@@ -2,7 +2,7 @@
 /*
  * Bulk work of the control plane on a million names, in C: hashing (with the XDP program's
  * own arithmetic, bpf/name_hash.h), sorting, merging and diffing sorted hash arrays, and
- * building the name table's ranges. Python calls it through ctypes (ccxdp/datapath/bulk.py)
+ * building (and reading back) the name table's buckets. Python calls it through ctypes (ccxdp/datapath/bulk.py)
  * and keeps a pure-Python version of each function that the tests hold equal to this one.
  *
  * Arrays are caller-owned; nothing here keeps state or allocates beyond a sort's scratch.
@@ -12,14 +12,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef uint8_t __u8;
+typedef uint16_t __u16;
 typedef uint32_t __u32;
 typedef uint64_t __u64;
+typedef uint16_t __be16;
+typedef uint32_t __be32;
 
+#include "ccxdp_shared.h"
 #include "name_hash.h"
 
 #define NH_KEY_WORDS 20
 #define MAX_NAME_LEN 255
 #define MAX_LABEL_LEN 63
+
+/* Buckets that hold the list no better than this many evictions are refused. */
+#define EVICTIONS_MAX 4096
+
+#define SLOTS CCXDP_NAME_BUCKET_SLOTS
+#define SPILLED CCXDP_NB_SPILLED
 
 struct hash_key {
 	__u64 k0;
@@ -143,28 +154,6 @@ long ccxdp_first_repeat(const __u64 *h, size_t n)
 }
 
 /*
- * The name table's ranges (bpf/maps.h): for each r < 2^bits, ranges[2r] and ranges[2r + 1]
- * are the first and one-past-last positions of the sorted hashes whose top bits are r.
- * Returns the longest range.
- */
-size_t ccxdp_build_ranges(const __u64 *h, size_t n, unsigned bits, __u32 *ranges)
-{
-	size_t i = 0, longest = 0, nranges = (size_t)1 << bits;
-
-	for (size_t r = 0; r < nranges; r++) {
-		size_t start = i;
-
-		while (i < n && (h[i] >> (64 - bits)) == r)
-			i++;
-		ranges[2 * r] = (__u32)start;
-		ranges[2 * r + 1] = (__u32)i;
-		if (i - start > longest)
-			longest = i - start;
-	}
-	return longest;
-}
-
-/*
  * out = (cur without the hashes in del) with the pairs of add put in (an added hash that cur
  * already holds takes add's value). All three inputs sorted; out has room for cn + an.
  * Returns the length of out.
@@ -221,12 +210,160 @@ void ccxdp_diff(const __u64 *oh, const __u64 *ov, size_t on, const __u64 *nh, co
 	counts[2] = nc;
 }
 
-/* Set the bloom filter bits of n hashes in words (bpf/maps.h: 2^log2 words, the word is the
- * hash's top bits, the bits are hash & 63 and (hash >> 6) & 63). */
-void ccxdp_bloom_set(const __u64 *h, size_t n, unsigned log2, __u64 *words)
+static unsigned used_of(const struct ccxdp_name_bucket *b)
+{
+	return CCXDP_NB_USED(b->meta);
+}
+
+static unsigned primary_of(const struct ccxdp_name_bucket *b)
+{
+	return CCXDP_NB_PRIMARY(b->meta);
+}
+
+static void set_counts(struct ccxdp_name_bucket *b, unsigned used, unsigned primary)
+{
+	b->meta = (unsigned char)((b->meta & SPILLED) | used | primary << 3);
+}
+
+static void put_slot(struct ccxdp_name_bucket *b, unsigned at, __u64 h, __u64 v)
+{
+	b->tag_lo[at] = (__u32)h;
+	b->tag_hi[at] = (__u16)(h >> 32);
+	b->what[at] = (unsigned char)((v & 0xf) | ((v >> 8) & 0xf) << 4);
+	b->category[at] = (__u16)(v >> 16);
+}
+
+static void move_slot(struct ccxdp_name_bucket *b, unsigned to, unsigned from)
+{
+	b->tag_lo[to] = b->tag_lo[from];
+	b->tag_hi[to] = b->tag_hi[from];
+	b->what[to] = b->what[from];
+	b->category[to] = b->category[from];
+	b->tag_lo[from] = 0;
+	b->tag_hi[from] = 0;
+	b->what[from] = 0;
+	b->category[from] = 0;
+}
+
+/* The full hash of the name in slot at of bucket nr (first-bucket or second-bucket slot). */
+static __u64 slot_hash(const struct ccxdp_name_bucket *b, __u32 nr, unsigned at, __u32 nb)
+{
+	__u32 lo = b->tag_lo[at], first = nr, top, least;
+
+	if (at >= primary_of(b)) {
+		/* The inverse of name_bucket_second: the offset comes from the stored low bits. */
+		__u32 off = 1 + (__u32)(((__u64)lo * (nb - 1)) >> 32);
+
+		first = nr >= off ? nr - off : nr + nb - off;
+	}
+	/* The least top-32-bit value whose first bucket is this one; with nb >= 2^16 those
+	 * values span at most 2^16, so the stored 16 bits pick exactly one of them. */
+	least = (__u32)((((__u64)first << 32) + nb - 1) / nb);
+	top = (least & ~0xffffU) | b->tag_hi[at];
+	if (top < least)
+		top += 0x10000;
+	return (__u64)top << 32 | lo;
+}
+
+/* Pairs (hash, value) of slot at, as the control plane keeps them (shared.pack_entry). */
+static __u64 slot_value(const struct ccxdp_name_bucket *b, unsigned at)
+{
+	return (__u64)(b->what[at] & 0xf) | (__u64)(b->what[at] >> 4) << 8 |
+	       (__u64)b->category[at] << 16;
+}
+
+/*
+ * Build one buffer of the name table (bpf/maps.h) from n sorted, distinct hashes and their
+ * values: each name in its first bucket while that has room (sorted hashes fill the buckets in
+ * order), then each name that found it full in its second bucket, after the names that
+ * belong there. A full second bucket gives up one of its own names to that name's second
+ * bucket (cuckoo hashing), EVICTIONS_MAX times at most in all. The buckets must be zero.
+ * Returns 0; -1 when value *bad does not fit a slot (action or flags over 15); -2 when the
+ * names did not fit (never seen below 3.5 names a bucket); -3 out of memory.
+ */
+int ccxdp_build_buckets(const __u64 *h, const __u64 *v, size_t n, __u32 nb,
+			struct ccxdp_name_bucket *out, size_t *bad)
+{
+	size_t *spill = NULL, nspill = 0, evictions = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct ccxdp_name_bucket *b = &out[name_bucket_first(h[i], nb)];
+		unsigned used = used_of(b);
+
+		if ((v[i] & ~0xffff0f0fULL) != 0) {
+			*bad = i;
+			free(spill);
+			return -1;
+		}
+		if (used < SLOTS) {
+			put_slot(b, used, h[i], v[i]);
+			set_counts(b, used + 1, used + 1);
+			continue;
+		}
+		if (!spill && !(spill = malloc(n * sizeof(*spill))))
+			return -3;
+		spill[nspill++] = i;
+	}
+	for (size_t k = 0; k < nspill; k++) {
+		__u64 ch = h[spill[k]], cv = v[spill[k]];
+		__u32 first = name_bucket_first(ch, nb);
+
+		for (;;) {
+			__u32 second = name_bucket_second(ch, first, nb);
+			struct ccxdp_name_bucket *b = &out[second];
+			unsigned used = used_of(b), primary = primary_of(b), at;
+			__u64 eh, ev;
+
+			out[first].meta |= SPILLED;
+			if (used < SLOTS) {
+				put_slot(b, used, ch, cv);
+				set_counts(b, used + 1, primary);
+				break;
+			}
+			if (primary == 0 || ++evictions > EVICTIONS_MAX) {
+				free(spill);
+				return -2;
+			}
+			/* Give up one of the bucket's own names (a different one each time round),
+			 * keeping its own names before the others: the last own name fills the gap,
+			 * the last other name fills that one's slot. */
+			at = (unsigned)(evictions % primary);
+			eh = slot_hash(b, second, at, nb);
+			ev = slot_value(b, at);
+			if (at != primary - 1)
+				move_slot(b, at, primary - 1);
+			if (used - 1 != primary - 1)
+				move_slot(b, primary - 1, used - 1);
+			put_slot(b, used - 1, ch, cv);
+			set_counts(b, used, primary - 1);
+			ch = eh;
+			cv = ev;
+			first = second;
+		}
+	}
+	free(spill);
+	return 0;
+}
+
+/* Set the name filter's bits of n hashes in its nb words (bpf/maps.h). */
+void ccxdp_filter_set(const __u64 *h, size_t n, __u32 nb, __u64 *words)
 {
 	for (size_t i = 0; i < n; i++)
-		words[h[i] >> (64 - log2)] |= (1ULL << (h[i] & 63)) | (1ULL << ((h[i] >> 6) & 63));
+		words[name_bucket_first(h[i], nb)] |= CCXDP_NAME_FILTER_BITS(h[i]);
+}
+
+/* The (hash, value) pairs one buffer of nb buckets holds, in bucket order; returns how many. */
+size_t ccxdp_read_buckets(const struct ccxdp_name_bucket *b, __u32 nb, __u64 *h, __u64 *v)
+{
+	size_t count = 0;
+
+	for (__u32 nr = 0; nr < nb; nr++) {
+		for (unsigned at = 0; at < used_of(&b[nr]); at++) {
+			h[count] = slot_hash(&b[nr], nr, at, nb);
+			v[count++] = slot_value(&b[nr], at);
+		}
+	}
+	return count;
 }
 
 /*

@@ -13,7 +13,6 @@ travel with them.
 
 from __future__ import annotations
 
-import bisect
 import ctypes as ct
 import hashlib
 import os
@@ -49,7 +48,7 @@ class BulkError(CcxdpError):
 
 
 def _build() -> Path | None:
-    sources = [_SOURCE, shared.bpf_dir() / "name_hash.h"]
+    sources = [_SOURCE, shared.bpf_dir() / "name_hash.h", shared.bpf_dir() / "ccxdp_shared.h"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     target = CACHE_DIR / f"ccxdp_bulk-{digest}.so"
     if target.exists():
@@ -99,8 +98,12 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_sort_pairs.restype = ct.c_int
     so.ccxdp_first_repeat.argtypes = [u64p, sz]
     so.ccxdp_first_repeat.restype = ct.c_long
-    so.ccxdp_build_ranges.argtypes = [u64p, sz, ct.c_uint, u64p]
-    so.ccxdp_build_ranges.restype = sz
+    so.ccxdp_build_buckets.argtypes = [u64p, u64p, sz, ct.c_uint32, ct.c_void_p, u64p]
+    so.ccxdp_build_buckets.restype = ct.c_int
+    so.ccxdp_read_buckets.argtypes = [ct.c_void_p, ct.c_uint32, u64p, u64p]
+    so.ccxdp_read_buckets.restype = sz
+    so.ccxdp_filter_set.argtypes = [u64p, sz, ct.c_uint32, u64p]
+    so.ccxdp_filter_set.restype = None
     so.ccxdp_merge.argtypes = [u64p, u64p, sz, u64p, sz, u64p, u64p, sz, u64p, u64p]
     so.ccxdp_merge.restype = sz
     so.ccxdp_diff.argtypes = [u64p, u64p, sz, u64p, u64p, sz, u64p, u64p, u64p, u64p]
@@ -119,8 +122,6 @@ def _bind(so: ct.CDLL) -> ct.CDLL:
     so.ccxdp_sort_positions.restype = ct.c_int
     so.ccxdp_split_join.argtypes = [u64p, u64p, u64p, sz, u64p, u64p, u64p, u64p]
     so.ccxdp_split_join.restype = None
-    so.ccxdp_bloom_set.argtypes = [u64p, sz, ct.c_uint, u64p]
-    so.ccxdp_bloom_set.restype = None
     return so
 
 
@@ -171,24 +172,163 @@ def first_repeat(h: array, *, use_c: bool = True) -> int | None:
     return None if at < 0 else at
 
 
-def build_ranges(h: array, bits: int, *, use_c: bool = True) -> tuple[array, int]:
-    """(ranges, longest): ranges holds, for each value r of a hash's top ``bits`` bits, the
-    first and one-past-last position of such hashes in the sorted array, as 32-bit pairs
-    packed two to a 64-bit word; longest is the most hashes one range holds."""
-    nranges = 1 << bits
-    ranges = array("Q", bytes(8 * nranges))
+class BucketError(BulkError):
+    pass
+
+
+# struct ccxdp_name_bucket (bpf/ccxdp_shared.h) as offsets into its 64 bytes.
+_SLOTS = shared.NAME_BUCKET_SLOTS
+_BUCKET = ct.sizeof(shared.NameBucket)
+_TAG_LO, _TAG_HI, _CATEGORY, _WHAT, _META = (
+    getattr(shared.NameBucket, f).offset for f in ("tag_lo", "tag_hi", "category", "what", "meta"))
+_EVICTIONS_MAX = 4096  # bulk.c's EVICTIONS_MAX
+
+
+def bucket_first(h: int, nb: int) -> int:
+    """name_bucket_first (bpf/name_hash.h)."""
+    return ((h >> 32) * nb) >> 32
+
+
+def bucket_second(h: int, first: int, nb: int) -> int:
+    """name_bucket_second (bpf/name_hash.h)."""
+    b = first + 1 + (((h & 0xFFFFFFFF) * (nb - 1)) >> 32)
+    return b - nb if b >= nb else b
+
+
+def _slot_hash(buf: bytearray | memoryview | bytes, nr: int, at: int, nb: int) -> int:
+    o = nr * _BUCKET
+    lo = int.from_bytes(buf[o + _TAG_LO + 4 * at : o + _TAG_LO + 4 * at + 4], "little")
+    hi = int.from_bytes(buf[o + _TAG_HI + 2 * at : o + _TAG_HI + 2 * at + 2], "little")
+    first = nr
+    if at >= (buf[o + _META] >> 3) & 7:
+        off = 1 + ((lo * (nb - 1)) >> 32)
+        first = nr - off if nr >= off else nr + nb - off
+    least = ((first << 32) + nb - 1) // nb
+    top = (least & ~0xFFFF) | hi
+    if top < least:
+        top += 0x10000
+    return top << 32 | lo
+
+
+def _slot_value(buf: bytearray | memoryview | bytes, nr: int, at: int) -> int:
+    o = nr * _BUCKET
+    what = buf[o + _WHAT + at]
+    category = int.from_bytes(buf[o + _CATEGORY + 2 * at : o + _CATEGORY + 2 * at + 2], "little")
+    return (what & 0xF) | (what >> 4) << 8 | category << 16
+
+
+def _put(buf: bytearray, nr: int, at: int, h: int, v: int) -> None:
+    o = nr * _BUCKET
+    buf[o + _TAG_LO + 4 * at : o + _TAG_LO + 4 * at + 4] = (h & 0xFFFFFFFF).to_bytes(4, "little")
+    buf[o + _TAG_HI + 2 * at : o + _TAG_HI + 2 * at + 2] = ((h >> 32) & 0xFFFF).to_bytes(
+        2, "little")
+    buf[o + _WHAT + at] = (v & 0xF) | ((v >> 8) & 0xF) << 4
+    buf[o + _CATEGORY + 2 * at : o + _CATEGORY + 2 * at + 2] = ((v >> 16) & 0xFFFF).to_bytes(
+        2, "little")
+
+
+def _move(buf: bytearray, nr: int, to: int, frm: int) -> None:
+    o = nr * _BUCKET
+    for base, width in ((_TAG_LO, 4), (_TAG_HI, 2), (_WHAT, 1), (_CATEGORY, 2)):
+        a, b = o + base + width * to, o + base + width * frm
+        buf[a : a + width] = buf[b : b + width]
+        buf[b : b + width] = bytes(width)
+
+
+def _set_counts(buf: bytearray, nr: int, used: int, primary: int) -> None:
+    o = nr * _BUCKET + _META
+    buf[o] = (buf[o] & shared.NB_SPILLED) | used | primary << 3
+
+
+def build_buckets(h: array, v: array, nb: int, *, use_c: bool = True) -> bytearray:
+    """One buffer of the name table (bpf/maps.h): nb buckets holding the sorted, distinct
+    hashes h with their values v."""
+    _check_pair(h, v)
+    out = bytearray(_BUCKET * nb)
+    so = lib() if use_c else None
+    if so is not None:
+        bad = array("Q", [0])
+        buf = (ct.c_char * len(out)).from_buffer(out)
+        got = so.ccxdp_build_buckets(_ptr(h), _ptr(v), len(h), nb, ct.addressof(buf), _ptr(bad))
+        del buf
+        if got == -1:
+            raise BucketError(f"entry {v[bad[0]]:#x} of hash {h[bad[0]]:#x} does not fit a slot")
+        if got == -3:
+            raise MemoryError("building the name table")
+        if got != 0:
+            raise BucketError(f"{len(h)} names do not fit {nb} buckets")
+        return out
+    spill = []
+    for i, (x, val) in enumerate(zip(h, v, strict=True)):
+        if val & ~0xFFFF0F0F:
+            raise BucketError(f"entry {v[i]:#x} of hash {h[i]:#x} does not fit a slot")
+        nr = bucket_first(x, nb)
+        used = out[nr * _BUCKET + _META] & 7
+        if used < _SLOTS:
+            _put(out, nr, used, x, val)
+            _set_counts(out, nr, used + 1, used + 1)
+        else:
+            spill.append(i)
+    evictions = 0
+    for i in spill:
+        ch, cv = h[i], v[i]
+        first = bucket_first(ch, nb)
+        while True:
+            second = bucket_second(ch, first, nb)
+            out[first * _BUCKET + _META] |= shared.NB_SPILLED
+            meta = out[second * _BUCKET + _META]
+            used, primary = meta & 7, (meta >> 3) & 7
+            if used < _SLOTS:
+                _put(out, second, used, ch, cv)
+                _set_counts(out, second, used + 1, primary)
+                break
+            evictions += 1
+            if primary == 0 or evictions > _EVICTIONS_MAX:
+                raise BucketError(f"{len(h)} names do not fit {nb} buckets")
+            at = evictions % primary
+            eh, ev = _slot_hash(out, second, at, nb), _slot_value(out, second, at)
+            if at != primary - 1:
+                _move(out, second, at, primary - 1)
+            if used - 1 != primary - 1:
+                _move(out, second, primary - 1, used - 1)
+            _put(out, second, used - 1, ch, cv)
+            _set_counts(out, second, used, primary - 1)
+            ch, cv, first = eh, ev, second
+    return out
+
+
+def read_buckets(buf: bytes | bytearray | memoryview, nb: int, *, use_c: bool = True
+                 ) -> tuple[array, array]:
+    """The (hashes, values) one buffer of nb buckets holds, sorted by hash."""
     so = lib() if use_c else None
     if so is None:
-        longest, shift = 0, 64 - bits
-        tops = [x >> shift for x in h]
-        for r in range(nranges):
-            start = bisect.bisect_left(tops, r)
-            end = bisect.bisect_left(tops, r + 1, start)
-            ranges[r] = start | end << 32
-            longest = max(longest, end - start)
-        return ranges, longest
-    longest = so.ccxdp_build_ranges(_ptr(h), len(h), bits, _ptr(ranges))
-    return ranges, longest
+        h, v = array("Q"), array("Q")
+        for nr in range(nb):
+            for at in range(buf[nr * _BUCKET + _META] & 7):
+                h.append(_slot_hash(buf, nr, at, nb))
+                v.append(_slot_value(buf, nr, at))
+        return sort_pairs(h, v, use_c=False)
+    raw = bytes(buf)
+    n = sum(raw[_META::_BUCKET].translate(_USED))
+    h, v = array("Q", bytes(8 * n)), array("Q", bytes(8 * n))
+    got = so.ccxdp_read_buckets(raw, nb, _ptr(h), _ptr(v))
+    assert got == n
+    return sort_pairs(h, v)
+
+
+_USED = bytes(b & 7 for b in range(256))
+
+
+def filter_words(h: array, nb: int, *, use_c: bool = True) -> array:
+    """The name filter's nb words (bpf/maps.h) holding exactly these hashes."""
+    words = array("Q", bytes(8 * nb))
+    so = lib() if use_c else None
+    if so is None:
+        for x in h:
+            words[bucket_first(x, nb)] |= (1 << (x & 63)) | (1 << ((x >> 6) & 63))
+        return words
+    so.ccxdp_filter_set(_ptr(h), len(h), nb, _ptr(words))
+    return words
 
 
 def merge(
@@ -240,19 +380,6 @@ def diff(
     )
     del added[counts[0]:], removed[counts[1]:], changed[counts[2]:]
     return added, removed, changed
-
-
-def bloom_words(h: array, log2: int, *, use_c: bool = True) -> array:
-    """The bloom filter's words (bpf/maps.h) holding exactly these hashes."""
-    words = array("Q", bytes(8 << log2))
-    so = lib() if use_c else None
-    if so is None:
-        shift = 64 - log2
-        for x in h:
-            words[x >> shift] |= (1 << (x & 63)) | (1 << ((x >> 6) & 63))
-        return words
-    so.ccxdp_bloom_set(_ptr(h), len(h), log2, _ptr(words))
-    return words
 
 
 def line_hashes(text: bytes, key: HashKey, *, use_c: bool = True) -> tuple[array, array]:

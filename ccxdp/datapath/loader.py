@@ -52,6 +52,9 @@ _MODE_FLAGS = {Mode.NATIVE: XDP_FLAGS_DRV_MODE, Mode.GENERIC: XDP_FLAGS_SKB_MODE
 _ATTACHED_MODE = {"xdp": Mode.NATIVE, "xdpgeneric": Mode.GENERIC}
 
 
+NAMES_PER_BUCKET = 3
+
+
 @dataclass(frozen=True)
 class Limits:
     """Compile-time sizes, passed to the C as -D flags (each has its #ifndef default there)."""
@@ -60,21 +63,15 @@ class Limits:
     max_sources: int = 1 << 20
 
     @property
-    def name_index_log2(self) -> int:
-        # Two names per range of the name table on average when it is full (maps.h).
-        return max(4, (max(self.max_names, 1) - 1).bit_length() - 1)
-
-    @property
-    def bloom_words_log2(self) -> int:
-        # 16 bits per name: words = names / 4, rounded up to a power of two, at least 1024.
-        return max(10, (max(self.max_names, 1) - 1).bit_length() - 2)
+    def name_buckets(self) -> int:
+        # 3 names a bucket of 7 slots when full: few buckets overflow (maps.h), and both
+        # buffers take 2 * 64 / 3 = 43 bytes a name, the name filter 8 / 3 more.
+        return max(shared.NAME_BUCKETS_MIN, -(-self.max_names // NAMES_PER_BUCKET))
 
     def cflags(self) -> list[str]:
         return [
-            f"-DCCXDP_MAX_NAMES={self.max_names}",
             f"-DCCXDP_MAX_SOURCES={self.max_sources}",
-            f"-DCCXDP_BLOOM_WORDS_LOG2={self.bloom_words_log2}",
-            f"-DCCXDP_NAME_INDEX_LOG2={self.name_index_log2}",
+            f"-DCCXDP_NAME_BUCKETS={self.name_buckets}",
         ]
 
 
@@ -225,26 +222,26 @@ class Datapath:
     def effective_limits(self, wanted: Limits) -> Limits:
         """Maps already pinned keep their size (bcc reuses a pinned map as it is), so the
         program must be compiled for those sizes, not the wanted ones."""
-        slots = self._pinned_max_entries(shared.MAP_NAME_SLOTS)
-        names = slots // 2 if slots else wanted.max_names  # two buffers
+        names = self._pinned_capacity() or wanted.max_names
         sources = self._pinned_max_entries(shared.MAP_SOURCES)
         sources = sources // 2 if sources else wanted.max_sources  # two buffers
         limits = Limits(names, sources)
-        ranges = self._pinned_max_entries(shared.MAP_NAME_RANGES)
-        if ranges is not None and ranges != 2 << limits.name_index_log2:
+        buckets = self._pinned_max_entries(shared.MAP_NAME_BUCKETS)
+        if buckets is not None and buckets != 2 * limits.name_buckets:
             raise DatapathError(
-                f"pinned {shared.MAP_NAME_RANGES} holds {ranges} ranges, not the "
-                f"{2 << limits.name_index_log2} that {names} names need: purge the pins "
-                f"('ccxdp detach IFACE --purge') and attach again"
-            )
-        bloom = self._pinned_max_entries(shared.MAP_BLOOM)
-        if bloom is not None and bloom != 1 << limits.bloom_words_log2:
-            raise DatapathError(
-                f"pinned {shared.MAP_BLOOM} holds {bloom} words, not the "
-                f"{1 << limits.bloom_words_log2} that {names} names need: purge the pins "
+                f"pinned {shared.MAP_NAME_BUCKETS} holds {buckets} buckets, not the "
+                f"{2 * limits.name_buckets} that {names} names need: purge the pins "
                 f"('ccxdp detach IFACE --purge') and attach again"
             )
         return limits
+
+    def _pinned_capacity(self) -> int | None:
+        """The name table's capacity, set when its maps were made (0 or None: not yet)."""
+        path = self.pin_dir / shared.MAP_NAME_ACTIVE
+        if not path.exists():
+            return None
+        with self.open_map(shared.MAP_NAME_ACTIVE) as active:
+            return active.lookup(ct.c_uint32(shared.NACT_CAPACITY)).value
 
     def load(self, limits: Limits = Limits(), dns_ports: Iterable[int] | None = None) -> int:
         """Return an fd of the pinned program, compiling and pinning it first if needed. If
@@ -263,7 +260,7 @@ class Datapath:
         except BaseException:
             self._remove_pins(keep=before, remove_dir=made_dir)
             raise
-        self._init_maps(dns_ports)
+        self._init_maps(dns_ports, self.effective_limits(limits))
         return fd
 
     def _refuse_older_pins(self) -> None:
@@ -316,7 +313,10 @@ class Datapath:
         finally:
             bpf.cleanup()
 
-    def _init_maps(self, dns_ports: Iterable[int] | None) -> None:
+    def _init_maps(self, dns_ports: Iterable[int] | None, limits: Limits) -> None:
+        if not self._pinned_capacity():
+            with self.open_map(shared.MAP_NAME_ACTIVE) as active:
+                active.update(ct.c_uint32(shared.NACT_CAPACITY), ct.c_uint32(limits.max_names))
         key = self.hash_key()
         with self.open_map(shared.MAP_HASH_KEY) as keys:
             keys.update(ct.c_uint32(0), shared.HashKeyLayout.from_buffer_copy(key.to_bytes()))
@@ -573,7 +573,7 @@ class Datapath:
         name table pinned here. A ccxdp of another pin folder is someone else's."""
         if prog_id == self.pinned_prog_id():
             return True
-        names = self.pin_dir / shared.MAP_NAME_SLOTS
+        names = self.pin_dir / shared.MAP_NAME_BUCKETS
         if not names.exists():
             return False
         map_fd = libbpf.obj_get(names)

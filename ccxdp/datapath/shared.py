@@ -28,14 +28,13 @@ DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
 MAP_STATS = "ccxdp_stats_v4"
-MAP_NAME_SLOTS = "ccxdp_nslot_v1"
-MAP_NAME_RANGES = "ccxdp_nrange_v1"
-MAP_NAME_ACTIVE = "ccxdp_nact_v1"
+MAP_NAME_BUCKETS = "ccxdp_nbkt_v1"
+MAP_NAME_ACTIVE = "ccxdp_nact_v2"
+MAP_NAME_FILTER = "ccxdp_nfilt_v1"
 MAP_SOURCES = "ccxdp_srcs_v3"
 MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
-MAP_BLOOM = "ccxdp_bloom_v2"
 MAP_CONFIG = "ccxdp_config_v4"
 MAP_CONFIG_ACTIVE = "ccxdp_cact_v1"
 MAP_EXEMPT = "ccxdp_exempt_v1"
@@ -96,7 +95,13 @@ ENTRY_SUBTREE = 0x01
 ENTRY_ALLOW_NAME = 0x02
 ENTRY_NOT_SELF = 0x04
 ENTRY_ALLOW_BELOW = 0x08
-NAME_RUN_MAX = 16
+NAME_BUCKET_SLOTS = 7
+NAME_BUCKETS_MIN = 65536
+NB_SPILLED = 0x80
+NACT_LIVE = 0
+NACT_CAPACITY = 1
+NACT_COUNT = 2  # + buffer
+NACT_ENTRIES = 4
 
 # The exempt gate (ccxdp_exgate): which 16 bits of a source index it (ccxdp_shared.h).
 EXEMPT_GATE_BITS = 16
@@ -108,12 +113,14 @@ class Entry(ct.Structure):
     _fields_ = [("action", ct.c_uint8), ("flags", ct.c_uint8), ("category", ct.c_uint16)]
 
 
-class NameSlot(ct.Structure):
-    _fields_ = [("hash", ct.c_uint64), ("entry", Entry), ("pad", ct.c_uint32)]
-
-
-class NameRange(ct.Structure):
-    _fields_ = [("start", ct.c_uint32), ("end", ct.c_uint32)]
+class NameBucket(ct.Structure):
+    _fields_ = [
+        ("tag_lo", ct.c_uint32 * NAME_BUCKET_SLOTS),  # hash bits 0-31
+        ("tag_hi", ct.c_uint16 * NAME_BUCKET_SLOTS),  # hash bits 32-47
+        ("category", ct.c_uint16 * NAME_BUCKET_SLOTS),
+        ("what", ct.c_uint8 * NAME_BUCKET_SLOTS),  # action | flags << 4
+        ("meta", ct.c_uint8),  # slots used (bits 0-2), of them first-bucket (3-5), spilled (7)
+    ]
 
 
 def pack_entry(action: int, flags: int, category: int) -> int:
@@ -175,14 +182,13 @@ class LpmKey(ct.Structure):
 # (map name, key type, value type) for every pinned map, as the C declares them.
 PINNED_MAPS: dict[str, tuple[type, type]] = {
     MAP_STATS: (ct.c_uint32, ct.c_uint64),
-    MAP_NAME_SLOTS: (ct.c_uint32, NameSlot),
-    MAP_NAME_RANGES: (ct.c_uint32, NameRange),
+    MAP_NAME_BUCKETS: (ct.c_uint32, NameBucket),
     MAP_NAME_ACTIVE: (ct.c_uint32, ct.c_uint32),
+    MAP_NAME_FILTER: (ct.c_uint32, ct.c_uint64),
     MAP_SOURCES: (SourceKey, SourceHits),
     MAP_SOURCE_EPOCH: (ct.c_uint32, ct.c_uint64),
     MAP_PORTS: (ct.c_uint32, ct.c_uint8),
     MAP_HASH_KEY: (ct.c_uint32, HashKeyLayout),
-    MAP_BLOOM: (ct.c_uint32, ct.c_uint64),
     MAP_CONFIG: (ct.c_uint32, Config),
     MAP_CONFIG_ACTIVE: (ct.c_uint32, ct.c_uint32),
     MAP_EXEMPT: (LpmKey, ct.c_uint8),

@@ -5,12 +5,15 @@ ceiling. Part of scripts/bench.sh, which runs it; it writes its figures as JSON.
 
 One lab (ccxdp/lab/: resolver, client and switch namespaces, nothing routed out of them) whose
 unbound loads an RPZ zone of the same N names that ccxdp later imports. In order:
-  1. blocked names answered by Unbound from the RPZ (no XDP program on the resolver's NIC);
+  1. blocked names answered by Unbound from the RPZ (no XDP program on the resolver's NIC),
+     uniformly and by a Zipf law;
   2. ccxdp attached, the N names imported as NXDOMAIN (timed: the time to its first answer);
   3. with kernel.bpf_stats_enabled=1 (each program's own run time per packet, in place; the
      sysctl is restored afterwards): blocked names answered by ccxdp, names nobody lists
-     (passed to unbound, which refuses them), blocked names answered by the ceiling program
-     (below), and the unlisted names through an empty program;
+     (passed to unbound, which refuses them), the same two with names drawn by a Zipf law,
+     blocked names answered by the ceiling program (below: the floor with no memory read) and
+     by the floor with one random read into an array the size of the name table, and the
+     unlisted names through an empty program;
   4. blocked names answered by ccxdp (no bpf_stats) and by a trivial XDP program that answers
      every query (the ceiling), alternated;
   5. legitimate names (unbound's local zone) with ccxdp attached, with nothing attached, and
@@ -36,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ccxdp.datapath.loader import Limits  # noqa: E402
 from ccxdp.lab.topology import Lab, LabSpec  # noqa: E402
 
 VENV = Path(sys.executable).parent
@@ -78,27 +82,63 @@ int answer_all(struct xdp_md *ctx) {
 """
 
 
+# The 1-read floor: the ceiling plus one read of a random cache line in an array as big as
+# ccxdp's name table (both buffers), allocated the same way (a mappable array): what one cold
+# read costs a program here, the least a lookup in a table that size can cost.
+FLOOR_READ = ANSWER_ALL.replace("int answer_all(", r"""
+struct floor_line { unsigned char b[64]; };
+BPF_F_TABLE("array", u32, struct floor_line, floor_lines, FLOOR_LINES, BPF_F_MMAPABLE);
+int answer_all(""").replace("    dns[2] |= 0x80;", r"""
+    u32 i = bpf_get_prandom_u32() % FLOOR_LINES;
+    struct floor_line *line = floor_lines.lookup(&i);
+    if (line && line->b[i & 63] == 0x5a) return XDP_PASS; /* never: the array is zero */
+    dns[2] |= 0x80;""")
+ZIPF_EXPONENT = 1.0
+ZIPF_QUERIES = 100_000
+
+
+def zipf_sample(names: list[str], k: int, seed: int) -> list[str]:
+    """k names drawn with P(rank r) proportional to 1 / r^s, ranks given in a shuffled order
+    (popularity has nothing to do with where a name's hash lands), as resolvers see names."""
+    import random
+    from itertools import accumulate
+
+    rng = random.Random(seed)
+    ranked = names[:]
+    rng.shuffle(ranked)
+    cum = list(accumulate(1 / r**ZIPF_EXPONENT for r in range(1, len(ranked) + 1)))
+    return rng.choices(ranked, cum_weights=cum, k=k)
+
+
 def block_names(n: int) -> list[str]:
     return [f"c2-{i}.example{i % 97}.test" for i in range(n)]
 
 
-def write_inputs(work: Path, names: list[str]) -> dict[str, Path]:
+def write_inputs(work: Path, names: list[str], rpz_names: int) -> dict[str, Path]:
+    """The query files and lists: ccxdp lists every name, Unbound's RPZ the first rpz_names,
+    and the blocked queries are drawn from those, so that both block every one of them."""
     files = {"list": work / "names.txt", "rpz": work / "rpz.zone",
              "blocked": work / "q-blocked.txt", "legit": work / "q-legit.txt",
-             "unlisted": work / "q-unlisted.txt"}
+             "unlisted": work / "q-unlisted.txt", "blocked_zipf": work / "q-blocked-zipf.txt",
+             "unlisted_zipf": work / "q-unlisted-zipf.txt"}
     files["list"].write_text("".join(n + "\n" for n in names))
     with open(files["rpz"], "w") as f:
         f.write("$ORIGIN rpz.bench.\n$TTL 60\n"
                 "@ SOA localhost. root.localhost. 1 3600 600 86400 60\n@ NS localhost.\n")
-        f.writelines(f"{n} CNAME .\n" for n in names)
+        f.writelines(f"{n} CNAME .\n" for n in names[:rpz_names])
     # dnsperf cycles through its file; a spread of blocked names, every one in both lists.
-    step = max(len(names) // 100_000, 1)
-    files["blocked"].write_text("".join(f"{n} A\n" for n in names[::step]))
+    step = max(rpz_names // 100_000, 1)
+    files["blocked"].write_text("".join(f"{n} A\n" for n in names[:rpz_names:step]))
     files["legit"].write_text("".join(f"{n} A\n" for n in LEGIT))
     # Names nobody lists, each different (unbound refuses them): the program's miss path with
     # its memory reads as under real traffic, not the four cached names above.
     files["unlisted"].write_text("".join(f"host{i}.site{i % 1000}.example A\n"
                                          for i in range(min(len(names), 100_000))))
+    # The same by a Zipf law: over every listed name, and over as many names nobody lists.
+    unlisted = [f"host{i}.site{i % 1000}.example" for i in range(rpz_names)]
+    for key, pool, seed in (("blocked_zipf", names[:rpz_names], 1),
+                            ("unlisted_zipf", unlisted[:rpz_names], 2)):
+        files[key].write_text("".join(f"{n} A\n" for n in zipf_sample(pool, ZIPF_QUERIES, seed)))
     return files
 
 
@@ -209,13 +249,17 @@ def attach_pass(lab: Lab) -> None:
         libbpf.close(fd)
 
 
-def attach_answer_all(lab: Lab) -> None:
+def attach_answer_all(lab: Lab, floor_lines: int = 0) -> None:
+    """The ceiling (floor_lines 0), or the 1-read floor over floor_lines cache lines."""
     from bcc import BPF
 
     from ccxdp.datapath.kernel_headers import configure_environment
 
     configure_environment()  # bcc finds the kernel headers as ccxdp's own build does
-    b = BPF(text=ANSWER_ALL)
+    if floor_lines:
+        b = BPF(text=FLOOR_READ, cflags=[f"-DFLOOR_LINES={floor_lines}"])
+    else:
+        b = BPF(text=ANSWER_ALL)
     set_xdp(lab, b.load_func("answer_all", BPF.XDP).fd)
     b.cleanup()  # the attachment holds the program
 
@@ -227,6 +271,12 @@ def main() -> int:
     ap.add_argument("--legit-rounds", type=int, default=2,
                     help="alternated runs of legitimate queries with and without ccxdp, and "
                          "of blocked names answered by ccxdp and by the ceiling")
+    ap.add_argument("--max-names", type=int, default=Limits.max_names,
+                    help="ccxdp's capacity (attach --max-names); the floor's array matches it")
+    ap.add_argument("--rpz-names", type=int,
+                    help="names in Unbound's RPZ, the first of --names (default: all); the "
+                         "blocked queries come from these. For a ccxdp table bigger than an "
+                         "RPZ this machine can hold")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
 
@@ -235,9 +285,10 @@ def main() -> int:
     state = work / "state"
     cx = [str(CCXDP), "--pin-dir", str(pins), "--state-dir", str(state)]
     stats_was = BPF_STATS.read_text().strip()
-    out: dict[str, object] = {"names": args.names, "seconds": args.seconds}
+    out: dict[str, object] = {"names": args.names, "seconds": args.seconds,
+                              "rpz_names": args.rpz_names or args.names}
     try:
-        files = write_inputs(work, block_names(args.names))
+        files = write_inputs(work, block_names(args.names), args.rpz_names or args.names)
         spec = LabSpec(
             prefix="bxn", second_client=False, sinkhole=False, start_timeout=300,
             unbound_extra=("log-queries: no", 'module-config: "respip iterator"',
@@ -253,8 +304,10 @@ def main() -> int:
                   f"(lab build included), {rss_mb(pid):.0f} MB resident", flush=True)
             bench = Bench(lab, args.seconds, work)
             out["unbound_blocked"] = bench.dnsperf(files["blocked"])
+            out["unbound_blocked_zipf"] = bench.dnsperf(files["blocked_zipf"])
 
-            attach = [*cx, "attach", lab.res_if, *lab.res_netns_opt]
+            attach = [*cx, "attach", lab.res_if, *lab.res_netns_opt,
+                      "--max-names", str(args.max_names)]
             detach = [*cx, "detach", lab.res_if, *lab.res_netns_opt]
             subprocess.run(attach, check=True, capture_output=True)
             lab.native_tx_peer()
@@ -271,10 +324,18 @@ def main() -> int:
                 prog = xdp_prog_id(lab)
                 in_place = bench.dnsperf(files["blocked"], bpf_prog=prog)
                 out["ccxdp_in_place_unlisted"] = bench.dnsperf(files["unlisted"], bpf_prog=prog)
+                out["ccxdp_in_place_zipf"] = bench.dnsperf(files["blocked_zipf"], bpf_prog=prog)
+                out["ccxdp_in_place_unlisted_zipf"] = bench.dnsperf(files["unlisted_zipf"],
+                                                                    bpf_prog=prog)
                 subprocess.run(detach, check=True, capture_output=True)
                 attach_answer_all(lab)
                 out["ceiling_in_place"] = bench.dnsperf(files["blocked"],
                                                         bpf_prog=xdp_prog_id(lab))
+                lines = 2 * Limits(max_names=args.max_names).name_buckets
+                attach_answer_all(lab, floor_lines=lines)
+                out["floor1_in_place"] = bench.dnsperf(files["blocked"],
+                                                       bpf_prog=xdp_prog_id(lab))
+                out["floor1_in_place"]["lines"] = lines
                 attach_pass(lab)
                 out["empty_in_place"] = bench.dnsperf(files["unlisted"],
                                                       bpf_prog=xdp_prog_id(lab))

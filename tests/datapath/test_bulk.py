@@ -8,7 +8,7 @@ from array import array
 
 import pytest
 
-from ccxdp.datapath import bulk
+from ccxdp.datapath import bulk, shared
 from ccxdp.datapath.bulk import BulkError
 from ccxdp.datapath.hashing import HashKey, name_hash
 
@@ -69,16 +69,95 @@ def test_first_repeat(compiled):
     assert compiled.first_repeat(array("Q", [1, 2, 2])) == 2
 
 
-@pytest.mark.parametrize("n, bits", [(0, 4), (1, 4), (5000, 10), (3000, 4)])
-def test_build_ranges(compiled, n, bits):
-    h, _ = pairs(random.Random(bits), n)
-    h = array("Q", sorted(h))
-    ranges, longest = compiled.build_ranges(h, bits)
-    assert (ranges, longest) == compiled.build_ranges(h, bits, use_c=False)
-    for r in range(1 << bits):
-        start, end = ranges[r] & 0xFFFFFFFF, ranges[r] >> 32
-        assert all(x >> (64 - bits) == r for x in h[start:end])
-    assert (ranges[-1] >> 32) == n
+NB = 65536  # the fewest buckets a table has (shared.NAME_BUCKETS_MIN)
+
+
+def entries(rng: random.Random, n: int) -> tuple[array, array]:
+    """n sorted, distinct hashes with values a slot can hold (action and flags 0-15)."""
+    h = array("Q", sorted({rng.getrandbits(64) for _ in range(n)}))
+    v = array("Q", (rng.randrange(9) | rng.randrange(16) << 8 | rng.randrange(1 << 16) << 16
+                    for _ in h))
+    return h, v
+
+
+def metas(buf: bytes) -> list[int]:
+    return list(buf[63::64])
+
+
+# 0 to 3.5 names a bucket: at 3.5 a few hundred names live in their second bucket and some
+# of them moved there to make room for another (evictions).
+@pytest.mark.parametrize("n", [0, 1, 1000, 200_000, 229_376])
+def test_build_buckets_c_and_python_agree_and_read_back(compiled, n):
+    h, v = entries(random.Random(n), n)
+    built = compiled.build_buckets(h, v, NB)
+    assert len(built) == 64 * NB
+    assert built == compiled.build_buckets(h, v, NB, use_c=False)
+    assert compiled.read_buckets(built, NB) == (h, v)
+    assert compiled.read_buckets(built, NB, use_c=False) == (h, v)
+    m = metas(built)
+    assert sum(x & 7 for x in m) == len(h)
+    if n >= 200_000:  # spilled buckets exist, and every name is where a lookup looks
+        assert sum(1 for x in m if x & shared.NB_SPILLED) > 10
+        second = 0
+        for x, val in zip(h, v, strict=True):
+            found = bucket_lookup(built, x)
+            assert found == val, hex(x)
+            second += bulk.bucket_first(x, NB) != found_in
+        assert second > 0
+
+
+found_in = -1
+
+
+def bucket_lookup(buf: bytes, x: int) -> int | None:
+    """The value the program would find for hash x (ccxdp.bpf.c's lookup_name, in Python),
+    noting in found_in the bucket it was found in."""
+    global found_in
+    first = bulk.bucket_first(x, NB)
+    for nr, own in ((first, True), (bulk.bucket_second(x, first, NB), False)):
+        b = shared.NameBucket.from_buffer_copy(buf[64 * nr : 64 * nr + 64])
+        used, primary = b.meta & 7, (b.meta >> 3) & 7
+        for at in range(primary) if own else range(primary, used):
+            if b.tag_lo[at] == x & 0xFFFFFFFF and b.tag_hi[at] == (x >> 32) & 0xFFFF:
+                found_in = nr
+                return (b.what[at] & 15) | (b.what[at] >> 4) << 8 | b.category[at] << 16
+        if not b.meta & shared.NB_SPILLED:
+            return None
+    return None
+
+
+def test_a_hash_that_differs_only_in_bits_the_bucket_holds_is_not_found(compiled):
+    h, v = entries(random.Random(5), 5000)
+    built = compiled.build_buckets(h, v, NB)
+    for x in h[:500]:
+        # The same low 48 bits (what a slot stores) and another first bucket; or the same
+        # first bucket and another tag.
+        assert bucket_lookup(built, x ^ (1 << 63)) is None
+        assert bucket_lookup(built, x ^ 1) is None
+
+
+def test_filter_words(compiled):
+    h, _ = entries(random.Random(8), 3000)
+    words = compiled.filter_words(h, 1024)
+    assert words == compiled.filter_words(h, 1024, use_c=False)
+    for x in h:  # never "no" for a listed hash
+        bits = (1 << (x & 63)) | (1 << ((x >> 6) & 63))
+        assert words[bulk.bucket_first(x, 1024)] & bits == bits
+
+
+def test_build_buckets_refuses_what_does_not_fit(compiled):
+    h, v = entries(random.Random(6), 10)
+    for use_c in (True, False):
+        with pytest.raises(bulk.BucketError, match="does not fit a slot"):
+            compiled.build_buckets(h, array("Q", [*v[:9], 16]), NB, use_c=use_c)
+        with pytest.raises(bulk.BucketError, match="does not fit a slot"):
+            compiled.build_buckets(h, array("Q", [*v[:9], 16 << 8]), NB, use_c=use_c)
+    # More names than slots.
+    h, v = entries(random.Random(7), 7 * 1024 + 1)
+    assert len(h) == 7169
+    for use_c in (True, False):
+        with pytest.raises(bulk.BucketError, match="^7169 names do not fit 1024 buckets$"):
+            compiled.build_buckets(h, v, 1024, use_c=use_c)
 
 
 def test_merge_and_diff(compiled):
@@ -97,11 +176,6 @@ def test_merge_and_diff(compiled):
     assert {got[0][i] for i in added} == set(got[0]) - set(cur_h)
     assert {cur_h[i] for i in removed} == set(cur_h) - set(got[0])
     assert all(got[0][i] in set(cur_h) for i in changed)
-
-
-def test_bloom_words(compiled):
-    h, _ = pairs(random.Random(4), 3000)
-    assert compiled.bloom_words(h, 10) == compiled.bloom_words(h, 10, use_c=False)
 
 
 def test_line_hashes(compiled):

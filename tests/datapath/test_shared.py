@@ -29,16 +29,15 @@ PROG_C = bpf_dir() / "ccxdp.bpf.c"
 BPF_OBJ_NAME_MAX = 15  # BPF_OBJ_NAME_LEN (16) less the terminating NUL
 
 # Sizes that are not the defaults, so the test sees the -D flags reach the maps.
-LIMITS = Limits(max_names=5003, max_sources=3001)
+LIMITS = Limits(max_names=250_003, max_sources=3001)
 
 # Kernel map type and max_entries of the maps the control plane relies on. Every pinned map
 # (these and any other) is also checked against its declaration in maps.h.
 EXPECTED_MAPS = {
     shared.MAP_STATS: (MapType.PERCPU_ARRAY, shared.STAT_MAX),
-    shared.MAP_NAME_SLOTS: (MapType.ARRAY, 2 * LIMITS.max_names),
-    shared.MAP_NAME_RANGES: (MapType.ARRAY, 2 << LIMITS.name_index_log2),
-    shared.MAP_NAME_ACTIVE: (MapType.ARRAY, 1),
-    shared.MAP_BLOOM: (MapType.ARRAY, 1 << LIMITS.bloom_words_log2),
+    shared.MAP_NAME_BUCKETS: (MapType.ARRAY, 2 * LIMITS.name_buckets),
+    shared.MAP_NAME_ACTIVE: (MapType.ARRAY, shared.NACT_ENTRIES),
+    shared.MAP_NAME_FILTER: (MapType.ARRAY, LIMITS.name_buckets),
     shared.MAP_SOURCES: (MapType.HASH, 2 * LIMITS.max_sources),  # two buffers
     shared.MAP_SOURCE_EPOCH: (MapType.ARRAY, 1),
     shared.MAP_PORTS: (MapType.ARRAY, 65536),
@@ -177,7 +176,16 @@ def test_entry_flags_match_header():
     assert flags == set(mirrors), "a new entry flag needs its mirror in shared.py"
     for name, value in mirrors.items():
         assert value == _int_define(defines, name), name
-    assert shared.NAME_RUN_MAX == _int_define(defines, "CCXDP_NAME_RUN_MAX")
+
+
+def test_name_table_constants_match_header():
+    defines = _defines(_header())
+    for name in ("NAME_BUCKET_SLOTS", "NAME_BUCKETS_MIN", "NB_SPILLED", "NACT_LIVE",
+                 "NACT_CAPACITY", "NACT_COUNT", "NACT_ENTRIES"):
+        assert getattr(shared, name) == _int_define(defines, f"CCXDP_{name}"), name
+    # One bucket is one cache line, and a bucket's slot counts fit the meta bits.
+    assert ct.sizeof(shared.NameBucket) == 64
+    assert shared.NAME_BUCKET_SLOTS <= 7
 
 
 def test_exempt_gate_index_matches_header():
