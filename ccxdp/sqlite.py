@@ -1,4 +1,7 @@
-"""SQLite transactions as the catalog and the hits store both use them.
+"""SQLite files and transactions as the catalog and the hits store both use them.
+
+Both files are their owner's alone (``connect`` makes them 0600, whatever the umask and the
+folder's mode): the hits store holds subscribers' addresses, the catalog what is blocked.
 
 Both open their database in autocommit mode (isolation_level=None) and take transactions
 explicitly: BEGIN IMMEDIATE takes the write lock at the start, so two writers queue instead
@@ -14,6 +17,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOW_SPACE = 1 << 20  # bytes free under which a write failure is put down to a full disk
+
+PRIVATE = 0o600
+# The files SQLite keeps beside a database; it creates them with the database file's mode.
+COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def connect(path: Path | str, **options) -> sqlite3.Connection:
+    """sqlite3.connect, the file made 0600 first when it is new (so its -wal and -shm are
+    too: SQLite gives them the database's mode), and narrowed to 0600 with them when an
+    older ccxdp made them 0644. ``":memory:"`` is passed through."""
+    if str(path) != ":memory:":
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             PRIVATE))
+        except FileExistsError:
+            _narrow(str(path))
+        except OSError:
+            pass  # a folder that cannot be written: sqlite3 says so in its own words below
+        for suffix in COMPANIONS:
+            _narrow(f"{path}{suffix}")
+    return sqlite3.connect(str(path), **options)
+
+
+def _narrow(path: str) -> None:
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, PRIVATE)
+    except OSError:
+        pass  # absent, or on a read-only file system: nothing to narrow, or no way to
 
 
 @contextmanager

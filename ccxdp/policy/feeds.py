@@ -466,8 +466,10 @@ def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
     result.column = parsed.column
 
 
-def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
-    """Unregister a feed; the names no other source lists leave the catalog and kernel."""
+def remove_feed(dp: Datapath, catalog: Catalog, name: str, *, reclaim: bool = True) -> Applied:
+    """Unregister a feed; the names no other source lists leave the catalog and kernel, and
+    the catalog file gives back the room when worth it (``reclaim``; not when the feed is
+    added again at once, which reuses it)."""
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
@@ -476,6 +478,8 @@ def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
         catalog.remove_source(source.id)
     if source.origin is not None and source.path:  # a copy ccxdp kept (a download): its own
         Path(source.path).unlink(missing_ok=True)
+    if reclaim:
+        catalog.reclaim()
     return applied
 
 
