@@ -796,9 +796,13 @@ class Daemon:
     def _sessions_failed(self, event: str, e: Exception, key: str | None = None,
                          **fields: object) -> None:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if text != self._sessions_errors.get(key or event):
+        last = self._sessions_errors.get(key or event)
+        if text != last:
             self._sessions_errors[key or event] = text
-            self.log(event, level="error", result="error", error=text, **fields)
+            # One error an outage: a server going away fails first with "closed the
+            # connection", then with "connection refused"; the change is worth a warning.
+            self.log(event, level="error" if last is None else "warning",
+                     result="error" if last is None else "still_failing", error=text, **fields)
 
     def _apply_line_prefixes(self, wanted: dict[str, str]) -> None:
         try:
