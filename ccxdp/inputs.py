@@ -1,5 +1,6 @@
 """Files an operator hands to ccxdp (sessions, subscribers, opt-outs, leases): read whole
-as UTF-8, and every bad line reported the one way, ``file:line: reason: value``."""
+as UTF-8, and every bad line reported the one way, ``file:line: reason: value``; and
+``shown``, the one way text from outside is made safe to print."""
 
 from __future__ import annotations
 
@@ -11,11 +12,26 @@ from pathlib import Path
 from ccxdp.errors import CcxdpError
 
 
+def shown(text: object, limit: int | None = None) -> str:
+    """Text from outside (a feed's line, a server's reason phrase, a header, a file name)
+    made safe for a terminal, a log line or JSON: every character that is not printable
+    (NUL, ESC and the rest of C0 and C1, DEL, line and paragraph separators, bidi overrides)
+    as the backslash escape repr() would write, as the reasons' repr() of a label does;
+    printable text, IDN labels included, as it is. ``limit``: at most that many characters of
+    the text, then "…"."""
+    out = str(text)
+    if limit is not None and len(out) > limit:
+        out = out[:limit] + "…"
+    if out.isprintable():
+        return out  # the usual case: no copy
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in out)
+
+
 class InputError(CcxdpError):
-    """A bad line in an input file: ``file:line: reason: value``."""
+    """A bad line in an input file: ``file:line: reason: value``, the value escaped."""
 
     def __init__(self, path: Path | str, line: int, reason: str, value: str):
-        super().__init__(f"{path}:{line}: {reason}: {value}")
+        super().__init__(f"{shown(path)}:{line}: {reason}: {shown(value)}")
         self.path = str(path)
         self.line = line
         self.reason = reason

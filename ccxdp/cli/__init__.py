@@ -7,14 +7,19 @@ kernel never start clang.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import sys
 from pathlib import Path
 
 import click
 
+from ccxdp import sqlite
 from ccxdp.cli.app import App
 from ccxdp.datapath.libbpf import BpfError
 from ccxdp.datapath.loader import DEFAULT_PIN_DIR, DEFAULT_STATE_DIR
 from ccxdp.errors import CcxdpError
+from ccxdp.inputs import shown
 
 
 class CcxdpGroup(click.Group):
@@ -24,9 +29,18 @@ class CcxdpGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (CcxdpError, BpfError) as e:
-            raise click.ClickException(str(e)) from e
+            # Messages quote files and servers: whatever a library call let through, no
+            # control character reaches the terminal (line breaks separate listed lines).
+            raise click.ClickException("\n".join(map(shown, str(e).split("\n")))) from e
+        except BrokenPipeError:
+            # The reader went away (| head): no more output, and no error of ours to show.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
         except PermissionError as e:
             raise click.ClickException(f"{e.strerror}: {e.filename} (run ccxdp as root)") from e
+        except (sqlite3.Error, OSError) as e:  # what no library call turned into its own words
+            where = getattr(e, "filename", None) or ctx.obj.state_dir
+            raise click.ClickException(shown(sqlite.failure(where, e))) from e
 
 
 @click.group(cls=CcxdpGroup, context_settings={"auto_envvar_prefix": "CCXDP"})

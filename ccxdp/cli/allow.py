@@ -32,10 +32,15 @@ def allow():
 @allow.command("add")
 @click.argument("names", nargs=-1, required=True, type=DOMAIN)
 @click.option("--subtree", is_flag=True, help="Also allow every name below each NAME.")
+@click.option("--force", is_flag=True, help="With --subtree: allow a top-level domain's "
+              "subtree too (default: refuse it).")
 @json_option
 @pass_app
-def allow_add(app, names, subtree, as_json):
+def allow_add(app, names, subtree, force, as_json):
     """Allow NAME (exactly, or with --subtree everything below it too).
+
+    An IP address is refused, and so is the subtree of a top-level domain unless --force
+    (it would let every name under it through, whatever is blocked).
 
     Adding a listed name again replaces its match. A block entry of the same name stays
     listed and comes back into force when the allow entry is removed. An exact allow entry
@@ -48,7 +53,7 @@ def allow_add(app, names, subtree, as_json):
       ccxdp allow add partner.example --subtree
     """
     dp = app.datapath()
-    changes = lists.add(dp, app.catalog(), names, subtree, kind=ALLOW)
+    changes = lists.add(dp, app.catalog(), names, subtree, kind=ALLOW, force=force)
     emit(as_json, changes_json(changes, ALLOW), lambda: render_changes(changes))
     note_not_loaded(dp, as_json)
 

@@ -32,6 +32,22 @@ class App:
             self._datapath = ctx.with_resource(Datapath(self.pin_dir, self.state_dir))
         return self._datapath
 
+    def datapath_to_read(self) -> Datapath:
+        """The datapath for a command that only reads (status, config show, lab status):
+        locked as datapath() is when the state folder exists; when it does not, nothing was
+        ever set up here, and a look makes nothing (no folder, no lock file)."""
+        if self.state_dir.exists():
+            return self.datapath()
+        check_root()
+        return Datapath(self.pin_dir, self.state_dir)
+
+    def catalog_to_read(self) -> Catalog:
+        """The catalog for a command that only reads: as catalog() gives it when the state
+        folder exists; else an empty one in memory (nothing listed, nothing made)."""
+        if self.state_dir.exists():
+            return self.catalog()
+        return click.get_current_context().with_resource(Catalog(Path(":memory:")))
+
     def store(self, spec: str | None) -> StoreLocation:
         """Where the hits are, from --store (see ccxdp/hits/location.py)."""
         return StoreLocation(spec, self.state_dir)

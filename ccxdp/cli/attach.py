@@ -128,7 +128,7 @@ def status(app, as_json):
     Example:
       ccxdp status --json
     """
-    dp = app.datapath()
+    dp = app.datapath_to_read()
     loaded = dp.is_loaded()
     attachments = dp.attachments()
     names = 0
@@ -136,7 +136,7 @@ def status(app, as_json):
     if loaded:
         names = count_names(dp)
         ports = sorted(dp.dns_ports())
-    plan = plan_lib.state(dp, app.catalog())
+    plan = plan_lib.state(dp, app.catalog_to_read())
     prefix_v6 = dp.settings().source_prefix_v6
     data = {
         "loaded": loaded,

@@ -69,12 +69,16 @@ def block():
     "Default: the configured default_action, looked up at query time.",
 )
 @click.option("--category", type=CATEGORY, help="Malware family or feed, e.g. emotet.")
+@click.option("--force", is_flag=True, help="With --subtree: block a top-level domain's "
+              "subtree too (default: refuse it).")
 @json_option
 @pass_app
-def block_add(app, names, subtree, action, category, as_json):
+def block_add(app, names, subtree, action, category, force, as_json):
     """Block NAME (exactly, or with --subtree everything below it too).
 
-    Names are case-insensitive; a trailing dot is ignored. Adding a listed name again
+    Names are case-insensitive; a trailing dot is ignored. An IP address is refused (the
+    filter matches query names; 'exempt add' takes sources), and so is the subtree of a
+    top-level domain (com, a ccTLD) unless --force. Adding a listed name again
     replaces its match, action and category. Without --action the entry follows the
     configured default action ('ccxdp config set default_action ...'). Takes effect at once
     where the filter is loaded, otherwise at the next attach.
@@ -87,7 +91,8 @@ def block_add(app, names, subtree, action, category, as_json):
     """
     dp = app.datapath()
     catalog = app.catalog()
-    changes = lists.add(dp, catalog, names, subtree, action or "default", category)
+    changes = lists.add(dp, catalog, names, subtree, action or "default", category,
+                        force=force)
     emit(as_json, changes_json(changes), lambda: render_changes(changes))
     note_not_loaded(dp, as_json)
     if not as_json:

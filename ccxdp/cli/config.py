@@ -48,14 +48,16 @@ def config_show(app, as_json):
     Example:
       ccxdp config show --json
     """
-    dp = app.datapath()
+    dp = app.datapath_to_read()
     settings = dp.settings()
     where = _where(dp)
     emit(as_json, {"settings": settings.as_dict(), **where},
          lambda: render_settings(settings, where["loaded"], where["map"], where["file"]))
 
 
-@config.command("set")
+# ignore_unknown_options: a negative VALUE (answer_ttl -1) reaches the setting's own check
+# instead of click's "No such option: -1".
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key", type=SETTING_KEY)
 @click.argument("value")
 @json_option

@@ -45,13 +45,16 @@ def exempt():
 
 @exempt.command("add")
 @click.argument("prefixes", nargs=-1, required=True, type=PREFIX)
+@click.option("--force", is_flag=True, help="Exempt prefixes shorter than /8 (IPv4) or /16 "
+              "(IPv6) too (default: refuse them; 0.0.0.0/0 would turn filtering off).")
 @json_option
 @pass_app
-def exempt_add(app, prefixes, as_json):
+def exempt_add(app, prefixes, force, as_json):
     """Exempt sources in PREFIX from filtering and counting.
 
-    Host bits must be clear (198.18.7.0/24, not 198.18.7.1/24). Takes effect at once where
-    the filter is loaded, otherwise at the next attach.
+    Host bits must be clear (198.18.7.0/24, not 198.18.7.1/24). A prefix shorter than /8
+    (IPv4) or /16 (IPv6) covers more than any ISP's own ranges: it needs --force. Takes
+    effect at once where the filter is loaded, otherwise at the next attach.
 
     \b
     Examples:
@@ -59,7 +62,7 @@ def exempt_add(app, prefixes, as_json):
       ccxdp exempt add 198.18.0.9 fd00:7::/64
     """
     dp = app.datapath()
-    changes = exempt_lib.add(dp, app.catalog(), prefixes)
+    changes = exempt_lib.add(dp, app.catalog(), prefixes, force)
     emit(as_json, _changes_json(changes), lambda: render_prefix_changes(changes))
     note_not_loaded(dp, as_json, "prefixes")
 

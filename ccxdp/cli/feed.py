@@ -20,10 +20,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ccxdp import sqlite
 from ccxdp.cli.app import pass_app
 from ccxdp.cli.output import console, emit, err_console, json_option
 from ccxdp.cli.types import ACTION, CATEGORY, PRIMARY, ZONE
 from ccxdp.errors import CcxdpError
+from ccxdp.inputs import shown
 from ccxdp.policy import download, feeds, formats, transfer
 from ccxdp.policy.catalog import BLOCK, KINDS
 
@@ -139,7 +141,7 @@ def report(r: feeds.ImportResult, as_json: bool, show_skipped: bool = False) -> 
     emit(as_json, result_json(r, show_skipped), lambda: render_result(r))
     if show_skipped and not as_json:
         for b in r.skipped_lines:
-            console().print(f"{b.path}:{b.line}: skipped, {b.reason}: {b.value}",
+            console().print(f"{shown(b.path)}:{b.line}: skipped, {b.reason}: {b.value}",
                             markup=False, highlight=False, soft_wrap=True)
         more = sum(r.skipped.values()) - len(r.skipped_lines)
         if more > 0:
@@ -533,9 +535,7 @@ def block_export_command():
         lines = list(formats.export_feed((item(e) for e in entries), fmt))
         text = "".join(line + "\n" for line in lines)
         if output:
-            tmp = output.with_name(f".{output.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(output)  # a failed export leaves no half-written file
+            write_whole(output, text)
             console().print(f"{len(entries):,} entries written to {output}")
         else:
             sys.stdout.write(text)
@@ -545,6 +545,24 @@ def block_export_command():
                 f": {dropped:,} entries were written without theirs (csv keeps every field)")
 
     return block_export
+
+
+def write_whole(output: Path, text: str) -> None:
+    """Write a file whole or not at all: a failed export (a missing or read-only folder, a
+    full disk) leaves neither a half-written file nor its temporary, and says why."""
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        try:
+            tmp.write_text(text)
+            tmp.replace(output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        if not output.parent.is_dir():
+            raise click.ClickException(
+                f"cannot write {output}: no folder {output.parent}") from None
+        raise click.ClickException(sqlite.failure(output, e).replace(
+            f"{output}: ", f"cannot write {output}: ", 1)) from None
 
 
 def register(group: click.Group) -> None:

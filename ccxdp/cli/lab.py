@@ -211,7 +211,7 @@ def status(app, name, as_json):
       ccxdp lab status
       ccxdp lab status --name demo --json
     """
-    s = control.status(app.datapath(), app.state_dir, name)
+    s = control.status(app.datapath_to_read(), app.state_dir, name)
     emit(as_json, s, lambda: _render_status(s))
 
 

@@ -42,7 +42,7 @@ class HostPortType(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return mail.parse_hostport(value)
+            return mail.parse_hostport(value, default_port=None)  # None: by the TLS mode
         except mail.MailError as e:
             self.fail(str(e), param, ctx)
 
@@ -71,9 +71,15 @@ PERIOD = PeriodType()
               help="Write each message as an .eml file to this folder.")
 @click.option("--smtp", type=HostPortType(), help="Send through this SMTP server.")
 @click.option("--starttls", is_flag=True, help="Use STARTTLS with --smtp (certificate checked).")
-@click.option("--smtp-ca", type=INPUT, help="CA certificate(s) to check the server's with.")
+@click.option("--smtps", is_flag=True,
+              help="Use implicit TLS (SMTPS, port 465 by default) with --smtp (certificate "
+                   "checked).")
+@click.option("--smtp-ca", type=INPUT,
+              help="CA certificate(s) to check the server's with (default: the system's).")
 @click.option("--smtp-user", help=f"Log in as this user (password: ${mail.PASSWORD_ENV}).")
 @click.option("--smtp-password-file", type=INPUT, help="Read the SMTP password from this file.")
+@click.option("--smtp-insecure-auth", is_flag=True,
+              help="Allow --smtp-user without TLS: the password goes in clear text.")
 @click.option("--from", "sender", type=EmailType(), help="The From address of the messages.")
 @click.option("--templates", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of <language>.txt templates instead of the shipped ja and en.")
@@ -83,8 +89,8 @@ PERIOD = PeriodType()
 @json_option
 @pass_app
 def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, min_days, out,
-           smtp, starttls, smtp_ca, smtp_user, smtp_password_file, sender, templates,
-           resend_unconfirmed, store_spec, as_json):
+           smtp, starttls, smtps, smtp_ca, smtp_user, smtp_password_file,
+           smtp_insecure_auth, sender, templates, resend_unconfirmed, store_spec, as_json):
     """Attribute a month's hits to lines and notify each infected line, at most once a month.
 
     A line is notified when its hits fall on at least --min-days days of the month, it is
@@ -92,6 +98,10 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
     --subscribers, and it was not notified for that month before. Without --out or --smtp
     this is a dry run: it shows what it would do and writes nothing. Every input file is
     checked before anything is written.
+
+    --smtp-user logs in only over TLS (--starttls or --smtps, the server's certificate
+    checked against the system's CAs or --smtp-ca): a password never goes in clear text
+    unless --smtp-insecure-auth says so.
 
     Against the fleet's PostgreSQL --store, one notify covers every resolver: a line's days
     and hits are counted across all of them, and the database's unique claim makes two
@@ -103,6 +113,7 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
       ccxdp notify --period 2026-11 --leases dhcpd.leases --opt-out opt-out.txt
       ccxdp notify --period 2026-11 --sessions s.csv --subscribers c.csv --from a@x.example --out o
       ccxdp notify --period 2026-11 --subscribers c.csv --from a@x.example --smtp mx:587 --starttls
+      ccxdp notify --period 2026-11 --subscribers c.csv --from a@x.example --smtp mx --smtps
     """
     if out and smtp:
         raise click.UsageError("give --out or --smtp, not both")
@@ -111,8 +122,16 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
         raise click.UsageError("give --from, the sender of the messages")
     if delivering and not subscribers:
         raise click.UsageError("give --subscribers: the messages need contact addresses")
-    if (starttls or smtp_ca or smtp_user or smtp_password_file) and not smtp:
-        raise click.UsageError("--starttls and the --smtp-* options go with --smtp")
+    if (starttls or smtps or smtp_ca or smtp_user or smtp_password_file
+            or smtp_insecure_auth) and not smtp:
+        raise click.UsageError("--starttls, --smtps and the --smtp-* options go with --smtp")
+    if starttls and smtps:
+        raise click.UsageError("give --starttls or --smtps, not both")
+    tls = "implicit" if smtps else "starttls" if starttls else "none"
+    if smtp_user and tls == "none" and not smtp_insecure_auth:
+        raise click.UsageError(
+            "--smtp-user without TLS would send the password in clear text: add --starttls "
+            "or --smtps (or --smtp-insecure-auth, on a trusted network only)")
     tmpl = mail.Templates(templates)
     # Read and check every input before the store is touched.
     kinds = {"dhcpd": [], "kea": []}
@@ -126,13 +145,19 @@ def notify(app, period, sessions, leases, line_id_from, subscribers, opt_out, mi
         deliverer = mail.Outbox(out)
     elif smtp:
         password = mail.smtp_password(smtp_password_file)
+        if smtp_user and smtp_password_file is not None:
+            warning = mail.password_file_warning(smtp_password_file)
+            if warning:
+                click.echo(f"warning: {warning}", err=True)  # one line, never wrapped
         if smtp_user and password is None:
             raise click.UsageError(
                 f"--smtp-user needs a password: set {mail.PASSWORD_ENV} or give "
                 f"--smtp-password-file"
             )
-        deliverer = mail.SmtpSender(smtp[0], smtp[1], starttls=starttls, user=smtp_user,
-                                    password=password, cafile=smtp_ca)
+        host, port = smtp
+        deliverer = mail.SmtpSender(host, port or mail.DEFAULT_PORTS[tls], tls=tls,
+                                    user=smtp_user, password=password, cafile=smtp_ca,
+                                    insecure_auth=smtp_insecure_auth)
     where = app.store(store_spec)
     store = where.open() if delivering else where.open_reader()
     click.get_current_context().call_on_close(store.close)

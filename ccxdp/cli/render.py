@@ -8,12 +8,20 @@ from collections.abc import Mapping
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ccxdp.datapath.loader import Attachment
 from ccxdp.datapath.settings import DESCRIPTIONS, Settings
 from ccxdp.hits.stats import StatsSnapshot
 from ccxdp.policy import download
-from ccxdp.policy.catalog import BLOCK, CatalogEntry, ExemptEntry, LineExemptEntry, PlanEntry
+from ccxdp.policy.catalog import (
+    BLOCK,
+    CatalogEntry,
+    ExemptEntry,
+    LineExemptEntry,
+    PlanEntry,
+    category_label,
+)
 from ccxdp.policy.exempt import LinePrefixChange, PrefixChange
 from ccxdp.policy.lists import Change
 from ccxdp.policy.plan import PlanState
@@ -112,9 +120,9 @@ def render_stats(s: StatsSnapshot, categories: Mapping[int, str] | None = None) 
     sources.add_column("first seen (UTC)")
     sources.add_column("last seen (UTC)")
     for src in s.sources:
-        category = (categories or {}).get(src.category, str(src.category))
-        sources.add_row(
-            src.address, category, f"{src.hits:,}", _when(src.first_seen),
+        category = category_label(src.category, categories or {})
+        sources.add_row(  # Text: an address is never markup or an emoji code (":1234:")
+            Text(src.address), Text(category), f"{src.hits:,}", _when(src.first_seen),
             _when(src.last_seen),
         )
     parts.append(sources)

@@ -35,12 +35,13 @@ def run(app, config_path, check):
       ccxdp run --config /etc/ccxdp/ccxdp.toml
       ccxdp run --config examples/ccxdp.toml --check
     """
-    from ccxdp.ops.daemon import Daemon, check_interfaces
+    from ccxdp.ops.daemon import Daemon, check_interfaces, check_listen_addresses
     from ccxdp.ops.daemon_config import load_config
 
     if check:
         config = load_config(config_path)
         check_interfaces(config)
+        check_listen_addresses(config)
         click.echo(f"{config_path}: ok ({len(config.interfaces)} interfaces, "
                    f"{len(config.feeds)} feeds)")
         return

@@ -20,6 +20,7 @@ from ccxdp.cli.output import console
 from ccxdp.datapath.settings import ACTIONS
 from ccxdp.hits.stats import StatsSnapshot, read_stats
 from ccxdp.ops.metrics import MapFill, map_fill
+from ccxdp.policy.catalog import category_label
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,27 @@ def _rate(cur: int, prev: int | None, seconds: float | None) -> str:
     return f"{max(0, cur - prev) / seconds:,.1f}"
 
 
-def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10) -> Group:
-    """The dashboard for ``cur``, with rates from ``prev`` (none on the first frame)."""
+def _table(title: str) -> Table:
+    # No outer edge: a table then costs three rows (title, header, rule) besides its own.
+    return Table(title=title, title_justify="left", show_edge=False, expand=False)
+
+
+def _fill_line(fill: tuple[MapFill, ...]) -> Text:
+    line = Text("map fill", style="bold")
+    for f in fill:
+        pct = 100 * f.entries / f.capacity if f.capacity else 0.0
+        line.append(f"  {f.name} {f.entries:,}/{f.capacity:,} {pct:.1f}%")
+    return line
+
+
+def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10,
+               height: int | None = None, width: int = 80) -> Group:
+    """The dashboard for ``cur``, with rates from ``prev`` (none on the first frame).
+
+    Top to bottom: two head lines, the map fill, the actions beside the top categories,
+    the top sources, a foot line. With ``height`` (the terminal's rows, of ``width``
+    columns), the lists are shortened so that the frame fits whole (24 rows leave 7
+    sources), and the foot says how many did not fit."""
     seconds = cur.taken - prev.taken if prev is not None else None
     s, p = cur.stats, prev.stats if prev is not None else None
     blocked = s.outcomes["blocked"]
@@ -51,8 +71,16 @@ def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10)
         f"  blocked/s {_rate(blocked, p.outcomes['blocked'] if p else None, seconds)}\n",
         f"frames {s.frames:,}  queries {s.judged:,}  blocked {blocked:,}  names {s.names:,}",
     )
+    fill = _fill_line(cur.fill)
+    top_sources = top_cats = top
+    if height is not None:
+        fill_rows = -(-len(fill.plain) // max(width, 1))
+        fixed = 2 + fill_rows + (3 + len(ACTIONS)) + 3 + 1  # head, fill, band, table, foot
+        top_sources = max(1, min(top, height - fixed))
+        # No taller than the actions beside them, but for rows the sources leave over.
+        top_cats = min(top, len(ACTIONS) + max(0, height - fixed - top_sources))
 
-    actions = Table(title="per action", title_justify="left", expand=False)
+    actions = _table("per action")
     actions.add_column("action")
     actions.add_column("total", justify="right")
     actions.add_column("/s", justify="right")
@@ -60,39 +88,39 @@ def render_top(cur: TopSnapshot, prev: TopSnapshot | None = None, top: int = 10)
         actions.add_row(a, f"{s.actions.get(a, 0):,}",
                         _rate(s.actions.get(a, 0), p.actions.get(a, 0) if p else None, seconds))
 
-    sources = Table(title="top sources", title_justify="left",
-                    caption="hits since the last collect", caption_justify="left")
-    sources.add_column("address")
-    sources.add_column("category")
-    sources.add_column("hits", justify="right")
-    for src in s.sources[:top]:
-        sources.add_row(src.address, cur.categories.get(src.category, str(src.category)),
-                        f"{src.hits:,}")
-
     per_cat: dict[str, list[int]] = {}
     for src in s.sources:
-        name = cur.categories.get(src.category, str(src.category))
+        name = category_label(src.category, cur.categories)
         row = per_cat.setdefault(name, [0, 0])
         row[0] += src.hits
         row[1] += 1
-    cats = Table(title="top categories", title_justify="left")
+    cats = _table("top categories")
     cats.add_column("category")
     cats.add_column("hits", justify="right")
     cats.add_column("sources", justify="right")
-    for name, (hits, n) in sorted(per_cat.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]:
-        cats.add_row(name, f"{hits:,}", f"{n:,}")
+    for name, (hits, n) in sorted(per_cat.items(),
+                                  key=lambda kv: (-kv[1][0], kv[0]))[:top_cats]:
+        cats.add_row(Text(name), f"{hits:,}", f"{n:,}")
+    band = Table.grid(padding=(0, 4))
+    band.add_row(actions, cats)
 
-    fill = Table(title="map fill", title_justify="left")
-    fill.add_column("map")
-    fill.add_column("entries", justify="right")
-    fill.add_column("capacity", justify="right")
-    fill.add_column("fill", justify="right")
-    for f in cur.fill:
-        pct = 100 * f.entries / f.capacity if f.capacity else 0.0
-        fill.add_row(f.name, f"{f.entries:,}", f"{f.capacity:,}", f"{pct:.1f}%")
+    sources = _table("top sources")
+    sources.add_column("address")
+    sources.add_column("category")
+    sources.add_column("hits since collect", justify="right")
+    for src in s.sources[:top_sources]:
+        # Text cells: an address is never read as markup or emoji (":1234:" is one).
+        sources.add_row(Text(src.address), Text(category_label(src.category, cur.categories)),
+                        f"{src.hits:,}")
+
     lost = s.events.get("source_lost", 0)
     foot = Text(f"source_lost {lost:,}", style="bold red" if lost else "dim")
-    return Group(head, actions, sources, cats, fill, foot)
+    hidden = [f"{n:,} {what}" for n, what in (
+        (len(s.sources) - top_sources, "sources"), (len(per_cat) - top_cats, "categories"))
+        if n > 0]
+    if hidden:
+        foot.append(f"  not shown: {', '.join(hidden)}", style="dim")
+    return Group(head, fill, band, sources, foot)
 
 
 @click.command()
@@ -131,14 +159,21 @@ def top(app, interval, top_n, iterations, once):
         iterations = 1
     prev = take_snapshot(dp, categories())
     out = console()
+
+    def frame(cur: TopSnapshot, prev: TopSnapshot | None) -> Group:
+        # The terminal's size at each frame (it may be resized); piped, every row asked for.
+        if not out.is_terminal:
+            return render_top(cur, prev, top_n)
+        return render_top(cur, prev, top_n, out.size.height, out.size.width)
+
     done = 0
     try:
-        with Live(render_top(prev, None, top_n), console=out, auto_refresh=False,
+        with Live(frame(prev, None), console=out, auto_refresh=False,
                   transient=False) as live:
             while iterations is None or done < iterations:
                 time.sleep(interval)
                 cur = take_snapshot(dp, categories())
-                live.update(render_top(cur, prev, top_n), refresh=True)
+                live.update(frame(cur, prev), refresh=True)
                 prev = cur
                 done += 1
     except KeyboardInterrupt:

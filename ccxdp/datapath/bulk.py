@@ -1,9 +1,11 @@
 """The bulk helper in C (bulk.c): hashing, sorting, merging and diffing a million names.
 
-It is compiled on first use with the system's C compiler into a cache folder, keyed by the
-hash of its sources, the way bcc compiles the XDP program at load time. Each function has a
-pure-Python twin here, used when no compiler is available (slow, but the same results) and
-held equal to the C by tests/datapath/test_bulk.py.
+It is compiled on first use with the system's C compiler into a cache folder
+(``CCXDP_CACHE_DIR``, default ``/var/cache/ccxdp``), keyed by the hash of its sources, the
+way bcc compiles the XDP program at load time. Each function has a pure-Python twin here,
+used when no compiler is available or the cache folder cannot be written (slow, but the
+same results; the latter is reported once, through ``report``) and held equal to the C by
+tests/datapath/test_bulk.py.
 
 Arrays are ``array.array('Q')`` of unsigned 64-bit numbers: name hashes and the values that
 travel with them.
@@ -16,9 +18,10 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ccxdp.datapath import shared
@@ -30,6 +33,14 @@ CACHE_DIR = Path(os.environ.get("CCXDP_CACHE_DIR", "/var/cache/ccxdp"))
 
 _lib: ct.CDLL | None = None
 _tried = False
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+# Where the one line about falling back goes: stderr for a command; the daemon sets its log.
+report: Callable[[str], None] = _warn
 
 
 class BulkError(CcxdpError):
@@ -45,8 +56,15 @@ def _build() -> Path | None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".so")
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".so")
+    except OSError as e:
+        # A read-only /var/cache (systemd's ProtectSystem=strict without CacheDirectory=):
+        # slower, never fatal.
+        report(f"cannot write the bulk helper's cache {CACHE_DIR} ({e.strerror}): using the "
+               f"slower pure-Python path; set CCXDP_CACHE_DIR to a writable folder")
+        return None
     os.close(fd)
     try:
         subprocess.run(

@@ -165,9 +165,14 @@ def _check(key: str, value: object) -> None:
             raise SettingError(f"sinkhole_v4: {value!r} is not an IPv4 address") from None
     elif key == "sinkhole_v6":
         try:
-            ipaddress.IPv6Address(value)
+            address = ipaddress.IPv6Address(value)
         except ValueError:
             raise SettingError(f"sinkhole_v6: {value!r} is not an IPv6 address") from None
+        if address.ipv4_mapped is not None:
+            # An AAAA answer with ::ffff:a.b.c.d sends clients nowhere useful on IPv6.
+            raise SettingError(f"sinkhole_v6: {value!r} is an IPv4-mapped address: give "
+                               f"{address.ipv4_mapped} as sinkhole_v4 and a real IPv6 "
+                               f"address here")
     elif key in ("answer_ttl", "negative_ttl"):
         if not 0 <= value <= _TTL_MAX:
             raise SettingError(f"{key}: {value} is outside 0..{_TTL_MAX}")

@@ -53,6 +53,7 @@ from ccxdp.hits.store import (
     now_iso,
     to_us,
 )
+from ccxdp.policy.catalog import category_label
 from ccxdp.postgres import ConnInfoError, check_conninfo
 
 SCHEMA_VERSION = 2
@@ -465,11 +466,12 @@ class FleetStore:
         where = "WHERE resolver = %s" if resolver is not None else ""
         args = (resolver, resolver) if resolver is not None else ()
         rows = self._q(
-            f"SELECT coalesce(c.name, h.category::text), sum(h.hits) FROM "
+            f"SELECT h.category, c.name, sum(h.hits) FROM "
             f"(SELECT category, hits FROM hits {where} UNION ALL "
             f"SELECT category, hits FROM line_hits {where}) h "
-            f"LEFT JOIN categories c ON c.id = h.category GROUP BY 1", args).fetchall()
-        return {str(name): int(n) for name, n in rows}
+            f"LEFT JOIN categories c ON c.id = h.category GROUP BY 1, 2", args).fetchall()
+        return {category_label(category, {category: name} if name else {}): int(n)
+                for category, name, n in rows}
 
     def unattributed_hits(self, start: int, end: int) -> list[tuple]:
         """As Store.unattributed_hits, every resolver's hits of an address together."""

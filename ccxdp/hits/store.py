@@ -38,6 +38,7 @@ from socket import AF_INET, AF_INET6, inet_ntop
 
 from ccxdp import sqlite
 from ccxdp.errors import CcxdpError
+from ccxdp.policy.catalog import category_label
 
 HITS_DB = "hits.db"  # in the state folder, beside the catalog
 _OLD_HITS_DB = "records.db"  # its name until it was told apart from the records it feeds
@@ -389,14 +390,14 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             # The collector and a CLI call may write at once: wait for the other's transaction.
-            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
+            self.db = sqlite.connect(path, isolation_level=None, timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")
             # A committed checkpoint survives a power loss, not only a kill.
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: a million rows at a time
             self._upgrade()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: {e}") from e
+            raise StoreError(sqlite.failure(path, e)) from e
 
     def _upgrade(self) -> None:
         with self.transaction():
@@ -482,10 +483,11 @@ class Store:
         """Hits per category name, raw rows and rows folded by expire."""
         self._fold_first()
         rows = self.db.execute(
-            "SELECT coalesce(c.name, h.category), sum(h.hits) FROM "
+            "SELECT h.category, c.name, sum(h.hits) FROM "
             "(SELECT category, hits FROM hits UNION ALL SELECT category, hits FROM line_hits) h "
             "LEFT JOIN categories c ON c.id = h.category GROUP BY h.category")
-        return {str(name): int(n) for name, n in rows}
+        return {category_label(category, {category: name} if name else {}): int(n)
+                for category, name, n in rows}
 
     # -- the collector's side ---------------------------------------------------------------
     def add_hit_counts(

@@ -21,6 +21,7 @@ import os
 import re
 import smtplib
 import ssl
+import stat
 import string
 from datetime import UTC, datetime
 from email import policy
@@ -199,8 +200,16 @@ class Outbox:
         return str(path)
 
 
+TLS_MODES = ("none", "starttls", "implicit")  # implicit: TLS from the first byte (SMTPS)
+DEFAULT_PORTS = {"none": 25, "starttls": 25, "implicit": 465}  # HOST without :PORT
+
+
 class SmtpSender:
-    """One SMTP session for a notify run: STARTTLS and AUTH when asked."""
+    """One SMTP session for a notify run: STARTTLS or implicit TLS, and AUTH when asked.
+
+    The server's certificate is checked against the system's CAs or ``cafile``, and its
+    name against HOST. A password never goes over a connection without TLS unless
+    ``insecure_auth`` says so: AUTH PLAIN and LOGIN carry it in clear text."""
 
     channel = "smtp"
 
@@ -209,30 +218,43 @@ class SmtpSender:
         host: str,
         port: int,
         *,
-        starttls: bool = False,
+        tls: str = "none",
         user: str | None = None,
         password: str | None = None,
         cafile: Path | None = None,
+        insecure_auth: bool = False,
         timeout: float = 60.0,
     ):
-        self.host, self.port = host, port
-        self.starttls, self.user, self.password = starttls, user, password
+        if tls not in TLS_MODES:
+            raise MailError(f"unknown SMTP TLS mode {tls!r}: one of {', '.join(TLS_MODES)}")
+        if user and tls == "none" and not insecure_auth:
+            raise MailError(
+                f"refusing to send the SMTP password to {host}:{port} without TLS: use "
+                f"--starttls or --smtps (or --smtp-insecure-auth, on a trusted network only)"
+            )
+        self.host, self.port, self.tls = host, port, tls
+        self.user, self.password = user, password
         self.cafile, self.timeout = cafile, timeout
         self._smtp: smtplib.SMTP | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        # create_default_context: CERT_REQUIRED and check_hostname against HOST.
+        return ssl.create_default_context(cafile=str(self.cafile) if self.cafile else None)
 
     def open(self) -> None:
         where = f"{self.host}:{self.port}"
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        except (OSError, smtplib.SMTPException) as e:
+            if self.tls == "implicit":
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                        context=self._context())
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        except (OSError, smtplib.SMTPException) as e:  # ssl.SSLError is an OSError
             raise NotDelivered(f"cannot connect to SMTP server {where}: {e}") from e
         try:
             smtp.ehlo()
-            if self.starttls:
-                context = ssl.create_default_context(
-                    cafile=str(self.cafile) if self.cafile else None
-                )
-                smtp.starttls(context=context)
+            if self.tls == "starttls":
+                smtp.starttls(context=self._context())
                 smtp.ehlo()
             if self.user:
                 self._login(smtp)
@@ -277,22 +299,38 @@ class SmtpSender:
         return f"{self.host}:{self.port}"
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """HOST:PORT, [IPv6]:PORT, or HOST (port 25)."""
+def parse_hostport(text: str, default_port: int | None = 25) -> tuple[str, int | None]:
+    """HOST:PORT, [IPv6]:PORT, or HOST (``default_port``)."""
     m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
     if not m:
         raise MailError(f"not HOST:PORT: {text}")
     host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4) or 25)
+    given = m.group(2) or m.group(4)
+    if given is None:
+        return host, default_port
+    port = int(given)
     if not 0 < port < 65536:
         raise MailError(f"port out of range: {text}")
     return host, port
 
 
 def smtp_password(password_file: Path | None) -> str | None:
+    """The password from the file, else from $CCXDP_SMTP_PASSWORD, else None."""
     if password_file is not None:
         try:
             return Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
             raise MailError(f"cannot read {password_file}: {e.strerror}") from e
     return os.environ.get(PASSWORD_ENV)
+
+
+def password_file_warning(password_file: Path) -> str | None:
+    """A warning when others than the owner may read the password file, else None."""
+    try:
+        mode = Path(password_file).stat().st_mode
+    except OSError:
+        return None  # smtp_password says why it cannot be read
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (f"SMTP password file {password_file} can be read by others (mode "
+                f"{stat.S_IMODE(mode):o}): chmod 600 it")
+    return None

@@ -43,6 +43,7 @@ from ccxdp.hits.store import Store, iso, period_bounds
 from ccxdp.inputs import InputError, csv_rows, open_input
 from ccxdp.notify import mail
 from ccxdp.notify.attribution import Sessions
+from ccxdp.policy.catalog import category_label as category_name
 
 DEFAULT_MIN_DAYS = 2
 # Human output stays readable over an ISP's month (tens of thousands of addresses): a
@@ -50,7 +51,6 @@ DEFAULT_MIN_DAYS = 2
 # are; a record shows this many addresses, else their number. --json always has them all.
 SHOWN = 10
 ADDRESSES_SHOWN = 3
-NO_CATEGORY = "(none)"  # hits on entries without a category; no category name has parentheses
 SUBSCRIBER_HEADER = ["line_id", "email", "language"]
 
 
@@ -97,12 +97,6 @@ class Subscriber:
     line: str
     email: str
     language: str
-
-
-def category_name(category: int, names: dict[int, str]) -> str:
-    if category == 0:
-        return NO_CATEGORY
-    return names.get(category, f"category-{category}")
 
 
 def _address_key(text: str) -> tuple[int, bytes, int]:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+from ccxdp.datapath import bulk
 from ccxdp.datapath.loader import Datapath, Limits, Mode, check_root
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.location import ShipFailed, StoreLocation, collect, default_resolver, ship
@@ -47,12 +48,17 @@ from ccxdp.policy import plan, transfer
 from ccxdp.policy.catalog import Catalog, normalize_category
 from ccxdp.policy.download import add_url_feed, redact, retry_delay, sync_url_feed
 from ccxdp.policy.exempt import set_line_prefixes
-from ccxdp.policy.feeds import add_feed, feed_counts, remove_feed, sync_feed
+from ccxdp.policy.feeds import FeedError, add_feed, feed_counts, remove_feed, sync_feed
 from ccxdp.policy.line_exempt import current_prefixes, read_file, read_radacct
 from ccxdp.policy.lists import canonical_action
 from ccxdp.utc import utc_now_text, utc_text
 
 POLL = 1.0  # seconds between looks at the feed files
+# The catalog's meta key naming the feeds the daemon's config gave (a JSON list): what a
+# start compares the config with, as a reload compares it with the config before, so that a
+# feed taken out of the file goes either way. Feeds added with 'ccxdp feed add' are not in
+# it and stay.
+CONFIG_FEEDS_KEY = "daemon_config_feeds"
 
 
 class DaemonError(CcxdpError):
@@ -63,11 +69,14 @@ class Log:
     """One line per event: logfmt (``key=value``) or JSON, with a time and a level first.
     journald keeps stderr lines as they are."""
 
-    def __init__(self, fmt: str = "logfmt", out: TextIO | None = None):
+    def __init__(self, fmt: str = "logfmt", out: TextIO | None = None, level: str = "info"):
         self.fmt = fmt
         self.out = out or sys.stderr
+        self.level = level  # "debug" writes debug lines too; "info" leaves them out
 
     def __call__(self, event: str, level: str = "info", **fields: object) -> None:
+        if level == "debug" and self.level != "debug":
+            return
         record = {"time": utc_now_text(), "level": level,
                   "event": event}
         record.update({k: v for k, v in fields.items() if v is not None})
@@ -77,6 +86,9 @@ class Log:
             line = " ".join(f"{k}={_logfmt(v)}" for k, v in record.items())
         self.out.write(line + "\n")
         self.out.flush()
+
+
+BAD_LINES_LOGGED = 5  # of a refused feed's bad lines, in its log line (feed add lists all)
 
 
 def _logfmt(value: object) -> str:
@@ -103,6 +115,26 @@ def check_interfaces(config: Config) -> None:
                 raise ConfigError(config.path, f"{key}.name", f"no interface {iface.where}")
 
 
+def check_listen_addresses(config: Config) -> None:
+    """Every address the config listens on (metrics, NOTIFY) is one this host has, in the
+    daemon's namespace: otherwise ConfigError, before anything is attached. Only the
+    address is tried (port 0): the port may be the running daemon's own."""
+    import socket
+
+    for key, where in (("metrics.listen", config.metrics_listen),
+                       ("feeds_notify.listen", config.notify_listen)):
+        if where is None:
+            continue
+        address = where[0]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((address, 0))
+            except OSError as e:
+                raise ConfigError(config.path, key, f"this host has no address {address} "
+                                  f"({e.strerror})") from None
+
+
 class Daemon:
     def __init__(self, config_path: Path, pin_dir: Path, state_dir: Path,
                  log_out: TextIO | None = None):
@@ -111,6 +143,7 @@ class Daemon:
         self.state = DaemonState()
         self._expired_for: tuple | None = None  # the hour and retention last expired for
         self.log = Log(out=log_out)
+        bulk.report = lambda message: self.log("bulk_helper", level="warning", error=message)
         self.config: Config | None = None
         self.metrics: MetricsServer | None = None
         self._wake = threading.Event()
@@ -141,16 +174,19 @@ class Daemon:
         config = load_config(self.config_path)
         check_root()
         check_interfaces(config)
+        check_listen_addresses(config)
         self._claim_state_dir()
-        self.log.fmt = config.log_format
+        self.log.fmt, self.log.level = config.log_format, config.log_level
         self.log("start", config=str(config.path), pid=os.getpid(), pin_dir=str(self.dp.pin_dir),
                  state_dir=str(self.dp.state_dir))
         self.config = config
         for iface in config.interfaces:
             self._attach(iface)
         self._apply_filter(config)
+        self._remove_feeds(config)
         for feed in config.feeds:
             self._ensure_feed(feed)
+        self._remember_feeds(config)
         self._start_metrics(config)
         self._start_notify(config)
         self._schedule_collect(config)
@@ -329,6 +365,64 @@ class Daemon:
                 and category == normalize_category(feed.category or feed.name)
                 and bool(source.skip_invalid) == feed.skip_invalid)
 
+    @staticmethod
+    def _config_feeds(catalog: Catalog) -> dict[str, str]:
+        """The feeds the config last applied gave (by this daemon or one before it), each
+        as registered then (source id and time): a feed of that name added by hand since is
+        not one."""
+        try:
+            data = json.loads(catalog.meta(CONFIG_FEEDS_KEY) or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {n: a for n, a in data.items() if isinstance(n, str) and isinstance(a, str)}
+
+    @staticmethod
+    def _registered(source) -> str:
+        return f"{source.id}@{source.added_at}"
+
+    def _remember_feeds(self, config: Config) -> None:
+        """Record the config's feeds as registered now (after a start, a reload, an add)."""
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                recorded = {}
+                for feed in config.feeds:
+                    source = catalog.source(feed.name)
+                    if source is not None:
+                        recorded[feed.name] = self._registered(source)
+                catalog.set_meta(CONFIG_FEEDS_KEY, json.dumps(recorded, sort_keys=True))
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("feed_remove", level="error", error=str(e))
+
+    def _remove_feeds(self, config: Config, also: set[str] = frozenset()) -> None:
+        """Feeds not in ``config`` any more: those the config last applied gave (still as
+        registered then) and ``also`` (the config before a reload), out of the catalog and
+        the kernel. Feeds added by hand are never the config's to remove."""
+        wanted = {f.name for f in config.feeds}
+        try:
+            with Catalog(self.dp.catalog_path) as catalog:
+                recorded = self._config_feeds(catalog)
+                gone = {n for n, added in recorded.items()
+                        if (s := catalog.source(n)) is not None
+                        and self._registered(s) == added}
+        except (CcxdpError, OSError, sqlite3.Error) as e:
+            self.log("feed_remove", level="error", error=str(e))
+            gone = set()
+        for name in sorted((gone | set(also)) - wanted):
+            try:
+                with self.dp, Catalog(self.dp.catalog_path) as catalog:
+                    if catalog.source(name) is not None:
+                        remove_feed(self.dp, catalog, name)
+                        self.log("feed_remove", feed=name, reason="not in the config")
+            except (CcxdpError, OSError, sqlite3.Error) as e:
+                self.log("feed_remove", level="error", feed=name, error=str(e))
+            self._next_sync.pop(name, None)
+            self._failures.pop(name, None)
+            self._file_stat.pop(name, None)
+            with self.state.lock:
+                self.state.feeds.pop(name, None)
+
     def _ensure_feed(self, feed: Feed) -> None:
         self._sync(feed, "start")
 
@@ -347,7 +441,7 @@ class Daemon:
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
                                                                                     catalog):
-                    remove_feed(self.dp, catalog, feed.name)
+                    remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 if catalog.source(feed.name) is None:
@@ -373,7 +467,7 @@ class Daemon:
                 if catalog.source(feed.name) is not None and not self._feed_matches(feed,
                                                                                     catalog):
                     with self.dp:
-                        remove_feed(self.dp, catalog, feed.name)
+                        remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 if catalog.source(feed.name) is None:
@@ -402,7 +496,7 @@ class Daemon:
                 self.log("feed_tsig", level="warning", feed=feed.name, warning=fetched.warning)
             with self.dp, Catalog(self.dp.catalog_path) as catalog:
                 if catalog.source(feed.name) is not None and not matches:
-                    remove_feed(self.dp, catalog, feed.name)
+                    remove_feed(self.dp, catalog, feed.name, reclaim=False)
                     self.log("feed_remove", feed=feed.name, reason="options changed")
                     why = "options changed"
                 add = None
@@ -417,6 +511,8 @@ class Daemon:
 
     def _synced(self, feed: Feed, catalog: Catalog, r, why: str) -> None:
         self._failures.pop(feed.name, None)
+        if why in ("added", "options changed") and self.config is not None:
+            self._remember_feeds(self.config)  # a feed refused at start and added later too
         source = catalog.source(feed.name)
         self._next_sync[feed.name] = time.monotonic() + (
             transfer.next_refresh(source, ok=True) if feed.zone else feed.refresh)
@@ -465,9 +561,13 @@ class Daemon:
             fs = self.state.feeds.setdefault(feed.name, FeedState())
             fs.last_sync, fs.last_ok = time.time(), False
             fs.syncs["error"] += 1
+        if isinstance(e, FeedError) and e.bad:  # the error's first line only announces them
+            fields.update(bad_lines=len(e.bad), first_bad_lines=" | ".join(
+                str(b) for b in e.bad[:BAD_LINES_LOGGED]))
         self.log("feed_sync", level="error", feed=feed.name, why=why, result=result,
                  url=redact(feed.url.url) if feed.url else None,
-                 retry_in=delay if feed.url else None, error=str(e).splitlines()[0], **fields)
+                 retry_in=delay if feed.url else None,
+                 error=str(e).splitlines()[0].removesuffix(":"), **fields)
 
     # -- NOTIFY -------------------------------------------------------------------------
     def _watch(self, config: Config) -> None:
@@ -524,7 +624,7 @@ class Daemon:
         return StoreLocation(self.config.store, self.dp.state_dir)
 
     def collect(self) -> None:
-        self.log("collect_start")
+        self.log("collect_start", level="debug")
         started = time.monotonic()
         where = self._store()
         try:
@@ -546,7 +646,11 @@ class Daemon:
             self.state.collected_hits += r.hits
             if stored is not None:
                 self.state.category_stored = stored
-        self.log("collect", level="warning" if r.lost else "info", result="ok", epoch=r.epoch,
+        # A collection that moved nothing is routine: a line at every interval would bury
+        # the ones that matter.
+        idle = not (r.hits or r.rows or r.counters or r.recovered or r.lost)
+        self.log("collect", level="warning" if r.lost else "debug" if idle else "info",
+                 result="ok", epoch=r.epoch,
                  hits=r.hits, sources=r.sources, rows=r.rows, recovered=r.recovered,
                  lost=r.lost, seconds=seconds)
         if where.fleet:
@@ -584,7 +688,9 @@ class Daemon:
             self.log("ship", level="error", result="error", resolver=resolver,
                      backlog_hits=hits, backlog_batches=batches, error=str(failed))
         else:
-            self.log("ship", result="ok", resolver=resolver, batches=shipped.batches,
+            idle = not (shipped.batches or shipped.hits or shipped.skipped or hits or batches)
+            self.log("ship", level="debug" if idle else "info", result="ok",
+                     resolver=resolver, batches=shipped.batches,
                      hits=shipped.hits, skipped=shipped.skipped, backlog_hits=hits,
                      backlog_batches=batches, seconds=shipped.seconds)
 
@@ -690,9 +796,13 @@ class Daemon:
     def _sessions_failed(self, event: str, e: Exception, key: str | None = None,
                          **fields: object) -> None:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if text != self._sessions_errors.get(key or event):
+        last = self._sessions_errors.get(key or event)
+        if text != last:
             self._sessions_errors[key or event] = text
-            self.log(event, level="error", result="error", error=text, **fields)
+            # One error an outage: a server going away fails first with "closed the
+            # connection", then with "connection refused"; the change is worth a warning.
+            self.log(event, level="error" if last is None else "warning",
+                     result="error" if last is None else "still_failing", error=text, **fields)
 
     def _apply_line_prefixes(self, wanted: dict[str, str]) -> None:
         try:
@@ -745,10 +855,11 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             check_interfaces(new)
+            check_listen_addresses(new)
         except ConfigError as e:
             self.log("reload", level="error", result="error", error=str(e))
             return
-        self.log.fmt = new.log_format
+        self.log.fmt, self.log.level = new.log_format, new.log_level
         self.config = new
         old_ifaces = {(i.name, i.netns): i for i in old.interfaces}
         new_ifaces = {(i.name, i.netns): i for i in new.interfaces}
@@ -767,22 +878,11 @@ class Daemon:
         except (CcxdpError, OSError) as e:
             self.log("settings", level="error", error=str(e))
         old_feeds = {f.name: f for f in old.feeds}
-        new_names = {f.name for f in new.feeds}
-        for name in old_feeds:
-            if name not in new_names:
-                try:
-                    with self.dp, Catalog(self.dp.catalog_path) as catalog:
-                        remove_feed(self.dp, catalog, name)
-                    self.log("feed_remove", feed=name, reason="not in the config")
-                except (CcxdpError, OSError, sqlite3.Error) as e:
-                    self.log("feed_remove", level="error", feed=name, error=str(e))
-                self._next_sync.pop(name, None)
-                self._failures.pop(name, None)
-                with self.state.lock:
-                    self.state.feeds.pop(name, None)
+        self._remove_feeds(new, also=set(old_feeds))
         for feed in new.feeds:
             if old_feeds.get(feed.name) != feed:
                 self._ensure_feed(feed)
+        self._remember_feeds(new)
         if new.collect_interval != old.collect_interval:
             self._schedule_collect(new)
         if new.sessions != old.sessions:

@@ -44,6 +44,9 @@ from ccxdp.policy.transfer import ZoneOrigin, check_zone, parse_primary, read_ts
 
 ON_STOP = ("keep", "detach")
 LOG_FORMATS = ("logfmt", "json")
+# "debug" adds the routine lines: each collection's start, and collections and ships that
+# had nothing to move.
+LOG_LEVELS = ("info", "debug")
 MODES = tuple(m.value for m in Mode)
 DEFAULT_FEED_REFRESH = 3600.0
 DEFAULT_COLLECT_INTERVAL = 60.0
@@ -125,6 +128,7 @@ class Config:
     sessions: SessionsConfig | None = None  # None: line-derived prefixes are left alone
     on_stop: str = "keep"
     log_format: str = "logfmt"
+    log_level: str = "info"
 
 
 class _Reader:
@@ -199,6 +203,7 @@ def parse_config(path: Path, data: dict) -> Config:
     top = _Reader(path, data, "")
     on_stop = top.choice("on_stop", ON_STOP, "keep")
     log_format = top.choice("log_format", LOG_FORMATS, "logfmt")
+    log_level = top.choice("log_level", LOG_LEVELS, "info")
     filt = _Reader(path, top.get("filter", (dict,), {}, "a table"), "filter.")
     interfaces_raw = top.get("interfaces", (list,), [], "an array of tables ([[interfaces]])")
     feeds_raw = top.get("feeds", (list,), [], "an array of tables ([[feeds]])")
@@ -247,6 +252,7 @@ def parse_config(path: Path, data: dict) -> Config:
         sessions=sessions,
         on_stop=on_stop,
         log_format=log_format,
+        log_level=log_level,
     )
 
 

@@ -19,6 +19,7 @@ from ccxdp.datapath import shared
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
 from ccxdp.hits.stats import read_stats
+from ccxdp.policy.catalog import category_label
 
 PREFIX = "ccxdp"
 
@@ -143,7 +144,7 @@ class DaemonMetrics(Collector):
         names = self.categories()
         pending: dict[str, int] = {}
         for s in snap.sources:
-            key = names.get(s.category, str(s.category))
+            key = category_label(s.category, names)
             pending[key] = pending.get(key, 0) + s.hits
         cat = GaugeMetricFamily(f"{PREFIX}_category_pending_hits", "Hits per category the "
                                 "kernel holds now (since the last collection)",

@@ -15,11 +15,12 @@ It is derived from the listings (``blocklist`` keeps it in step) and is what ``b
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import sqlite3
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -175,6 +176,23 @@ class CatalogError(CcxdpError):
 _CATEGORY = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
 
 
+# VACUUM rewrites the whole catalog (seconds for a million names), so it is done only when
+# it gives back at least this much (and a quarter of the file): see Catalog.reclaim.
+RECLAIM_MIN_BYTES = 8 << 20
+
+# How every view (stats, top, records, report, metrics) names the hits of entries without a
+# category (id 0): no category name has parentheses, so it cannot be taken for one.
+NO_CATEGORY = "(none)"
+
+
+def category_label(category: int, names: Mapping[int, str]) -> str:
+    """A category id as every view shows it: its name, NO_CATEGORY for none, and
+    ``category-N`` for an id this catalog does not know (hits from another resolver)."""
+    if category == 0:
+        return NO_CATEGORY
+    return names.get(category, f"category-{category}")
+
+
 def normalize_category(text: str) -> str:
     """A category name as stored and shown: lower case; letters, digits, '.', '_', '-'."""
     name = text.strip().lower()
@@ -299,11 +317,28 @@ _SOURCE_COLUMNS = ("id, name, path, format, column_name, action, category, skip_
                    "min_confidence")
 
 
+def release_memory() -> None:
+    """Give freed heap back to the system. A sync of a million names takes a few hundred MB
+    while it parses and hashes, the catalog's page cache up to 64 MiB; glibc keeps what is
+    freed in its arenas, so the daemon would sit on its largest feed's peak between syncs,
+    beside the resolver."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        pass
+
+
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:  # a full disk, a read-only state folder
+            raise CatalogError(sqlite.failure(self.path, e)) from e
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db = sqlite.connect(self.path, isolation_level=None)
         # 1 KB pages: a feed sync changes thousands of rows spread at random over a million
         # (rows are keyed by hash), and each writes its whole page to the WAL; measured with
         # scripts/bench_feeds.py, a 1% sync of a million names takes ~0.59 s with 1 KB pages
@@ -387,6 +422,30 @@ class Catalog:
 
     def close(self) -> None:
         self.db.close()
+        release_memory()  # its page cache (up to 64 MiB, cache_size below) with it
+
+    def reclaim(self) -> int:
+        """Give the file's free pages back (VACUUM) when that is worth it: when a quarter of
+        the file or more is free and that is RECLAIM_MIN_BYTES or more, as after a big feed
+        went (SQLite reuses free pages but never shrinks the file by itself). The bytes the
+        file shrank by; 0 when not worth it, or when another process is reading (it is
+        tried again after the next removal)."""
+        if self.db.in_transaction:
+            return 0
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        if free * page_size < RECLAIM_MIN_BYTES or free * 4 < pages:
+            return 0
+        before = self.path.stat().st_size
+        try:
+            self.db.execute("VACUUM")
+            # In WAL mode the smaller copy is in the WAL: the checkpoint writes it back and
+            # truncates the file, and the WAL after it.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            return 0
+        return max(0, before - self.path.stat().st_size)
 
     def __enter__(self) -> Catalog:
         return self

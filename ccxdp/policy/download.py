@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ccxdp import __version__
+from ccxdp import __version__, inputs
 from ccxdp.datapath.loader import Datapath
 from ccxdp.errors import CcxdpError
 from ccxdp.policy.catalog import Catalog, Source
@@ -74,11 +74,8 @@ class DownloadError(CcxdpError):
 
 
 def shown(text: object, limit: int = SHOWN) -> str:
-    """Text from outside (a server's reason phrase, a header, a file name) made safe for a
-    terminal and a log line: control and non-ASCII characters escaped, length capped."""
-    out = str(text).encode("ascii", "backslashreplace").decode("ascii")
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
-    return out if len(out) <= limit else out[:limit] + "…"
+    """A server's text made safe for a terminal and a log line, its length capped."""
+    return inputs.shown(text, limit)
 
 
 def redact(url: str) -> str:

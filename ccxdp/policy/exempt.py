@@ -109,8 +109,32 @@ def sorted_line_entries(catalog: Catalog) -> list[LineExemptEntry]:
     return sorted(catalog.line_exempt(), key=order)
 
 
-def add(dp: Datapath, catalog: Catalog, prefixes: Sequence[str]) -> list[PrefixChange]:
+# Shorter prefixes are exempted only with force: an IPv4 /8 is the most an ISP's own ranges
+# hold (IANA's blocks to the registries); no registry's allocation to one ISP is near an
+# IPv6 /16 (the largest are /19 to /20). A shorter one is a typo, or the whole Internet.
+SHORTEST_PREFIX = {4: 8, 6: 16}
+
+
+def check_width(nets: Sequence[Network]) -> None:
+    """Refuse prefixes shorter than SHORTEST_PREFIX: they would stop filtering and counting
+    for a share of the Internet (0.0.0.0/0: all of IPv4)."""
+    for n in nets:
+        if n.prefixlen < SHORTEST_PREFIX[n.version]:
+            share = f"1/{1 << n.prefixlen:,}" if n.prefixlen else "all"
+            count = f" ({n.num_addresses:,} addresses)" if n.version == 4 else ""
+            raise PrefixError(
+                str(n), f"{n} would exempt {share} of the IPv{n.version} Internet from "
+                f"filtering and counting{count}: prefixes shorter "
+                f"than /{SHORTEST_PREFIX[4]} (IPv4) or /{SHORTEST_PREFIX[6]} (IPv6) need "
+                f"--force; nothing was changed")
+
+
+def add(dp: Datapath, catalog: Catalog, prefixes: Sequence[str],
+        force: bool = False) -> list[PrefixChange]:
+    """Exempt static prefixes; ``force``: also those shorter than SHORTEST_PREFIX."""
     nets = list(dict.fromkeys(parse_prefix(p) for p in prefixes))
+    if not force:
+        check_width(nets)
     listed = {e.prefix for e in catalog.exempt()}
     changes = [PrefixChange(str(n), "unchanged" if str(n) in listed else "added") for n in nets]
     with catalog.transaction():

@@ -11,8 +11,8 @@ and a refused file changes nothing.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import tempfile
 import time
 from array import array
 from collections.abc import Callable
@@ -47,6 +47,7 @@ from ccxdp.policy.catalog import (
     Source,
     normalize_category,
     pack,
+    release_memory,
 )
 from ccxdp.policy.formats import BadLine, FeedEntry, ParsedFeed
 from ccxdp.policy.lists import MANUAL_ID, Applied, apply, canonical_action, hash_entries
@@ -131,10 +132,8 @@ def _refuse_bad(parsed: ParsedFeed, source: str) -> None:
 
 def parse(path: Path, fmt: str, column: str | None, skip_invalid: bool,
           source: str = MANUAL, match: str | None = None,
-          min_confidence: int | None = None) -> ParsedFeed:
-    if not path.is_file():
-        raise FeedError(f"{path}: no such file")
-    parsed = formats.parse_feed(path, fmt, column, match, min_confidence)
+          min_confidence: int | None = None, data: bytes | None = None) -> ParsedFeed:
+    parsed = formats.parse_feed(path, fmt, column, match, min_confidence, data)
     if parsed.bad and not skip_invalid:
         _refuse_bad(parsed, source)
     return parsed
@@ -259,7 +258,8 @@ def add_feed(
     action = canonical_action(action) if action else "default"
     category = normalize_category(category or name)
     with catalog.transaction():
-        source = catalog.add_source(name, str(Path(path).resolve()), fmt, column, action,
+        # realpath, not Path.resolve(): a symlink loop is the read's to report, in one line
+        source = catalog.add_source(name, os.path.realpath(path), fmt, column, action,
                                     catalog.category_id(category), skip_invalid, origin,
                                     max_shrink=check_max_shrink(max_shrink), match=match,
                                     min_confidence=min_confidence)
@@ -287,14 +287,26 @@ def sync_feed(dp: Datapath, catalog: Catalog, name: str, progress: Progress | No
 def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
           force: bool, allow_shrink: bool = False,
           provenance: dict | None = None) -> ImportResult:
+    try:
+        return _sync_file(dp, catalog, source, progress, force, allow_shrink, provenance)
+    finally:
+        release_memory()
+
+
+def _sync_file(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | None,
+               force: bool, allow_shrink: bool = False,
+               provenance: dict | None = None) -> ImportResult:
     started = time.perf_counter()
     path = Path(source.path or "")
-    if not path.is_file():
-        raise FeedError(f"feed {source.name!r}: {path}: no such file; nothing was changed")
-    data = formats.read_feed_bytes(path)  # a gzip or zip file's contents
+    try:  # read once: the digest, the line hashes and the parse all use these bytes
+        data = formats.read_feed_bytes(path, max_bytes=_copy_cap(source))
+    except formats.FeedFormatError as e:
+        raise FeedError(f"feed {source.name!r}: {e}; nothing was changed") from None
     key = dp.hash_key()  # once: every step below hashes with it; only apply() needs dp
     options = _options(source, key)
-    digest = hashlib.sha256(options.encode() + data).hexdigest()
+    digest = hashlib.sha256(options.encode())
+    digest.update(data)  # not options + data: that would copy the whole file once more
+    digest = digest.hexdigest()
     result = ImportResult(source.name, str(path), source.format or "auto",
                           provenance=provenance or source.provenance)
     if not force and digest == source.digest:
@@ -312,13 +324,16 @@ def _sync(dp: Datapath, catalog: Catalog, source: Source, progress: Progress | N
         listings, names, snapshot = by_lines
     else:
         parsed = parse(path, source.format or "auto", source.column, source.skip_invalid,
-                       source.name, source.match, source.min_confidence)
+                       source.name, source.match, source.min_confidence, data)
         _fill(result, parsed)
         _step(progress, f"hashing {len(parsed.entries):,} names")
         hashed = hash_feed(parsed.entries, source.action or "default", source.category, key,
                            catalog)
         listings, names = listings_of(hashed), hashed.names
         snapshot = _line_snapshot(parsed, hashed, data, key)
+        # The entries (~80 bytes a name) are all in the arrays now: the catalog and the
+        # kernel table are written in the memory they held.
+        del parsed, hashed
     if not allow_shrink:
         old = {k: catalog.listing(source.id, k) for k in KINDS}
         limit = source.max_shrink if source.max_shrink is not None else DEFAULT_MAX_SHRINK
@@ -389,11 +404,8 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     # Parse just the new lines, as a file of their own, then put back their line numbers.
     ends = array("Q", starts[1:]) + array("Q", [len(data) + 1])
     text = b"\n".join(data[starts[i]:ends[i] - 1] for i in fresh)
-    with tempfile.TemporaryDirectory() as tmp:
-        part = Path(tmp) / path.name
-        part.write_bytes(text)
-        parsed = formats.parse_feed(part, fmt, source.column, source.match,
-                                    source.min_confidence)
+    parsed = formats.parse_feed(path, fmt, source.column, source.match,
+                                source.min_confidence, text)
     if parsed.format != fmt:
         return None
     number = [i + 1 for i in fresh]
@@ -436,6 +448,13 @@ def _sync_by_lines(key: HashKey, catalog: Catalog, source: Source, path: Path, d
     return listings, hashed.names, snapshot
 
 
+def _copy_cap(source: Source) -> int | None:
+    """The cap on a feed's file: a URL feed's copy was held to its own cap as it came (its
+    max_bytes may be above the host's); any other file to the host's (max_feed_bytes)."""
+    origin = source.origin or {}
+    return origin.get("max_bytes") if origin.get("kind") == "url" else None
+
+
 def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
     result.format = parsed.format
     result.entries = len(parsed.entries)
@@ -447,8 +466,10 @@ def _fill(result: ImportResult, parsed: ParsedFeed) -> None:
     result.column = parsed.column
 
 
-def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
-    """Unregister a feed; the names no other source lists leave the catalog and kernel."""
+def remove_feed(dp: Datapath, catalog: Catalog, name: str, *, reclaim: bool = True) -> Applied:
+    """Unregister a feed; the names no other source lists leave the catalog and kernel, and
+    the catalog file gives back the room when worth it (``reclaim``; not when the feed is
+    added again at once, which reuses it)."""
     source = catalog.source(check_feed_name(name))
     if source is None:
         raise FeedError(f"no feed named {name!r} ('ccxdp feed list' shows them)")
@@ -457,6 +478,8 @@ def remove_feed(dp: Datapath, catalog: Catalog, name: str) -> Applied:
         catalog.remove_source(source.id)
     if source.origin is not None and source.path:  # a copy ccxdp kept (a download): its own
         Path(source.path).unlink(missing_ok=True)
+    if reclaim:
+        catalog.reclaim()
     return applied
 
 

@@ -29,7 +29,13 @@ from ccxdp.errors import CcxdpError
 from ccxdp.notify import attribution
 from ccxdp.notify.attribution import Session, Sessions
 from ccxdp.policy.catalog import Catalog
-from ccxdp.policy.exempt import LinePrefixChange, PrefixError, parse_prefix, set_line_prefixes
+from ccxdp.policy.exempt import (
+    LinePrefixChange,
+    PrefixError,
+    check_width,
+    parse_prefix,
+    set_line_prefixes,
+)
 
 LINE_ID_MAX = 253  # RADIUS's User-Name, the longest line id a sessions source can carry
 DEFAULT_RADACCT_TABLE = "radacct"
@@ -166,7 +172,9 @@ def current_prefixes(sessions: Sessions | Iterable[Session], opted_out: Collecti
             if s.start_us <= now_us < s.stop_us and s.line is not None:
                 if s.line in opted_out:
                     try:
-                        out[str(parse_prefix(str(net)))] = s.line
+                        prefix = parse_prefix(str(net))
+                        check_width([prefix])  # a session's address, never a /0: no force
+                        out[str(prefix)] = s.line
                     except PrefixError as e:
                         raise LineExemptError(f"{s.origin}: cannot exempt it: {e}") from None
                 break

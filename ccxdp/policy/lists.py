@@ -25,7 +25,7 @@ from ccxdp.datapath.hashing import HashKey
 from ccxdp.datapath.loader import Datapath
 from ccxdp.datapath.nametable import NameTable
 from ccxdp.datapath.settings import parse_action
-from ccxdp.errors import CcxdpError
+from ccxdp.errors import CcxdpError, InvalidNameError
 from ccxdp.policy.catalog import (
     ALLOW,
     BLOCK,
@@ -39,7 +39,7 @@ from ccxdp.policy.catalog import (
     unpack,
     unsigned,
 )
-from ccxdp.policy.names import normalize
+from ccxdp.policy.names import is_ip_literal, is_top_level, normalize
 
 MANUAL_ID = 1
 
@@ -275,6 +275,24 @@ def hash_entries(names: Sequence[str], key: HashKey) -> tuple[array, dict[int, s
 
 
 # -- manual entries: block add / remove, allow add / remove --------------------------------
+def check_by_hand(names: Sequence[str], match: str, kind: str, force: bool) -> None:
+    """The guard rails of a name listed by hand: an IP literal is never a name the program
+    sees in a query's name (feeds skip them; exempt add takes source prefixes), and a
+    subtree of a top-level domain blocks, or allows, everything registered under it: only
+    with ``force``."""
+    for name in names:
+        if is_ip_literal(name):
+            raise InvalidNameError(name, "an IP address, not a domain name (ccxdp matches "
+                                         "the names queried; 'exempt add' takes sources)")
+    if not force and match != "exact":
+        tlds = [n for n in names if is_top_level(n)]
+        if tlds:
+            what = "blocks" if kind == BLOCK else "allows"
+            raise CcxdpError(
+                f"{', '.join(tlds)}: a top-level domain; a subtree of it {what} every name "
+                f"registered under it: nothing was changed (--force lists it all the same)")
+
+
 def add(
     dp: Datapath,
     catalog: Catalog,
@@ -283,11 +301,13 @@ def add(
     action: str = "default",
     category: str | None = None,
     kind: str = BLOCK,
+    force: bool = False,
 ) -> list[Change]:
     """List names in the manual source as block entries (action "default": the configured
     default action decides at query time) or as allow entries (kind ALLOW). ``subtree`` is a
     match ("exact", "subtree", "below") or a bool. Adding a listed name again replaces its
-    match, action and category."""
+    match, action and category. Refused: IP literals, and without ``force`` the subtree of
+    a top-level domain (check_by_hand)."""
     match = subtree if isinstance(subtree, str) else ("subtree" if subtree else "exact")
     if match not in MATCHES:
         raise CcxdpError(f"{match!r} is not a match ({', '.join(MATCHES)})")
@@ -298,6 +318,7 @@ def add(
     if category is not None:
         category = normalize_category(category)
     normalized = list(dict.fromkeys(normalize(n) for n in names))
+    check_by_hand(normalized, match, kind, force)
     key = dp.hash_key()
     rehash_if_needed(key, catalog)
     with catalog.transaction():

@@ -10,6 +10,7 @@ stub libraries map what users type.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import idna
@@ -121,3 +122,21 @@ def wire_labels(wire: bytes) -> list[bytes]:
         labels.append(wire[pos + 1 : pos + 1 + length])
         pos += 1 + length
     return labels
+
+
+def is_ip_literal(text: str) -> bool:
+    """An IPv4 or IPv6 address written as itself: no name, though "198.18.0.1" passes the
+    rules of one. Feeds skip such lines; ``block add`` and ``allow add`` refuse them."""
+    if not text or not (text[0].isdigit() or ":" in text):
+        return False  # a name, most of the time: no exception to build
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_top_level(name: str) -> bool:
+    """A normalized name of one label: a top-level domain (com, net, a ccTLD), a subtree
+    of which is everything registered under it."""
+    return "." not in name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from rich.table import Table
 
 from ccxdp.cli.render import (
     render_attachments,
@@ -62,8 +63,9 @@ def test_stats_table_shows_exact_counts():
     assert row(out, "total", "1,234,600", "frames seen")
     assert row(out, "judged", "1,234,580", "DNS queries looked up")
     assert row(out, "exempt", "5", "from opted-out sources, passed unjudged")
-    assert row(out, "198.18.0.2", "3", "7", "2026-11-27 21:05:01", "2026-11-27 21:06:01")
-    assert row(out, "fd00:cc::2", "0", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
+    assert row(out, "198.18.0.2", "category-3", "7", "2026-11-27 21:05:01",
+               "2026-11-27 21:06:01")
+    assert row(out, "fd00:cc::2", "(none)", "2", "2026-11-27 21:05:01", "2026-11-27 21:05:01")
     assert "blocked queries per source (2)" in out
     # Tables that would be all zeros are left out.
     assert "malformed queries by reason" not in out and "events" not in out
@@ -96,7 +98,7 @@ def test_attachments_entries_and_changes():
 def test_stats_table_names_categories_it_knows():
     out = text(render_stats(snapshot(), categories={3: "emotet"}))
     assert row(out, "198.18.0.2", "emotet", "7")
-    assert row(out, "fd00:cc::2", "0", "2")
+    assert row(out, "fd00:cc::2", "(none)", "2")  # as top, records, report and metrics say
 
 
 def test_block_and_allow_entries_and_their_changes():
@@ -134,3 +136,23 @@ def test_exempt_prefixes_and_settings():
     assert "in the kernel map /sys/fs/bpf/ccxdp/ccxdp_config_v3 (in use)" in out
     out = text(render_settings(Settings(), loaded=False, map_path="m", file_path="f.json"))
     assert "not loaded: the program gets them at the next attach" in out
+
+
+def test_stats_sources_print_addresses_as_they_are():
+    """rich would read ":1234:" in an IPv6 address as an emoji code."""
+    snap = snapshot()
+    snap = type(snap)(**{**snap.__dict__, "sources": (
+        SourceStat("fd00:1234:5678::2", 0, 2, T0, T0),)})
+    out = text(render_stats(snap))
+    assert row(out, "fd00:1234:5678::2", "(none)", "2")
+
+
+def test_the_commands_console_prints_addresses_as_they_are(capsys):
+    """Every command's console: ":1234:" in an IPv6 prefix is no emoji code."""
+    from ccxdp.cli.output import emit
+
+    table = Table()
+    table.add_column("prefix")
+    table.add_row("fd00:1234::/64")
+    emit(False, None, lambda: table)
+    assert "fd00:1234::/64" in capsys.readouterr().out

@@ -54,15 +54,15 @@ def test_layout_of_a_known_snapshot():
     # 60 judged queries and 20 blocked in 2 seconds.
     assert lines[0] == "ccxdp top  queries/s 30.0  blocked/s 10.0"
     assert lines[1] == "frames 120  queries 120  blocked 30  names 3"
-    assert "│ nxdomain │    24 │ 8.0 │" in lines
-    assert "│ drop     │     6 │ 2.0 │" in lines
-    assert "│ monitor  │     0 │ 0.0 │" in lines
-    assert "│ 198.18.0.20 │ emotet   │   12 │" in lines
-    assert "│ fd00::20    │ qakbot   │    5 │" in lines
-    assert "│ emotet   │   15 │       2 │" in lines  # two sources' hits summed
-    assert "│ qakbot   │    5 │       1 │" in lines
-    assert "│ names   │       3 │ 1,048,576 │ 0.0% │" in lines
-    assert "│ sources │       3 │     4,096 │ 0.1% │" in lines
+    assert lines[2] == ("map fill  names 3/1,048,576 0.0%  sources 3/4,096 0.1%  "
+                        "exempt 0/65,536 0.0%")
+    # The actions, and beside them the categories: two sources' hits summed.
+    assert lines[6] == " drop     │     6 │ 2.0      emotet   │   15 │       2"
+    assert lines[7] == " nxdomain │    24 │ 8.0      qakbot   │    5 │       1"
+    assert lines[12] == " monitor  │     0 │ 0.0"
+    assert lines[16:19] == [" 198.18.0.20 │ emotet   │                 12",
+                            " fd00::20    │ qakbot   │                  5",
+                            " 198.18.0.21 │ emotet   │                  3"]
     assert lines[-1] == "source_lost 7"
     # Top sources in order, emotet's first.
     assert text.index("198.18.0.20") < text.index("fd00::20") < text.index("198.18.0.21")
@@ -72,10 +72,10 @@ def test_first_frame_has_no_rates_and_top_limits_rows():
     srcs = [SourceStat(f"198.18.0.{i}", 1, 100 - i, 0, 0) for i in range(20)]
     text = render(TopSnapshot(5.0, stats(0, 0, 0, 0, srcs), FILL, {}), None, top=4)
     assert "queries/s –  blocked/s –" in text
-    assert "│ nxdomain │     0 │  – │" in text
+    assert " nxdomain │     0 │  –" in text
     shown = [i for i in range(20) if f"198.18.0.{i} " in text]
     assert shown == [0, 1, 2, 3]
-    assert "│ 1        │ 1,810 │      20 │" in text  # unnamed category: its id
+    assert " category-1 │ 1,810 │      20" in text  # unnamed category: its id, as records
 
 
 @pytest.mark.root
@@ -93,8 +93,8 @@ def test_top_refreshes_against_the_lab(ccxdp, lab, tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert time.monotonic() - started >= 0.9  # three refreshes, 0.3 s apart
     assert "blocked 3" in cp.stdout
-    assert "│ nxdomain │     3 │" in cp.stdout
-    assert f"│ {lab.cli_v4}" in cp.stdout and "emotet" in cp.stdout
+    assert " nxdomain │     3 │" in cp.stdout
+    assert f" {lab.cli_v4} " in cp.stdout and "emotet" in cp.stdout
     # Read-only: it never took the lock, and a command beside it still runs.
     assert ccxdp.json("stats")["outcomes"]["blocked"] == 3
 
@@ -123,3 +123,35 @@ def test_top_quits_cleanly_on_ctrl_c(ccxdp, lab):
 def test_top_without_a_loaded_filter_is_one_clear_error(ccxdp):
     cp = ccxdp.run("top", "--once", check=False)
     one_line_error(cp, 1, "not loaded", "ccxdp attach")
+
+
+def test_no_category_is_spelled_as_everywhere():
+    srcs = [SourceStat("198.18.0.20", 0, 4, 0, 0)]
+    text = render(TopSnapshot(5.0, stats(4, 0, 4, 0, srcs), FILL, CATEGORIES), None)
+    assert " 198.18.0.20 │ (none)   │                  4" in text
+    assert " (none)   │    4 │       1" in text
+
+
+def test_a_frame_fits_a_24_row_terminal():
+    """80 columns by 24 rows, 21 sources in 9 categories, one of them a long IPv6 address:
+    the whole frame fits (rich's Live would cut the rest off), as many sources as room
+    leaves, and the foot says what was left out. Addresses are text, never emoji codes."""
+    srcs = [SourceStat("fd00:1234:5678:9abc:def0:1234:5678:9abc", 1, 300, 0, 0)] + [
+        SourceStat(f"198.18.0.{i}", i % 9, 100 - i, 0, 0) for i in range(20)]
+    cur = TopSnapshot(5.0, stats(10, 20, 8, 2, srcs), FILL, CATEGORIES)
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=24, color_system=None, force_terminal=True)
+    console.print(render_top(cur, cur, 10, height=24, width=80))
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
+    assert len(lines) == 24
+    assert lines[16] == " fd00:1234:5678:9abc:def0:1234:5678:9abc │ emotet     │" + " " * 16 + "300"
+    assert [line.split()[0] for line in lines[17:23]] == [
+        f"198.18.0.{i}" for i in range(6)]
+    assert lines[23] == "source_lost 0  not shown: 14 sources, 2 categories"
+    # A taller terminal shows the --top asked for, and nothing is left out then.
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=60, color_system=None, force_terminal=True)
+    console.print(render_top(cur, cur, 10, height=60, width=80))
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
+    assert len(lines) == 2 + 1 + 3 + 9 + 3 + 10 + 1  # the categories' 9 rows set the band
+    assert lines[-1] == "source_lost 0  not shown: 11 sources"

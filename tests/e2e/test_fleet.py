@@ -205,7 +205,8 @@ def test_a_shipping_daemon_killed_at_any_point_loses_and_doubles_nothing(ccxdp, 
     feed = tmp_path / "cc.txt"
     feed.write_text("evil.test\n")
     cfg = tmp_path / "ccxdp.toml"
-    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2)
+    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2,
+                               log_level="debug")  # collect_start times the kills
                    + f'store = "{fleet_uri}"\nresolver = "rs-k"\n')
     with daemon_factory(ccxdp, lab, tmp_path) as make:
         d = make(cfg).start()

@@ -2,8 +2,9 @@
 test makes: the server listens on 198.18.99.1 on that namespace's loopback, and notify runs
 inside the same namespace (``ip netns exec``), so no packet can leave it.
 
-Checked: the messages the server received (count, envelope, parsed content), STARTTLS with a
-certificate made here by openssl and checked by notify, AUTH, a second run that sends nothing,
+Checked: the messages the server received (count, envelope, parsed content), STARTTLS and
+implicit TLS (SMTPS) with a certificate made here by openssl and checked by notify, AUTH
+refused without TLS unless asked for, a second run that sends nothing,
 a refusal that is retried, and a run killed with SIGKILL while its message is in flight:
 the next runs never send that line again unless told to, and then send the same message.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.https import certificates
 from tests.notify.test_records import (
     CCXDP,
     L1,
@@ -46,11 +48,20 @@ from aiosmtpd.smtp import AuthResult
 
 out, host, port = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 cert, key, hang_on, refuse = sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7]
+implicit = sys.argv[8] == "implicit"  # TLS from the first byte (SMTPS), else STARTTLS
 user, password = os.environ["SMTP_USER"].encode(), os.environ["SMTP_PASSWORD"].encode()
+
+
+def over_tls(server, session):
+    # aiosmtpd sets session.ssl after STARTTLS only; implicit TLS shows on the transport.
+    return session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = auth_data.login == user and auth_data.password == password
+    with open(out / "auth.log", "a") as log:  # every AUTH the server saw, and over what
+        log.write(json.dumps({"mechanism": mechanism, "tls": over_tls(server, session),
+                              "ok": ok}) + "\n")
     return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535
 
 
@@ -68,7 +79,7 @@ class Handler:
         n = Handler.count
         record = {"from": envelope.mail_from, "to": envelope.rcpt_tos,
                   "data": envelope.original_content.decode("ascii"),
-                  "tls": session.ssl is not None, "authenticated": session.authenticated}
+                  "tls": over_tls(server, session), "authenticated": session.authenticated}
         tmp = out / f".{n:03d}.tmp"
         tmp.write_text(json.dumps(record))
         tmp.rename(out / f"{n:03d}.json")
@@ -82,11 +93,17 @@ context = None
 if cert:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-controller = Controller(
-    Handler(), hostname=host, port=port, tls_context=context,
-    require_starttls=context is not None, authenticator=authenticator,
-    auth_required=True, auth_require_tls=context is not None,
-)
+if implicit:
+    controller = Controller(
+        Handler(), hostname=host, port=port, ssl_context=context,
+        authenticator=authenticator, auth_required=True, auth_require_tls=False,
+    )
+else:
+    controller = Controller(
+        Handler(), hostname=host, port=port, tls_context=context,
+        require_starttls=context is not None, authenticator=authenticator,
+        auth_required=True, auth_require_tls=context is not None,
+    )
 controller.start()
 print("ready", flush=True)
 signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -117,7 +134,8 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(self, netns: str, folder: Path, cert=None, key=None, hang_on=0, refuse=""):
+    def __init__(self, netns: str, folder: Path, cert=None, key=None, hang_on=0, refuse="",
+                 tls="starttls", port=PORT):
         self.folder = folder
         folder.mkdir()
         script = folder.parent / "smtp_server.py"
@@ -125,7 +143,7 @@ class Server:
         env = {**os.environ, "SMTP_USER": USER, "SMTP_PASSWORD": PASSWORD}
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, str(script), str(folder), HOST,
-             str(PORT), str(cert or ""), str(key or ""), str(hang_on), refuse],
+             str(port), str(cert or ""), str(key or ""), str(hang_on), refuse, tls],
             stdout=subprocess.PIPE, text=True, env=env,
         )
         line = self.proc.stdout.readline().strip()
@@ -141,6 +159,11 @@ class Server:
                 record["data"].encode(), policy=policy.default)
             out.append(record)
         return out
+
+    def auths(self) -> list[dict]:
+        log = self.folder / "auth.log"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() \
+            else []
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -227,19 +250,72 @@ def test_smtp_certificate_and_password_are_checked(world, netns, servers, certif
     cp = in_netns(netns, world["state"], *smtp_args(world, cert), check=False)
     assert cp.returncode == 2 and "CCXDP_SMTP_PASSWORD" in cp.stderr
     assert server.received() == []
-    # The password from a file works as well as from the environment.
-    (tmp_path / "pw").write_text(PASSWORD + "\n")
-    data = json.loads(in_netns(netns, world["state"], *smtp_args(
-        world, cert, "--smtp-password-file", str(tmp_path / "pw"))).stdout)
+    # The password from a file works as well as from the environment; a file others may
+    # read is used, with a warning.
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    pw.chmod(0o640)
+    cp = in_netns(netns, world["state"], *smtp_args(world, cert, "--smtp-password-file",
+                                                    str(pw)))
+    assert [s["line"] for s in json.loads(cp.stdout)["notified"]] == ["L-1", "L-3"]
+    assert cp.stderr == (f"warning: SMTP password file {pw} can be read by others (mode 640): "
+                         f"chmod 600 it\n")
+    pw.chmod(0o600)
+    cp = in_netns(netns, world["state"], *smtp_args(world, cert, "--smtp-password-file",
+                                                    str(pw)))
+    assert json.loads(cp.stdout)["already_notified"] == ["L-1", "L-3"]
+    assert cp.stderr == ""
+    # The wrong password, then the good one (the last run had nothing to send), over TLS.
+    assert [(a["tls"], a["ok"]) for a in server.auths()] == [(True, False), (True, True)]
+
+
+def test_smtp_auth_needs_tls(world, netns, servers):  # noqa: F811
+    """A server that offers AUTH without TLS: notify does not send the password there
+    unless --smtp-insecure-auth is given; then it does, and says nothing more."""
+    server = servers(world["dir"] / "mail", tls="none")
+    args = notify_args(world, "--from", SENDER, "--smtp", f"{HOST}:{PORT}",
+                       "--smtp-user", USER, "--json")
+    cp = in_netns(netns, world["state"], *args, check=False, env_extra=PW)
+    assert cp.returncode == 2 and cp.stdout == ""
+    assert cp.stderr.splitlines()[-1] == (
+        "Error: --smtp-user without TLS would send the password in clear text: add "
+        "--starttls or --smtps (or --smtp-insecure-auth, on a trusted network only)")
+    assert server.auths() == [] and server.received() == []
+    data = json.loads(in_netns(netns, world["state"], *args, "--smtp-insecure-auth",
+                               env_extra=PW).stdout)
     assert [s["line"] for s in data["notified"]] == ["L-1", "L-3"]
+    assert server.auths() == [{"mechanism": "PLAIN", "tls": False, "ok": True}]
+    assert [(r["tls"], r["authenticated"]) for r in server.received()] == [(False, True)] * 2
+
+
+def test_smtps_implicit_tls(world, netns, servers, certificate):  # noqa: F811
+    """--smtps: TLS from the first byte, on port 465 when none is given, the certificate
+    checked (refused without the CA that signed it: nothing sent, nothing claimed)."""
+    cert, key = certificate
+    server = servers(world["dir"] / "mail", cert=cert, key=key, tls="implicit", port=465)
+    args = notify_args(world, "--from", SENDER, "--smtp", HOST, "--smtps", "--smtp-user",
+                       USER, "--json")
+    cp = in_netns(netns, world["state"], *args, check=False, env_extra=PW)
+    assert cp.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in cp.stderr
+    assert server.auths() == [] and server.received() == []
+    data = json.loads(in_netns(netns, world["state"], *args, "--smtp-ca", str(cert),
+                               env_extra=PW).stdout)
+    assert [(s["line"], s["channel"]) for s in data["notified"]] == [("L-1", "smtp"),
+                                                                      ("L-3", "smtp")]
+    assert server.auths() == [{"mechanism": "PLAIN", "tls": True, "ok": True}]
+    got = server.received()
+    assert [(r["to"], r["tls"], r["authenticated"]) for r in got] == [
+        (["tanaka@example.jp"], True, True), (["smith@example.net"], True, True)]
+    assert_clean_message(got[0]["message"], "L-1", "tanaka@example.jp", "ja")
 
 
 def test_smtp_refusal_is_retried(world, netns, servers):  # noqa: F811
     """A recipient the server refuses: certainly not sent, so the claim is dropped and the
-    next run sends it. Plain SMTP (no TLS) here: the server allows AUTH without it."""
-    first = servers(world["dir"] / "mail1", refuse="tanaka@example.jp")
+    next run sends it. Plain SMTP (no TLS) here: the server allows AUTH without it, and
+    --smtp-insecure-auth lets notify use it."""
+    first = servers(world["dir"] / "mail1", refuse="tanaka@example.jp", tls="none")
     args = notify_args(world, "--from", SENDER, "--smtp", f"{HOST}:{PORT}",
-                       "--smtp-user", USER, "--json")
+                       "--smtp-user", USER, "--smtp-insecure-auth", "--json")
     cp = in_netns(netns, world["state"], *args, check=False, env_extra=PW)
     assert cp.returncode == 1
     assert "1 message(s) not delivered" in cp.stderr and "550" in cp.stderr
@@ -248,7 +324,7 @@ def test_smtp_refusal_is_retried(world, netns, servers):  # noqa: F811
     assert [f["line"] for f in data["failed"]] == ["L-1"]
     assert [r["to"] for r in first.received()] == [["smith@example.net"]]
     first.stop()
-    second = servers(world["dir"] / "mail2")
+    second = servers(world["dir"] / "mail2", tls="none")
     data = json.loads(in_netns(netns, world["state"], *args, env_extra=PW).stdout)
     assert [s["line"] for s in data["notified"]] == ["L-1"]
     assert data["already_notified"] == ["L-3"]
@@ -302,3 +378,21 @@ def test_killed_mid_send_never_sends_twice(world, netns, servers, certificate): 
         world, cert, "--resend-unconfirmed"), env_extra=PW).stdout)
     assert data["notified"] == [] and data["already_notified"] == ["L-1", "L-3"]
     assert len(server.received()) == 3
+
+
+def test_smtp_certificate_names_the_server(world, netns, servers, tmp_path):  # noqa: F811
+    """A certificate from the CA notify is given, but for another address (127.0.0.1, not
+    the server's): refused, by STARTTLS and by implicit TLS alike; nothing sent."""
+    certs = certificates(tmp_path / "pki")
+    for tls, port in (("starttls", PORT), ("implicit", 465)):
+        server = servers(world["dir"] / f"mail-{tls}", cert=certs.cert, key=certs.key,
+                         tls=tls, port=port)
+        args = notify_args(world, "--from", SENDER, "--smtp", f"{HOST}:{port}",
+                           "--starttls" if tls == "starttls" else "--smtps", "--smtp-ca",
+                           str(certs.ca), "--smtp-user", USER, "--json")
+        cp = in_netns(netns, world["state"], *args, check=False, env_extra=PW)
+        assert cp.returncode == 1, cp.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in cp.stderr
+        assert f"IP address mismatch, certificate is not valid for '{HOST}'" in cp.stderr
+        assert server.auths() == [] and server.received() == []
+        server.stop()

@@ -549,6 +549,14 @@ def test_kill_minus_9_between_or_inside_stage_and_fold_keeps_totals_exact(tmp_pa
     assert True in states  # some kills landed between a stage and its fold
 
 
+def test_stored_hits_per_category_spell_no_category_as_every_view(store):
+    """Category 0 (entries without one) is "(none)", as in stats, top, records and report;
+    a category this store has no name for is "category-N"."""
+    add_hits(store, [row(cat=1, name="emotet", hits=3), row(addr=A6, cat=0, name=None, hits=2),
+                     row(cat=7, name=None, hits=1)])
+    assert store.stored_per_category() == {"emotet": 3, "(none)": 2, "category-7": 1}
+
+
 @pytest.mark.parametrize("us", [0, 1, 999_999, 1_000_000, 1_793_700_000_000_005,
                                 1_793_703_599_999_999, 4_102_444_800_000_000])
 def test_iso_is_the_one_time_form(us):

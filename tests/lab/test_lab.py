@@ -261,7 +261,7 @@ def test_lab_up_status_log_down(ccxdp, mode: str) -> None:
     text = ccxdp.run("lab", "sinkhole-log", "--name", name).stdout
     assert "[fd00:cc::53]:8443" in text and "198.18.0.53:443" in text
     hits = {(s["address"], s["category_name"]): s["hits"] for s in ccxdp.json("stats")["sources"]}
-    assert hits == {("198.18.0.2", "emotet"): 1, ("fd00:cc::2", "emotet"): 1}
+    assert hits == {("198.18.0.2", "emotet"): 1, ("fd00:cc::/64", "emotet"): 1}  # IPv6 per /64
 
     # Up again: nothing changes, not even the processes.
     again = ccxdp.json("lab", "up", "--name", name, "--mode", mode)

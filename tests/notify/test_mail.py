@@ -154,3 +154,28 @@ def test_password_sources(tmp_path, monkeypatch):
     assert mail.smtp_password(tmp_path / "pw") == "from-file"
     with pytest.raises(MailError, match="cannot read"):
         mail.smtp_password(tmp_path / "nope")
+
+
+def test_hostport_without_port_takes_the_default():
+    assert mail.parse_hostport("mx.isp.example", default_port=None) == ("mx.isp.example", None)
+    assert mail.parse_hostport("[fd00::25]", default_port=465) == ("fd00::25", 465)
+
+
+def test_no_password_without_tls():
+    with pytest.raises(MailError, match="^refusing to send the SMTP password to mx:25 "
+                                        "without TLS"):
+        mail.SmtpSender("mx", 25, user="u", password="p")
+    for tls in ("starttls", "implicit"):
+        assert mail.SmtpSender("mx", 25, tls=tls, user="u", password="p").tls == tls
+    assert mail.SmtpSender("mx", 25, user="u", password="p", insecure_auth=True).tls == "none"
+
+
+def test_password_file_readable_by_others_is_named(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    assert mail.password_file_warning(pw) is None
+    for mode in (0o640, 0o604):
+        pw.chmod(mode)
+        assert mail.password_file_warning(pw) == (
+            f"SMTP password file {pw} can be read by others (mode {mode:o}): chmod 600 it")

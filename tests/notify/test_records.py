@@ -667,11 +667,17 @@ def test_missing_input_file(world):
         (["--out", "o", "--subscribers", "s.csv"], "give --from"),
         (["--out", "o", "--from", SENDER], "give --subscribers"),
         (["--starttls"], "go with --smtp"),
+        (["--smtps"], "go with --smtp"),
+        (["--smtp", "mx", "--from", SENDER, "--subscribers", "s.csv", "--starttls",
+          "--smtps"], "give --starttls or --smtps, not both"),
+        (["--smtp", "mx", "--from", SENDER, "--subscribers", "s.csv", "--smtp-user", "u"],
+         "--smtp-user without TLS would send the password in clear text"),
         (["--period", "2026-13"], "invalid period '2026-13'"),
         (["--smtp", "mx:99999"], "port out of range"),
         (["--from", "not an address"], "not an e-mail address"),
     ],
-    ids=["out-and-smtp", "no-from", "no-subscribers", "starttls-alone", "period", "port",
+    ids=["out-and-smtp", "no-from", "no-subscribers", "starttls-alone", "smtps-alone",
+         "starttls-and-smtps", "auth-without-tls", "period", "port",
          "from"],
 )
 def test_usage_errors(tmp_path, args, message):

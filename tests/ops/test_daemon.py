@@ -108,8 +108,10 @@ def daemons(ccxdp, lab, tmp_path):
 
 def config_text(lab, feeds: list[dict], on_stop: str = "keep", collect: float = 3600,
                 default_action: str = "nxdomain", metrics: str | None = None,
-                interfaces: list[dict] = (), plan: list[str] | None = None) -> str:
-    lines = [f'on_stop = "{on_stop}"', "", "[filter]", f'default_action = "{default_action}"']
+                interfaces: list[dict] = (), plan: list[str] | None = None,
+                log_level: str = "info") -> str:
+    lines = [f'on_stop = "{on_stop}"', f'log_level = "{log_level}"', "", "[filter]",
+             f'default_action = "{default_action}"']
     if plan is not None:
         lines.append(f"plan = {json.dumps(plan)}")
     lines += ["", "[[interfaces]]", f'name = "{lab.res_if}"']
@@ -286,7 +288,9 @@ def test_sigkill_mid_collection_loses_and_leaks_nothing(ccxdp, lab, daemons, tmp
     feed = tmp_path / "cc.txt"
     feed.write_text("evil.test\n")
     cfg = tmp_path / "ccxdp.toml"
-    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2))
+    # log_level "debug": each collection's start is logged, which the kills are timed by.
+    cfg.write_text(config_text(lab, [{"name": "cc", "path": str(feed)}], collect=0.2,
+                               log_level="debug"))
     d = daemons(cfg).start()
     killed_in: list[str] = []  # the daemon's last event before each kill
 

@@ -107,3 +107,26 @@ def test_metrics_match_the_traffic_sent(ccxdp, lab, daemons, tmp_path):
     assert 0 < m["ccxdp_collect_duration_seconds", ()] < 10
     assert m["ccxdp_frames_total", (("outcome", "blocked"),)] == 4  # counters never reset
     assert d.stop() == 0
+
+
+@pytest.mark.root
+def test_pending_hits_spell_no_category_as_every_view(datapath):
+    """Hits on an entry without a category are category="(none)", as in stats, top,
+    records and report; real blocked queries through the loaded program (BPF_PROG_TEST_RUN)."""
+    from prometheus_client import generate_latest
+
+    from ccxdp.datapath.hashing import name_hash
+    from ccxdp.ops.metrics import DaemonState, make_registry
+    from tests.conftest import set_entries
+    from tests.hits.test_collector import Traffic
+
+    dp, fd = datapath
+    key = dp.hash_key()
+    set_entries(dp, {name_hash("plain.test", key): (0, 0), name_hash("c2.test", key): (0, 7)})
+    t = Traffic(fd, {"plain.test": 0, "c2.test": 7})
+    t.send("198.18.0.2", "plain.test", 2)
+    t.send("198.18.0.3", "c2.test")
+    text = generate_latest(make_registry(dp, DaemonState(), lambda: {7: "emotet"})).decode()
+    pending = {s.labels["category"]: s.value for f in text_string_to_metric_families(text)
+               if f.name == "ccxdp_category_pending_hits" for s in f.samples}
+    assert pending == {"(none)": 2, "emotet": 1}

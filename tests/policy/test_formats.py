@@ -810,7 +810,7 @@ def test_csv_carriage_return_inside_a_field(tmp_path):
     parsed = parse_feed(path)
     assert parsed.entries == [E("a.example", 2), E("c.example", 4)]
     assert bad(parsed) == [
-        f"{path}:3: unreadable CSV row (a line break inside a field): b.exa\rmple,2"
+        f"{path}:3: unreadable CSV row (a line break inside a field): b.exa\\rmple,2"
     ]
 
 
@@ -900,7 +900,7 @@ def test_parse_feed_refusals(tmp_path):
     missing = tmp_path / "missing.txt"
     with pytest.raises(FeedFormatError) as e:
         parse_feed(missing)
-    assert str(e.value) == f"{missing}: cannot read: No such file or directory"
+    assert str(e.value) == f"{missing}: no such file"
 
 
 # -- export ----------------------------------------------------------------------------------

@@ -67,6 +67,19 @@ def test_a_network_no_prefix_may_be_names_its_session():
     assert current_prefixes(bad, {"L-2"}, NOW) == {}  # not opted out: never checked
 
 
+def test_a_session_wider_than_any_isp_holds_is_refused_naming_it():
+    for prefix, words in (("0.0.0.0/0", "0.0.0.0/0 would exempt all of the IPv4 Internet"),
+                          ("2000::/3", "2000::/3 would exempt 1/8 of the IPv6 Internet")):
+        bad = [session("L-1", prefix, -1, origin="radius.csv:9")]
+        with pytest.raises(LineExemptError) as e:
+            current_prefixes(bad, {"L-1"}, NOW)
+        assert str(e.value).startswith(f"radius.csv:9: cannot exempt it: {words} from "
+                                       "filtering and counting")
+    wide = [session("L-1", "198.18.0.0/15", -1), session("L-1", "2001:db8::/32", -1)]
+    assert current_prefixes(wide, {"L-1"}, NOW) == {"198.18.0.0/15": "L-1",
+                                                    "2001:db8::/32": "L-1"}
+
+
 def test_every_file_source(tmp_path):
     csv = tmp_path / "radius.csv"
     csv.write_text("line_id,address_or_prefix,start,stop\n"

@@ -81,8 +81,10 @@ from ccxdp.policy.formats.adblock import (
     _adblock_names,
 )
 from ccxdp.policy.formats.common import (
+    DEFAULT_MAX_FEED_BYTES,
     EXACT,
     FORMATS,
+    MAX_FEED_BYTES_ENV,
     SKIPPED_LINES_KEPT,
     SUBTREE,
     BadLine,
@@ -93,8 +95,11 @@ from ccxdp.policy.formats.common import (
     _Builder,
     _gc_paused,
     _parse_lines,
-    _read_text,
+    cannot_read,
+    feed_text,
+    max_feed_bytes,
     read_feed_bytes,
+    text_chunks,
 )
 from ccxdp.policy.formats.csv import NAME_COLUMNS, _csv_lines, _parse_csv
 from ccxdp.policy.formats.detect import _DETECT_BYTES, _detect, detect_format
@@ -107,18 +112,22 @@ MATCH_OVERRIDE_FORMATS = ("plain", "hosts", "csv")
 
 
 def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
-               match: str | None = None, min_confidence: int | None = None) -> ParsedFeed:
+               match: str | None = None, min_confidence: int | None = None,
+               data: bytes | None = None) -> ParsedFeed:
     """Read a feed file. Lines that cannot be used are in .bad; a file that cannot be read
     as the format at all raises FeedFormatError. ``match="subtree"``: the names a format
     lists exactly are listed with everything below them (DNS-tunnel C2 lists name the
     domain whose random subdomains the beacons query); only for formats whose lines carry no
     match of their own. ``min_confidence``: a ThreatFox export's rows below that
-    confidence_level are skipped (its fk_malware is each entry's category in any case)."""
+    confidence_level are skipped (its fk_malware is each entry's category in any case).
+    ``data``: the file's contents as read_feed_bytes gave them, when the caller has them
+    (a sync reads a feed once); else the file is read here."""
     if fmt != "auto" and fmt not in FORMATS:
         raise FeedFormatError(f"unknown feed format {fmt!r} ({', '.join(FORMATS)})")
-    text = _read_text(path)
+    if data is None:
+        data = read_feed_bytes(path)
     if fmt == "auto":
-        fmt = _detect(text[:_DETECT_BYTES])
+        fmt = _detect(next(iter(text_chunks(data[:_DETECT_BYTES])), (1, ""))[1])
         if fmt is None:
             raise FeedFormatError(
                 f"{path}: cannot tell the feed format ({', '.join(FORMATS)}); "
@@ -138,19 +147,20 @@ def parse_feed(path: Path, fmt: str = "auto", column: str | None = None,
     with _gc_paused():
         if fmt == "rpz":
             b = _Builder(str(path), _RPZ_DEFAULT)
-            _parse_rpz(b, text)
+            _parse_rpz(b, feed_text(data))
         else:
             b = _Builder(str(path))
+            chunks = text_chunks(data)
             if fmt == "plain":
-                _parse_lines(b, text, _PLAIN_RUNS, str, _plain_line)
+                _parse_lines(b, chunks, _PLAIN_RUNS, str, _plain_line)
             elif fmt == "hosts":
-                _parse_lines(b, text, _HOSTS_RUNS, _hosts_names, _hosts_line,
+                _parse_lines(b, chunks, _HOSTS_RUNS, _hosts_names, _hosts_line,
                              (("localhost", 0),))
             elif fmt == "adblock":
                 b.default = (BLOCK, SUBTREE, None, None)  # what ||name^ says
-                _parse_lines(b, text, _ADBLOCK_RUNS, _adblock_names, _adblock_line)
+                _parse_lines(b, chunks, _ADBLOCK_RUNS, _adblock_names, _adblock_line)
             else:
-                _parse_csv(b, text, column, min_confidence)
+                _parse_csv(b, feed_text(data), column, min_confidence)
         parsed = b.finish(fmt)
     if match == SUBTREE:
         parsed.entries = [e if e.match != EXACT else replace(e, match=SUBTREE)
@@ -179,8 +189,8 @@ def export_feed(
 
 
 __all__ = [
-    "ACTIONS", "FORMATS", "NAME_COLUMNS", "SKIPPED_LINES_KEPT", "BadLine", "ExportEntry",
-    "FeedEntry",
-    "FeedFormatError", "ParsedFeed", "detect_format", "export_feed", "parse_feed",
-    "read_feed_bytes",
+    "ACTIONS", "DEFAULT_MAX_FEED_BYTES", "FORMATS", "MAX_FEED_BYTES_ENV", "NAME_COLUMNS",
+    "SKIPPED_LINES_KEPT", "BadLine", "ExportEntry", "FeedEntry", "FeedFormatError",
+    "ParsedFeed", "cannot_read", "detect_format", "export_feed", "max_feed_bytes",
+    "parse_feed", "read_feed_bytes",
 ]

@@ -5,12 +5,15 @@ lines already in normalized form."""
 from __future__ import annotations
 
 import codecs
+import errno
 import gc
 import gzip
-import ipaddress
+import os
 import re
+import stat
 import zipfile
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from ccxdp.datapath.settings import ACTION_NAMES, SettingError, parse_action
 from ccxdp.errors import CcxdpError, InvalidNameError
+from ccxdp.inputs import shown
 from ccxdp.policy.catalog import ALLOW, BLOCK, KINDS, MATCHES
-from ccxdp.policy.names import normalize, unusual_a_label
+from ccxdp.policy.names import is_ip_literal, normalize, unusual_a_label
 
 FORMATS = ("plain", "hosts", "rpz", "adblock", "csv")
 
@@ -50,10 +54,10 @@ class BadLine:
     path: str
     line: int
     reason: str
-    value: str  # the offending text as found on the line, stripped, cut to VALUE_SHOWN
+    value: str  # the offending text on the line, stripped, cut to VALUE_SHOWN, escaped
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}: {self.value}"
+        return f"{shown(self.path)}:{self.line}: {self.reason}: {self.value}"
 
 
 @dataclass
@@ -79,55 +83,149 @@ class ExportEntry:
 
 
 # -- reading ---------------------------------------------------------------------------------
-MAX_DECOMPRESSED = 1 << 30  # a compressed feed may hold this much: a bomb is refused
+# A feed is read once, whole, as bytes (the sync's digest and its line hashes need them), and
+# never more than the cap: a runaway download or a wrong path (a disk image, a log) is refused
+# from its size before a byte is read, or as the cap is passed while it is unpacked or grows.
+# The text is decoded and parsed a chunk of lines at a time (text_chunks), so no copy of the
+# whole file as text is ever made for the line formats.
+DEFAULT_MAX_FEED_BYTES = 256 << 20  # far above any public blocklist (~50 MB); as for URLs
+MAX_FEED_BYTES_ENV = "CCXDP_MAX_FEED_BYTES"
+CHUNK_BYTES = 4 << 20  # of text decoded and parsed at a time
+_HEAD_BYTES = 64 << 10  # checked for binary content before the rest is read
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
 
 
-def read_feed_bytes(path: Path, limit: int | None = None) -> bytes:
+def max_feed_bytes() -> int:
+    """The cap on a feed file (what it unpacks to, for gzip and zip): CCXDP_MAX_FEED_BYTES,
+    in bytes or with K, M or G (binary units), else DEFAULT_MAX_FEED_BYTES."""
+    text = os.environ.get(MAX_FEED_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_FEED_BYTES
+    m = _SIZE.fullmatch(text)
+    if m is None or int(m.group(1)) == 0:
+        raise FeedFormatError(f"{MAX_FEED_BYTES_ENV}={shown(text)!r}: give a size of 1 or "
+                              "more, in bytes (268435456) or with K, M or G (256M)")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+def _over_cap(path: Path, what: str, cap: int) -> FeedFormatError:
+    return FeedFormatError(
+        f"{path}: {what} more than the cap of {cap:,} bytes: refused (a feed is text of at "
+        f"most that; {MAX_FEED_BYTES_ENV} raises it)")
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(path: Path, mode: int) -> FeedFormatError:
+    kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a file")
+    return FeedFormatError(f"{path}: not a regular file ({kind}); a feed is a file")
+
+
+def cannot_read(path: Path | str, e: OSError) -> FeedFormatError:
+    """The one message for a feed file that cannot be opened or read."""
+    if e.errno == errno.ENOENT:
+        return FeedFormatError(f"{path}: no such file")
+    return FeedFormatError(f"{path}: cannot read: {e.strerror or e}")
+
+
+def read_feed_bytes(path: Path, limit: int | None = None, max_bytes: int | None = None
+                    ) -> bytes:
     """The file's bytes, a gzip file's or a one-member zip archive's contents transparently
-    (blocklist projects publish both), at most ``limit`` bytes when given."""
+    (blocklist projects publish both), at most ``limit`` bytes when given (detection).
+    Refused (FeedFormatError): anything but a regular file (a FIFO is opened without
+    waiting for a writer), more than ``max_bytes`` (default: max_feed_bytes()), and binary
+    content (a NUL byte: no text feed has one)."""
+    cap = max_bytes if max_bytes is not None else max_feed_bytes()
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-            f.seek(0)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise cannot_read(path, e) from None
+    try:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _not_regular(path, st.st_mode)
+        with open(fd, "rb") as f:
+            if limit is None and st.st_size > cap:
+                raise _over_cap(path, f"{st.st_size:,} bytes,", cap)
+            want = limit if limit is not None else cap
+            head = f.read(min(_HEAD_BYTES, want + 1))
             if head[:2] == b"\x1f\x8b":
-                return _bounded(path, gzip.GzipFile(fileobj=f), limit, "gzip")
-            if head == b"PK\x03\x04":
+                f.seek(0)
+                data = _bounded(path, gzip.GzipFile(fileobj=f), limit, cap, "gzip")
+            elif head[:4] == b"PK\x03\x04":
+                f.seek(0)
                 with zipfile.ZipFile(f) as z:
                     members = [m for m in z.infolist() if not m.is_dir()]
                     if len(members) != 1:
                         raise FeedFormatError(
                             f"{path}: a zip archive of {len(members)} files; a feed is one")
                     with z.open(members[0]) as member:
-                        return _bounded(path, member, limit, "zip")
-            return f.read() if limit is None else f.read(limit)
+                        data = _bounded(path, member, limit, cap, "zip")
+            else:
+                _refuse_binary(path, head)
+                f.seek(0)
+                data = f.read(want + 1)
+                if len(data) > want:
+                    if limit is not None:
+                        return data[:limit]
+                    raise _over_cap(path, "it grew while read to", cap)
     except OSError as e:
-        raise FeedFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise cannot_read(path, e) from None
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise FeedFormatError(f"{path}: a damaged or truncated archive: {e}") from None
-
-
-def _bounded(path: Path, stream, limit: int | None, kind: str) -> bytes:
-    data = stream.read((limit if limit is not None else MAX_DECOMPRESSED) + 1)
-    if limit is not None:
-        return data[:limit]
-    if len(data) > MAX_DECOMPRESSED:
-        raise FeedFormatError(
-            f"{path}: the {kind} file holds more than {MAX_DECOMPRESSED >> 20} MiB: refused")
+        raise FeedFormatError(f"{path}: a damaged or truncated archive: {shown(e)}") from None
+    _refuse_binary(path, data)
     return data
 
 
-def _read_text(path: Path, limit: int | None = None) -> str:
-    """The file as text with LF line ends, ending in one. Bytes that are not UTF-8 become
-    U+FFFD, which the careful paths report as "not UTF-8"."""
-    data = read_feed_bytes(path, limit)
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    text = data.decode("utf-8", errors="replace")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text
+def _bounded(path: Path, stream, limit: int | None, cap: int, kind: str) -> bytes:
+    data = stream.read((limit if limit is not None else cap) + 1)
+    if limit is not None:
+        return data[:limit]
+    if len(data) > cap:
+        raise _over_cap(path, f"the {kind} file unpacks to", cap)
+    return data
+
+
+def _refuse_binary(path: Path, data: bytes) -> None:
+    at = data.find(b"\0")
+    if at >= 0:
+        line = data.count(b"\n", 0, at) + 1
+        raise FeedFormatError(f"{path}: binary content (a NUL byte on line {line:,}), not a "
+                              "feed: refused")
+
+
+def text_chunks(data: bytes, size: int | None = None) -> Iterator[tuple[int, str]]:
+    """The feed's text in pieces of about ``size`` bytes, each whole lines with LF line ends
+    and ending in one, with the line number of its first: (first line, text). A BOM is
+    dropped; bytes that are not UTF-8 become U+FFFD, which the careful paths report as
+    "not UTF-8" (a piece ends at a line end: a UTF-8 sequence is never cut)."""
+    size = size or CHUNK_BYTES
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    lineno, end = 1, len(data)
+    while start < end:
+        cut = data.find(b"\n", min(start + size, end) - 1)
+        stop = end if cut < 0 else cut + 1
+        text = data[start:stop].decode("utf-8", errors="replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        if not text.endswith("\n"):
+            text += "\n"
+        yield lineno, text
+        lineno += text.count("\n")
+        start = stop
+
+
+def feed_text(data: bytes) -> str:
+    """The whole text at once, for the formats whose lines depend on others (RPZ, CSV)."""
+    return "".join(text for _, text in text_chunks(data, max(len(data), 1)))
 
 
 @contextmanager
@@ -150,18 +248,13 @@ SKIPPED_LINES_KEPT = 1000
 
 
 def _cut(text: str) -> str:
+    """A line's text as a BadLine shows it: stripped, cut, and escaped (a third party's
+    feed may hold an OSC sequence that retitles the operator's terminal, or NUL bytes)."""
     text = text.strip()
-    return text if len(text) <= VALUE_SHOWN else text[: VALUE_SHOWN - 1] + "…"
+    return shown(text if len(text) <= VALUE_SHOWN else text[: VALUE_SHOWN - 1] + "…")
 
 
-def _is_ip(text: str) -> bool:
-    if not text or not (text[0].isdigit() or ":" in text):
-        return False  # a name, most of the time: no exception to build
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+_is_ip = is_ip_literal  # the rule is names.py's; the formats skip such lines
 
 
 def _canonical_action(text: str) -> str:
@@ -202,7 +295,8 @@ class _Builder:
         self.path = path
         self.default = default
         self.names: list[str] = []
-        self.lines: list[int] = []
+        # Line numbers as 4-byte machine words, not a million int objects (~28 MB less)
+        self.lines = array("I")
         self.attrs: dict[int, _Attrs] = {}  # index -> attributes, where not the default
         self.values: dict[int, str] = {}  # index -> text on the line, where not the name
         self.bad: list[BadLine] = []
@@ -214,7 +308,7 @@ class _Builder:
     def run(self, names: list[str], first_line: int) -> None:
         """Names in normalized form, with the default attributes, on consecutive lines."""
         self.names += names
-        self.lines += range(first_line, first_line + len(names))
+        self.lines.extend(range(first_line, first_line + len(names)))
 
     def add(self, name: str, line: int, value: str, attrs: _Attrs | None = None) -> None:
         index = len(self.names)
@@ -238,9 +332,10 @@ class _Builder:
         self.add(name, line, value, attrs)
 
     def refuse(self, line: int, reason: str, value: str) -> None:
-        self.bad.append(BadLine(self.path, line, reason, _cut(value)))
+        self.bad.append(BadLine(self.path, line, shown(reason), _cut(value)))
 
     def skip(self, reason: str, line: int, value: str) -> None:
+        reason = shown(reason)  # some name what the line says (csv: its ioc_type)
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         if len(self.skipped_lines) < SKIPPED_LINES_KEPT:
             self.skipped_lines.append(BadLine(self.path, line, reason, _cut(value)))
@@ -249,9 +344,9 @@ class _Builder:
         """Lines skipped in bulk, ``counts`` by reason; ``lines`` yields their (line, reason,
         value) in file order, taken only as far as the kept list has room."""
         for reason, count in counts.items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + count
+            self.skipped[shown(reason)] = self.skipped.get(shown(reason), 0) + count
         room = max(SKIPPED_LINES_KEPT - len(self.skipped_lines), 0)
-        self.skipped_lines += (BadLine(self.path, n, reason, _cut(v))
+        self.skipped_lines += (BadLine(self.path, n, shown(reason), _cut(v))
                                for n, reason, v in islice(lines, room))
 
     def finish(self, fmt: str) -> ParsedFeed:
@@ -320,10 +415,11 @@ def _runs(line: str) -> re.Pattern[str]:
     return re.compile(rf"((?>{line}\n)*)(?:([^\n]*)\n)?")
 
 
-def _split_runs(text: str, runs: re.Pattern[str]) -> Iterator[tuple[int, str | None, str]]:
+def _split_runs(text: str, runs: re.Pattern[str], lineno: int = 1
+                ) -> Iterator[tuple[int, str | None, str]]:
     """(first line number, run, "") for each run of fast lines, (line number, None, line)
-    for each other line."""
-    pos, lineno, end = 0, 1, len(text)
+    for each other line; ``lineno``: the number of the text's first line."""
+    pos, end = 0, len(text)
     match = runs.match
     while pos < end:
         m = match(text, pos)
@@ -366,12 +462,18 @@ _Careful = Callable[[_Builder, str, int], None]
 
 
 def _parse_lines(
-    b: _Builder, text: str, runs: re.Pattern[str], names_of: Callable[[str], str],
-    careful: _Careful, extra: tuple = (),
+    b: _Builder, chunks: Iterable[tuple[int, str]], runs: re.Pattern[str],
+    names_of: Callable[[str], str], careful: _Careful, extra: tuple = (),
 ) -> None:
-    """Fast runs give names (names_of turns a run into one name a line); other lines, and
-    suspects, go to `careful`."""
-    for lineno, run, line in _split_runs(text, runs):
+    """Each chunk of lines (text_chunks) in turn: fast runs give names (names_of turns a run
+    into one name a line); other lines, and suspects, go to `careful`."""
+    for first, text in chunks:
+        _parse_text(b, text, first, runs, names_of, careful, extra)
+
+
+def _parse_text(b: _Builder, text: str, first: int, runs: re.Pattern[str],
+                names_of: Callable[[str], str], careful: _Careful, extra: tuple) -> None:
+    for lineno, run, line in _split_runs(text, runs, first):
         if run is None:
             careful(b, line, lineno)
             continue

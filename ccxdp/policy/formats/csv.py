@@ -11,6 +11,7 @@ from operator import itemgetter, not_
 from urllib.parse import urlsplit
 
 from ccxdp.datapath.settings import ACTIONS
+from ccxdp.inputs import shown
 from ccxdp.policy.catalog import ALLOW, BLOCK, KINDS, MATCHES, CatalogError, normalize_category
 from ccxdp.policy.formats.common import (
     _NAME,
@@ -85,21 +86,21 @@ def _csv_layout(text: str) -> tuple[list[str] | None, int, int]:
 def _csv_column(path: str, header: list[str] | None, first_row: list[str],
                 column: str | None) -> int:
     names = [h.lower() for h in header] if header else None
-    shown = ", ".join(header) if header else ""
+    columns = shown(", ".join(header), 200) if header else ""  # the file's words
     if column is not None:
         wanted = column.strip()
         if wanted.isdigit():
             index = int(wanted) - 1
             if index < 0 or (header and index >= len(header)):
                 raise FeedFormatError(
-                    f"{path}: no column {wanted} (the header has {len(header or [])}: {shown})"
+                    f"{path}: no column {wanted} (the header has {len(header or [])}: {columns})"
                     if header else f"{path}: columns are numbered from 1"
                 )
             return index
         if names is None:
             raise FeedFormatError(f"{path}: no header line; give the column as a number")
         if wanted.lower() not in names:
-            raise FeedFormatError(f"{path}: no column {wanted!r} (columns: {shown})")
+            raise FeedFormatError(f"{path}: no column {wanted!r} (columns: {columns})")
         return names.index(wanted.lower())
     if names is not None:
         present = [names.index(c) for c in NAME_COLUMNS if c in names]
@@ -111,7 +112,7 @@ def _csv_column(path: str, header: list[str] | None, first_row: list[str],
         if present:
             return present[0]
         raise FeedFormatError(
-            f"{path}: cannot tell which column holds the names (columns: {shown}); "
+            f"{path}: cannot tell which column holds the names (columns: {columns}); "
             "choose one with --column"
         )
     if len(first_row) == 1:
@@ -419,7 +420,7 @@ def _csv_hosts(b: _Builder, hosts: list[str], values: list[str], numbers: list[i
     start = 0
     for i in [*_suspects(block, hosts, (("\n\n", 1),)), len(hosts)]:
         b.names += hosts[start:i]
-        b.lines += numbers[offset + start : offset + i]
+        b.lines.extend(numbers[offset + start : offset + i])
         if i < len(hosts):
             _csv_value(b, values[offset + i], numbers[offset + i])
         start = i + 1

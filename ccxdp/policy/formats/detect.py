@@ -6,7 +6,13 @@ import re
 from pathlib import Path
 
 from ccxdp.policy.formats.adblock import _COSMETIC
-from ccxdp.policy.formats.common import FORMATS, FeedFormatError, _is_ip, _read_text
+from ccxdp.policy.formats.common import (
+    FORMATS,
+    FeedFormatError,
+    _is_ip,
+    read_feed_bytes,
+    text_chunks,
+)
 from ccxdp.policy.formats.csv import _csv_fields, _is_header
 
 # -- detection -------------------------------------------------------------------------------
@@ -79,7 +85,8 @@ def _detect(text: str) -> str | None:
 
 def detect_format(path: Path) -> str:
     """The format of a feed file, from its first lines."""
-    fmt = _detect(_read_text(path, _DETECT_BYTES)[:_DETECT_BYTES])
+    head = read_feed_bytes(path, _DETECT_BYTES)
+    fmt = _detect(next(iter(text_chunks(head, _DETECT_BYTES)), (1, ""))[1])
     if fmt is None:
         raise FeedFormatError(
             f"{path}: cannot tell the feed format ({', '.join(FORMATS)}); give it with --format"

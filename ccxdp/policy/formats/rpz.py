@@ -14,6 +14,7 @@ import dns.tokenizer
 import dns.transaction
 import dns.zonefile
 
+from ccxdp.inputs import shown
 from ccxdp.policy.catalog import ALLOW, BLOCK
 from ccxdp.policy.formats.common import (
     _NAME,
@@ -211,9 +212,9 @@ class _Zone:
             # The Reader writes "path:line: detail", with its line in the text it read.
             where, _, detail = str(e).removeprefix(f"{path}:").partition(": ")
             line = self._line(int(where)) if where.isdigit() else self._line(tok.line_number)
-            raise FeedFormatError(f"{path}:{line}: {detail or e}") from None
+            raise FeedFormatError(f"{path}:{line}: {shown(detail or e)}") from None
         except dns.exception.DNSException as e:
-            raise FeedFormatError(f"{path}:{self._line(tok.line_number)}: {e}") from None
+            raise FeedFormatError(f"{path}:{self._line(tok.line_number)}: {shown(e)}") from None
         soa = next((name for _, name, rd in txn.records if rd.rdtype == dns.rdatatype.SOA),
                    None)
         apex = soa or self.first_origin or dns.name.root
