@@ -11,10 +11,17 @@
  *                     MNAME and RNAME the root, TTL and MINIMUM negative_ttl; nothing in it
  *                     says why the name was blocked
  *   refused, tc       no records
- * and an OPT record (no options, DO clear) when the query carried one; a query with EDNS
- * version above 0 gets BADVERS (RFC 6891 6.1.3), a class other than IN gets REFUSED.
- * Queries sent to a broadcast or multicast address, or carrying IP options or IPv6 extension
- * headers (which a reply would have to reverse or strip), are dropped instead of answered.
+ * and an OPT record (no options, the query's DO bit copied, RFC 3225 3) when the query carried
+ * one; a query with EDNS version above 0 gets BADVERS (RFC 6891 6.1.3), a class other than IN
+ * gets REFUSED. IPv4 options and IPv6 extension headers of the query are left out of the
+ * answer: a reply need not reverse a route it came by (RFC 8200 4.4 forbids reversing a routing
+ * header without authentication; Linux drops source-routed IPv4 by default), and no option a
+ * query may carry asks for an echo. Queries sent to a broadcast or multicast address are
+ * dropped instead of answered (callers check answerable()): an answer from such an address
+ * would be no answer to a client.
+ *
+ * A blocked query over TCP is not answered: that needs a TCP stack. Its connection is closed
+ * instead (close_tcp_query()).
  */
 #ifndef CCXDP_ANSWER_H
 #define CCXDP_ANSWER_H
@@ -63,6 +70,7 @@ struct answer_plan {
 	__u16 an;	   /* 1 when the record is an answer, 0 when it is authority */
 	__u16 opt;	   /* 1 to append an OPT */
 	__u16 badvers;	   /* 1: the OPT says BADVERS */
+	__u16 dnssec_ok;   /* 1: the query's OPT had DO set, and so has the answer's */
 };
 
 static __always_inline __u16 csum_fold(__u64 sum)
@@ -86,21 +94,24 @@ static __always_inline void *frame_at(struct xdp_md *ctx, __u32 off, __u32 len)
 }
 
 /* Whether the query's first additional record is an OPT (root owner, type 41): 0 if not, 1
- * for EDNS version 0, 2 for a later version. */
-static __always_inline int query_opt(struct xdp_md *ctx, struct ccxdp_scratch *s, __u16 arcount)
+ * for EDNS version 0, 2 for a later version; *dnssec_ok gets its DO bit. */
+static __always_inline int query_opt(struct xdp_md *ctx, struct ccxdp_scratch *s, __u16 arcount,
+				     __u16 *dnssec_ok)
 {
 	__u32 off = s->qoff + s->name_len + DNS_QUESTION_FIXED_LEN;
 	__u8 *p;
 
 	if (!arcount || s->name_len + DNS_QUESTION_FIXED_LEN + OPT_LEN > s->avail)
 		return 0;
-	p = frame_at(ctx, off, 7);
+	p = frame_at(ctx, off, 8);
 	if (!p || p[0] != 0 || p[1] != 0 || p[2] != DNS_TYPE_OPT)
 		return 0;
-	return p[6] == 0 ? 1 : 2; /* owner 1, type 2, UDP size 2, extended RCODE 1, version */
+	/* owner 1, type 2, UDP size 2, then the TTL: extended RCODE, version, DO and Z */
+	*dnssec_ok = (p[7] & DNS_OPT_DO_HIGH) != 0;
+	return p[6] == 0 ? 1 : 2;
 }
 
-/* Whether the query may be answered from here at all. */
+/* Whether the query was sent to a unicast address, the only kind an answer may come from. */
 static __always_inline int answerable(struct xdp_md *ctx, struct ccxdp_scratch *s)
 {
 	struct ethhdr *eth = frame_at(ctx, 0, sizeof(*eth));
@@ -110,14 +121,49 @@ static __always_inline int answerable(struct xdp_md *ctx, struct ccxdp_scratch *
 	if (s->ipv6) {
 		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
 
-		return ip6 && ip6->daddr.in6_u.u6_addr8[0] != 0xff &&
-		       s->l4_off == s->l3_off + sizeof(*ip6);
+		return ip6 && ip6->daddr.in6_u.u6_addr8[0] != 0xff;
 	} else {
 		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
 
 		/* 224.0.0.0 and up: multicast, reserved, the limited broadcast */
-		return ip && ip->ihl == 5 && (bpf_ntohl(ip->daddr) >> 28) < 0xe;
+		return ip && (bpf_ntohl(ip->daddr) >> 28) < 0xe;
 	}
+}
+
+/*
+ * Leave the query's IPv4 options or IPv6 extension headers out (the header comment says why):
+ * the Ethernet and IP headers move up to meet the UDP header, the frame starts that much later,
+ * and the offsets in the scratch value follow. Returns CCXDP_CONTINUE, or XDP_DROP.
+ */
+static __always_inline int strip_ip_extras(struct xdp_md *ctx, struct ccxdp_scratch *s)
+{
+	__u64 keep = s->l3_off + (s->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
+	int strip = (int)s->l4_off - (int)keep;
+
+	if (strip == 0)
+		return CCXDP_CONTINUE;
+	keep &= 0xffff; /* bound it where the verifier can see */
+	if (strip < 0 || keep < 1 || keep > sizeof(s->move_buf))
+		return XDP_DROP;
+	if (bpf_xdp_load_bytes(ctx, 0, s->move_buf, keep) ||
+	    bpf_xdp_store_bytes(ctx, strip, s->move_buf, keep) || bpf_xdp_adjust_head(ctx, strip))
+		return XDP_DROP;
+	s->l4_off -= strip;
+	s->qoff -= strip;
+	if (s->ipv6) {
+		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
+
+		if (!ip6)
+			return XDP_DROP;
+		ip6->nexthdr = IPPROTO_UDP; /* payload_len is set with the answer's length */
+	} else {
+		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+
+		if (!ip)
+			return XDP_DROP;
+		ip->ihl = 5; /* tot_len and the checksum are set with the answer's length */
+	}
+	return CCXDP_CONTINUE;
 }
 
 static __always_inline void plan_answer(struct answer_plan *plan, int action, __u16 qtype,
@@ -231,8 +277,9 @@ static __always_inline int write_opt(struct xdp_md *ctx, __u32 off, const struct
 	rec[0] = 0; /* owner: the root */
 	put16(rec + 1, DNS_TYPE_OPT);
 	__builtin_memcpy(rec + 3, &cfg->edns_udp_size, 2);
-	/* extended RCODE, version 0, flags (DO clear) */
-	put32(rec + 5, plan->badvers ? DNS_EXT_RCODE_BADVERS << 24 : 0);
+	/* extended RCODE, version 0, flags: DO as the query had it */
+	put32(rec + 5, (plan->badvers ? DNS_EXT_RCODE_BADVERS << 24 : 0) |
+			       (plan->dnssec_ok ? DNS_OPT_DO : 0));
 	put16(rec + 9, 0); /* no options */
 	return 0;
 }
@@ -351,9 +398,7 @@ static __always_inline int plan_from_query(struct xdp_md *ctx, struct ccxdp_scra
 	qclass = (q[2] << 8) | q[3];
 	plan->query_flags = bpf_ntohs(dns->flags);
 	arcount = bpf_ntohs(dns->arcount);
-	if (!answerable(ctx, s))
-		return XDP_DROP;
-	opt = query_opt(ctx, s, arcount);
+	opt = query_opt(ctx, s, arcount, &plan->dnssec_ok);
 	plan->opt = opt != 0;
 	if (opt == 2)
 		plan->badvers = 1; /* an answer with no records but the OPT */
@@ -462,7 +507,7 @@ static __always_inline int reverse_ipv4(struct xdp_md *ctx, struct ccxdp_scratch
 	ip->ttl = ANSWER_TTL_HOP;
 	ip->tot_len = bpf_htons(sizeof(*ip) + plan->udp_len);
 	ip->check = 0;
-	/* answerable() took only headers without options: five words. */
+	/* strip_ip_extras() left no options: five words. */
 	ip->check = ~csum_fold(words_sum(ip, sizeof(*ip) / 4));
 	/* Pseudo-header: both addresses, zero and protocol, UDP length. */
 	*sum = (__u64)ip->saddr + ip->daddr + bpf_htonl((IPPROTO_UDP << 16) | plan->udp_len);
@@ -487,18 +532,22 @@ static __always_inline int set_udp_checksum(struct xdp_md *ctx, struct ccxdp_scr
 }
 
 /*
- * Turn the query into the answer the action calls for. Returns XDP_TX, or XDP_DROP when the
- * query may not be answered from here or the frame could not be made the answer's size (the
+ * Turn the query, sent to a unicast address (answerable()), into the answer the action calls
+ * for. Returns XDP_TX, or XDP_DROP when the frame could not be made the answer's size (the
  * query must not reach the resolver either way). Each step returns XDP_DROP or
  * CCXDP_CONTINUE, the last XDP_TX.
  */
 static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch *s,
 					const struct ccxdp_config *cfg, int action)
 {
-	struct answer_plan plan = { .dns_off = s->l4_off + sizeof(struct udphdr) };
+	struct answer_plan plan = {};
 	__u64 sum;
 	int verdict;
 
+	verdict = strip_ip_extras(ctx, s);
+	if (verdict >= 0)
+		goto out;
+	plan.dns_off = s->l4_off + sizeof(struct udphdr);
 	verdict = plan_from_query(ctx, s, action, &plan);
 	if (verdict >= 0)
 		goto out;
@@ -521,6 +570,85 @@ static __always_inline int build_answer(struct xdp_md *ctx, struct ccxdp_scratch
 	verdict = set_udp_checksum(ctx, s, &plan, sum);
 out:
 	return verdict;
+}
+
+/*
+ * A blocked query over TCP. Answering it would take a TCP stack, and one XDP call sends one
+ * frame, so the segment that carries the query becomes, in place, a bare FIN+ACK to the
+ * resolver at the query's own sequence number and passes up the stack: its payload is cut, so
+ * no byte of the query reaches the resolver, and to the resolver's TCP the client has closed
+ * its side before sending anything. The resolver reads end of stream, closes its socket
+ * (unbound, BIND, Knot and PowerDNS all do at once), and its FIN reaches the client, which
+ * reads end of stream at once: "end of file" from dig, an error from kdig and dnspython. No
+ * slot of the resolver stays taken, and no state is kept here.
+ *
+ * A RST built here would serve one side only: XDP_TX of a RST to the client leaves the
+ * resolver's connection open until its idle timeout (its handshake already reached it; XDP
+ * sees only the client's direction), and a RST passed to the resolver closes its socket
+ * silently, leaving the client to learn only from the resolver's RST to its retransmission, an
+ * RTO (200 ms or more) later.
+ *
+ * What follows stays out of the resolver too: the client's TCP resends the query's bytes after
+ * the one its FIN took, at the resolver's next expected sequence number, where its kernel
+ * ignores them (CLOSE_WAIT) or resets the connection (once the resolver closed). The query
+ * itself is counted once: its own segment comes back only if the resolver's ACK was lost.
+ * Returns XDP_PASS, or XDP_DROP if the frame could not be rewritten.
+ */
+static __always_inline int close_tcp_query(struct xdp_md *ctx, struct ccxdp_scratch *s)
+{
+	struct tcphdr *tcp = frame_at(ctx, s->l4_off, sizeof(*tcp));
+	__u32 hdr_len, frame_len;
+	__u64 sum;
+
+	if (!tcp)
+		return XDP_DROP;
+	hdr_len = (((__u8 *)tcp)[12] >> 4) * 4;
+	frame_len = (long)ctx->data_end - (long)ctx->data;
+	if (bpf_xdp_adjust_tail(ctx, (int)(s->l4_off + hdr_len) - (int)frame_len))
+		return XDP_DROP;
+	/* Every packet pointer is void after adjust_tail: from here, offsets only. */
+	if (s->ipv6) {
+		struct ipv6hdr *ip6 = frame_at(ctx, s->l3_off, sizeof(*ip6));
+
+		if (!ip6)
+			return XDP_DROP;
+		ip6->payload_len = bpf_htons(s->l4_off - s->l3_off - sizeof(*ip6) + hdr_len);
+		sum = words_sum(&ip6->saddr, 8) + bpf_htonl(hdr_len) + bpf_htonl(IPPROTO_TCP);
+	} else {
+		struct iphdr *ip = frame_at(ctx, s->l3_off, sizeof(*ip));
+		__be16 old_len;
+
+		if (!ip)
+			return XDP_DROP;
+		old_len = ip->tot_len;
+		ip->tot_len = bpf_htons(s->l4_off - s->l3_off + hdr_len);
+		/* The header keeps its options: update its checksum for the new length (RFC 1624). */
+		ip->check = ~csum_fold((__u64)(__u16)~ip->check + (__u16)~old_len + ip->tot_len);
+		sum = (__u64)ip->saddr + ip->daddr + bpf_htonl((IPPROTO_TCP << 16) | hdr_len);
+	}
+	tcp = frame_at(ctx, s->l4_off, sizeof(*tcp));
+	if (!tcp)
+		return XDP_DROP;
+	((__u8 *)tcp)[TCP_FLAGS_BYTE] = TCP_FLAG_FIN | TCP_FLAG_ACK;
+	tcp->urg_ptr = 0;
+	tcp->check = 0;
+	/* The checksum over the header (options included), which is now the whole segment. */
+#pragma unroll
+	for (int i = 0; i < 15; i++) {
+		__u8 *w;
+
+		if (i * 4 >= hdr_len)
+			break;
+		w = frame_at(ctx, s->l4_off + i * 4, 4);
+		if (!w)
+			return XDP_DROP;
+		sum += *(alias_u32 *)__builtin_assume_aligned(w, 4);
+	}
+	tcp = frame_at(ctx, s->l4_off, sizeof(*tcp));
+	if (!tcp)
+		return XDP_DROP;
+	tcp->check = ~csum_fold(sum);
+	return XDP_PASS;
 }
 
 #endif /* CCXDP_ANSWER_H */

@@ -18,7 +18,7 @@
 
 /* Map names: ccxdp_<noun>, at most 15 bytes (bcc truncates to BPF_OBJ_NAME_LEN - 1). A map
  * gets a new _vN when its layout changes, because a pinned map is reused without a type check. */
-#define CCXDP_MAP_STATS "ccxdp_stats_v4"
+#define CCXDP_MAP_STATS "ccxdp_stats_v5"
 #define CCXDP_MAP_NAME_BUCKETS "ccxdp_nbkt_v1"
 #define CCXDP_MAP_NAME_ACTIVE "ccxdp_nact_v2"
 #define CCXDP_MAP_NAME_FILTER "ccxdp_nfilt_v1"
@@ -26,7 +26,7 @@
 #define CCXDP_MAP_SOURCE_EPOCH "ccxdp_sepoch_v1"
 #define CCXDP_MAP_PORTS "ccxdp_ports_v1"
 #define CCXDP_MAP_HASH_KEY "ccxdp_hkey_v2"
-#define CCXDP_MAP_CONFIG "ccxdp_config_v4"
+#define CCXDP_MAP_CONFIG "ccxdp_config_v5"
 #define CCXDP_MAP_CONFIG_ACTIVE "ccxdp_cact_v1"
 #define CCXDP_MAP_EXEMPT "ccxdp_exempt_v1"
 #define CCXDP_MAP_EXEMPT_GATE "ccxdp_exgate_v1"
@@ -38,17 +38,22 @@
 
 /* What happened to one frame. Exactly one outcome is counted per frame. */
 enum ccxdp_outcome {
-	CCXDP_OUT_NOT_DNS = 0,   /* not IP/UDP to a configured DNS port: passed untouched */
-	CCXDP_OUT_FRAGMENT = 1,  /* an IP fragment: cannot be judged, passed untouched */
+	CCXDP_OUT_NOT_DNS = 0,   /* not UDP or TCP to a configured DNS port: passed untouched */
+	CCXDP_OUT_FRAGMENT = 1,  /* an IP fragment: cannot be judged; passed, or dropped when a
+				  * first fragment to a DNS port and `fragments` is drop */
 	CCXDP_OUT_NOT_QUERY = 2, /* DNS but not a judged query (response, opcode, qdcount) */
 	CCXDP_OUT_MALFORMED = 3, /* a DNS query that does not parse: passed to the resolver */
 	CCXDP_OUT_PASSED = 4,    /* judged, no entry matched: passed */
 	CCXDP_OUT_BLOCKED = 5,   /* judged, a block entry decided: dropped or answered here */
-	CCXDP_OUT_UNPARSED = 6,  /* headers deeper than parsed (VLAN tags, IPv6 ext): passed */
+	CCXDP_OUT_UNPARSED = 6,  /* headers deeper than parsed (VLAN tags, IPv6 ext): dropped, or
+				  * passed when `unparsed` is pass */
 	CCXDP_OUT_ALLOWED = 7,   /* judged, an allow entry decided: passed */
 	CCXDP_OUT_MONITORED = 8, /* judged, a block entry in monitor mode decided: passed, counted */
 	CCXDP_OUT_EXEMPT = 9,    /* from an exempt (opted-out) source: passed, not judged */
-	CCXDP_OUT_MAX = 10,
+	CCXDP_OUT_TCP_OTHER = 10, /* TCP to a DNS port, no query start in the segment (handshake,
+				   * ACK, later part of a stream, not parsable): passed */
+	CCXDP_OUT_TCP_RETRY = 11, /* over TCP, a tc entry decided: passed, the retry tc asks for */
+	CCXDP_OUT_MAX = 12,
 };
 
 /* Why a query counted as malformed; counted beside the outcomes at CCXDP_STAT_MALFORMED_BASE. */
@@ -64,11 +69,16 @@ enum ccxdp_malformed {
 enum ccxdp_event {
 	CCXDP_EV_SOURCE_LOST = 0,   /* a blocked query whose source could not be counted (the
 				     * per-source map was full) */
-	CCXDP_EV_ANSWER_FAILED = 1, /* not answered (no room, broadcast/multicast destination, IP
-				     * options or IPv6 extension headers): dropped instead */
+	CCXDP_EV_ANSWER_FAILED = 1, /* not answered because the frame could not grow to the
+				     * answer's size: dropped instead */
 	CCXDP_EV_OUTSIDE_PLAN = 2,  /* a blocked or monitored query from a source outside the
 				     * address plan (ccxdp_plan): counted here, never per source */
-	CCXDP_EV_MAX = 3,
+	CCXDP_EV_FRAGMENT_DROPPED = 3, /* a first fragment to a DNS port, dropped (`fragments`) */
+	CCXDP_EV_UNPARSED_DROPPED = 4, /* headers deeper than parsed, dropped (`unparsed`) */
+	CCXDP_EV_TCP_CLOSED = 5,    /* a blocked query over TCP: its connection closed (answer.h) */
+	CCXDP_EV_NOT_UNICAST = 6,   /* a blocked query to a broadcast or multicast address:
+				     * dropped, since an answer must come from a unicast address */
+	CCXDP_EV_MAX = 7,
 };
 
 /* What an entry does to a query it decides (RPZ's vocabulary). */
@@ -101,7 +111,14 @@ struct ccxdp_config {
 	__be32 negative_ttl;  /* TTL and MINIMUM of the SOA in negative answers (network order) */
 	__u8 sinkhole_v4[4];  /* network order */
 	__u8 sinkhole_v6[16]; /* network order */
+	__u8 pass_unjudged;   /* CCXDP_PASS_*: which frames that cannot be judged pass; 0 drops
+			       * them all, so a config never written drops them */
+	__u8 pad[3];
 };
+
+/* Bits of ccxdp_config.pass_unjudged. */
+#define CCXDP_PASS_FRAGMENTS 0x01 /* first fragments to a DNS port pass (else dropped) */
+#define CCXDP_PASS_UNPARSED 0x02  /* frames with headers deeper than parsed pass (else dropped) */
 
 /* Key of ccxdp_exempt, an LPM trie of opted-out source prefixes. IPv4 prefixes are stored
  * IPv4-mapped, their length plus 96, like the per-source key. Value: a __u8, 1. */

@@ -31,6 +31,8 @@ struct dnshdr {
 #define DNS_RCODE_NXDOMAIN 3
 #define DNS_RCODE_REFUSED 5
 #define DNS_EXT_RCODE_BADVERS 1 /* BADVERS (16) >> 4, in the OPT's extended RCODE byte */
+#define DNS_OPT_DO 0x8000	/* DNSSEC OK, in the OPT's 16 flag bits (RFC 3225) */
+#define DNS_OPT_DO_HIGH 0x80	/* the same bit in the first byte of those flags */
 
 #define DNS_TYPE_A 1
 #define DNS_TYPE_SOA 6

@@ -42,7 +42,7 @@
  * enum ccxdp_action; value: count, host order. Written by the program on every frame.
  * Per-CPU because XDP runs in softirq on each CPU: no atomics, no contention.
  */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v4, CCXDP_STAT_MAX,
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ccxdp_stats_v5, CCXDP_STAT_MAX,
 		 CCXDP_PIN(CCXDP_MAP_STATS));
 
 /*
@@ -125,7 +125,7 @@ BPF_TABLE_PINNED("array", __u32, __u64, ccxdp_sepoch_v1, 1,
  * and a hash of the key on every matched query. A live entry whose default_action is 0 was
  * never written.
  */
-BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v4, 2,
+BPF_TABLE_PINNED("array", __u32, struct ccxdp_config, ccxdp_config_v5, 2,
 		 CCXDP_PIN(CCXDP_MAP_CONFIG));
 BPF_TABLE_PINNED("array", __u32, __u32, ccxdp_cact_v1, 1, CCXDP_PIN(CCXDP_MAP_CONFIG_ACTIVE));
 
@@ -164,7 +164,8 @@ BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_exgate_v1, 1 << CCXDP_EXEMPT_GATE_B
 BPF_TABLE_PINNED("lpm_trie", struct ccxdp_lpm_key, __u8, ccxdp_plan_v1, CCXDP_MAX_PLAN,
 		 CCXDP_PIN(CCXDP_MAP_PLAN), BPF_F_NO_PREALLOC);
 
-/* Judged UDP destination ports. Key: port, host order. Value: 1 to judge. Control plane. */
+/* Judged destination ports, over UDP and TCP. Key: port, host order. Value: 1 to judge.
+ * Control plane. */
 BPF_TABLE_PINNED("array", __u32, __u8, ccxdp_ports_v1, 65536, CCXDP_PIN(CCXDP_MAP_PORTS));
 
 /* The name-hash key, one entry. Written once by the control plane from its key file. */
@@ -182,9 +183,10 @@ struct ccxdp_scratch {
 	__u32 qoff;     /* offset of the QNAME from the frame's start */
 	__u32 avail;    /* DNS payload bytes from the QNAME on (the UDP length ends it) */
 	__u16 l3_off;   /* offset of the IP header */
-	__u16 l4_off;   /* offset of the UDP header */
+	__u16 l4_off;   /* offset of the UDP or TCP header */
 	__u8 ipv6;      /* 1: IPv6, 0: IPv4 */
-	__u8 pad[3];
+	__u8 tcp;       /* 1: the query came over TCP (after its 2-byte length), 0: UDP */
+	__u8 pad[2];
 	__u8 label_off[DNS_MAX_LABELS + 1];
 	__u32 label;    /* index of the label being hashed */
 	__u32 pos;      /* offset from the QNAME of the next byte to hash */

@@ -12,6 +12,7 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
 #include "ccxdp_shared.h"
@@ -23,6 +24,15 @@
 
 #define IPV4_MF 0x2000
 #define IPV4_OFFSET 0x1fff
+#define IPV6_FRAG_OFFSET 0xfff8 /* of the fragment header's offset-and-flags word */
+
+/* Flags in byte 13 of the TCP header (RFC 9293 3.1), read as a byte: no bitfields. */
+#define TCP_FLAGS_BYTE 13
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_PSH 0x08
+#define TCP_FLAG_ACK 0x10
 
 struct cursor {
 	void *pos;
@@ -129,6 +139,48 @@ static __always_inline int skip_ipv6_ext(struct cursor *c, __u8 nexthdr)
 		c->pos += (opt->hdrlen + 1) * 8;
 	}
 	return nexthdr;
+}
+
+/* An IPv6 fragment header (RFC 8200 4.5). */
+struct ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units (top 13 bits), then flags */
+	__be32 id;
+};
+
+/*
+ * The destination port of a first fragment, from the transport header that follows its IP
+ * header at the cursor: UDP and TCP both carry it at bytes 2-3. Returns the port (host
+ * order), -1 when the fragment is not UDP or TCP, or -2 when the port is not in this frame
+ * (a first fragment too short to hold it, RFC 1858's tiny fragment).
+ */
+static __always_inline int first_fragment_port(struct cursor *c, int protocol)
+{
+	__be16 *ports = c->pos;
+
+	if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP)
+		return -1;
+	if ((void *)(ports + 2) > c->end)
+		return -2;
+	return bpf_ntohs(ports[1]);
+}
+
+/* A TCP header including its options (data offset). */
+static __always_inline struct tcphdr *parse_tcphdr(struct cursor *c)
+{
+	struct tcphdr *tcp = c->pos;
+	__u32 hdrsize;
+
+	if ((void *)(tcp + 1) > c->end)
+		return NULL;
+	hdrsize = (((__u8 *)tcp)[12] >> 4) * 4;
+	if (hdrsize < sizeof(*tcp))
+		return NULL;
+	if (c->pos + hdrsize > c->end)
+		return NULL;
+	c->pos += hdrsize;
+	return tcp;
 }
 
 static __always_inline struct udphdr *parse_udphdr(struct cursor *c)

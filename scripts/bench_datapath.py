@@ -37,7 +37,7 @@ from ccxdp.datapath.loader import Datapath, Limits  # noqa: E402
 from ccxdp.datapath.nametable import NameTable  # noqa: E402
 from ccxdp.datapath.settings import Settings  # noqa: E402
 from ccxdp.policy import exempt
-from tests.harness.frames import query, tcp4, udp4, udp6  # noqa: E402
+from tests.harness.frames import query, tcp4, tcp_query, udp4, udp6  # noqa: E402
 
 BPF_PROG_TYPE_XDP = 6
 XDP_PASS = 2
@@ -147,10 +147,11 @@ def main() -> int:
                 fd, udp4(query("x" + blocked_name[1:]))),
             f"exempt source {EXEMPT_SRC}, blocked name": (
                 fd, udp4(query(blocked_name), src=EXEMPT_SRC)),
+            f"DNS miss over TCP, {miss}": (fd, tcp_query(query(miss))),
         }
         keys = dict(zip(frames, ["non_dns_udp", "non_dns_tcp", "miss_1_label", "miss_3_labels",
                                  "miss_6_labels", "blocked_drop", "miss_same_length",
-                                 "exempt_source"], strict=True))
+                                 "exempt_source", "miss_3_labels_tcp"], strict=True))
         # An answer rewrites the frame in place, so a repeated test run would judge the
         # answer, not the query: these run once per call, many calls, beside the empty
         # program measured the same way.
@@ -161,6 +162,7 @@ def main() -> int:
             "answer: sinkhole AAAA (IPv6)": (fd, udp6(query(answered["sinkhole"], qtype=28))),
             "DNS miss, one run a call": (fd, udp4(query(miss))),
             "DNS blocked (drop), one run a call": (fd, udp4(query(blocked_name))),
+            "DNS blocked over TCP: FIN to the resolver": (fd, tcp_query(query(blocked_name))),
         }
         cases = {"empty XDP program": (empty, udp4(query("www.example.com"))), **frames}
         samples: dict[str, list[int]] = {name: [] for name in cases}
@@ -215,7 +217,9 @@ def main() -> int:
                    "answer: sinkhole A (IPv4)": "answer_sinkhole_a",
                    "answer: sinkhole AAAA (IPv6)": "answer_sinkhole_aaaa",
                    "DNS miss, one run a call": "miss_one_run_a_call",
-                   "DNS blocked (drop), one run a call": "blocked_drop_one_run_a_call"}.get(name)
+                   "DNS blocked (drop), one run a call": "blocked_drop_one_run_a_call",
+                   "DNS blocked over TCP: FIN to the resolver": "blocked_tcp_one_run_a_call",
+                   }.get(name)
             if key:
                 figures[key] = {"ns": net, "ratio": net / repeated_base}
         mean = statistics.mean(mix_ns)

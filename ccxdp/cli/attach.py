@@ -29,7 +29,7 @@ from ccxdp.policy import plan as plan_lib
     "dns_ports",
     type=click.IntRange(1, 65535),
     multiple=True,
-    help="UDP port whose queries are judged; repeat for several. Default: keep, or 53.",
+    help="Port whose queries are judged (UDP and TCP); repeat for several. Default: keep, or 53.",
 )
 @click.option(
     "--max-names",

@@ -23,7 +23,9 @@ def _where(dp) -> dict:
 
 @click.group()
 def config():
-    """Run-time settings: the default action, sinkhole addresses, TTLs, EDNS size.
+    """Run-time settings: the default action, sinkhole addresses, TTLs, EDNS size, and
+    whether fragments and frames with headers deeper than parsed, to a DNS port, are dropped
+    (the default) or passed unjudged.
 
     They live in a pinned BPF map the program reads for every answer, so a change applies at
     once without reloading anything; a copy in the state folder brings them back when the
@@ -68,6 +70,7 @@ def config_set(app, key, value, as_json):
       ccxdp config set default_action sinkhole
       ccxdp config set sinkhole_v4 198.18.0.53
       ccxdp config set negative_ttl 60
+      ccxdp config set fragments pass
     """
     try:  # checked before anything is touched: a bad value is a usage mistake
         Settings().with_value(key, value)

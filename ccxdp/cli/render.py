@@ -66,16 +66,18 @@ def render_feed_copies(copies: Mapping[str, dict]) -> Table:
 
 
 _OUTCOME_HELP = {
-    "not_dns": "not UDP to a DNS port, passed",
-    "fragment": "IP fragments, passed",
+    "not_dns": "not UDP or TCP to a DNS port, passed",
+    "fragment": "IP fragments, passed (first ones to a DNS port: as `fragments` says)",
     "not_query": "DNS but not a query, passed",
     "malformed": "unparsable queries, passed",
     "passed": "judged queries, no entry matched",
     "blocked": "judged queries, blocked",
-    "unparsed": "headers deeper than parsed, passed",
+    "unparsed": "headers deeper than parsed, dropped or passed as `unparsed` says",
     "allowed": "judged queries, an allow entry decided",
     "monitored": "judged queries, monitor entry: passed, counted",
     "exempt": "from opted-out sources, passed unjudged",
+    "tcp_other": "TCP to a DNS port, no query start in the segment, passed",
+    "tcp_retry": "over TCP, a tc entry decided: passed (the retry tc asks for)",
 }
 
 

@@ -1,5 +1,6 @@
 """Run-time settings of the data path (the ccxdp_config map): the default action, the
-sinkhole addresses, the TTLs of synthesized answers. Changed without reloading the program."""
+sinkhole addresses, the TTLs of synthesized answers, what becomes of frames that cannot be
+judged. Changed without reloading the program."""
 
 from __future__ import annotations
 
@@ -52,7 +53,13 @@ DESCRIPTIONS = {
     "edns_udp_size": "UDP payload size in the OPT record of answers",
     "source_prefix_v6": "IPv6 hits are counted per prefix of this length (the subscribers' "
                         "delegation; 128: per address)",
+    "fragments": "first IP fragments to a DNS port: drop or pass (counted either way)",
+    "unparsed": "frames with headers deeper than parsed: drop or pass (counted either way)",
 }
+
+# What `fragments` and `unparsed` may be, and the bit of Config.pass_unjudged each sets.
+UNJUDGED_CHOICES = ("drop", "pass")
+_PASS_BITS = {"fragments": shared.PASS_FRAGMENTS, "unparsed": shared.PASS_UNPARSED}
 
 
 def action_name(action: int) -> str:
@@ -72,6 +79,10 @@ class Settings:
     # A line's privacy addresses rotate within its /64 (RFC 8981): one source per /64, so
     # one line is one entry. ISPs that delegate /56 or /48 say so here.
     source_prefix_v6: int = 64
+    # A DNS query never needs fragments or more headers than the program walks; what brings
+    # them to a DNS port is a way around the filter, so the defaults close it (docs/datapath.md).
+    fragments: str = "drop"
+    unparsed: str = "drop"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -81,6 +92,8 @@ class Settings:
         c = shared.Config()
         c.default_action = ACTION_NAMES[self.default_action]
         c.source_prefix_v6 = self.source_prefix_v6
+        c.pass_unjudged = sum(bit for key, bit in _PASS_BITS.items()
+                              if getattr(self, key) == "pass")
         c.edns_udp_size = socket.htons(self.edns_udp_size)
         c.answer_ttl = socket.htonl(self.answer_ttl)
         c.negative_ttl = socket.htonl(self.negative_ttl)
@@ -104,6 +117,8 @@ class Settings:
             negative_ttl=socket.ntohl(c.negative_ttl),
             edns_udp_size=socket.ntohs(c.edns_udp_size),
             source_prefix_v6=c.source_prefix_v6 or 128,
+            **{key: "pass" if c.pass_unjudged & bit else "drop"
+               for key, bit in _PASS_BITS.items()},
         )
 
     def with_value(self, key: str, text: str) -> Settings:
@@ -161,6 +176,9 @@ def _check(key: str, value: object) -> None:
     elif key in ("answer_ttl", "negative_ttl"):
         if not 0 <= value <= _TTL_MAX:
             raise SettingError(f"{key}: {value} is outside 0..{_TTL_MAX}")
+    elif key in _PASS_BITS:
+        if value not in UNJUDGED_CHOICES:
+            raise SettingError(f"{key}: {value!r} is not one of {', '.join(UNJUDGED_CHOICES)}")
     elif key == "edns_udp_size":
         if not 512 <= value <= 65535:
             raise SettingError(f"edns_udp_size: {value} is outside 512..65535")

@@ -27,7 +27,7 @@ DNS_MAX_NAME_LEN = 255
 DNS_MAX_LABEL_LEN = 63
 DNS_MAX_LABELS = 127
 
-MAP_STATS = "ccxdp_stats_v4"
+MAP_STATS = "ccxdp_stats_v5"
 MAP_NAME_BUCKETS = "ccxdp_nbkt_v1"
 MAP_NAME_ACTIVE = "ccxdp_nact_v2"
 MAP_NAME_FILTER = "ccxdp_nfilt_v1"
@@ -35,14 +35,14 @@ MAP_SOURCES = "ccxdp_srcs_v3"
 MAP_SOURCE_EPOCH = "ccxdp_sepoch_v1"
 MAP_PORTS = "ccxdp_ports_v1"
 MAP_HASH_KEY = "ccxdp_hkey_v2"
-MAP_CONFIG = "ccxdp_config_v4"
+MAP_CONFIG = "ccxdp_config_v5"
 MAP_CONFIG_ACTIVE = "ccxdp_cact_v1"
 MAP_EXEMPT = "ccxdp_exempt_v1"
 MAP_EXEMPT_GATE = "ccxdp_exgate_v1"
 MAP_PLAN = "ccxdp_plan_v1"
 # The program itself is pinned beside its maps, so a second interface reuses it uncompiled.
 # Its version moves with any map's: a program compiled for other maps must not be reused.
-PROG_PIN = "ccxdp_xdp_v7"
+PROG_PIN = "ccxdp_xdp_v8"
 PROG_PIN_PREFIX = "ccxdp_xdp_v"
 PROG_NAME = "ccxdp_xdp"
 
@@ -58,6 +58,8 @@ class Outcome(enum.IntEnum):
     ALLOWED = 7
     MONITORED = 8
     EXEMPT = 9
+    TCP_OTHER = 10
+    TCP_RETRY = 11
 
 
 class Malformed(enum.IntEnum):
@@ -71,6 +73,10 @@ class Event(enum.IntEnum):
     SOURCE_LOST = 0
     ANSWER_FAILED = 1
     OUTSIDE_PLAN = 2
+    FRAGMENT_DROPPED = 3
+    UNPARSED_DROPPED = 4
+    TCP_CLOSED = 5
+    NOT_UNICAST = 6
 
 
 class Action(enum.IntEnum):
@@ -172,7 +178,14 @@ class Config(ct.Structure):
         ("negative_ttl", ct.c_uint32),  # network order
         ("sinkhole_v4", ct.c_uint8 * 4),
         ("sinkhole_v6", ct.c_uint8 * 16),
+        ("pass_unjudged", ct.c_uint8),  # PASS_* bits
+        ("pad", ct.c_uint8 * 3),
     ]
+
+
+# Bits of Config.pass_unjudged: which frames that cannot be judged pass instead of dropping.
+PASS_FRAGMENTS = 0x01
+PASS_UNPARSED = 0x02
 
 
 class LpmKey(ct.Structure):

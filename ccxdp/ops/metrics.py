@@ -129,8 +129,10 @@ class DaemonMetrics(Collector):
         yield malformed
         events = CounterMetricFamily(
             f"{PREFIX}_events", "Events: source_lost (a hit not counted per source: the "
-            "per-source map was full; the kernel never evicts), answer_failed, outside_plan "
-            "(a hit from a source outside the address plan: counted only here)",
+            "per-source map was full; the kernel never evicts), answer_failed (the frame "
+            "could not grow to the answer's size), outside_plan (a hit from a source outside "
+            "the address plan: counted only here), fragment_dropped, unparsed_dropped, "
+            "tcp_closed (a blocked TCP query's connection closed), not_unicast",
             labels=["event"])
         for k, v in snap.events.items():
             events.add_metric([k], v)

@@ -439,7 +439,7 @@ def test_config_show_and_set_without_the_program(ccxdp):
     assert shown == {
         "settings": {"default_action": "drop", "sinkhole_v4": "0.0.0.0", "sinkhole_v6": "::",
                      "answer_ttl": 300, "negative_ttl": 300, "edns_udp_size": 1232,
-                     "source_prefix_v6": 64},
+                     "source_prefix_v6": 64, "fragments": "drop", "unparsed": "drop"},
         "loaded": False,
         "map": str(ccxdp.pin_dir / shared.MAP_CONFIG),
         "file": str(ccxdp.state_dir / "settings.json"),
@@ -464,7 +464,8 @@ def test_attach_sets_the_default_action_and_sinkholes(ccxdp, bare_netns):
     assert shown["settings"] == {"default_action": "sinkhole", "sinkhole_v4": "198.18.0.53",
                                  "sinkhole_v6": "fd00::53", "answer_ttl": 77,
                                  "negative_ttl": 300, "edns_udp_size": 1232,
-                                 "source_prefix_v6": 64}
+                                 "source_prefix_v6": 64, "fragments": "drop",
+                                 "unparsed": "drop"}
     ccxdp.run("block", "add", "sink.test")
     v = p.judge("sink.test")
     assert [r.to_text() for r in v.answer.answer[0]] == ["198.18.0.53"]

@@ -188,6 +188,16 @@ def test_name_table_constants_match_header():
     assert shared.NAME_BUCKET_SLOTS <= 7
 
 
+def test_pass_bits_match_header():
+    defines = _defines(_header())
+    bits = {k for k in defines if k.startswith("CCXDP_PASS_")}
+    mirrors = {"CCXDP_PASS_FRAGMENTS": shared.PASS_FRAGMENTS,
+               "CCXDP_PASS_UNPARSED": shared.PASS_UNPARSED}
+    assert bits == set(mirrors), "a new pass bit needs its mirror in shared.py"
+    for name, value in mirrors.items():
+        assert value == _int_define(defines, name), name
+
+
 def test_exempt_gate_index_matches_header():
     defines = _defines(_header())
     assert shared.EXEMPT_GATE_BITS == _int_define(defines, "CCXDP_EXEMPT_GATE_BITS")

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 CASES = {"empty", "non_dns_udp", "non_dns_tcp", "miss_1_label", "miss_3_labels",
          "miss_6_labels", "miss_mean_64_names", "blocked_drop", "exempt_source",
          "answer_nxdomain", "answer_sinkhole_a", "answer_sinkhole_aaaa", "miss_one_run_a_call",
-         "blocked_drop_one_run_a_call"}
+         "blocked_drop_one_run_a_call", "miss_3_labels_tcp", "blocked_tcp_one_run_a_call"}
 RUNS = {"unbound_blocked", "ccxdp_blocked", "ceiling", "legit_without", "legit_with",
         "legit_empty_xdp"}
 RUN_FIGURES = {"qps", "completed", "avg_latency_us", "p50_us", "p99_us", "p999_us",

@@ -29,7 +29,9 @@ def test_outside_the_address_plan_blocked_but_counted_only_globally(ccxdp, lab):
     assert lab.unbound_queries_for("evil.test") == 0
     stats = ccxdp.json("stats")
     assert stats["outcomes"]["blocked"] == 4
-    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 2}
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 2,
+                               "fragment_dropped": 0, "unparsed_dropped": 0, "tcp_closed": 0,
+                               "not_unicast": 0}
     hits = {s["address"]: s["hits"] for s in stats["sources"]}
     assert hits == {client_a: 1, str(ipaddress.ip_network((lab.cli_v6, 64), strict=False)): 1}
     assert ccxdp.json("status")["plan"]["prefixes"] == [f"{client_a}/32", f"{lab.cli_v6}/128"]
@@ -79,7 +81,9 @@ def test_block_add_drops_queries_before_the_resolver(ccxdp, lab):
     assert stats["outcomes"]["malformed"] == 0
     assert stats["judged"] == 11
     assert stats["names"] == 2
-    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 0}
+    assert stats["events"] == {"source_lost": 0, "answer_failed": 0, "outside_plan": 0,
+                               "fragment_dropped": 0, "unparsed_dropped": 0, "tcp_closed": 0,
+                               "not_unicast": 0}
     assert stats["actions"]["drop"] == 8
     hits = {(s["address"], s["category"]): s["hits"] for s in stats["sources"]}
     assert hits == {(client_a, 0): 3, (client_b, 0): 1, (client_a6, 0): 4}

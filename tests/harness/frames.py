@@ -101,8 +101,31 @@ def three_vlans(frame: bytes) -> bytes:
     return eth + tags + rest
 
 
-def tcp4(payload: bytes, dport=53):
-    return bytes(Ether(**ETH) / IP(src=CLIENT4, dst=RESOLVER4) / TCP(dport=dport) / Raw(payload))
+def tcp4(payload: bytes, dport=53, **ip):
+    """A SYN (scapy's default flags) carrying payload; tcp_query() makes a query's segment."""
+    return bytes(Ether(**ETH) / IP(src=CLIENT4, dst=RESOLVER4, **ip) / TCP(dport=dport)
+                 / Raw(payload))
+
+
+def tcp_query(message: bytes, family: int = 4, flags: str = "PA", seq: int = 1000,
+              ack: int = 5000, length_prefix: bool = True, dport: int = 53, vlans: int = 0,
+              options: bool = False, ext=(), timestamps: bool = True) -> bytes:
+    """A TCP segment from the client carrying `message` after its 2-byte length (RFC 7766 8),
+    as dig, kdig and dnspython send a query: one segment, PSH+ACK, TCP timestamps on."""
+    if family == 4:
+        ip_layer = IP(src=CLIENT4, dst=RESOLVER4)
+        if options:
+            ip_layer.options = [IPOption_RR(routers=["198.18.0.9"])]
+        pkt = l2(vlans) / ip_layer
+    else:
+        pkt = l2(vlans) / IPv6(src=CLIENT6, dst=RESOLVER6)
+        for header in ext:
+            pkt = pkt / header
+    tcp_options = [("NOP", None), ("NOP", None), ("Timestamp", (11, 22))] if timestamps else []
+    payload = (struct.pack("!H", len(message)) if length_prefix else b"") + message
+    tcp = TCP(sport=40000, dport=dport, flags=flags, seq=seq, ack=ack, window=501,
+              options=tcp_options)
+    return bytes(pkt / tcp / Raw(payload)) if payload else bytes(pkt / tcp)
 
 
 def arp():

@@ -85,6 +85,8 @@ BAD = [
     ("bad-address", '[filter]\nsinkhole_v4 = "fd00::1"\n' + IFACE, "filter.sinkhole_v4",
      "not an IPv4 address"),
     ("ttl-range", '[filter]\nanswer_ttl = -1\n' + IFACE, "filter.answer_ttl", "outside"),
+    ("bad-fragments", '[filter]\nfragments = "maybe"\n' + IFACE, "filter.fragments",
+     "not one of drop, pass"),
     ("mapped-sinkhole-v6", '[filter]\nsinkhole_v6 = "::ffff:198.18.0.53"\n' + IFACE,
      "filter.sinkhole_v6", "is an IPv4-mapped address: give 198.18.0.53 as sinkhole_v4"),
     ("prefix-v6-range", '[filter]\nsource_prefix_v6 = 16\n' + IFACE,

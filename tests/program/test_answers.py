@@ -19,7 +19,16 @@ from ccxdp.datapath.hashing import name_hash
 from ccxdp.datapath.settings import Settings
 from ccxdp.hits.stats import read_stats
 from tests.conftest import publish_entries
-from tests.harness.frames import CLIENT4, CLIENT6, ETH, RESOLVER4, RESOLVER6, udp4, udp6
+from tests.harness.frames import (
+    CLIENT4,
+    CLIENT6,
+    ETH,
+    RESOLVER4,
+    RESOLVER6,
+    ext_headers,
+    udp4,
+    udp6,
+)
 
 pytestmark = pytest.mark.root
 
@@ -83,7 +92,7 @@ def make_query(rdtype: str, edns: bool, qid: int = 0x4D2, rd: bool = True) -> dn
     q.id = qid
     if not rd:
         q.flags &= ~dns.flags.RD
-    if edns:  # with a cookie option and DO set: the answer's OPT has neither
+    if edns:  # with a cookie option and DO set: the answer's OPT has DO, no option
         q.use_edns(0, dns.flags.DO, payload=4096,
                    options=[dns.edns.GenericOption(10, b"\x01" * 8)])
     return q
@@ -176,7 +185,7 @@ def test_answer(answering, action, rdtype, family, vlans, edns):
         assert not answer.answer and not answer.authority
     if edns:
         assert answer.edns == 0 and answer.payload == 1400 and not answer.options
-        assert not answer.ednsflags & dns.flags.DO
+        assert answer.ednsflags == dns.flags.DO, "DO copied (RFC 3225), nothing else set"
     else:
         assert answer.edns == -1
     assert not answer.additional
@@ -248,26 +257,81 @@ def test_class_other_than_in_is_refused(answering):
     assert a.rcode() == dns.rcode.REFUSED and not a.answer and not a.authority
 
 
+def test_do_clear_stays_clear(answering):
+    dp, fd = answering
+    entry_for(dp, "nxdomain")
+    q = dns.message.make_query("c2.evil.test", "A", use_edns=0, want_dnssec=False)
+    _, a = answer_for(fd, q)
+    assert a.edns == 0 and a.ednsflags == 0
+
+
 @pytest.mark.parametrize(
     "frame_kw",
     [
         {"dst": "224.0.0.251"},
         {"dst": "255.255.255.255"},
-        {"options": True},
     ],
-    ids=["multicast", "limited-broadcast", "ipv4-options"],
+    ids=["multicast", "limited-broadcast"],
 )
 def test_not_answered_but_dropped(answering, frame_kw):
-    """A query to a multicast or broadcast address, or with IP options, is dropped: an answer
-    would come from that address, or carry options a reply must not echo."""
+    """A query to a multicast or broadcast address is dropped: an answer would come from that
+    address. It counts as not_unicast, not as answer_failed (the frame did not fail to grow)."""
     dp, fd = answering
     entry_for(dp, "nxdomain")
     before = read_stats(dp)
     retval, _ = answer_for(fd, make_query("A", False), **frame_kw)
     assert retval == XDP_DROP
     after = read_stats(dp)
-    assert after.events["answer_failed"] - before.events["answer_failed"] == 1
+    assert after.events["not_unicast"] - before.events["not_unicast"] == 1
+    assert after.events["answer_failed"] == before.events["answer_failed"]
     assert after.outcomes["blocked"] - before.outcomes["blocked"] == 1
+
+
+EXTRA_CASES = [
+    ("ipv4-options", 4, {"options": True}),
+    ("ipv6-hopbyhop", 6, {"ext": [ext_headers("hopbyhop")]}),
+    ("ipv6-routing", 6, {"ext": [ext_headers("routing")]}),
+    ("ipv6-all-three", 6, {"ext": [ext_headers(k) for k in ("hopbyhop", "routing", "dstopts")]}),
+]
+
+
+def check_answer_without_extras(query, frame, result, family, vlans, action):
+    assert result.retval == XDP_TX
+    dst, _src, tags, ip, udp, end = split_frame(result.data_out, vlans)
+    assert len(result.data_out) == end
+    assert tags == frame[12 : 12 + 4 * vlans], "VLAN tags kept"
+    if family == 4:
+        assert ip[0] == 0x45, "no IPv4 options in the answer"
+    else:
+        assert ip[6] == 17, "UDP right after the IPv6 header"
+    check_checksums(ip, udp)
+    answer = dns.message.from_wire(udp[8:])
+    assert answer.id == query.id and answer.question == query.question
+    if action == "sinkhole":
+        want = SETTINGS.sinkhole_v4 if family == 4 else SETTINGS.sinkhole_v6
+        assert [r.to_text() for r in answer.answer[0]] == [want]
+    else:
+        assert answer.rcode() == dns.rcode.NXDOMAIN and len(answer.authority) == 1
+
+
+@pytest.mark.parametrize("action", ["sinkhole", "nxdomain"])
+@pytest.mark.parametrize("vlans", [0, 2])
+@pytest.mark.parametrize("case, family, frame_kw", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_answer_leaves_out_ip_options_and_extension_headers(answering, case, family, frame_kw,
+                                                            vlans, action):
+    """A blocked query with IPv4 options or IPv6 extension headers is answered, the answer
+    without them (answer.h says why): not dropped as answer_failed."""
+    dp, fd = answering
+    entry_for(dp, action)
+    query = dns.message.make_query("c2.evil.test", "A" if family == 4 else "AAAA", use_edns=0)
+    frame = (udp4 if family == 4 else udp6)(query.to_wire(), vlans=vlans, sport=53053,
+                                            **frame_kw)
+    before = read_stats(dp)
+    result = libbpf.prog_test_run(fd, frame)
+    check_answer_without_extras(query, frame, result, family, vlans, action)
+    after = read_stats(dp)
+    assert after.outcomes["blocked"] - before.outcomes["blocked"] == 1
+    assert after.events == before.events
 
 
 def test_broadcast_mac_is_dropped(answering):
@@ -324,3 +388,14 @@ def test_answer_grown_at_the_head(no_tailroom, action, rdtype, family, vlans, ed
     else:
         assert answer.rcode() == dns.rcode.NXDOMAIN and len(answer.authority) == 1
     assert read_stats(dp).events["answer_failed"] == 0
+
+
+@pytest.mark.parametrize("case, family, frame_kw", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_answer_without_extras_grown_at_the_head(no_tailroom, case, family, frame_kw):
+    """Options left out, then the frame grown at its head: both moves of the headers."""
+    dp, fd = no_tailroom
+    entry_for(dp, "nxdomain")
+    query = dns.message.make_query("c2.evil.test", "A", use_edns=0)
+    frame = (udp4 if family == 4 else udp6)(query.to_wire(), vlans=1, sport=53053, **frame_kw)
+    result = libbpf.prog_test_run(fd, frame)
+    check_answer_without_extras(query, frame, result, family, 1, "nxdomain")

@@ -6,15 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6ExtHdrFragment
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from ccxdp.datapath import libbpf, shared
 from ccxdp.datapath.hashing import name_hash
+from ccxdp.datapath.settings import Settings
 from ccxdp.hits.stats import read_stats
 from tests.conftest import set_entries
 from tests.harness.frames import (
     CLIENT4,
+    ETH,
     FLAG_QR,
     FLAG_RD,
+    RESOLVER4,
     arp,
     dns_header,
     ext_headers,
@@ -47,10 +54,49 @@ class Case:
     malformed: str | None = None
     blocked: list[tuple[str, bool]] = field(default_factory=list)  # (name, subtree)
     source: str | None = None  # the source counted when blocked
+    event: str | None = None  # the event counted beside the outcome
 
     @property
     def retval(self) -> int:
-        return XDP_DROP if self.outcome == "blocked" else XDP_PASS
+        dropped = self.outcome == "blocked" or self.event in UNJUDGED_DROPS
+        return XDP_DROP if dropped else XDP_PASS
+
+
+UNJUDGED_DROPS = ("fragment_dropped", "unparsed_dropped")
+
+
+# Frames that may hide a query and cannot be judged: a first fragment to a DNS port (or one
+# whose port cannot be read), headers deeper than parsed.
+UNJUDGED_CASES = [
+    Case("three-vlan-tags", three_vlans(udp4(query(BLOCKED))), "unparsed",
+         blocked=[(BLOCKED, False)], event="unparsed_dropped"),
+    Case(
+        "ipv6-five-ext-headers",
+        udp6(query(BLOCKED), ext=[ext_headers(k) for k in
+                                  ("hopbyhop", "dstopts", "routing", "dstopts", "dstopts")]),
+        "unparsed",
+        blocked=[(BLOCKED, False)],
+        event="unparsed_dropped",
+    ),
+    Case("ipv6-ah", udp6(query(BLOCKED), ext=[ext_headers("ah")]), "unparsed",
+         blocked=[(BLOCKED, False)], event="unparsed_dropped"),
+    Case("ipv4-first-fragment", udp4(query(BLOCKED), flags="MF"), "fragment",
+         blocked=[(BLOCKED, False)], event="fragment_dropped"),
+    Case("ipv4-first-fragment-tcp", tcp4(query(BLOCKED), flags="MF"), "fragment",
+         event="fragment_dropped"),
+    Case("ipv4-tiny-first-fragment", udp4(b"", flags="MF")[:14 + 20 + 2], "fragment",
+         event="fragment_dropped"),
+    Case(
+        "ipv6-fragment-header",
+        udp6(query(BLOCKED), ext=[ext_headers("fragment")]),
+        "fragment",
+        blocked=[(BLOCKED, False)],
+        event="fragment_dropped",
+    ),
+    Case("ipv6-first-fragment-then-dstopts",
+         udp6(query(BLOCKED), ext=[ext_headers("fragment"), ext_headers("dstopts")]),
+         "fragment", event="fragment_dropped"),
+]
 
 
 def truncation_cases() -> list[Case]:
@@ -115,28 +161,19 @@ CASES = [
          blocked=[(BLOCKED, False)]),
     Case("udp-length-beyond-ipv4-length", ip_len_short(udp4(query(BLOCKED) + b"\0" * 8)),
          "malformed", "header", blocked=[(BLOCKED, False)]),
-    Case("three-vlan-tags", three_vlans(udp4(query(BLOCKED))), "unparsed",
-         blocked=[(BLOCKED, False)]),
-    Case(
-        "ipv6-five-ext-headers",
-        udp6(query(BLOCKED), ext=[ext_headers(k) for k in
-                                  ("hopbyhop", "dstopts", "routing", "dstopts", "dstopts")]),
-        "unparsed",
-        blocked=[(BLOCKED, False)],
-    ),
-    Case("ipv6-ah", udp6(query(BLOCKED), ext=[ext_headers("ah")]), "unparsed",
-         blocked=[(BLOCKED, False)]),
-    Case("ipv4-fragment-mf", udp4(query(BLOCKED), flags="MF"), "fragment",
-         blocked=[(BLOCKED, False)]),
+    # -- cannot be judged: dropped by default (settings fragments, unparsed) ------------------
+    *UNJUDGED_CASES,
     Case("ipv4-fragment-offset", udp4(query(BLOCKED), frag=8), "fragment"),
-    Case(
-        "ipv6-fragment-header",
-        udp6(query(BLOCKED), ext=[ext_headers("fragment")]),
-        "fragment",
-        blocked=[(BLOCKED, False)],
-    ),
+    Case("ipv6-later-fragment", udp6(query(BLOCKED), ext=[IPv6ExtHdrFragment(offset=1, m=0)]),
+         "fragment"),
+    Case("ipv4-first-fragment-other-port", udp4(query(BLOCKED), flags="MF", dport=123),
+         "fragment"),
+    Case("ipv4-first-fragment-icmp", bytes(Ether(**ETH) / IP(src=CLIENT4, dst=RESOLVER4, proto=1,
+                                                            flags="MF") / Raw(b"\x08\0" * 20)),
+         "fragment"),
     Case("udp-other-port", udp4(query(BLOCKED), dport=123), "not_dns", blocked=[(BLOCKED, False)]),
-    Case("tcp-port-53", tcp4(query(BLOCKED)), "not_dns", blocked=[(BLOCKED, False)]),
+    Case("tcp-syn-port-53", tcp4(query(BLOCKED)), "tcp_other", blocked=[(BLOCKED, False)]),
+    Case("tcp-port-443", tcp4(query(BLOCKED), dport=443), "not_dns", blocked=[(BLOCKED, False)]),
     Case("arp", arp(), "not_dns"),
     # BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header; this is the shortest.
     Case("ethernet-header-only", udp4(query())[:14], "not_dns"),
@@ -203,6 +240,9 @@ def _delta(before, after) -> dict[str, int]:
     for k, v in after.malformed.items():
         if v != before.malformed[k]:
             out[f"malformed.{k}"] = v - before.malformed[k]
+    for k, v in after.events.items():
+        if v != before.events[k]:
+            out[f"event.{k}"] = v - before.events[k]
     return out
 
 
@@ -228,12 +268,34 @@ def test_frame(datapath, case: Case):
     expected = {case.outcome: 1}
     if case.malformed:
         expected[f"malformed.{case.malformed}"] = 1
+    if case.event:
+        expected[f"event.{case.event}"] = 1
     assert _delta(before, after) == expected, f"{case.id}: counters"
     sources = {(s.address, s.category): s.hits for s in after.sources}
     if case.source:
         assert sources == {(case.source, 0): 1}, f"{case.id}: per-source hits"
     else:
         assert sources == {}, f"{case.id}: no per-source count"
+
+
+@pytest.mark.parametrize("case", UNJUDGED_CASES, ids=lambda c: c.id)
+def test_unjudged_frames_pass_when_set_to(datapath, case: Case):
+    """fragments = pass and unparsed = pass: today's behaviour, passed unchanged, counted as the
+    outcome and no event. The other setting left at drop still drops its kind."""
+    dp, fd = datapath
+    kind = "fragments" if case.outcome == "fragment" else "unparsed"
+    other = "unparsed" if kind == "fragments" else "fragments"
+    dp.set_settings(Settings(**{kind: "pass"}))
+    try:
+        before = read_stats(dp)
+        result = libbpf.prog_test_run(fd, case.frame)
+        after = read_stats(dp)
+        assert result.retval == XDP_PASS and result.data_out == case.frame
+        assert _delta(before, after) == {case.outcome: 1}
+        dp.set_settings(Settings(**{other: "pass"}))
+        assert libbpf.prog_test_run(fd, case.frame).retval == XDP_DROP
+    finally:
+        dp.set_settings(Settings())
 
 
 def test_second_port_after_config(datapath):
