@@ -90,7 +90,8 @@ class Scenario:
                 default_action=shared.Action[s.default_action.upper()],
                 sinkhole_v4=packed(s.sinkhole_v4), sinkhole_v6=packed(s.sinkhole_v6),
                 answer_ttl=s.answer_ttl, negative_ttl=s.negative_ttl,
-                edns_udp_size=s.edns_udp_size, source_prefix_v6=s.source_prefix_v6),
+                edns_udp_size=s.edns_udp_size, source_prefix_v6=s.source_prefix_v6,
+                pass_fragments=s.fragments == "pass", pass_unparsed=s.unparsed == "pass"),
             ports=self.ports,
             entries={model.wire_of([lb.encode() for lb in n.split(".")]): e
                      for n, e in self.names.items()},
@@ -158,6 +159,8 @@ def random_scenario(rng: random.Random) -> Scenario:
         negative_ttl=rng.choice((0, 45, 300, 2**31 - 1, rng.randrange(2**31))),
         edns_udp_size=rng.choice((512, 1232, 1400, 4096, 65535)),
         source_prefix_v6=rng.choice((64, 64, 56, 48, 60, 127, 128)),
+        fragments=rng.choice(("drop", "drop", "pass")),
+        unparsed=rng.choice(("drop", "drop", "pass")),
     )
     prefixes = None if rng.random() < 0.4 else tuple(rng.sample(PLAN_PREFIXES, rng.randint(1, 4)))
     ports = frozenset(rng.choice(([53], [53], [53], [53, 5353], [5353], [53, 853, 10053])))
@@ -322,11 +325,30 @@ class FrameMaker:
         sport = self.rng.choice((40000, 53, 5353, self.rng.randrange(1, 65536)))
         return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
-    def tcp(self, payload: bytes, dport: int) -> bytes:
+    def tcp(self, message: bytes, dport: int) -> bytes:
+        """A segment as dig, kdig and dnspython send a query (PSH+ACK, the 2-byte length, then
+        the message, timestamps on), or one that starts no query: the handshake, a bare ACK or
+        FIN, data on a SYN, a length alone; or a message split over segments, sent after its
+        length's segment, or two pipelined."""
         rng = self.rng
-        flags = rng.choice((0x18, 0x02, 0x10, 0x11, 0x04))
+        flags = 0x18 if rng.random() < 0.7 else rng.choice((0x02, 0x10, 0x11, 0x04, 0x12, 0x38,
+                                                            0x1A, 0x08))
+        options = b"\x01\x01\x08\x0a" + bytes(rng.getrandbits(8) for _ in range(8))
+        if rng.random() < 0.3:
+            options = b"" if rng.random() < 0.7 else b"\x02\x04\x05\xb4"
+        r = rng.random()
+        payload = struct.pack("!H", len(message)) + message
+        if r < 0.05:
+            payload = payload[:2]
+        elif r < 0.1 and len(payload) > 3:
+            payload = payload[:rng.randrange(3, len(payload))]  # the rest in a later segment
+        elif r < 0.15:
+            payload += payload  # pipelined: the first decides
+        elif r < 0.22:
+            payload = message  # the length went in a segment of its own
         return struct.pack("!HHIIBBHHH", rng.randrange(1024, 65536), dport, rng.getrandbits(32),
-                           rng.getrandbits(32), 0x50, flags, 65535, 0, 0) + payload
+                           rng.getrandbits(32), (5 + len(options) // 4) << 4, flags,
+                           rng.randrange(65536), 0, rng.choice((0, 0, 0, 7))) + options + payload
 
     def dport(self) -> int:
         rng = self.rng
@@ -348,11 +370,11 @@ class FrameMaker:
                 message = message[:rng.randrange(len(message))]
         r = rng.random() * (0.96 if given else 1)
         dport = min(self.scenario.ports) if given else self.dport()
-        if r < 0.9:
+        if r < 0.75:
             l4 = self.udp(message, dport)
             proto = model.IPPROTO_UDP
         elif r < 0.96:
-            l4 = self.tcp(struct.pack("!H", len(message)) + message, dport)
+            l4 = self.tcp(message, dport)
             proto = model.IPPROTO_TCP
         else:
             l4 = bytes(rng.getrandbits(8) for _ in range(rng.randint(8, 40)))

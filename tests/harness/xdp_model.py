@@ -8,23 +8,26 @@ names are matched by their labels, lower-cased, never through the name hash, and
 frame is written byte by byte here, checksums included.
 
 `judge(frame, state)` says what the program must do with one frame: the verdict, the frame it
-must leave (the input itself when passed, the answer when sent back), the counters that move and
-the per-source hit it counts. Each rule is one function, so that a rule that changes (TCP
+must leave (the input itself when passed, the answer when sent back, the segment made a FIN
+when a TCP query's connection is closed), the counters that move and the per-source hit it
+counts. Each rule is one function, so that a rule that changes (TCP
 judged, fragments dropped, the subscriber address plan, answers to queries with IP options)
 replaces that function alone:
 
     link_layer       Ethernet, VLAN tags
     network_layer    IPv4, IPv6 and its extension headers
-    on_fragment      what an IP fragment gets
-    on_deep_headers  what headers deeper than parsed get
-    transport        UDP to a judged port (TCP: tcp_segment, not judged yet)
-    dns_query        the DNS header and the lengths around it
+    on_fragment      what an IP fragment gets (the `fragments` setting)
+    on_deep_headers  what headers deeper than parsed get (the `unparsed` setting)
+    transport        UDP or TCP to a judged port
+    dns_query        the DNS header and the lengths around it (UDP)
+    tcp_segment      a TCP segment that starts a query
     is_exempt        opted-out sources
     question         the QNAME walk
     decide           the most specific entry
     count_source     the address plan, the per-source key (IPv6 per prefix), the full map
     answerable       which blocked queries may be answered from here
     answer_frame     the answer, byte by byte
+    fin_frame        a blocked TCP query's segment made a bare FIN+ACK
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ MAX_IPV6_EXT = 4  # docs/datapath.md: "up to four hop-by-hop/routing/destination
 IPPROTO_HOPOPTS, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ROUTING = 0, 6, 17, 43
 IPPROTO_FRAGMENT, IPPROTO_AH, IPPROTO_DSTOPTS = 44, 51, 60
 IPV6_WALKED = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS)
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+NO_PORT = -1  # a first fragment that is neither UDP nor TCP
 
 DNS_HEADER = 12
 FLAG_QR, FLAG_TC, FLAG_RD, FLAG_RA, FLAG_CD = 0x8000, 0x0200, 0x0100, 0x0080, 0x0010
@@ -78,6 +83,8 @@ class ModelSettings:
     negative_ttl: int
     edns_udp_size: int
     source_prefix_v6: int = 128  # IPv6 hits are counted per prefix of this length
+    pass_fragments: bool = False  # `fragments`: pass (True) or drop (False, the default)
+    pass_unparsed: bool = False  # `unparsed`: likewise
 
 
 @dataclass
@@ -107,13 +114,22 @@ class Decided(Exception):
     """A rule decided the frame's fate; raised so every rule stays a plain function."""
 
     def __init__(self, outcome: int, retval: int = XDP_PASS, malformed: int | None = None,
-                 why: str = ""):
+                 why: str = "", event: int | None = None):
         super().__init__(why)
         self.outcome, self.retval, self.malformed, self.why = outcome, retval, malformed, why
+        self.event = event
 
 
 def _pass(outcome: int, why: str, malformed: int | None = None) -> Decided:
     return Decided(outcome, XDP_PASS, malformed, why)
+
+
+def unjudged(outcome: int, passes: bool, event: int, why: str) -> Decided:
+    """A frame that cannot be judged and may hide a query: passed if its setting says pass,
+    else dropped and counted as the event; its outcome is counted either way."""
+    if passes:
+        return _pass(outcome, f"{why}: passed by the setting")
+    return Decided(outcome, XDP_DROP, None, f"{why}: dropped", event)
 
 
 @dataclass
@@ -131,6 +147,7 @@ class Packet:
     fragment: bool = False
     deep: bool = False  # headers deeper than parsed
     ip_options: bool = False  # IPv4 options or IPv6 extension headers present
+    tcp: bool = False  # the query came over TCP
     dns: int = 0  # offset of the DNS header
     payload_end: int = 0  # the DNS message's end, by the UDP length
 
@@ -138,7 +155,7 @@ class Packet:
 # -- the layers ------------------------------------------------------------------------------
 
 
-def link_layer(p: Packet) -> int:
+def link_layer(p: Packet, state: ModelState) -> int:
     """Ethernet and up to two VLAN tags (802.1Q, 802.1ad): the EtherType after them, with the
     cursor at the IP header. A third tag: unparsed."""
     f = p.frame
@@ -154,22 +171,32 @@ def link_layer(p: Packet) -> int:
         proto = int.from_bytes(f[off + 2:off + 4], "big")
         off += 4
     if proto in VLAN_TYPES:
-        raise _pass(OUT.UNPARSED, "more VLAN tags than parsed")
+        on_deep_headers(p, state, "more VLAN tags than parsed")
     p.l3 = off
     return proto
 
 
-def network_layer(p: Packet, proto: int) -> None:
+def network_layer(p: Packet, proto: int, state: ModelState) -> None:
     """IPv4 (IHL honoured) or IPv6 with its extension headers, chosen by the EtherType."""
     if proto == ETH_P_IP:
-        ipv4(p)
+        ipv4(p, state)
     elif proto == ETH_P_IPV6:
-        ipv6(p)
+        ipv6(p, state)
     else:
         raise _pass(OUT.NOT_DNS, "not IP")
 
 
-def ipv4(p: Packet) -> None:
+def first_fragment_port(p: Packet, at: int, protocol: int) -> int | None:
+    """The destination port a first fragment carries at `at`: NO_PORT if it is neither UDP
+    nor TCP, None if the frame ends before it (RFC 1858's tiny fragment)."""
+    if protocol not in (IPPROTO_UDP, IPPROTO_TCP):
+        return NO_PORT
+    if at + 4 > len(p.frame):
+        return None
+    return int.from_bytes(p.frame[at + 2:at + 4], "big")
+
+
+def ipv4(p: Packet, state: ModelState) -> None:
     f, at = p.frame, p.l3
     if at + 20 > len(f):
         raise _pass(OUT.NOT_DNS, "IPv4 header cut")
@@ -178,6 +205,7 @@ def ipv4(p: Packet) -> None:
         raise _pass(OUT.NOT_DNS, "IPv4 header length bad or cut")
     frag = int.from_bytes(f[at + 6:at + 8], "big")
     p.fragment = bool(frag & 0x3FFF)  # MF or a fragment offset
+    first = not frag & 0x1FFF
     p.protocol = f[at + 9]
     p.ip_end = at + int.from_bytes(f[at + 2:at + 4], "big")
     p.source = b"\0" * 10 + b"\xff\xff" + f[at + 12:at + 16]
@@ -185,10 +213,10 @@ def ipv4(p: Packet) -> None:
     p.ip_options = ihl > 20
     p.l4 = at + ihl
     if p.fragment:
-        on_fragment(p)
+        on_fragment(p, state, first, first_fragment_port(p, p.l4, p.protocol))
 
 
-def ipv6(p: Packet) -> None:
+def ipv6(p: Packet, state: ModelState) -> None:
     f, at = p.frame, p.l3
     if at + 40 > len(f):
         raise _pass(OUT.NOT_DNS, "IPv6 header cut")
@@ -213,25 +241,39 @@ def ipv6(p: Packet) -> None:
     p.dest = f[at + 24:at + 40]
     if nexthdr == IPPROTO_FRAGMENT:
         p.fragment = True
-        on_fragment(p)
+        if off + 8 > len(f):
+            on_fragment(p, state, True, None)
+        first = not int.from_bytes(f[off + 2:off + 4], "big") & 0xFFF8
+        inner = f[off]
+        if inner in IPV6_WALKED or inner == IPPROTO_AH:  # the port lies beyond: not seen
+            on_fragment(p, state, first, None)
+        on_fragment(p, state, first, first_fragment_port(p, off + 8, inner))
     if nexthdr in IPV6_WALKED or nexthdr == IPPROTO_AH:
         p.deep = True
-        on_deep_headers(p)
+        on_deep_headers(p, state, "IPv6 headers deeper than parsed")
 
 
-def on_fragment(p: Packet) -> None:
-    """Any IP fragment, whatever it carries: passed untouched and counted (the setting of
-    branch `tcp` adds `drop`, its default)."""
-    raise _pass(OUT.FRAGMENT, "IP fragment")
+def on_fragment(p: Packet, state: ModelState, first: bool, port: int | None) -> None:
+    """docs/datapath.md: a later fragment passes (it is nothing without its first); a first
+    fragment to a judged port, or one that does not show its port, follows `fragments`; any
+    other passes. Counted as `fragment` in every case."""
+    if not first:
+        raise _pass(OUT.FRAGMENT, "a later IP fragment")
+    if port == NO_PORT or (port is not None and port not in state.ports):
+        raise _pass(OUT.FRAGMENT, "a first IP fragment, not to a judged port")
+    raise unjudged(OUT.FRAGMENT, state.settings.pass_fragments,
+                   shared.Event.FRAGMENT_DROPPED, "a first IP fragment to a judged port")
 
 
-def on_deep_headers(p: Packet) -> None:
-    """Headers deeper than parsed (a fifth extension header, AH): passed and counted."""
-    raise _pass(OUT.UNPARSED, "IPv6 headers deeper than parsed")
+def on_deep_headers(p: Packet, state: ModelState, why: str) -> None:
+    """Headers deeper than parsed (a third VLAN tag, a fifth extension header, AH), whatever
+    the port (it lies beyond them): `unparsed` decides."""
+    raise unjudged(OUT.UNPARSED, state.settings.pass_unparsed,
+                   shared.Event.UNPARSED_DROPPED, why)
 
 
 def transport(p: Packet, state: ModelState) -> None:
-    """UDP to a judged port; TCP is not judged (tcp_segment) and nor is anything else."""
+    """UDP or TCP to a judged port; nothing else is judged."""
     if p.protocol == IPPROTO_UDP:
         udp_datagram(p, state)
     elif p.protocol == IPPROTO_TCP:
@@ -241,7 +283,49 @@ def transport(p: Packet, state: ModelState) -> None:
 
 
 def tcp_segment(p: Packet, state: ModelState) -> None:
-    raise _pass(OUT.NOT_DNS, "TCP is not judged")
+    """docs/datapath.md: a segment to a judged port that acknowledges (ACK, no SYN, no RST)
+    and starts with a query: its 2-byte length, then a judged query's header; or, the length
+    having come in a segment of its own, the header alone (the message then runs to the end
+    of the IP packet). The message ends at its length or the IP packet's end, whichever comes
+    first, and must end within the segment. Anything else to a judged port is `tcp_other`."""
+    f = p.frame
+    if p.l4 + 20 > len(f):
+        raise _pass(OUT.NOT_DNS, "TCP header cut")
+    size = (f[p.l4 + 12] >> 4) * 4
+    if size < 20 or p.l4 + size > len(f):
+        raise _pass(OUT.NOT_DNS, "TCP header length bad or cut")
+    if int.from_bytes(f[p.l4 + 2:p.l4 + 4], "big") not in state.ports:
+        raise _pass(OUT.NOT_DNS, "TCP to a port not judged")
+    flags = f[p.l4 + 13]
+    if flags & (TCP_SYN | TCP_RST) or not flags & TCP_ACK:
+        raise _pass(OUT.TCP_OTHER, "TCP segment that carries no query (flags)")
+    at = p.l4 + size
+    if at + 2 > len(f):
+        raise _pass(OUT.TCP_OTHER, "TCP segment without data")
+    length = int.from_bytes(f[at:at + 2], "big")
+    p.dns = at + 2
+    if not (judged_header(f, p.dns) and length >= DNS_HEADER):
+        p.dns = at
+        if not judged_header(f, p.dns):
+            raise _pass(OUT.TCP_OTHER, "TCP segment that starts no judged query")
+        length = p.ip_end - p.dns
+    in_segment = p.ip_end - p.dns
+    if in_segment < 0:
+        raise _pass(OUT.TCP_OTHER, "TCP query beyond the IP packet")
+    end = p.dns + min(length, in_segment)
+    if end < p.dns + DNS_HEADER or end > len(f):
+        raise _pass(OUT.TCP_OTHER, "TCP query that does not start in this segment")
+    p.payload_end = end
+    p.tcp = True
+
+
+def judged_header(f: bytes, at: int) -> bool:
+    """A whole DNS header at `at` that is a judged query's: QR clear, opcode QUERY, one
+    question."""
+    if at + DNS_HEADER > len(f):
+        return False
+    flags, qdcount = struct.unpack_from("!2xHH", f, at)
+    return not flags & FLAG_QR and not flags & OPCODE_MASK and qdcount == 1
 
 
 def udp_datagram(p: Packet, state: ModelState) -> None:
@@ -381,11 +465,9 @@ def count_source(p: Packet, category: int, state: ModelState, v: Verdict) -> Non
 
 def answerable(p: Packet) -> bool:
     """docs/answers.md: not to a broadcast or multicast MAC or IP address (IPv4 224.0.0.0 and
-    up), not with IPv4 options or IPv6 extension headers (dropped instead)."""
+    up, IPv6 ff00::/8): dropped instead (`not_unicast`)."""
     f = p.frame
     if f[0] & 1:
-        return False
-    if p.ip_options:
         return False
     if p.ipv6:
         return p.dest[0] != 0xFF
@@ -405,7 +487,7 @@ def judge(frame: bytes, state: ModelState) -> Verdict:
     p = Packet(frame)
     v = Verdict(XDP_PASS, frame)
     try:
-        network_layer(p, link_layer(p))
+        network_layer(p, link_layer(p, state), state)
         transport(p, state)
         if is_exempt(p.source, state):
             raise _pass(OUT.EXEMPT, "exempt source")
@@ -414,6 +496,8 @@ def judge(frame: bytes, state: ModelState) -> Verdict:
         if e is None:
             raise _pass(OUT.PASSED, "no entry matched")
         action = resolve_action(e, state)
+        if p.tcp and action == A.TC:
+            raise _pass(OUT.TCP_RETRY, "over TCP, the retry a tc entry asks for")
         v.stats[shared.STAT_ACTION_BASE + action] += 1
         if action == A.ALLOW:
             raise _pass(OUT.ALLOWED, "allowed")
@@ -421,11 +505,15 @@ def judge(frame: bytes, state: ModelState) -> Verdict:
         if action == A.MONITOR:
             raise _pass(OUT.MONITORED, "monitored")
         v.stats[OUT.BLOCKED] += 1
+        if p.tcp:  # every blocking action closes the connection
+            v.stats[shared.STAT_EVENT_BASE + shared.Event.TCP_CLOSED] += 1
+            v.retval, v.frame, v.why = XDP_PASS, fin_frame(p), "blocked over TCP: closed"
+            return v
         if action == A.DROP:
             v.retval, v.frame, v.why = XDP_DROP, None, "blocked, dropped"
             return v
         if not answerable(p):
-            v.stats[shared.STAT_EVENT_BASE + shared.Event.ANSWER_FAILED] += 1
+            v.stats[shared.STAT_EVENT_BASE + shared.Event.NOT_UNICAST] += 1
             v.retval, v.frame, v.why = XDP_DROP, None, "blocked, not answerable: dropped"
             return v
         v.retval, v.frame = XDP_TX, answer_frame(p, labels, action, state.settings)
@@ -435,6 +523,8 @@ def judge(frame: bytes, state: ModelState) -> Verdict:
         v.stats[d.outcome] += 1
         if d.malformed is not None:
             v.stats[shared.STAT_MALFORMED_BASE + d.malformed] += 1
+        if d.event is not None:
+            v.stats[shared.STAT_EVENT_BASE + d.event] += 1
         v.retval = d.retval
         v.frame = frame if d.retval == XDP_PASS else None
         v.why = d.why
@@ -457,17 +547,17 @@ def checksum(data: bytes) -> int:
     return ~inet_sum(data) & 0xFFFF
 
 
-def query_opt(p: Packet, qend: int) -> int:
-    """0: no OPT; 1: EDNS version 0; 2: a later version. The query carries an OPT when ARCOUNT
-    is not 0 and the record right after the question is one (root owner, type 41), whole
-    within the UDP length."""
+def query_opt(p: Packet, qend: int) -> tuple[int, bool]:
+    """(0: no OPT, 1: EDNS version 0, 2: a later version; its DO bit). The query carries an
+    OPT when ARCOUNT is not 0 and the record right after the question is one (root owner,
+    type 41), whole within the UDP length."""
     f = p.frame
     arcount = int.from_bytes(f[p.dns + 10:p.dns + 12], "big")
     if not arcount or qend + 11 > p.payload_end:
-        return 0
+        return 0, False
     if f[qend] != 0 or f[qend + 1:qend + 3] != b"\0\x29":
-        return 0
-    return 1 if f[qend + 6] == 0 else 2
+        return 0, False
+    return (1 if f[qend + 6] == 0 else 2), bool(f[qend + 7] & 0x80)
 
 
 def answer_records(action: int, qtype: int, qclass: int, s: ModelSettings
@@ -498,15 +588,16 @@ def answer_records(action: int, qtype: int, qclass: int, s: ModelSettings
 
 def answer_frame(p: Packet, labels: list[bytes], action: int, s: ModelSettings) -> bytes:
     """docs/answers.md: MACs swapped, VLAN tags kept; IP addresses swapped, TTL or hop limit
-    64, every other IP header field kept; UDP ports swapped; the DNS header's ID kept, QR and
-    RA set, RD and CD echoed, the question as sent, then the action's record, then an OPT
-    (no options, DO clear, UDP size edns_udp_size) if the query had one; BADVERS and no
-    record for an EDNS version above 0; both checksums recomputed; nothing after."""
+    64, IPv4 options and IPv6 extension headers left out, every other IP header field kept;
+    UDP ports swapped; the DNS header's ID kept, QR and RA set, RD and CD echoed, the
+    question as sent, then the action's record, then an OPT (no options, the query's DO bit,
+    UDP size edns_udp_size) if the query had one; BADVERS and no record for an EDNS version
+    above 0; both checksums recomputed; nothing after."""
     f = p.frame
     qend = p.dns + DNS_HEADER + len(wire_of(labels)) + 4
     qtype, qclass = struct.unpack_from("!HH", f, qend - 4)
     qid, qflags = struct.unpack_from("!HH", f, p.dns)
-    opt = query_opt(p, qend)
+    opt, dnssec_ok = query_opt(p, qend)
     if opt == 2:
         rcode, tc, an, record = RCODE_NOERROR, 0, 0, b""
     else:
@@ -517,18 +608,19 @@ def answer_frame(p: Packet, labels: list[bytes], action: int, s: ModelSettings) 
     dns += f[p.dns + DNS_HEADER:qend] + record
     if opt:
         dns += struct.pack("!BHHIH", 0, TYPE_OPT, s.edns_udp_size,
-                           0x01000000 if opt == 2 else 0, 0)
+                           (0x01000000 if opt == 2 else 0) | (0x8000 if dnssec_ok else 0), 0)
     sport, dport = struct.unpack_from("!HH", f, p.l4)
     udp_len = 8 + len(dns)
     l2 = f[6:12] + f[0:6] + f[12:p.l3]
     if p.ipv6:
         src, dst = p.dest, p.source
-        ip = f[p.l3:p.l3 + 4] + struct.pack("!HBB", udp_len, f[p.l3 + 6], ANSWER_HOPS)
+        ip = f[p.l3:p.l3 + 4] + struct.pack("!HBB", udp_len, IPPROTO_UDP, ANSWER_HOPS)
         ip += src + dst
         pseudo = src + dst + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
     else:
         src, dst = p.dest, p.source[12:]
-        hdr = f[p.l3:p.l3 + 2] + struct.pack("!H", 20 + udp_len) + f[p.l3 + 4:p.l3 + 8]
+        hdr = bytes([f[p.l3] & 0xF0 | 5]) + f[p.l3 + 1:p.l3 + 2]
+        hdr += struct.pack("!H", 20 + udp_len) + f[p.l3 + 4:p.l3 + 8]
         hdr += bytes([ANSWER_HOPS, f[p.l3 + 9]]) + b"\0\0" + src + dst
         ip = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         pseudo = src + dst + struct.pack("!BBH", 0, IPPROTO_UDP, udp_len)
@@ -536,3 +628,32 @@ def answer_frame(p: Packet, labels: list[bytes], action: int, s: ModelSettings) 
     check = checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", check) + udp[8:]
     return l2 + ip + udp
+
+
+def fin_frame(p: Packet) -> bytes:
+    """docs/datapath.md: the query's segment becomes a bare FIN+ACK to the resolver at the
+    query's own sequence number: the payload cut, the TCP header (options included) kept but
+    for its flags byte (FIN+ACK alone), urgent pointer 0 and checksum; the IP length set (IPv4
+    options and IPv6 extension headers kept), the IPv4 header checksum updated for it as RFC
+    1624 does (so it is right exactly when the query's was), the TCP checksum recomputed."""
+    f = p.frame
+    size = (f[p.l4 + 12] >> 4) * 4
+    seg = bytearray(f[p.l4:p.l4 + size])
+    seg[13] = TCP_FIN | TCP_ACK
+    seg[16:20] = bytes(4)  # checksum, urgent pointer
+    ip = bytearray(f[p.l3:p.l4])
+    if p.ipv6:
+        ip[4:6] = struct.pack("!H", p.l4 - p.l3 - 40 + size)
+        pseudo = p.source + p.dest + struct.pack("!I3xB", size, IPPROTO_TCP)
+    else:
+        old_len = int.from_bytes(ip[2:4], "big")
+        new_len = p.l4 - p.l3 + size
+        ip[2:4] = struct.pack("!H", new_len)
+        old_check = int.from_bytes(ip[10:12], "big")
+        total = (~old_check & 0xFFFF) + (~old_len & 0xFFFF) + new_len
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        ip[10:12] = struct.pack("!H", ~total & 0xFFFF)
+        pseudo = p.source[12:] + p.dest + struct.pack("!BBH", 0, IPPROTO_TCP, size)
+    seg[16:18] = struct.pack("!H", checksum(pseudo + bytes(seg)))
+    return f[:p.l3] + bytes(ip) + bytes(seg)

@@ -69,6 +69,8 @@ def test_fuzz_against_the_model(kernel):
     for name in fuzz.STAT_NAMES:
         if name == "action.default":  # resolved before it is counted: never counted
             continue
+        if name == "event.answer_failed":  # frames under BPF_PROG_TEST_RUN always grow
+            continue
         assert report.counts[name] >= 20, f"{name} came up {report.counts[name]} times"
     assert min(report.verdicts[v] for v in (model.XDP_PASS, model.XDP_DROP, model.XDP_TX)) > 500
 

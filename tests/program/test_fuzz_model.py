@@ -64,3 +64,41 @@ def test_every_rule_of_the_model_decides_some_frame():
             v = model.judge(next(frames), state)
             outcomes.update(i for i in v.stats if i < len(model.OUT))
     assert outcomes == set(model.OUT)
+
+
+def test_expected_fins_are_bare_fins():
+    """A blocked TCP query's segment, made a FIN: no payload, FIN+ACK alone, the query's
+    sequence number, a right TCP checksum, and an IPv4 header checksum right exactly when the
+    query's was."""
+    from tests.program.test_answers import inet_checksum
+
+    rng = random.Random(SEED)
+    fins = 0
+    for _ in range(20):
+        scenario = fuzz.random_scenario(rng)
+        state = scenario.model_state(1 << 20)
+        maker = fuzz.FrameMaker(rng, scenario)
+        for _ in range(1000):
+            frame = maker.frame()
+            want = model.judge(frame, state)
+            if not want.stats[model.shared.STAT_EVENT_BASE + model.shared.Event.TCP_CLOSED]:
+                continue
+            out, at = want.frame, 12 + 4 * vlan_tags(frame) + 2
+            if out[at] >> 4 == 4:
+                hdr = (out[at] & 15) * 4
+                ip, seg = out[at:at + hdr], out[at + hdr:]
+                assert int.from_bytes(ip[2:4], "big") == hdr + len(seg)
+                assert (inet_checksum(ip) == 0) == (inet_checksum(frame[at:at + hdr]) == 0)
+                pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(seg))
+            elif out[at + 6] == 6:  # no extension headers to walk
+                hdr, seg = 40, out[at + 40:]
+                assert int.from_bytes(out[at + 4:at + 6], "big") == len(seg)
+                pseudo = out[at + 8:at + 40] + struct.pack("!I3xB", len(seg), 6)
+            else:
+                continue
+            assert len(seg) == (seg[12] >> 4) * 4, "no payload"
+            assert seg[13] == 0x11, "FIN+ACK alone"
+            assert seg[4:8] == frame[at + hdr + 4:at + hdr + 8], "the query's sequence number"
+            assert inet_checksum(pseudo + seg) == 0, "TCP checksum"
+            fins += 1
+    assert fins > 50, fins
