@@ -83,7 +83,7 @@ def test_bench_smoke_writes_every_figure_and_leaves_nothing(tmp_path):
     assert e2e["ccxdp_import"]["s"] > 0
     assert {"add_s", "bytes_per_name", "sync_s"} <= set(d["feeds"])
     assert d["collect"]["s"] >= 0
-    assert len(d["targets"]) == 19 and all("met" in t for t in d["targets"])
+    assert len(d["targets"]) == 26 and all("met" in t for t in d["targets"])
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert _leftovers() == before
